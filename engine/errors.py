@@ -1,0 +1,177 @@
+"""The engine's exception tree: every error the engine raises on purpose is one of these.
+
+::
+
+    EngineError
+    ├── ConfigError            bad config: names the file and the key
+    ├── DataError              bad dataset line: names the file and the line number
+    ├── CheckpointError        unreadable, incompatible or half-written checkpoint
+    ├── ClientClosedError      a client or resource used after close
+    ├── RewardError            a reward function or judge failed for one rollout
+    ├── OutputParseError       model output that does not fit a signature or verdict format
+    └── EndpointError          a request to a model endpoint failed (status, attempt, endpoint)
+        ├── TransportError     connection refused/reset, server disconnected
+        ├── EndpointTimeout    the read or connect timeout passed
+        ├── DeadlineExceeded   the per-request deadline (queueing + retries) passed
+        ├── RateLimitError     HTTP 429 (after retries ran out)
+        ├── ServerError        HTTP 5xx / 529
+        ├── RequestRejected    HTTP 4xx other than 429: never retried
+        │   └── AuthenticationError   401 / 403
+        └── ResponseError      malformed body, or HTTP 200 carrying an error
+
+Provider errors are wrapped at the client boundary; nothing from aiohttp leaks upward.
+Messages never contain an API key: the client redacts keys before building them.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AuthenticationError",
+    "CheckpointError",
+    "ClientClosedError",
+    "ConfigError",
+    "DataError",
+    "DeadlineExceeded",
+    "EndpointError",
+    "EndpointTimeout",
+    "EngineError",
+    "OutputParseError",
+    "RateLimitError",
+    "RequestRejected",
+    "ResponseError",
+    "RewardError",
+    "ServerError",
+    "TransportError",
+)
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        where = ", ".join(p for p in (path, f"key {key!r}" if key else None) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class DataError(EngineError):
+    """A dataset line is malformed; the message names the file and the 1-based line number."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path or '<data>'}:{line}" if line is not None else (path or "")
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CheckpointError(EngineError):
+    """A checkpoint cannot be written or loaded (missing, corrupt, wrong version, incompatible)."""
+
+
+class ClientClosedError(EngineError):
+    """A client or other resource was used after it was closed."""
+
+
+class RewardError(EngineError):
+    """A reward function or judge failed for one rollout; the rollout is masked, not zeroed."""
+
+
+class OutputParseError(EngineError):
+    """Model output could not be parsed into the expected fields; keeps the raw text."""
+
+    def __init__(self, message: str, *, raw: str = "") -> None:
+        self.raw = raw
+        super().__init__(message)
+
+
+class EndpointError(EngineError):
+    """A request to a model endpoint failed.
+
+    Attributes:
+        status: HTTP status, or None when no response arrived.
+        attempt: how many attempts were made (1-based).
+        endpoint: the URL path or name of the endpoint (never contains a key).
+        retryable: whether the client's retry policy considered it retryable.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        attempt: int = 1,
+        endpoint: str = "",
+        retryable: bool | None = None,
+    ) -> None:
+        self.status = status
+        self.attempt = attempt
+        self.endpoint = endpoint
+        if retryable is not None:
+            self.retryable = retryable
+        parts = [p for p in (endpoint, f"status {status}" if status is not None else None) if p]
+        parts.append(f"attempt {attempt}")
+        super().__init__(f"{message} ({', '.join(parts)})")
+
+    @property
+    def error_class(self) -> str:
+        """Short class name used in events and metrics (e.g. ``rate_limit``)."""
+        return _ERROR_CLASS.get(type(self), "endpoint")
+
+
+class TransportError(EndpointError):
+    """The connection failed: refused, reset, or the server disconnected."""
+
+    retryable = True
+
+
+class EndpointTimeout(EndpointError):
+    """The connect or read timeout passed."""
+
+    retryable = True
+
+
+class DeadlineExceeded(EndpointError):
+    """The per-request deadline, covering queueing and retries, passed."""
+
+
+class RateLimitError(EndpointError):
+    """HTTP 429 and retries ran out."""
+
+    retryable = True
+
+
+class ServerError(EndpointError):
+    """HTTP 5xx (or 529 overloaded)."""
+
+    retryable = True
+
+
+class RequestRejected(EndpointError):
+    """HTTP 4xx other than 429 and the retryable 408/409/425: the request itself is wrong."""
+
+
+class AuthenticationError(RequestRejected):
+    """HTTP 401 or 403: the key is missing, wrong or lacks permission."""
+
+
+class ResponseError(EndpointError):
+    """The body is malformed, or an HTTP 200 carries an error object."""
+
+
+_ERROR_CLASS: dict[type, str] = {
+    TransportError: "transport",
+    EndpointTimeout: "timeout",
+    DeadlineExceeded: "deadline",
+    RateLimitError: "rate_limit",
+    ServerError: "server",
+    RequestRejected: "rejected",
+    AuthenticationError: "auth",
+    ResponseError: "response",
+}

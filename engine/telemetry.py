@@ -1,0 +1,247 @@
+"""Telemetry: per-request events, step metrics, and structlog setup helpers.
+
+Three outputs, all JSON lines written with orjson:
+
+- :class:`EventLog` -> ``OUT/events.jsonl``: one line per request attempt (generation or judge).
+- :class:`MetricsLog` -> ``OUT/metrics.jsonl``: one line per optimizer step.
+- :class:`RequestStats`: aggregates events between steps into token, latency and error metrics.
+
+Every line is written whole with one ``write`` call on a file opened in append mode and flushed
+at each step, so a crash never leaves a torn line except possibly the very last one, which
+readers (:func:`read_jsonl`) skip and report. The library never configures logging; only the
+CLI calls :func:`configure_logging`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+import structlog
+
+__all__ = (
+    "EventLog",
+    "MetricsLog",
+    "RequestStats",
+    "configure_logging",
+    "get_logger",
+    "read_jsonl",
+)
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """orjson with numpy support; NaN becomes null."""
+    return orjson.dumps(obj, default=_default, option=_OPTS)
+
+
+class _JsonlWriter:
+    """Append-only JSON lines file; each record is one write of one whole line."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._fh: IO[bytes] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.write(dumps(record) + b"\n")
+
+    def fsync(self) -> None:
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class EventLog:
+    """Per-request events to ``events.jsonl``; also feeds :class:`RequestStats`.
+
+    Example::
+
+        events = EventLog("runs/x/events.jsonl")
+        events.emit(kind="generation", endpoint="/v1/completions", status=200, latency=0.21,
+                    attempt=1, prompt_tokens=12, completion_tokens=30)
+
+    Events are buffered in memory and written in one call per ``flush`` (every
+    ``flush_every`` events and at each step), which keeps per-request cost to a dict and an
+    orjson call. ``path=None`` keeps only the aggregated statistics.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, flush_every: int = 256) -> None:
+        self._writer = _JsonlWriter(path)
+        self._buf: list[bytes] = []  # serialized lines not yet written
+        self._flush_every = flush_every  # write after this many buffered events
+        self.stats = RequestStats()  # aggregates since the last step
+        self.count = 0  # events emitted in total
+
+    @property
+    def path(self) -> Path | None:
+        return self._writer.path
+
+    def emit(self, **fields: Any) -> None:
+        """Record one request attempt. ``ts`` is added when missing."""
+        fields.setdefault("ts", time.time())
+        self.stats.record(fields)
+        self.count += 1
+        if self._writer._fh is not None:
+            self._buf.append(dumps(fields))
+            if len(self._buf) >= self._flush_every:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write buffered events as whole lines."""
+        if self._buf and self._writer._fh is not None:
+            self._writer._fh.write(b"\n".join(self._buf) + b"\n")
+        self._buf.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+    async def __aenter__(self) -> EventLog:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MetricsLog:
+    """One JSON line per optimizer step to ``metrics.jsonl``, fsynced each step."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self._writer = _JsonlWriter(path)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._writer.write(record)
+        self._writer.fsync()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class RequestStats:
+    """Aggregates request events: tokens, latency percentiles, errors by class.
+
+    ``snapshot(reset=True)`` returns the metrics for the window since the last reset, named
+    as in ``metrics.jsonl`` (``tokens/prompt``, ``latency/p95``, ``requests/errors`` ...).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost = 0.0
+        self.latencies: list[float] = []
+        self.error_classes: Counter[str] = Counter()
+        self.by_kind: Counter[str] = Counter()
+
+    def record(self, ev: Mapping[str, Any]) -> None:
+        self.requests += 1
+        self.by_kind[str(ev.get("kind", "generation"))] += 1
+        self.prompt_tokens += int(ev.get("prompt_tokens") or 0)
+        self.completion_tokens += int(ev.get("completion_tokens") or 0)
+        self.cost += float(ev.get("cost") or 0.0)
+        lat = ev.get("latency")
+        if lat is not None:
+            self.latencies.append(float(lat))
+        err = ev.get("error_class")
+        if err:
+            self.errors += 1
+            self.error_classes[str(err)] += 1
+
+    def snapshot(self, *, reset: bool = True) -> dict[str, Any]:
+        lat = np.asarray(self.latencies, dtype=np.float64)
+        if lat.size:
+            p50, p95, p99 = (float(x) for x in np.percentile(lat, [50, 95, 99]))
+        else:
+            p50 = p95 = p99 = 0.0
+        out: dict[str, Any] = {
+            "requests/total": self.requests,
+            "requests/errors": self.errors,
+            "requests/error_rate": self.errors / self.requests if self.requests else 0.0,
+            "tokens/prompt": self.prompt_tokens,
+            "tokens/completion": self.completion_tokens,
+            "cost": self.cost,
+            "latency/p50": p50,
+            "latency/p95": p95,
+            "latency/p99": p99,
+        }
+        for cls, n in sorted(self.error_classes.items()):
+            out[f"errors/{cls}"] = n
+        for kind, n in sorted(self.by_kind.items()):
+            out[f"requests/{kind}"] = n
+        if reset:
+            self.reset()
+        return out
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Read a JSON lines file written by this module; a torn final line is skipped."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return  # torn last line from a crash: ignore it
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
+def configure_logging(*, json_path: str | Path | None = None, level: str = "info") -> None:
+    """Configure structlog for the CLI: readable lines on a TTY, JSON lines otherwise.
+
+    Only the CLI calls this; the library never configures logging for its user.
+    """
+    import logging
+
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if sys.stderr.isatty():
+        renderer: Any = structlog.dev.ConsoleRenderer(colors=True)
+        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=dumps)
+        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    del json_path
+
+
+def get_logger(name: str = "engine") -> Any:
+    """The engine's structlog logger; binds ``run_id``/``step`` through contextvars."""
+    return structlog.get_logger(name)
