@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import math
 import tomllib
 import types
@@ -73,7 +74,7 @@ class GRPOConfig:
     epochs: int = 1
     """Passes over each accumulated mini-batch (the spec's epochs); > 1 makes clipping matter."""
     max_staleness: int = 1
-    """How many policy versions generation may run ahead of the learner; older groups are dropped."""
+    """Policy versions generation may run ahead of the learner; older groups are dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +564,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(inspect.cleandoc(src))
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
-    for stmt, nxt in zip(body, body[1:], strict=False):
+    for stmt, nxt in itertools.pairwise(body):
         if (
             isinstance(stmt, ast.AnnAssign)
             and isinstance(stmt.target, ast.Name)
