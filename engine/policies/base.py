@@ -52,9 +52,15 @@ class Policy(Protocol):
         ...
 
     async def generate(
-        self, snapshot: PolicySnapshot, example: Example, n: int, rng: np.random.Generator
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
     ) -> list[Sample]:
-        """Sample ``n`` completions for ``example`` from ``snapshot``.
+        """Sample ``n`` completions for ``example`` from ``snapshot`` (argmax when ``greedy``).
 
         Must not block the event loop (CPU work goes to a worker thread). Samples that failed
         carry ``error``; the call itself raises only for programming errors or cancellation.
