@@ -142,9 +142,7 @@ class TrainingManager:
         events: EventLog | None = None,
     ) -> None:
         self.cfg = cfg
-        self.out = Path(cfg.out if out == "" else out) if (out or cfg.out) else None
-        if out is None:
-            self.out = None
+        self.out: Path | None = None if out is None else Path(cfg.out if out == "" else out)
         self.on_batch_complete = on_batch_complete
         self.on_eval = on_eval
         self.policy, default_reward, default_train = self._defaults(cfg, policy)

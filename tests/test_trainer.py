@@ -1,0 +1,268 @@
+"""The training manager: pipeline overlap, callbacks, eval, early stop, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.config import GRPOConfig, RunConfig, load_config
+from engine.errors import CheckpointError
+from engine.learner import Learner, ScoredBatch
+from engine.policies.base import PolicySnapshot
+from engine.policies.tinylm import TinyLM
+from engine.telemetry import read_jsonl
+from engine.trainer import BatchMetrics, TrainingManager
+from engine.types import Example, Group, Rollout, Sample
+
+SMALL = [
+    "steps=6",
+    "data.batch_size=4",
+    "grpo.group_size=4",
+    "grpo.mini_batch_size=2",
+    "trainer.eval_every=2",
+    "trainer.eval_size=8",
+    "trainer.checkpoint_every=2",
+    "data.num_examples=200",
+]
+
+
+def small(*extra: str) -> RunConfig:
+    return load_config(None, [*SMALL, *extra])
+
+
+async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
+    """A run writes one metrics line per step, checkpoints, a summary; callbacks see metrics."""
+    seen: list[BatchMetrics] = []
+    evals: list[int] = []
+    async with TrainingManager(
+        small(), out=tmp_path, on_batch_complete=seen.append, on_eval=lambda s, m: evals.append(s)
+    ) as tm:
+        summary = await tm.run()
+    assert [m.batch_id for m in seen] == list(range(6))
+    assert all(m.value_loss is None for m in seen)  # GRPO has no value function
+    assert all(math.isfinite(m.avg_reward) and math.isfinite(m.policy_loss) for m in seen)
+    assert evals == [1, 3, 5]
+    rows = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(6))
+    for key in (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "policy_loss",
+        "kl",
+        "entropy",
+        "clip_ratio",
+        "lr",
+        "step_time",
+        "tokens/prompt",
+        "tokens/completion",
+        "requests/errors",
+        "latency/p50",
+        "latency/p95",
+    ):
+        assert key in rows[0], key
+    assert rows[0]["tokens/completion"] > 0  # embedded generation is accounted as requests
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-2",
+        "step-4",
+        "step-6",
+    ]
+    assert summary.steps_done == 6 and summary.stop_reason == "steps"
+    assert (tmp_path / "summary.json").exists()
+    assert sum(1 for _ in read_jsonl(tmp_path / "events.jsonl")) == 6 * 4
+
+
+async def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """Stopping after 3 steps and resuming gives the same parameters as an uninterrupted run."""
+    cfg = small(
+        "grpo.epochs=2", "grpo.beta=0.02", "optim.schedule='cosine'", "optim.warmup_steps=1"
+    )
+    async with TrainingManager(cfg, out=tmp_path / "a") as a:
+        await a.run()
+        straight = {k: v.copy() for k, v in a.policy.parameters().items()}
+
+    def stop_after_3(m: BatchMetrics) -> None:
+        if m.batch_id == 2:
+            b.request_stop()
+
+    async with TrainingManager(cfg, out=tmp_path / "b", on_batch_complete=stop_after_3) as b:
+        first = await b.run()
+    assert first.stop_reason == "interrupted" and first.steps_done == 3
+    async with TrainingManager(cfg, out=tmp_path / "b") as c:
+        await c.run(resume=tmp_path / "b")
+        resumed = c.policy.parameters()
+    assert set(resumed) == set(straight)
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == list(range(6))  # no duplicate or missing steps
+    ra = [r["reward"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")]
+    rb = [r["reward"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    assert ra == rb
+
+
+async def test_resume_refuses_incompatible_config(tmp_path: Path) -> None:
+    """Resuming with a different model shape names the key that differs."""
+    async with TrainingManager(small("steps=2"), out=tmp_path) as a:
+        await a.run()
+    async with TrainingManager(small("steps=4", "tinylm.hidden=7"), out=tmp_path) as b:
+        with pytest.raises(CheckpointError, match="tinylm"):
+            await b.run(resume=tmp_path)
+
+
+async def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    """--resume on a directory without checkpoints is a clear CheckpointError."""
+    async with TrainingManager(small(), out=tmp_path / "x") as tm:
+        with pytest.raises(CheckpointError, match="no checkpoint"):
+            await tm.run(resume=tmp_path / "empty")
+
+
+async def test_early_stopping(tmp_path: Path) -> None:
+    """With patience 1 and an impossible min delta, the run stops at the second evaluation."""
+    cfg = small("steps=20", "trainer.early_stop_patience=1", "trainer.early_stop_min_delta=5.0")
+    async with TrainingManager(cfg, out=None) as tm:
+        summary = await tm.run()
+    assert summary.stop_reason == "early_stop"
+    assert summary.steps_done == 4  # evals after steps 2 and 4; the first sets the best
+
+
+class Instrumented(TinyLM):
+    """TinyLM that records the order of generation and update calls."""
+
+    def __init__(self, *a: Any, batch_size: int = 4, **k: Any) -> None:
+        super().__init__(*a, **k)
+        self.log: list[tuple[str, int]] = []
+        self.batch_size = batch_size
+        self.gens = 0  # generate calls so far (one per group)
+        self.published = 0  # latest version the learner published = index of the batch in update
+        self.cond = threading.Condition()
+        self.wait_for_next_gen = False
+
+    def snapshot(self, version: int) -> PolicySnapshot:
+        self.published = version
+        return super().snapshot(version)
+
+    async def generate(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> list[Sample]:
+        self.log.append(("gen", snapshot.version))
+        with self.cond:
+            self.gens += 1
+            self.cond.notify_all()
+        return await super().generate(snapshot, example, n, rng, greedy=greedy)
+
+    def loss_and_grad(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        self.log.append(("update", rollouts[0].policy_version))
+        if self.wait_for_next_gen:
+            k = self.published  # the batch being learned from
+            with self.cond:
+                ok = self.cond.wait_for(lambda: self.gens > (k + 1) * self.batch_size, timeout=10)
+            if not ok:
+                raise AssertionError("generation of the next batch did not overlap the update")
+        return super().loss_and_grad(rollouts, advantages, cfg)
+
+
+async def test_generation_overlaps_update(tmp_path: Path) -> None:
+    """With max_staleness 1, batch k+1 is generated while batch k is being learned from."""
+    cfg = small("steps=5", "grpo.max_staleness=1", "grpo.mini_batch_size=4", "trainer.eval_every=0")
+    pol = Instrumented(cfg.tinylm, seed=0)
+    pol.wait_for_next_gen = True
+    async with TrainingManager(cfg, policy=pol, out=None) as tm:
+        # the last update has no next batch to wait for
+        orig = tm._after_step
+
+        async def after(batch: ScoredBatch, m: dict[str, Any]) -> None:
+            if batch.step == 2:
+                pol.wait_for_next_gen = False
+            await orig(batch, m)
+
+        tm._after_step = after  # type: ignore[method-assign]
+        summary = await tm.run()
+    assert summary.steps_done == 5
+
+
+async def test_staleness_zero_is_synchronous(tmp_path: Path) -> None:
+    """With max_staleness 0, no generation starts until the previous update is done."""
+    cfg = small("steps=4", "grpo.max_staleness=0", "grpo.mini_batch_size=4", "trainer.eval_every=0")
+    pol = Instrumented(cfg.tinylm, seed=0)
+    async with TrainingManager(cfg, policy=pol, out=None) as tm:
+        await tm.run()
+    kinds = [k for k, _ in pol.log]
+    # gen x4 (one per group), update, gen x4, update ... strictly alternating blocks
+    blocks = [kinds[i : i + 5] for i in range(0, len(kinds), 5)]
+    assert all(b == ["gen"] * 4 + ["update"] for b in blocks)
+
+
+def _group(version: int, rewards: list[float]) -> Group:
+    g = Group(f"g{version}", 0, Example("e", "p"), version)
+    g.rollouts = [
+        Rollout(
+            g.group_id,
+            i,
+            version,
+            Sample("x", token_ids=np.array([1]), logprobs=np.array([-1.0])),
+            reward=r,
+        )
+        for i, r in enumerate(rewards)
+    ]
+    return g
+
+
+class Recorder(TinyLM):
+    """TinyLM whose update records what it was given and changes nothing."""
+
+    def __init__(self, *a: Any, **k: Any) -> None:
+        super().__init__(*a, **k)
+        self.seen: list[int] = []
+        self.advantages: list[float] = []
+
+    def loss_and_grad(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        self.seen.extend(r.policy_version for r in rollouts)
+        self.advantages.extend(float(a) for a in advantages)
+        return {"policy_loss": 0.0}, {k: np.zeros_like(v) for k, v in self.parameters().items()}
+
+
+async def test_learner_drops_and_counts_stale_groups() -> None:
+    """Groups older than max_staleness versions are dropped and counted, not learned from."""
+    cfg = small("grpo.max_staleness=1")
+
+    pol = Recorder(cfg.tinylm, seed=0)
+    learner = Learner(pol, cfg, total_steps=10)
+    for step in range(3):
+        await learner.update(ScoredBatch(step, [_group(learner.version, [0.0, 1.0])]))
+    assert learner.version == 3 and learner.stale_dropped == 0
+    m = await learner.update(ScoredBatch(3, [_group(1, [0.0, 1.0]), _group(2, [1.0, 0.0])]))
+    assert learner.stale_dropped == 1 and m["stale_dropped"] == 1
+    assert 1 not in pol.seen[-2:]
+
+
+async def test_failed_rollouts_are_masked_not_zero() -> None:
+    """A failed rollout gets no advantage and is left out of the update."""
+    cfg = small()
+    pol = Recorder(cfg.tinylm, seed=0)
+    learner = Learner(pol, cfg, total_steps=10)
+    g = _group(0, [1.0, 0.0, 0.5, 0.0])
+    g.rollouts[1].error = "reward 'x' failed"
+    g.rollouts[1].reward = math.nan
+    m = await learner.update(ScoredBatch(0, [g]))
+    assert math.isnan(g.rollouts[1].advantage)
+    assert m["rollouts_failed"] == 1
+    assert m["reward"] == pytest.approx(0.5)  # mean of 1.0, 0.5, 0.0: the failure is not a 0
+    assert len(pol.advantages) == 3  # only the scored rollouts take part in the update
+    assert sum(pol.advantages) == pytest.approx(0.0)
