@@ -425,6 +425,13 @@ class TrainingManager:
 
     # ----------------------------------------------------------------------- the run
 
+    def _validate_files(self) -> None:
+        """Read every dataset file once before writing anything: bad input fails up front."""
+        for path in (self.cfg.data.train, self.cfg.data.eval):
+            if path:
+                for _ in read_jsonl(path):
+                    pass
+
     def _prepare_out(self, start: int) -> None:
         if self.out is None:
             return
@@ -509,6 +516,7 @@ class TrainingManager:
             resume: a run directory (its latest checkpoint is used) or a checkpoint directory.
         """
         self._started = time.perf_counter()
+        await anyio.to_thread.run_sync(self._validate_files)
         start = 0
         if resume is not None:
             rp = Path(resume)
