@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from .config import RunConfig, config_reference, load_config
-from .errors import EngineError
+from .errors import EngineError, first_engine_error
 
 __all__ = ("main",)
 
@@ -190,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_run, args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        found = first_engine_error(group)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

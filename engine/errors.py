@@ -15,6 +15,7 @@
         ├── DeadlineExceeded   the per-request deadline (queueing + retries) passed
         ├── RateLimitError     HTTP 429 (after retries ran out)
         ├── ServerError        HTTP 5xx / 529
+        ├── ConflictError      HTTP 409 / 425: a transient conflict, retried
         ├── RequestRejected    HTTP 4xx other than 429: never retried
         │   └── AuthenticationError   401 / 403
         └── ResponseError      malformed body, or HTTP 200 carrying an error
@@ -30,6 +31,7 @@ __all__ = (
     "CheckpointError",
     "ClientClosedError",
     "ConfigError",
+    "ConflictError",
     "DataError",
     "DeadlineExceeded",
     "EndpointError",
@@ -42,6 +44,7 @@ __all__ = (
     "RewardError",
     "ServerError",
     "TransportError",
+    "first_engine_error",
 )
 
 
@@ -153,6 +156,12 @@ class ServerError(EndpointError):
     retryable = True
 
 
+class ConflictError(EndpointError):
+    """HTTP 409 (conflict) or 425 (too early): the server asks for the same request again later."""
+
+    retryable = True
+
+
 class RequestRejected(EndpointError):
     """HTTP 4xx other than 429 and the retryable 408/409/425: the request itself is wrong."""
 
@@ -171,7 +180,24 @@ _ERROR_CLASS: dict[type, str] = {
     DeadlineExceeded: "deadline",
     RateLimitError: "rate_limit",
     ServerError: "server",
+    ConflictError: "conflict",
     RequestRejected: "rejected",
     AuthenticationError: "auth",
     ResponseError: "response",
 }
+
+
+def first_engine_error(exc: BaseException) -> EngineError | None:
+    """The first :class:`EngineError` in ``exc`` or, recursively, in its exception groups.
+
+    Task groups wrap errors in ``ExceptionGroup``; callers that report one readable line use
+    this to find the error worth reporting.
+    """
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = first_engine_error(sub)
+            if found is not None:
+                return found
+    return None
