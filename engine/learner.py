@@ -153,9 +153,9 @@ class Learner:
             drop_zero_std=g_cfg.drop_zero_std,
         )
         raw = _rewards_matrix(groups)
-        rows = np.isfinite(raw).any(axis=1)  # groups with at least one scored member
-        metrics["reward_std"] = (
-            float(np.mean(np.nanstd(raw[rows], axis=1))) if rows.any() else math.nan
+        rows = np.isfinite(raw).sum(axis=1) >= 2  # groups with two or more scored members
+        metrics["reward_std"] = (  # ddof=1, as the advantages' group std
+            float(np.mean(np.nanstd(raw[rows], axis=1, ddof=1))) if rows.any() else math.nan
         )
         metrics["frac_reward_zero_std"] = adv.frac_reward_zero_std
         metrics["groups_dropped_zero_std"] = int(adv.dropped.sum())

@@ -59,20 +59,31 @@ class _JsonlWriter:
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
-        self._fh: IO[bytes] | None = None
-        if self.path is not None:
+        self._fh: IO[bytes] | None = None  # opened at the first write: no empty files on errors
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None and not self._closed
+
+    def write_bytes(self, data: bytes) -> None:
+        if not self.enabled:
+            return
+        if self._fh is None:
+            assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._fh.write(data)
 
     def write(self, record: Mapping[str, Any]) -> None:
-        if self._fh is not None:
-            self._fh.write(dumps(record) + b"\n")
+        self.write_bytes(dumps(record) + b"\n")
 
     def fsync(self) -> None:
         if self._fh is not None:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        self._closed = True
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -108,15 +119,15 @@ class EventLog:
         fields.setdefault("ts", time.time())
         self.stats.record(fields)
         self.count += 1
-        if self._writer._fh is not None:
+        if self._writer.enabled:
             self._buf.append(dumps(fields))
             if len(self._buf) >= self._flush_every:
                 self.flush()
 
     def flush(self) -> None:
         """Write buffered events as whole lines."""
-        if self._buf and self._writer._fh is not None:
-            self._writer._fh.write(b"\n".join(self._buf) + b"\n")
+        if self._buf:
+            self._writer.write_bytes(b"\n".join(self._buf) + b"\n")
         self._buf.clear()
 
     def close(self) -> None:

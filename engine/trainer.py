@@ -540,16 +540,18 @@ class TrainingManager:
                     self._cancel = scope
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._produce, send, start)
-                        async with recv:
-                            async for batch in recv:
-                                with anyio.CancelScope(shield=True):
-                                    m = await self.learner.update(batch)
-                                    await self._after_step(batch, m)
-                                if self._stop_requested is not None:
-                                    break
+                        async for batch in recv:
+                            with anyio.CancelScope(shield=True):
+                                m = await self.learner.update(batch)
+                                await self._after_step(batch, m)
+                            if self._stop_requested is not None:
+                                break
+                        # Cancel the producer before closing the stream it sends into.
                         tg.cancel_scope.cancel()
                 self._cancel = None
         finally:
+            send.close()
+            recv.close()
             self.events.flush()
         if self._stop_requested is not None:
             self.stop_reason = self._stop_requested
