@@ -34,12 +34,13 @@ import numpy as np
 import orjson
 
 from . import checkpoint as ckpt
+from .build import build_components
 from .config import RunConfig, to_dict
 from .data import Batch, GroupSampler, as_source, read_jsonl, split_source, take
 from .errors import CheckpointError, ConfigError
 from .learner import Learner, ScoredBatch, snapshot_version_for
 from .policies.base import Policy, PolicySnapshot
-from .rewards import Rewarder, RewardSpec
+from .rewards import Rewarder
 from .telemetry import EventLog, MetricsLog, dumps
 from .telemetry import read_jsonl as read_jsonl_records
 from .types import Example, Group, Rollout, Sample
@@ -145,7 +146,7 @@ class TrainingManager:
         self.out: Path | None = None if out is None else Path(cfg.out if out == "" else out)
         self.on_batch_complete = on_batch_complete
         self.on_eval = on_eval
-        self.policy, default_reward, default_train = self._defaults(cfg, policy)
+        self.policy, default_reward, default_train = build_components(cfg, policy)
         self.rewarder = rewarder or default_reward
         if self.rewarder is None:
             raise ConfigError("no reward functions: pass rewarder= or set [reward] functions")
@@ -173,27 +174,6 @@ class TrainingManager:
         self._started = 0.0
 
     # ----------------------------------------------------------------------- construction
-
-    @staticmethod
-    def _defaults(
-        cfg: RunConfig, policy: Policy | None
-    ) -> tuple[Policy, Rewarder | None, list[Example] | None]:
-        if cfg.policy == "tinylm":
-            from . import tasks
-            from .policies.tinylm import TinyLM
-
-            pol = policy or TinyLM(cfg.tinylm, seed=cfg.seed)
-            reward = Rewarder([RewardSpec(cfg.tinylm.task, tasks.reward, inline=True)])
-            examples = None
-            if not cfg.data.train:
-                examples = tasks.make_examples(cfg.tinylm, cfg.data.num_examples, cfg.seed)
-            return pol, reward, examples
-        if policy is None:
-            raise ConfigError(
-                f"policy {cfg.policy!r} needs an endpoint: build it with engine.finetune()",
-                key="policy",
-            )
-        return policy, None, None
 
     @staticmethod
     def _sources(
