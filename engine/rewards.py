@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from .types import Example
@@ -60,6 +61,8 @@ class Score:
     """Each function's raw value, by name (NaN for a failed one)."""
     error: str | None = None
     """Which function failed and why, or None."""
+    feedback: str | None = None
+    """A judge's feedback on the output, when a judge scored it."""
 
 
 class Rewarder:
@@ -115,3 +118,17 @@ class Rewarder:
         if errors:
             return Score(math.nan, parts, "; ".join(errors))
         return Score(total, parts, None)
+
+    async def score_group(self, example: Example, texts: Sequence[str | None]) -> list[Score]:
+        """Score every output of one group concurrently; ``None`` marks a failed generation
+        (its Score is NaN with an error, and no reward function is called for it)."""
+        out: list[Score] = [Score(math.nan, {}, "generation failed")] * len(texts)
+
+        async def one(i: int, text: str) -> None:
+            out[i] = await self.score(example, text)
+
+        async with anyio.create_task_group() as tg:
+            for i, text in enumerate(texts):
+                if text is not None:
+                    tg.start_soon(one, i, text)
+        return out

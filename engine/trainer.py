@@ -228,15 +228,6 @@ class TrainingManager:
 
     # ----------------------------------------------------------------------- rollouts
 
-    async def _score(self, example: Example, sample: Sample, rollout: Rollout) -> None:
-        if sample.error is not None:
-            rollout.error = sample.error
-            return
-        score = await self.rewarder.score(example, sample.text)
-        rollout.reward = score.reward
-        rollout.reward_parts = score.parts
-        rollout.error = score.error
-
     async def run_group(
         self,
         snapshot: PolicySnapshot,
@@ -271,9 +262,14 @@ class TrainingManager:
                 error_class=None if error is None else "embedded",
             )
         group.rollouts = [Rollout(group_id, i, snapshot.version, s) for i, s in enumerate(samples)]
-        async with anyio.create_task_group() as tg:
-            for s, r in zip(samples, group.rollouts, strict=True):
-                tg.start_soon(self._score, example, s, r)
+        scores = await self.rewarder.score_group(
+            example, [s.text if s.error is None else None for s in samples]
+        )
+        for r, s, score in zip(group.rollouts, samples, scores, strict=True):
+            r.reward = score.reward
+            r.reward_parts = score.parts
+            r.error = s.error if s.error is not None else score.error
+            r.feedback = score.feedback
         return group
 
     async def _run_batch(self, batch: Batch) -> ScoredBatch:
