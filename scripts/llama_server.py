@@ -64,11 +64,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(port: int, model: Path | str, *, n_ctx: int = 2048, threads: int = 2) -> list[str]:
+def command(port: int, model: Path | str, *, n_ctx: int = 2048, threads: int = 1) -> list[str]:
     """The server's command line.
 
+    ``threads=1``: llama.cpp's worker threads spin-wait on each other, so on 2 cores shared
+    with anything else (the test process, other jobs) 2 threads collapse to 2-5 tokens/s while
+    1 thread holds 15-25 tokens/s; the model is small enough for one core.
     ``--interrupt_requests False``: by default a new request cuts any stream in progress short,
-    which would truncate concurrent streamed completions. ``--n_threads`` defaults to 1.
+    which would truncate concurrent streamed completions.
     """
     return [
         sys.executable, "-m", "llama_cpp.server",
@@ -114,7 +117,7 @@ def start(
     log: str | Path | None = None,
     timeout: float = STARTUP_TIMEOUT,
     n_ctx: int = 2048,
-    threads: int = 2,
+    threads: int = 1,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start the server and wait until ``GET /v1/models`` answers.
 
@@ -175,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="listen port (0: a free one)")
     parser.add_argument("--log", help="server log file (default: a temporary file)")
     parser.add_argument("--timeout", type=float, default=STARTUP_TIMEOUT, help="startup, s")
-    parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-ctx", type=int, default=2048, help="context size, tokens")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     args = parser.parse_args(argv)
 
     def on_signal(signum: int, frame: object) -> None:
