@@ -1078,7 +1078,7 @@ class Client:
                 self._emit_failure_event(ctx, outcome, n, attempt, None)
                 raise DeadlineExceeded(
                     f"giving up: the next wait ({wait:.3g} s) would pass the deadline; "
-                    f"last error: {err}",
+                    f"last error: {_bare_message(err)}",
                     status=err.status,
                     attempt=attempt,
                     endpoint=ctx.path,
@@ -1362,6 +1362,11 @@ def _secret_variants(key: str | None) -> tuple[str, ...]:
         return ()
     variants = {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
     return tuple(sorted(variants, key=len, reverse=True))
+
+
+def _bare_message(err: EndpointError) -> str:
+    """An EndpointError's message without the ``(endpoint, status, attempt)`` suffix it adds."""
+    return str(err).rsplit(" (", 1)[0]
 
 
 def _settle_estimate(est_prompt: int, r: _Result) -> int:
