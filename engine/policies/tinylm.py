@@ -1,0 +1,421 @@
+"""The embedded policy: a small causal numpy LM, trained by token-level GRPO with exact gradients.
+
+Model (a fixed-window neural LM in the style of Bengio et al. 2003). The next token after
+position t is predicted from the ``C = cfg.context`` tokens before it (left-padded with
+``<pad>``)::
+
+    x      = concat(embed[tok[t-C+1]], ..., embed[tok[t]])      # (C*E,)
+    h      = tanh(x @ W1 + b1)                                  # (H,)
+    logits = h @ W2 + b2                                        # (V_out,)
+    p      = softmax(logits / temperature)
+
+The input vocabulary is the task tokenizer's (digits and ``<eos> <sep> <bos> <pad>``); the
+output layer covers the completion vocabulary only (digits and ``<eos>``). A sequence is
+``<bos> d1 .. dL <sep> c1 .. cK <eos>``: the model conditions on the prompt and on the
+completion so far, at most ``L + 1`` completion tokens are generated.
+
+Loss (token-level GRPO, as in DeepSeekMath 2024 with the aggregation options of DAPO and
+Dr. GRPO). For completion token t of rollout i with advantage ``A_i``::
+
+    logratio  = logp_new - logp_old           # logp_old: Sample.logprobs of the behaviour policy
+    ratio     = exp(logratio)
+    pg_loss1  = -A_i * ratio
+    pg_loss2  = -A_i * clip(ratio, 1 - epsilon, 1 + (epsilon_high or epsilon))
+    pg_loss   = max(pg_loss1, pg_loss2)       # the PPO/GRPO pessimistic clipped surrogate
+    kl        = exp(logp_ref - logp_new) - (logp_ref - logp_new) - 1     # k3 estimator
+    loss_t    = pg_loss + beta * kl - entropy_coef * H(p_new at t)
+
+All log-probabilities are of the *sampling* distribution ``softmax(logits / temperature)``,
+the same one :meth:`TinyLM.generate` reports, so ``ratio == 1`` exactly when the parameters
+have not moved. ``H`` is the exact entropy of the full next-token distribution (not a
+one-sample estimate) and is differentiated exactly. The reference policy is a frozen copy of
+the initial parameters. Aggregation (``GRPOConfig.loss_type``), with N rollouts, T_i
+completion tokens in rollout i and ``T_max = prompt_len + 1`` the generation cap:
+
+* ``grpo``: mean over the tokens of each sequence, then mean over sequences (DeepSeekMath).
+* ``dapo``: sum over all tokens / total token count (DAPO's token-level mean).
+* ``dr_grpo``: sum over all tokens / (N * T_max), a fixed normalizer (Dr. GRPO).
+
+What is and is not as in the papers: the KL is a penalty in the loss with the k3 estimator
+(DeepSeekMath), not a reward shaping term; clip-higher is DAPO's decoupled ``epsilon_high``;
+advantages come from the caller (group-relative, with or without std scaling), the loss only
+uses them. There is no value function and no value loss: GRPO has none. DAPO's dynamic
+sampling and overlong shaping are not here (the learner may drop zero-std groups); the
+entropy bonus is an addition none of the three papers uses (0 disables it).
+
+Gradients are computed by hand (backpropagation through the two layers and the embedding
+gather), in float64, over all tokens of all rollouts in one batched pass; they are checked
+against finite differences in ``tests/test_tinylm.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from ..config import GRPOConfig, TinyLMConfig
+from ..errors import CheckpointError
+from ..tasks import TaskTokenizer
+from ..types import Example, Rollout, Sample, Usage
+from .base import PolicySnapshot
+
+__all__ = ("TinyLM",)
+
+_PARAM_NAMES = ("embed", "W1", "b1", "W2", "b2")
+# Config fields that fix the architecture or the meaning of token ids; a checkpoint must match.
+_ARCH_FIELDS = ("task", "prompt_len", "vocab_digits", "context", "embed_dim", "hidden")
+_STATE_FORMAT = 1
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of (M, V)."""
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _forward(
+    params: Mapping[str, np.ndarray], windows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits for a batch of context windows.
+
+    Args:
+        params: the model arrays.
+        windows: (M, C) int token ids, oldest first.
+
+    Returns:
+        x (M, C*E), h (M, H), logits (M, V_out), kept for the backward pass.
+    """
+    m = windows.shape[0]
+    x = params["embed"][windows].reshape(m, -1)  # (M, C*E)
+    h = np.tanh(x @ params["W1"] + params["b1"])  # (M, H)
+    logits = h @ params["W2"] + params["b2"]  # (M, V_out)
+    return x, h, logits
+
+
+class TinyLM:
+    """A small causal LM over the built-in task's tokens, trained by token-level GRPO.
+
+    Example::
+
+        policy = TinyLM(TinyLMConfig(), seed=0)
+        snap = policy.snapshot(version=0)
+        samples = await policy.generate(snap, example, n=8, rng=np.random.default_rng(0))
+        metrics, grads = policy.loss_and_grad(rollouts, advantages, GRPOConfig())
+
+    See the module docstring for the model and the exact loss.
+    """
+
+    name = "tinylm"
+    embedded = True  # generates in-process: the trainer accounts its calls as requests
+
+    def __init__(self, cfg: TinyLMConfig, *, seed: int) -> None:
+        self.cfg = cfg
+        self.tokenizer = TaskTokenizer(cfg.vocab_digits)
+        self.max_new_tokens = cfg.prompt_len + 1
+        """Generation cap: ``prompt_len`` answer digits plus ``<eos>``; the dr_grpo normalizer."""
+        rng = np.random.default_rng(seed)
+        v_in, v_out = self.tokenizer.vocab_size, self.tokenizer.num_outputs
+        c, e, hid, s = cfg.context, cfg.embed_dim, cfg.hidden, cfg.init_scale
+        self.params: dict[str, np.ndarray] = {
+            "embed": rng.normal(0.0, s, size=(v_in, e)),  # (V_in, E)
+            "W1": rng.normal(0.0, s, size=(c * e, hid)),  # (C*E, H)
+            "b1": np.zeros(hid),  # (H,)
+            "W2": np.zeros((hid, v_out)),  # (H, V_out)
+            "b2": np.zeros(v_out),  # (V_out,)
+        }
+        self._ref = self._frozen(self.params)  # the KL reference: the initial parameters
+
+    # ------------------------------------------------------------------ parameters and state
+
+    @staticmethod
+    def _frozen(params: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        out = {}
+        for k, v in params.items():
+            a = np.array(v, dtype=np.float64, copy=True)
+            a.setflags(write=False)
+            out[k] = a
+        return MappingProxyType(out)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The live float64 arrays (``embed``, ``W1``, ``b1``, ``W2``, ``b2``), updated in place."""
+        return self.params
+
+    def snapshot(self, version: int) -> PolicySnapshot:
+        """Read-only copies of the current parameters, labelled ``version``."""
+        return PolicySnapshot(version=version, params=self._frozen(self.params))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays ``params/<name>`` and ``ref/<name>``; meta with the config and the vocabulary."""
+        arrays = {f"params/{k}": v.copy() for k, v in self.params.items()}
+        arrays.update({f"ref/{k}": np.array(v) for k, v in self._ref.items()})
+        meta = {
+            "policy": self.name,
+            "format": _STATE_FORMAT,
+            "config": dataclasses.asdict(self.cfg),
+            "vocab": self.tokenizer.vocab(),
+        }
+        return arrays, meta
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore parameters and reference from :meth:`state` output, in place.
+
+        Raises:
+            CheckpointError: another policy or format, a different architecture or task
+                (``task``, ``prompt_len``, ``vocab_digits``, ``context``, ``embed_dim``,
+                ``hidden``), another vocabulary, or missing / misshapen / non-finite arrays.
+        """
+        if meta.get("policy") != self.name:
+            raise CheckpointError(f"checkpoint is for policy {meta.get('policy')!r}, not tinylm")
+        if meta.get("format") != _STATE_FORMAT:
+            raise CheckpointError(f"unsupported tinylm state format {meta.get('format')!r}")
+        saved = meta.get("config")
+        if not isinstance(saved, Mapping):
+            raise CheckpointError("checkpoint meta has no tinylm config")
+        for f in _ARCH_FIELDS:
+            mine = getattr(self.cfg, f)
+            if saved.get(f) != mine:
+                raise CheckpointError(
+                    f"checkpoint has tinylm.{f}={saved.get(f)!r}, this policy has {mine!r}"
+                )
+        if list(meta.get("vocab", [])) != self.tokenizer.vocab():
+            raise CheckpointError("checkpoint vocabulary differs from this policy's")
+        new: dict[str, np.ndarray] = {}
+        for prefix in ("params", "ref"):
+            for k, v in self.params.items():
+                key = f"{prefix}/{k}"
+                if key not in arrays:
+                    raise CheckpointError(f"checkpoint lacks array {key!r}")
+                a = np.asarray(arrays[key], dtype=np.float64)
+                if a.shape != v.shape:
+                    raise CheckpointError(f"array {key!r} has shape {a.shape}, expected {v.shape}")
+                if not np.all(np.isfinite(a)):
+                    raise CheckpointError(f"array {key!r} holds non-finite values")
+                new[key] = a
+        for k, v in self.params.items():
+            v[...] = new[f"params/{k}"]  # in place: the optimizer keeps its references
+        self._ref = self._frozen({k: new[f"ref/{k}"] for k in self.params})
+
+    # ------------------------------------------------------------------------ generation
+
+    async def generate(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> list[Sample]:
+        """Sample ``n`` completions of ``example`` from ``snapshot`` at ``cfg.temperature``.
+
+        The numpy work runs in a worker thread. ``logprobs`` are those of the sampled tokens
+        under ``softmax(logits / temperature)`` (also when ``greedy``, which takes the argmax).
+        A prompt the task tokenizer cannot encode gives ``n`` samples carrying ``error``.
+        """
+        try:
+            prompt_ids = self.tokenizer.encode_prompt(example.text)
+        except ValueError as exc:
+            return [Sample(text="", prompt=example.text, error=str(exc)) for _ in range(n)]
+        start = time.perf_counter()
+        tokens, logprobs, lengths, stopped = await anyio.to_thread.run_sync(
+            self._generate_sync, snapshot.params, prompt_ids, n, rng, greedy
+        )
+        latency = time.perf_counter() - start
+        out: list[Sample] = []
+        for i in range(n):
+            ids = tokens[i, : lengths[i]].copy()
+            out.append(
+                Sample(
+                    text=self.tokenizer.decode(ids),
+                    prompt=example.text,
+                    token_ids=ids,
+                    logprobs=logprobs[i, : lengths[i]].copy(),
+                    prompt_ids=prompt_ids.copy(),
+                    finish_reason="stop" if stopped[i] else "length",
+                    usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=int(lengths[i])),
+                    latency=latency,
+                )
+            )
+        return out
+
+    def _generate_sync(
+        self,
+        params: Mapping[str, np.ndarray],
+        prompt_ids: np.ndarray,
+        n: int,
+        rng: np.random.Generator,
+        greedy: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Vectorized sampling of n sequences; returns tokens, logprobs (n, T), lengths, stopped."""
+        c, p = self.cfg.context, len(prompt_ids)
+        t_max = p - 2 + 1  # as many answer digits as prompt digits, plus <eos>
+        eos, pad = self.tokenizer.eos, self.tokenizer.pad
+        rows = np.full((n, c + p + t_max), pad, dtype=np.int64)  # (n, C + P + T)
+        rows[:, c : c + p] = prompt_ids
+        tokens = np.full((n, t_max), pad, dtype=np.int64)  # (n, T)
+        logprobs = np.zeros((n, t_max))  # (n, T)
+        lengths = np.zeros(n, dtype=np.int64)
+        alive = np.ones(n, dtype=bool)
+        for t in range(t_max):
+            idx = np.flatnonzero(alive)
+            if idx.size == 0:
+                break
+            windows = rows[idx, p + t : p + t + c]  # (m, C): the C tokens before position t
+            _, _, logits = _forward(params, windows)
+            logp = _log_softmax(logits / self.cfg.temperature)  # (m, V_out)
+            if greedy:
+                tok = logp.argmax(axis=-1)
+            else:
+                cdf = np.cumsum(np.exp(logp), axis=-1)  # (m, V_out)
+                u = rng.random(idx.size)[:, None] * cdf[:, -1:]
+                tok = np.minimum((cdf <= u).sum(axis=-1), logp.shape[1] - 1)
+            rows[idx, c + p + t] = tok
+            tokens[idx, t] = tok
+            logprobs[idx, t] = logp[np.arange(idx.size), tok]
+            lengths[idx] += 1
+            alive[idx[tok == eos]] = False
+        stopped = ~alive
+        return tokens, logprobs, lengths, stopped
+
+    # ---------------------------------------------------------------------------- loss
+
+    def _token_batch(
+        self, rollouts: Sequence[Rollout]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flatten all completion tokens of ``rollouts`` (M in total).
+
+        Returns windows (M, C), actions (M,), old logprobs (M,), the rollout index of each
+        token (M,) and the completion lengths (N,).
+        """
+        c, pad = self.cfg.context, self.tokenizer.pad
+        n = len(rollouts)
+        prompts, comps, olds = [], [], []
+        for r in rollouts:
+            s = r.sample
+            if s.token_ids is None or s.logprobs is None or s.prompt_ids is None:
+                raise ValueError(f"rollout {r.group_id}/{r.index} lacks token ids or logprobs")
+            if len(s.logprobs) != len(s.token_ids):
+                raise ValueError(f"rollout {r.group_id}/{r.index}: logprobs/token_ids lengths")
+            prompts.append(np.asarray(s.prompt_ids, dtype=np.int64))
+            comps.append(np.asarray(s.token_ids, dtype=np.int64))
+            olds.append(np.asarray(s.logprobs, dtype=np.float64))
+        p_len = np.array([len(p) for p in prompts], dtype=np.int64)  # (N,)
+        t_len = np.array([len(x) for x in comps], dtype=np.int64)  # (N,)
+        rows = np.full((n, c + int(p_len.max()) + int(t_len.max())), pad, dtype=np.int64)
+        for i in range(n):
+            rows[i, c : c + p_len[i]] = prompts[i]
+            rows[i, c + p_len[i] : c + p_len[i] + t_len[i]] = comps[i]
+        seq = np.repeat(np.arange(n), t_len)  # (M,) rollout of each token
+        pos = np.arange(int(t_len.sum())) - np.repeat(np.cumsum(t_len) - t_len, t_len)  # (M,)
+        start = p_len[seq] + pos  # window of completion token t starts at P + t (after C pads)
+        windows = rows[seq[:, None], start[:, None] + np.arange(c)]  # (M, C)
+        actions = np.concatenate(comps)  # (M,)
+        old_lp = np.concatenate(olds)  # (M,)
+        return windows, actions, old_lp, seq, t_len
+
+    def loss_and_grad(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Token-level GRPO loss (module docstring) and its exact gradient for each parameter.
+
+        Args:
+            rollouts: N rollouts with ``token_ids``, ``prompt_ids`` and behaviour ``logprobs``.
+            advantages: (N,) one advantage per rollout, applied to each of its tokens.
+            cfg: epsilon, epsilon_high, beta, entropy_coef and loss_type are used.
+
+        Returns:
+            metrics: ``loss`` (total), ``policy_loss`` (the clipped surrogate, same
+            aggregation), ``kl`` (mean k3 per token), ``entropy`` (mean per token),
+            ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high`` (fractions of tokens where
+            the clipped branch is active), ``approx_kl`` (mean of (ratio - 1) - logratio, old
+            vs new), ``ratio_mean``, ``tokens``; grads: same keys and shapes as the parameters.
+        """
+        n = len(rollouts)
+        adv_seq = np.asarray(advantages, dtype=np.float64).reshape(-1)  # (N,)
+        if adv_seq.shape != (n,):
+            raise ValueError(f"{adv_seq.shape[0]} advantages for {n} rollouts")
+        if n == 0:
+            raise ValueError("loss_and_grad needs at least one rollout")
+        windows, actions, old_lp, seq, t_len = self._token_batch(rollouts)
+        m = actions.size
+        tau = self.cfg.temperature
+        params = self.params
+        rows = np.arange(m)
+
+        # forward: new policy (with activations for backward) and frozen reference
+        x, h, logits = _forward(params, windows)  # (M, C*E), (M, H), (M, V)
+        logp_all = _log_softmax(logits / tau)  # (M, V)
+        p_all = np.exp(logp_all)  # (M, V)
+        new_lp = logp_all[rows, actions]  # (M,)
+        ref_lp = _log_softmax(_forward(self._ref, windows)[2] / tau)[rows, actions]  # (M,)
+
+        # per-token terms
+        adv = adv_seq[seq]  # (M,)
+        eps_low = cfg.epsilon
+        eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
+        logratio = new_lp - old_lp  # (M,)
+        ratio = np.exp(logratio)  # (M,)
+        pg_loss1 = -adv * ratio  # (M,)
+        pg_loss2 = -adv * np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (M,)
+        pg_loss = np.maximum(pg_loss1, pg_loss2)  # (M,)
+        clipped = pg_loss2 > pg_loss1  # (M,) the constant (clipped) branch is active
+        clip_low = clipped & (adv < 0)  # ratio < 1 - eps_low
+        clip_high = clipped & (adv > 0)  # ratio > 1 + eps_high
+        d_ref = ref_lp - new_lp  # (M,)
+        kl = np.exp(d_ref) - d_ref - 1.0  # (M,) k3
+        entropy = -(p_all * logp_all).sum(axis=-1)  # (M,)
+        tok_loss = pg_loss + cfg.beta * kl - cfg.entropy_coef * entropy  # (M,)
+
+        # aggregation weights: loss = sum_k w_k * tok_loss_k
+        if cfg.loss_type == "grpo":
+            w = 1.0 / (n * t_len[seq])
+        elif cfg.loss_type == "dapo":
+            w = np.full(m, 1.0 / m)
+        elif cfg.loss_type == "dr_grpo":
+            w = np.full(m, 1.0 / (n * max(self.max_new_tokens, int(t_len.max()))))
+        else:
+            raise ValueError(f"unknown loss_type {cfg.loss_type!r}")
+
+        # backward to z = logits / tau. d logp[a] / dz = onehot(a) - p;
+        # d H / dz = -p * (logp + H).
+        g_lp = np.where(clipped, 0.0, -adv * ratio) + cfg.beta * (1.0 - np.exp(d_ref))  # (M,)
+        dz = -g_lp[:, None] * p_all  # (M, V)
+        dz[rows, actions] += g_lp
+        dz += cfg.entropy_coef * p_all * (logp_all + entropy[:, None])
+        dlogits = dz * (w / tau)[:, None]  # (M, V)
+
+        grads = {
+            "W2": h.T @ dlogits,  # (H, V)
+            "b2": dlogits.sum(axis=0),  # (V,)
+        }
+        dpre = (dlogits @ params["W2"].T) * (1.0 - h * h)  # (M, H)
+        grads["W1"] = x.T @ dpre  # (C*E, H)
+        grads["b1"] = dpre.sum(axis=0)  # (H,)
+        dx = (dpre @ params["W1"].T).reshape(m * self.cfg.context, -1)  # (M*C, E)
+        d_embed = np.zeros_like(params["embed"])  # (V_in, E)
+        np.add.at(d_embed, windows.reshape(-1), dx)
+        grads["embed"] = d_embed
+        grads = {k: grads[k] for k in _PARAM_NAMES}
+
+        metrics = {
+            "loss": float(w @ tok_loss),
+            "policy_loss": float(w @ pg_loss),
+            "kl": float(kl.mean()),
+            "entropy": float(entropy.mean()),
+            "clip_ratio": float(clipped.mean()),
+            "clip_ratio/low": float(clip_low.mean()),
+            "clip_ratio/high": float(clip_high.mean()),
+            "approx_kl": float(((ratio - 1.0) - logratio).mean()),
+            "ratio_mean": float(ratio.mean()),
+            "tokens": float(m),
+        }
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"non-finite GRPO metrics: {metrics}")
+        return metrics, grads
