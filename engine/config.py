@@ -119,8 +119,9 @@ class TinyLMConfig:
     """Hidden layer width."""
     temperature: float = 1.0
     """Sampling temperature during training rollouts."""
-    init_scale: float = 0.1
-    """Standard deviation of the initial weights."""
+    init_scale: float = 0.5
+    """Standard deviation of the initial embedding and hidden-layer weights; the output layer
+    starts at zero, so the initial policy is uniform (chance-level reward)."""
 
 
 @dataclass(frozen=True, slots=True)
