@@ -133,6 +133,7 @@ def _fmt(x: float | None) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from .monitor import describe
     from .trainer import TrainingManager
 
     cfg = _config_from_args(args)
@@ -159,6 +160,7 @@ async def _run(args: argparse.Namespace) -> int:
         f"last 3 steps {_fmt(summary.reward_last)}\n"
         f"  eval reward    before {_fmt(summary.eval_before)}  ->  "
         f"after {_fmt(summary.eval_after)}  (greedy, held-out)\n"
+        f"  convergence    {describe(summary.extra.get('convergence'))}\n"
         f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
         "checkpoints/)",
         file=sys.stderr,

@@ -39,6 +39,7 @@ from .config import RunConfig, to_dict
 from .data import Batch, GroupSampler, as_source, read_jsonl, split_source, take
 from .errors import CheckpointError, ConfigError
 from .learner import Learner, ScoredBatch, snapshot_version_for
+from .monitor import convergence
 from .policies.base import Policy, PolicySnapshot
 from .rewards import Rewarder
 from .telemetry import EventLog, MetricsLog, dumps
@@ -554,6 +555,7 @@ class TrainingManager:
             out=str(self.out) if self.out is not None else None,
             extra={
                 "policy": self.policy.name,
+                "convergence": convergence(rewards),
                 "stale_dropped": self.learner.stale_dropped,
                 "requests": self.events.count,
                 "python": platform.python_version(),
