@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+
+    from .compare_cli import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -190,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging()
             return anyio.run(_run, args)
+        if args.command == "compare":
+            from .compare_cli import compare_command
+            from .telemetry import configure_logging
+
+            configure_logging()
+            return anyio.run(compare_command, args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
