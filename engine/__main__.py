@@ -84,8 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
 
     from .compare_cli import add_compare_parser
+    from .report import add_report_parser
 
     add_compare_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -200,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging()
             return anyio.run(compare_command, args)
+        if args.command == "report":
+            from .report import report_command
+
+            return report_command(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
