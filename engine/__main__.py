@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from . import _blas  # noqa: F401  (sets BLAS threads before numpy loads)
 from .config import RunConfig, config_reference, load_config
 from .errors import EngineError, first_engine_error
 
@@ -73,6 +74,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the config reference and exit"
     )
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument(
+        "--export-groups",
+        metavar="FILE",
+        help="also write every scored group as JSONL for weight trainers (docs/export.md)",
+    )
 
     sim = sub.add_parser(
         "serve-sim",
@@ -88,6 +94,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_compare_parser(sub)
     add_report_parser(sub)
+
+    from .evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -138,14 +148,45 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+async def _endpoint_parts(cfg: RunConfig, stack: Any) -> dict[str, Any]:
+    """An endpoint policy's parts: its clients (closed by ``stack``, an AsyncExitStack) share
+    the run's event log."""
+    import contextlib
+    from pathlib import Path
+
+    from .build import build_components
+    from .client import Client
+    from .telemetry import EventLog
+
+    events = stack.enter_context(contextlib.closing(EventLog(Path(cfg.out) / "events.jsonl")))
+    client = await stack.enter_async_context(
+        Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
+    )
+    judge = client
+    if cfg.judge is not None:
+        judge = await stack.enter_async_context(
+            Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
+        )
+    policy, rewarder, _ = build_components(cfg, client=client, judge_client=judge)
+    return {"policy": policy, "rewarder": rewarder, "events": events}
+
+
 async def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .monitor import describe
     from .trainer import TrainingManager
 
     cfg = _config_from_args(args)
     progress = _Progress(cfg.steps, quiet=args.quiet)
     signum_seen: list[int] = []
-    async with TrainingManager(cfg, on_batch_complete=progress) as trainer:
+    async with contextlib.AsyncExitStack() as stack:
+        parts = await _endpoint_parts(cfg, stack) if cfg.policy != "tinylm" else {}
+        trainer = await stack.enter_async_context(
+            TrainingManager(
+                cfg, on_batch_complete=progress, export_groups=args.export_groups, **parts
+            )
+        )
 
         async def watch_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -206,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .report import report_command
 
             return report_command(args)
+        if args.command == "eval":
+            from .evaluate import eval_command
+            from .telemetry import configure_logging
+
+            configure_logging()
+            return anyio.run(eval_command, args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ class GRPOConfig:
     """Lower clip range of the probability ratio: ratio >= 1 - epsilon."""
     epsilon_high: float | None = None
     """Upper clip range (DAPO clip-higher): ratio <= 1 + epsilon_high; None means epsilon."""
-    beta: float = 0.0
+    beta: float = 0.01
     """KL penalty coefficient toward the frozen reference policy (k3 estimator); 0 disables."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (added to the objective, so it encourages exploration)."""
@@ -81,7 +81,7 @@ class GRPOConfig:
 class OptimConfig:
     """Adam(W), the learning-rate schedule and gradient clipping."""
 
-    lr: float = 0.001
+    lr: float = 0.01
     """Peak learning rate (the spec's learningRate)."""
     beta1: float = 0.9
     """Adam first-moment decay."""
@@ -228,7 +228,7 @@ class DataConfig:
     """Held-out JSONL; empty = split eval_fraction off the training data."""
     eval_fraction: float = 0.1
     """Fraction held out for evaluation when no eval file is given."""
-    batch_size: int = 8
+    batch_size: int = 16
     """Prompts per batch; each becomes a group of G rollouts."""
     shuffle: bool = True
     """Shuffle prompts each epoch (seeded)."""
@@ -258,7 +258,7 @@ class TrainerConfig:
 class RunConfig:
     """One run: what to train, on what, with which algorithm, and where outputs go."""
 
-    steps: int = 60
+    steps: int = 150
     """Optimizer steps to run."""
     seed: int = 0
     """Seed of every random choice (data order, sampling, initialization)."""

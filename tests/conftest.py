@@ -1,11 +1,15 @@
 """Shared test configuration.
 
-Event-loop watchdog: every ``async def`` test runs with a timer on its loop that measures how
-late the loop gets round to it. A test during which the loop was blocked (a ``time.sleep``, a
-synchronous HTTP call, a long CPU-bound stretch in a coroutine) for longer than
-``ENGINE_TEST_LOOP_BLOCK_LIMIT`` seconds (default 1.0; 0 turns the check off) fails after it
-has otherwise passed. The timer is a plain ``call_later`` chain, not a task, so it never shows
-up in ``asyncio.all_tasks()``.
+Event-loop watchdog: every ``async def`` test fails (after it has otherwise passed) when the
+code it exercises blocked the event loop for longer than ``ENGINE_TEST_LOOP_BLOCK_LIMIT``
+seconds (default 1.0; 0 turns the check off): a ``time.sleep``, a synchronous HTTP call or a
+long CPU-bound stretch inside a coroutine, a callback or another task. The failure shows the
+stack that was blocking.
+
+How: a ``call_later`` chain (not a task, so it never shows in ``asyncio.all_tasks()``) beats on
+the test's loop; a thread notices when the beat stops and samples the loop thread's stack.
+Synchronous work in the test function's own body (a finite-difference check, building data)
+is not counted: a block whose innermost coroutine is the test itself is the test's business.
 """
 
 from __future__ import annotations
@@ -14,50 +18,92 @@ import asyncio
 import functools
 import inspect
 import os
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Generator
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
 
+# Small matrices: threaded BLAS only spins against the event loop (see engine/_blas.py).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 LOOP_BLOCK_LIMIT = float(os.environ.get("ENGINE_TEST_LOOP_BLOCK_LIMIT", "1.0"))
-_TICK = 0.05  # seconds between the watchdog's timers
+_TICK = 0.05  # seconds between beats, and between the watcher's looks
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _innermost_coroutine(frame: FrameType | None) -> CodeType | None:
+    while frame is not None:
+        if frame.f_code.co_flags & _ASYNC_CODE:
+            return frame.f_code
+        frame = frame.f_back
+    return None
 
 
 class _LoopWatchdog:
-    """Records the worst lateness of a repeating timer on the running loop."""
+    """Finds the longest block of the running loop not spent in the test's own body."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, own: CodeType, limit: float) -> None:
         self._loop = loop
-        self.worst = 0.0  # seconds the loop was late, at most
-        self._due = time.perf_counter() + _TICK
+        self._own = own  # the test function's code: its own synchronous work is exempt
+        self._limit = limit
+        self._loop_thread = threading.get_ident()
+        self._beat = time.perf_counter()  # written by the loop, read by the watcher
+        self.worst = 0.0  # seconds of the longest counted block
+        self.stack = ""  # where the loop was stuck during it
         self._handle: asyncio.TimerHandle | None = loop.call_later(_TICK, self._tick)
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._watcher.start()
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.worst = max(self.worst, now - self._due)
-        self._due = now + _TICK
+        self._beat = time.perf_counter()
         self._handle = self._loop.call_later(_TICK, self._tick)
+
+    def _watch(self) -> None:
+        counted: float | None = None  # the beat that a counted block started after
+        stack = ""
+        while not self._done.wait(_TICK):
+            beat = self._beat
+            blocked = time.perf_counter() - beat - _TICK
+            if blocked <= self._limit:
+                continue
+            if counted != beat:  # a new block: look where the loop is stuck
+                frame = sys._current_frames().get(self._loop_thread)
+                if frame is None or _innermost_coroutine(frame) is self._own:
+                    continue
+                counted, stack = beat, "".join(traceback.format_stack(frame)[-12:])
+            if blocked > self.worst:
+                self.worst, self.stack = blocked, stack
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self.worst = max(self.worst, time.perf_counter() - self._due)  # a block at the very end
+        self._done.set()
+        self._watcher.join()
 
 
 def _watched(test: Any, nodeid: str) -> Any:
+    own = inspect.unwrap(test).__code__
+
     @functools.wraps(test)
     async def run(*args: Any, **kwargs: Any) -> Any:
-        watchdog = _LoopWatchdog(asyncio.get_running_loop())
+        watchdog = _LoopWatchdog(asyncio.get_running_loop(), own, LOOP_BLOCK_LIMIT)
         try:
             result = await test(*args, **kwargs)
         finally:
             watchdog.stop()
-        if watchdog.worst > LOOP_BLOCK_LIMIT:
+        if watchdog.worst:
             pytest.fail(
                 f"{nodeid} blocked the event loop for {watchdog.worst:.2f} s "
-                f"(limit {LOOP_BLOCK_LIMIT} s, ENGINE_TEST_LOOP_BLOCK_LIMIT)",
+                f"(limit {LOOP_BLOCK_LIMIT} s, ENGINE_TEST_LOOP_BLOCK_LIMIT); it was stuck in:\n"
+                f"{watchdog.stack}",
                 pytrace=False,
             )
         return result

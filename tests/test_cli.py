@@ -126,3 +126,10 @@ def test_sigint_stops_with_checkpoint_and_resume(tmp_path: Path) -> None:
     assert proc2.returncode == 0, proc2.stderr
     steps = [r["step"] for r in read_jsonl(metrics)]
     assert steps == list(range(done + 2))
+
+
+def test_import_engine_does_not_load_numpy() -> None:
+    """`import engine` stays light, so the CLI can set BLAS threads before numpy loads."""
+    code = "import sys, engine, engine.__main__; assert 'numpy' not in sys.modules, 'numpy'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
