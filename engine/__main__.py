@@ -175,6 +175,7 @@ async def _run(args: argparse.Namespace) -> int:
     import contextlib
 
     from .monitor import describe
+    from .telemetry import attach_event_log
     from .trainer import TrainingManager
 
     cfg = _config_from_args(args)
@@ -187,6 +188,8 @@ async def _run(args: argparse.Namespace) -> int:
                 cfg, on_batch_complete=progress, export_groups=args.export_groups, **parts
             )
         )
+
+        attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
 
         async def watch_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -31,6 +31,7 @@ __all__ = (
     "EventLog",
     "MetricsLog",
     "RequestStats",
+    "attach_event_log",
     "configure_logging",
     "get_logger",
     "read_jsonl",
@@ -123,6 +124,12 @@ class EventLog:
             self._buf.append(dumps(fields))
             if len(self._buf) >= self._flush_every:
                 self.flush()
+
+    def log(self, **fields: Any) -> None:
+        """Record a log line (``kind="log"``); it is not a request and not counted as one."""
+        fields.setdefault("kind", "log")
+        if self._writer.enabled:
+            self._buf.append(dumps(fields))
 
     def flush(self) -> None:
         """Write buffered events as whole lines."""
@@ -225,18 +232,48 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(raw)
 
 
-def configure_logging(*, json_path: str | Path | None = None, level: str = "info") -> None:
-    """Configure structlog for the CLI: readable lines on a TTY, JSON lines otherwise.
+class _LogSink:
+    """structlog processor: every record becomes a ``kind="log"`` line of the run's events."""
 
-    Only the CLI calls this; the library never configures logging for its user.
+    def __init__(self) -> None:
+        self.events: EventLog | None = None  # set by attach_event_log()
+        self.console_level = 30  # records at or above this level also go to the console
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        if self.events is not None:
+            self.events.log(**event_dict)
+        if _LEVELS.get(method, 20) < self.console_level:
+            raise structlog.DropEvent
+        return event_dict
+
+
+_LEVELS = {
+    "debug": 10,
+    "info": 20,
+    "warning": 30,
+    "warn": 30,
+    "error": 40,
+    "critical": 50,
+    "exception": 40,
+}
+_SINK = _LogSink()
+
+
+def configure_logging(*, level: str = "info", console_level: str = "warning") -> None:
+    """Configure structlog for the CLI.
+
+    Records at ``level`` and above are written as JSON lines (``kind: "log"``) into the event
+    log attached with :func:`attach_event_log` (the run's ``events.jsonl``); records at
+    ``console_level`` and above are also printed to stderr: readable lines on a TTY, JSON
+    otherwise. ``run_id``, ``step`` and ``group_id`` bound with structlog's contextvars appear
+    on every record. Only the CLI calls this; the library never configures logging.
     """
-    import logging
-
-    lvl = getattr(logging, level.upper(), logging.INFO)
+    _SINK.console_level = _LEVELS.get(console_level, 30)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _SINK,
     ]
     if sys.stderr.isatty():
         renderer: Any = structlog.dev.ConsoleRenderer(colors=True)
@@ -246,13 +283,41 @@ def configure_logging(*, json_path: str | Path | None = None, level: str = "info
         factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     structlog.configure(
         processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    del json_path
+
+
+def attach_event_log(events: EventLog | None) -> None:
+    """Send configured structlog records to ``events`` (None detaches)."""
+    _SINK.events = events
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+class _QuietUntilConfigured:
+    """A structlog logger that stays silent until someone configures structlog.
+
+    structlog's unconfigured default prints every record to stdout; a library must not do that
+    to its user. Once the CLI (or the embedding application) configures structlog, calls go
+    to the configured pipeline.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        if not structlog.is_configured():
+            return _noop
+        return getattr(structlog.get_logger(self._name), method)
 
 
 def get_logger(name: str = "engine") -> Any:
-    """The engine's structlog logger; binds ``run_id``/``step`` through contextvars."""
-    return structlog.get_logger(name)
+    """The engine's logger: structlog once configured, silent before; bind ``run_id``,
+    ``step`` and ``group_id`` through ``structlog.contextvars``."""
+    return _QuietUntilConfigured(name)

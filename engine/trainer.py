@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,21 +33,25 @@ from typing import Any
 import anyio
 import numpy as np
 import orjson
+import structlog
 
 from . import checkpoint as ckpt
 from .build import build_components
 from .config import RunConfig, to_dict
 from .data import Batch, GroupSampler, as_source, read_jsonl, split_source, take
 from .errors import CheckpointError, ConfigError
+from .export import GroupExporter
 from .learner import Learner, ScoredBatch, snapshot_version_for
 from .monitor import convergence
 from .policies.base import Policy, PolicySnapshot
 from .rewards import Rewarder
-from .telemetry import EventLog, MetricsLog, dumps
+from .telemetry import EventLog, MetricsLog, dumps, get_logger
 from .telemetry import read_jsonl as read_jsonl_records
 from .types import Example, Group, Rollout, Sample
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
+
+_log = get_logger("engine.trainer")
 
 _RUN_SUMMARY_KEYS = ("reward", "kl", "entropy", "policy_loss", "clip_ratio")
 
@@ -128,6 +133,7 @@ class TrainingManager:
         on_eval: called with ``(step, metrics)`` after each evaluation.
         out: output directory; default ``cfg.out``; None writes no files.
         events: an event log to share with clients; default one in ``out``.
+        export_groups: write every scored group to this JSONL file (:mod:`engine.export`).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class TrainingManager:
         on_eval: Callable[[int, dict[str, Any]], Any] | None = None,
         out: str | Path | None = "",
         events: EventLog | None = None,
+        export_groups: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.out: Path | None = None if out is None else Path(cfg.out if out == "" else out)
@@ -163,6 +170,7 @@ class TrainingManager:
         self.learner = Learner(self.policy, cfg, total_steps=cfg.steps)
         self.events = events or EventLog(self.out / "events.jsonl" if self.out else None)
         self._own_events = events is None
+        self.exporter = GroupExporter(export_groups) if export_groups is not None else None
         self.metrics_log: MetricsLog | None = None
         self.history: list[dict[str, Any]] = []  # metrics of this process's steps
         self.eval_history: list[tuple[int, float]] = []
@@ -217,6 +225,8 @@ class TrainingManager:
         """Flush and close the run's files."""
         if self._own_events:
             self.events.close()
+        if self.exporter is not None:
+            self.exporter.close()
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None
@@ -428,6 +438,14 @@ class TrainingManager:
     async def _after_step(self, batch: ScoredBatch, m: dict[str, Any]) -> None:
         step = batch.step
         m = {"step": step, **m}
+        hook = getattr(self.policy, "after_update", None)
+        if hook is not None:  # e.g. prompt candidate growth; in the learner's task: no races
+            extra = await hook(
+                step, batch.groups, version=self.learner.version, optimizer=self.learner.optimizer
+            )
+            m.update(extra or {})
+        if self.exporter is not None:  # advantages are set on the rollouts by now
+            self.exporter.write(batch.groups, step=step)
         m["step_time"] = time.perf_counter() - self._last_step_t
         self._last_step_t = time.perf_counter()
         m["gen_time"] = batch.gen_time
@@ -464,6 +482,7 @@ class TrainingManager:
 
     async def _eval_done(self, step: int, ev: dict[str, Any]) -> None:
         value = ev.get("eval/reward", math.nan)
+        _log.info("eval", step=step, reward=value, n=ev.get("eval/n"))
         self.eval_history.append((step, value))
         if self.on_eval is not None:
             res = self.on_eval(step, ev)
@@ -483,6 +502,7 @@ class TrainingManager:
             return None
         d = self.out / "checkpoints"
         path = await self.save_checkpoint(d / f"step-{self.learner.version}")
+        _log.info("checkpoint.saved", step=self.learner.version, path=str(path))
         await anyio.to_thread.run_sync(ckpt.prune_checkpoints, d, self.cfg.trainer.keep_checkpoints)
         return path
 
@@ -502,6 +522,16 @@ class TrainingManager:
                 raise CheckpointError(f"{rp}: no checkpoint to resume from")
             start = await self.load_checkpoint(path)
         self._prepare_out(start)
+        self.run_id = uuid.uuid4().hex[:12]
+        structlog.contextvars.bind_contextvars(run_id=self.run_id)
+        _log.info(
+            "run.start",
+            policy=self.policy.name,
+            start_step=start,
+            steps=self.cfg.steps,
+            out=str(self.out) if self.out else None,
+            seed=self.cfg.seed,
+        )
         eval_before = None
         if start == 0 and self.heldout and self.cfg.trainer.eval_every:
             ev = await self.evaluate()
@@ -532,6 +562,7 @@ class TrainingManager:
             self.events.flush()
         if self._stop_requested is not None:
             self.stop_reason = self._stop_requested
+        _log.info("run.stop", reason=self.stop_reason, steps_done=self.learner.version)
         with anyio.CancelScope(shield=True):
             return await self._finish(eval_before)
 
