@@ -807,9 +807,15 @@ def _comparison_section(cmp: Mapping[str, Any] | None) -> str:
         else ""
     )
     fails = cmp.get("failures") or []
-    fail_note = (
-        f'<p class="absent">{len(fails)} failed generations (inputs dropped).</p>' if fails else ""
+    failed_scores = sum(
+        int(v) for per in dict(cmp.get("score_failures") or {}).values() for v in per.values()
     )
+    notes = []
+    if fails:
+        notes.append(f"{len(fails)} failed generations (inputs dropped)")
+    if failed_scores:
+        notes.append(f"{failed_scores} failed score calls (samples dropped)")
+    fail_note = f'<p class="absent">{_esc("; ".join(notes))}.</p>' if notes else ""
     return (
         "<h2>A/B comparison</h2>"
         f"<p>A = <b>{_esc(cmp.get('model_a'))}</b>, B = <b>{_esc(cmp.get('model_b'))}</b>; "
