@@ -205,7 +205,11 @@ def describe(conv: dict[str, Any] | None) -> str:
     if not conv or conv.get("slope") is None:
         return "insufficient data (fewer than 3 steps)"
     pct = round(float(conv.get("confidence", 0.95)) * 100)
+
+    def f(x: float) -> str:
+        return f"{round(x, 4) + 0.0:+.4f}"  # + 0.0: no "-0.0000"
+
     return (
-        f"{conv['trend']}: slope {conv['slope']:+.4f}/step, {pct}% CI "
-        f"[{conv['ci_low']:+.4f}, {conv['ci_high']:+.4f}], last {conv['n']} steps"
+        f"{conv['trend']}: slope {f(conv['slope'])}/step, {pct}% CI "
+        f"[{f(conv['ci_low'])}, {f(conv['ci_high'])}], last {conv['n']} steps"
     )

@@ -104,3 +104,5 @@ def test_describe_is_one_line() -> None:
     """describe() names the trend, the slope and the interval on one line."""
     line = describe(convergence([0.1, 0.2, 0.3, 0.4]))
     assert line.startswith("improving: slope +0.1000/step, 95% CI [") and "\n" not in line
+    flat = describe(convergence([1.0, 1.0, 1.0, 1.0 - 1e-9]))
+    assert "slope +0.0000/step" in flat  # never "-0.0000"
