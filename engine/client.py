@@ -21,6 +21,24 @@ What it does for every call, in order:
    (:func:`parse_retry_after`) or a full-jitter backoff, within the per-request deadline.
 5. Emits one event per attempt to the :class:`~engine.telemetry.EventLog`.
 
+Retries (see :func:`should_retry` for which failures qualify):
+
+- A wait the server gives (``retry-after-ms``, ``retry-after``, ``x-ratelimit-reset-*``, or
+  OpenRouter's ``error.metadata.retry_after_seconds``) replaces the backoff; otherwise
+  full jitter, ``uniform(0, min(cap, base * 2 ** (attempt - 1)))``.
+- A 429 (or a 429 code inside a 200 body) is reported to the limiter with the server's wait,
+  which closes the shared gate so every sender pauses; the task then waits in the gate, not
+  in its own sleep. A 429 without a usable wait reports ``None`` (the limiter's own pause)
+  and the task also sleeps its jittered backoff.
+- A ``ServerDisconnectedError`` on a reused keep-alive connection (the server closed it as
+  we sent) is resent once at once; on a fresh connection it is a transport error.
+- An HTTP 200 whose body is not JSON (cut short) or has no choices is retried.
+- The deadline covers queueing for permits, attempts and waits; when the next wait would
+  end past it, the call raises :class:`~engine.errors.DeadlineExceeded` at once.
+- Permits are settled with the response's ``usage`` (``settle(0)`` when the server answered
+  an error); after a timeout or a dropped connection the reservation is kept, since the
+  server may have done the work.
+
 ``n``: asked natively; when an endpoint returns fewer choices than asked (OpenRouter and
 llama.cpp ignore ``n``), the rest are fanned out as concurrent requests and the endpoint is
 remembered so later calls fan out at once. With a ``seed``, fanned-out requests get
@@ -706,7 +724,8 @@ class Client:
         rng: source of backoff jitter.
 
     Raises:
-        ConfigError: the endpoint is unusable, or a hosted provider's key is missing.
+        ConfigError: the endpoint is unusable, or the key variable (a hosted preset's, or the
+            ``api_key_env`` a local endpoint names) is unset.
     """
 
     def __init__(
@@ -726,7 +745,7 @@ class Client:
         self._cfg = endpoint  # the endpoint config (defaults per call)
         self._ep = resolve_endpoint(endpoint, env)  # presets applied; holds no key
         key = api_key if api_key is not None else (env.get(self._ep.key_env) or None)
-        if key is None and self._ep.provider != "local" and self._ep.key_env:
+        if key is None and self._ep.key_env:  # hosted presets, or a local api_key_env named
             raise ConfigError(
                 f"no API key: set the environment variable {self._ep.key_env}",
                 key="endpoint.api_key_env",
@@ -1022,9 +1041,10 @@ class Client:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for t in tasks:
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+        # retrieve every exception (so none is reported as never retrieved); raise the first
+        errors = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if errors:
+            raise errors[0]
         return [t.result() for t in tasks]
 
     async def _request(

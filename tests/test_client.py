@@ -822,3 +822,12 @@ async def test_latency_uses_the_injected_clock(server: Scripted) -> None:
         out = await client.complete("x")
     assert out.latency == pytest.approx(3.0)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_local_named_key_variable_must_be_set() -> None:
+    """A local endpoint naming api_key_env fails clearly when that variable is unset."""
+    cfg = EndpointConfig(base_url="http://127.0.0.1:1/v1", api_key_env="MY_LOCAL_KEY")
+    with pytest.raises(ConfigError, match="MY_LOCAL_KEY"):
+        Client(cfg, limits=RecordingLimiter(), env={})
+    Client(cfg, limits=RecordingLimiter(), env={"MY_LOCAL_KEY": KEY})  # set: fine
+    Client(EndpointConfig(base_url="http://127.0.0.1:1/v1"), limits=RecordingLimiter(), env={})

@@ -1,0 +1,316 @@
+"""Benchmark (endpoint client stage): engine.client.Client against the openai SDK and bare aiohttp.
+
+Starts the simulated server in a separate process (``python -m engine.testing.sim --port 0
+--latency 0.05``; a minimal aiohttp server of this file's own when the sim is not importable),
+then, at each concurrency, runs the same chat request through:
+
+- ``engine``: this client with every feature on: limits armed (rpm, tpm, concurrency),
+  retries armed, one event per attempt written to a temporary ``events.jsonl``;
+- ``openai-httpx``: ``openai.AsyncOpenAI`` with its default transport;
+- ``openai-aiohttp``: ``openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient())`` when the
+  installed SDK offers it;
+- ``bare-aiohttp``: one ``aiohttp.ClientSession``, orjson in and out, nothing else (the floor).
+
+It prints requests/s, client CPU microseconds per request (``time.process_time`` of this
+process divided by requests; the server runs in another process) and both ratios to bare
+aiohttp. Run::
+
+    python benchmarks/bench_client.py                       # concurrency 64 and 512
+    python benchmarks/bench_client.py --requests 4000 --concurrency 64 --repeat 3
+    python benchmarks/bench_client.py --profile engine      # cProfile of the engine run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import functools
+import gc
+import importlib.util
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.client import Client
+from engine.config import EndpointConfig, LimitsConfig, RetryConfig
+from engine.telemetry import EventLog
+
+PROMPT = "Write one short sentence about group relative policy optimization."
+MAX_TOKENS = 16
+FAKE_KEY = "sk-bench-not-a-real-key"
+
+_FALLBACK_SERVER = textwrap.dedent(
+    """
+    import asyncio, sys, orjson
+    from aiohttp import web
+
+    LATENCY = float(sys.argv[1])
+
+    async def handle(request):
+        body = orjson.loads(await request.read())
+        await asyncio.sleep(LATENCY)
+        n = int(body.get("n", 1))
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": "a short answer"},
+             "finish_reason": "stop"}
+            for i in range(n)
+        ]
+        out = {"id": "x", "object": "chat.completion", "model": body.get("model"),
+               "choices": choices,
+               "usage": {"prompt_tokens": 10, "completion_tokens": 3 * n,
+                         "total_tokens": 10 + 3 * n}}
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"http://127.0.0.1:{port}/v1", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+@contextlib.contextmanager
+def server_process(latency: float, extra: list[str] | None = None):
+    """Run the simulated server (or the fallback) in a child process; yield its base URL."""
+    if importlib.util.find_spec("engine.testing.sim") is not None:
+        cmd = [sys.executable, "-m", "engine.testing.sim", "--port", "0", "--latency", str(latency)]
+        cmd += extra or []
+        kind = "engine.testing.sim"
+    else:
+        cmd = [sys.executable, "-c", _FALLBACK_SERVER, str(latency)]
+        kind = "fallback aiohttp server (engine.testing.sim not found)"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"server did not start: {url!r}")
+        print(f"server: {kind} at {url} (pid {proc.pid}), latency {latency} s", flush=True)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    requests: int
+    errors: int
+    wall: float
+    cpu: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.wall
+
+    @property
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu / self.requests
+
+
+async def drive(
+    call: Callable[[], Awaitable[object]], concurrency: int, total: int
+) -> tuple[int, int, float, float]:
+    """Run ``total`` calls with ``concurrency`` workers; return (ok, errors, wall, cpu)."""
+    remaining = total
+    ok = errors = 0
+
+    async def worker() -> None:
+        nonlocal remaining, ok, errors
+        while remaining > 0:
+            remaining -= 1
+            try:
+                await call()
+                ok += 1
+            except Exception:
+                errors += 1
+
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok, errors, time.perf_counter() - t0, time.process_time() - c0
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+async def run_engine(url: str, conc: int, total: int, warm: int, tmp: Path) -> Result:
+    events = EventLog(tmp / f"events-{conc}.jsonl")
+    cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS)
+    limits = LimitsConfig(rpm=10_000_000, tpm=1e12, max_concurrency=conc)
+    async with Client(
+        cfg, limits=limits, retry=RetryConfig(), events=events, api_key=FAKE_KEY
+    ) as client:
+
+        async def call() -> object:
+            return await client.complete(PROMPT, kind="generation", group_id="g", sample_index=0)
+
+        await drive(call, conc, warm)
+        ok, err, wall, cpu = await drive(call, conc, total)
+    events.close()
+    return Result("engine (all features)", conc, ok, err, wall, cpu)
+
+
+async def run_openai(url: str, conc: int, total: int, warm: int, aiohttp_transport: bool) -> Result:
+    import openai
+
+    kwargs: dict[str, object] = {}
+    name = "openai AsyncOpenAI (httpx)"
+    if aiohttp_transport:
+        kwargs["http_client"] = openai.DefaultAioHttpClient()
+        name = "openai AsyncOpenAI (aiohttp)"
+    client = openai.AsyncOpenAI(base_url=url, api_key=FAKE_KEY, **kwargs)
+    try:
+
+        async def call() -> object:
+            return await client.chat.completions.create(
+                model="sim-model",
+                messages=[{"role": "user", "content": PROMPT}],
+                max_tokens=MAX_TOKENS,
+                temperature=1.0,
+            )
+
+        await drive(call, conc, warm)
+        ok, err, wall, cpu = await drive(call, conc, total)
+    finally:
+        await client.close()
+    return Result(name, conc, ok, err, wall, cpu)
+
+
+async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
+    connector = aiohttp.TCPConnector(limit=conc, keepalive_timeout=4.0)
+    headers = {"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        target = f"{url}/chat/completions"
+
+        async def call() -> object:
+            body = orjson.dumps(
+                {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": PROMPT}],
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 1.0,
+                }
+            )
+            async with session.post(target, data=body) as resp:
+                data = orjson.loads(await resp.read())
+                if resp.status != 200:
+                    raise RuntimeError(resp.status)
+                return data["choices"][0]["message"]["content"]
+
+        await drive(call, conc, warm)
+        ok, err, wall, cpu = await drive(call, conc, total)
+    return Result("bare aiohttp (floor)", conc, ok, err, wall, cpu)
+
+
+def _have_aiohttp_transport() -> str | None:
+    try:
+        import openai
+    except ImportError:
+        return "openai not installed"
+    if not hasattr(openai, "DefaultAioHttpClient"):
+        return f"openai {openai.__version__} has no DefaultAioHttpClient"
+    try:
+        openai.DefaultAioHttpClient()
+    except RuntimeError as e:
+        return f"openai aiohttp transport unavailable: {e}"
+    return None
+
+
+async def bench(args: argparse.Namespace) -> None:
+    import openai
+
+    versions = f"aiohttp {aiohttp.__version__}, openai {openai.__version__}"
+    print(f"python {sys.version.split()[0]}, {versions}")
+    no_aio = _have_aiohttp_transport()
+    if no_aio:
+        print(f"note: skipping openai+aiohttp: {no_aio}")
+    only = set(args.only.split(",")) if args.only else None
+    with server_process(args.latency) as url, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for conc in args.concurrency:
+            total = args.requests or max(3000, conc * 12)
+            warm = max(conc * 2, 200)
+            print(f"\nconcurrency {conc}: {total} requests each (after {warm} warm-up)")
+            runs: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
+                ("bare", functools.partial(run_bare, url, conc, total, warm)),
+                ("engine", functools.partial(run_engine, url, conc, total, warm, tmp)),
+                ("openai", functools.partial(run_openai, url, conc, total, warm, False)),
+            ]
+            if not no_aio:
+                runs.append(
+                    ("openai-aiohttp", functools.partial(run_openai, url, conc, total, warm, True))
+                )
+            best: dict[str, Result] = {}
+            for _ in range(args.repeat):
+                for key, fn in runs:
+                    if only and key not in only:
+                        continue
+                    if args.profile == key:
+                        prof = cProfile.Profile()
+                        prof.enable()
+                        r = await fn()
+                        prof.disable()
+                        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                    else:
+                        r = await fn()
+                    if key not in best or r.rps > best[key].rps:
+                        best[key] = r
+            floor = best.get("bare")
+            print(
+                f"{'client':34s} {'req/s':>9s} {'CPU us/req':>11s} {'x bare rps':>11s} "
+                f"{'x bare CPU':>11s} {'errors':>7s}"
+            )
+            for r in best.values():
+                rr = r.rps / floor.rps if floor else float("nan")
+                rc = r.cpu_us / floor.cpu_us if floor else float("nan")
+                print(
+                    f"{r.name:34s} {r.rps:9.0f} {r.cpu_us:11.0f} {rr:11.2f} {rc:11.2f} "
+                    f"{r.errors:7d}"
+                )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
+    ap.add_argument("--requests", type=int, default=0, help="per client; 0 = max(3000, 12 x c)")
+    ap.add_argument("--latency", type=float, default=0.05, help="server latency, seconds")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per client; the best is shown")
+    ap.add_argument("--only", default="", help="comma list of: bare,engine,openai,openai-aiohttp")
+    ap.add_argument("--profile", default="", help="cProfile one of the clients")
+    args = ap.parse_args()
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
