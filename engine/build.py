@@ -6,19 +6,32 @@ policy kind contributes one branch here, so the trainer never names a concrete p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import RunConfig
 from .errors import ConfigError
 from .policies.base import Policy
 from .rewards import Rewarder, RewardSpec
 from .types import Example
 
+if TYPE_CHECKING:
+    from .client import Client
+
 __all__ = ("build_components",)
 
 
 def build_components(
-    cfg: RunConfig, policy: Policy | None = None
+    cfg: RunConfig,
+    policy: Policy | None = None,
+    *,
+    client: Client | None = None,
+    judge_client: Client | None = None,
 ) -> tuple[Policy, Rewarder | None, list[Example] | None]:
-    """The policy (``policy`` if given), its default rewarder, and built-in examples if any."""
+    """The policy (``policy`` if given), its default rewarder, and built-in examples if any.
+
+    Endpoint policies (``prompt``) need ``client`` to build the policy; ``judge_client``
+    (default ``client``) serves ``reward.judge_prompt``.
+    """
     if cfg.policy == "tinylm":
         from . import tasks
         from .policies.tinylm import TinyLM
@@ -29,6 +42,35 @@ def build_components(
         if not cfg.data.train:
             examples = tasks.make_examples(cfg.tinylm, cfg.data.num_examples, cfg.seed)
         return pol, reward, examples
+    if cfg.policy == "prompt":
+        from . import datasets
+        from .policies.prompt import PromptPolicy
+        from .reward_functions import build_rewarder
+
+        examples = None if cfg.data.train else datasets.load("sentiment")
+        instructions = cfg.prompt.instructions
+        if not instructions and examples is not None:
+            instructions = ("Classify the sentiment of this review.",)
+        if policy is None:
+            if client is None:
+                raise ConfigError(
+                    "policy 'prompt' needs an endpoint client: pass client= (the CLI opens "
+                    "one from [endpoint]) or use engine.finetune()",
+                    key="policy",
+                )
+            if not instructions:
+                raise ConfigError(
+                    'the prompt policy needs the base prompt: prompt.instructions = ["..."]',
+                    key="prompt.instructions",
+                )
+            policy = PromptPolicy.from_config(
+                cfg, client, examples=examples, instructions=instructions
+            )
+        judge = judge_client or client
+        reward = None
+        if judge is not None or not cfg.reward.judge_prompt.strip():
+            reward = build_rewarder(cfg, judge_client=judge)
+        return policy, reward, examples
     if policy is None:
         raise ConfigError(
             f"policy {cfg.policy!r} needs an endpoint client: use engine.finetune()",
