@@ -102,7 +102,7 @@ def _sample_record(r: Rollout) -> dict[str, Any]:
         "advantage": _finite(r.advantage),
         "reward_parts": {k: _finite(v) for k, v in r.reward_parts.items()},
         "feedback": r.feedback,
-        "error": r.error,
+        "error": r.error or s.error,
         "finish_reason": s.finish_reason,
         "choice": s.choice,
         "choice_logprob": choice_lp,
