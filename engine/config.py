@@ -35,6 +35,7 @@ __all__ = (
     "PromptPolicyConfig",
     "RetryConfig",
     "RewardConfig",
+    "RolloutConfig",
     "RunConfig",
     "TinyLMConfig",
     "TrainerConfig",
@@ -219,6 +220,26 @@ class RewardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """How a group is fanned out and completed: admission, stragglers, partial groups."""
+
+    partial_group: Literal["retry", "shrink", "drop"] = "retry"
+    """When members fail: retry = re-request the missing members (up to member_retries) and
+    shrink if still short; shrink = keep the scored members if at least min_group_size; drop =
+    drop the whole group. Logged and counted either way."""
+    member_retries: int = 1
+    """Re-requests of failed members per group under the retry policy."""
+    min_group_size: int = 2
+    """Fewest scored members a group may keep; fewer and it is dropped (counted)."""
+    oversample: int = 0
+    """Request G + oversample samples and keep the first G to finish, cancelling the rest
+    (counted, so the bias toward fast completions is visible)."""
+    max_groups_in_flight: int = 0
+    """Groups generating at once; 0 = as many as the limits admit (whole groups are admitted
+    together so none is left half started)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DataConfig:
     """Datasets: JSONL files or the built-in task."""
 
@@ -284,6 +305,8 @@ class RunConfig:
     """Retry policy."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Rewards and judges."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Group fan-out, stragglers and partial groups."""
     data: DataConfig = field(default_factory=DataConfig)
     """Datasets."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -329,6 +352,10 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "retry.max_attempts": (1, None, False),
     "retry.backoff_base": (0.0, None, False),
     "retry.backoff_cap": (0.0, None, False),
+    "rollout.member_retries": (0, None, False),
+    "rollout.min_group_size": (1, None, False),
+    "rollout.oversample": (0, None, False),
+    "rollout.max_groups_in_flight": (0, None, False),
     "data.eval_fraction": (0.0, 1.0, False),
     "data.batch_size": (1, None, False),
     "data.num_examples": (2, None, False),
