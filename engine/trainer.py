@@ -274,7 +274,7 @@ class TrainingManager:
             )
         group.rollouts = [Rollout(group_id, i, snapshot.version, s) for i, s in enumerate(samples)]
         scores = await self.rewarder.score_group(
-            example, [s.text if s.error is None else None for s in samples]
+            example, [s.text if s.error is None else None for s in samples], group_id=group_id
         )
         for r, s, score in zip(group.rollouts, samples, scores, strict=True):
             r.reward = score.reward
