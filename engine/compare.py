@@ -16,9 +16,10 @@ Example::
 e.g. a tinylm checkpoint), :class:`TextModelGenerator` (any object with an async
 ``generate(text)``, such as ``engine.finetune.FineTunedModel``), :class:`EndpointGenerator`
 (a fixed prompt on an OpenAI-compatible endpoint). :func:`load_generator` builds one from a
-checkpoint directory, a run directory (its latest checkpoint; ``#ref`` for the frozen initial
-policy) or a TOML config. Both models get the same inputs with the same seeds (common random
-numbers: with identical models the two sides are identical draws).
+checkpoint directory of a tinylm or prompt policy, a run directory (its latest checkpoint;
+``#ref`` for the frozen initial policy) or a TOML config. Both models get the same inputs
+with the same seeds (common random numbers: with identical models the two sides are
+identical draws).
 
 **Metrics**, each a number per input (the mean over the ``k = samples_per_input`` samples):
 
@@ -83,6 +84,7 @@ __all__ = (
     "bootstrap_ci",
     "distinct_n",
     "diversity",
+    "endpoint_generator",
     "heldout_examples",
     "lexical_relevance",
     "load_generator",
@@ -196,28 +198,32 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def _gram_sets(text: str, orders: Sequence[int]) -> list[set[tuple[str, ...]]]:
+    tokens = tokenize(text)
+    return [set(_ngrams(tokens, n)) for n in orders]
+
+
+def _overlap(sa: Sequence[set[Any]], sb: Sequence[set[Any]]) -> float:
+    vals = [len(a & b) / len(a | b) for a, b in zip(sa, sb, strict=True) if a or b]
+    return sum(vals) / len(vals) if vals else 1.0
+
+
 def ngram_overlap(first: str, second: str, orders: Sequence[int] = (1, 2)) -> float:
     """Lexical metrics: Jaccard overlap of two texts' n-gram sets, averaged over ``orders``.
 
     An order for which both texts have no n-grams is skipped; two texts with no n-grams of
     any order (both empty, say) overlap fully (1.0). Identical texts give 1.0.
     """
-    ta, tb = tokenize(first), tokenize(second)
-    vals = []
-    for n in orders:
-        ga, gb = set(_ngrams(ta, n)), set(_ngrams(tb, n))
-        union = ga | gb
-        if union:
-            vals.append(len(ga & gb) / len(union))
-    return float(np.mean(vals)) if vals else 1.0
+    return _overlap(_gram_sets(first, orders), _gram_sets(second, orders))
 
 
 def diversity(texts: Sequence[str], orders: Sequence[int] = (1, 2)) -> float:
     """Lexical metrics: 1 - mean pairwise :func:`ngram_overlap` among ``texts`` (NaN if < 2)."""
-    pairs = list(itertools.combinations(texts, 2))
+    sets = [_gram_sets(t, orders) for t in texts]
+    pairs = list(itertools.combinations(sets, 2))
     if not pairs:
         return math.nan
-    return 1.0 - float(np.mean([ngram_overlap(a, b, orders) for a, b in pairs]))
+    return 1.0 - sum(_overlap(a, b) for a, b in pairs) / len(pairs)
 
 
 def lexical_relevance(example: Example | str, text: str) -> float:
@@ -266,6 +272,7 @@ class PolicyGenerator:
         name: shown in results.
         greedy: argmax decoding (all n samples then coincide).
         run_config: the run's config when known (gives default data and quality).
+        on_close: awaited by :meth:`aclose` (e.g. closing the policy's client).
     """
 
     def __init__(
@@ -276,12 +283,14 @@ class PolicyGenerator:
         name: str | None = None,
         greedy: bool = False,
         run_config: RunConfig | None = None,
+        on_close: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.policy = policy
         self.snapshot = snapshot if snapshot is not None else policy.snapshot(0)
         self.name = name or getattr(policy, "name", "policy")
         self.greedy = greedy
         self.run_config = run_config
+        self._on_close = on_close  # releases what the policy uses (the prompt policy's client)
 
     async def generate(self, example: Example, n: int, seed: int) -> list[str]:
         """``n`` samples of the policy at ``snapshot``."""
@@ -292,6 +301,12 @@ class PolicyGenerator:
         if errors:
             raise EngineError(f"{self.name}: generation failed: {errors[0]}")
         return [s.text for s in samples]
+
+    async def aclose(self) -> None:
+        """Run ``on_close`` once, if given."""
+        close, self._on_close = self._on_close, None
+        if close is not None:
+            await close()
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -360,9 +375,11 @@ class TextModelGenerator:
 class EndpointGenerator:
     """A fixed prompt on an OpenAI-compatible endpoint, as a Generator.
 
-    The prompt is ``instruction + "\\n\\n" + example.text`` (just the text without an
-    instruction); ``n`` samples come from one :meth:`engine.client.Client.complete` call
-    with ``seed`` (the client fans out when the server ignores ``n``).
+    The prompt is ``render(example)`` when given (:func:`endpoint_generator` passes the
+    prompt policy's rendering of its base prompt), else ``instruction + "\\n\\n" +
+    example.text`` (just the text without an instruction); ``n`` samples come from one
+    :meth:`engine.client.Client.complete` call with ``seed`` (the client fans out when the
+    server ignores ``n``).
 
     Args:
         client: an :class:`engine.client.Client`; closed by :meth:`aclose` when ``owns_client``.
@@ -379,15 +396,19 @@ class EndpointGenerator:
         name: str = "endpoint",
         run_config: RunConfig | None = None,
         owns_client: bool = True,
+        render: Callable[[Example], Any] | None = None,
     ) -> None:
         self.client = client
         self.instruction = instruction
         self.name = name
         self.run_config = run_config
         self.owns_client = owns_client
+        self._render = render  # custom rendering (chat messages or a completions prompt)
 
-    def render(self, example: Example) -> str:
-        """The prompt sent for ``example``."""
+    def render(self, example: Example) -> Any:
+        """The prompt (a string, or chat messages) sent for ``example``."""
+        if self._render is not None:
+            return self._render(example)
         return f"{self.instruction}\n\n{example.text}" if self.instruction else example.text
 
     async def generate(self, example: Example, n: int, seed: int) -> list[str]:
@@ -438,10 +459,9 @@ def _checkpoint_path(p: Path) -> Path:
     )
 
 
-def _load_tinylm(spec: str, path: Path, reference: bool) -> PolicyGenerator:
-    """Blocking: read a tinylm checkpoint into a PolicyGenerator."""
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], RunConfig]:
+    """Blocking: a checkpoint's policy arrays (``policy/`` prefix removed), policy meta, config."""
     from .checkpoint import load_checkpoint
-    from .policies.tinylm import TinyLM
 
     arrays, meta = load_checkpoint(path)
     cfg_data = meta.get("config")
@@ -449,38 +469,64 @@ def _load_tinylm(spec: str, path: Path, reference: bool) -> PolicyGenerator:
     if not isinstance(cfg_data, Mapping) or not isinstance(policy_meta, Mapping):
         raise CheckpointError(f"{path}: checkpoint has no config or policy metadata")
     cfg = load_config(None, base=cfg_data)
-    kind = policy_meta.get("policy")
-    if kind != "tinylm":
-        raise CheckpointError(
-            f"{path}: checkpoint of policy {kind!r}; only tinylm checkpoints load here"
-        )
-    policy = TinyLM(cfg.tinylm, seed=cfg.seed)
     state = {k[len("policy/") :]: v for k, v in arrays.items() if k.startswith("policy/")}
-    if reference:  # the frozen reference is the run's initial policy: load it as the params
-        state = {
-            **state,
-            **{f"params/{k[len('ref/') :]}": v for k, v in state.items() if k.startswith("ref/")},
-        }
-    policy.load_state(state, policy_meta)
-    step = 0 if reference else int(meta.get("step", 0))
+    return state, {**policy_meta, "_step": int(meta.get("step", 0))}, cfg
+
+
+def _as_reference(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state with the frozen reference (``ref/*``, the initial policy) as the parameters."""
+    ref = {f"params/{k[len('ref/') :]}": v for k, v in state.items() if k.startswith("ref/")}
+    return {**state, **ref}
+
+
+def _tinylm_generator(
+    spec: str, state: dict[str, Any], meta: dict[str, Any], cfg: RunConfig, step: int
+) -> PolicyGenerator:
+    """Blocking (a little numpy): a tinylm policy restored from checkpoint state."""
+    from .policies.tinylm import TinyLM
+
+    policy = TinyLM(cfg.tinylm, seed=cfg.seed)
+    policy.load_state(state, meta)
     return PolicyGenerator(
         policy, policy.snapshot(step), name=f"{spec} (step {step})", run_config=cfg
+    )
+
+
+def _prompt_generator(
+    spec: str, state: dict[str, Any], meta: dict[str, Any], cfg: RunConfig, step: int
+) -> PolicyGenerator:
+    """A prompt policy restored from checkpoint state, on a client for its endpoint."""
+    from .client import Client
+    from .policies.prompt import PromptPolicy
+
+    client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+    # the candidates come from the checkpoint; the constructor only needs a placeholder
+    policy = PromptPolicy(client, cfg.prompt, endpoint=cfg.endpoint, candidates=[("", (), None)])
+    policy.load_state(state, meta)
+    return PolicyGenerator(
+        policy,
+        policy.snapshot(step),
+        name=f"{spec} (step {step})",
+        run_config=cfg,
+        on_close=client.aclose,
     )
 
 
 async def load_generator(spec: str | Path) -> Any:
     """A Generator from a spec string, as ``python -m engine compare --a/--b`` take it.
 
-    * ``RUN_DIR`` or ``RUN_DIR/checkpoints/step-N``: a tinylm policy at that checkpoint
-      (a run directory means its latest loadable checkpoint);
+    * ``RUN_DIR`` or ``RUN_DIR/checkpoints/step-N``: the policy at that checkpoint (a run
+      directory means its latest loadable checkpoint): tinylm, or a prompt policy (sampling
+      its candidates, on a client for the checkpoint config's endpoint);
     * ``...#ref``: the same checkpoint's frozen reference, i.e. the run's initial policy;
-    * ``FILE.toml``: a run config; a fixed prompt (the first ``prompt.instructions`` entry,
-      if any, before the input) on its ``[endpoint]`` through an :class:`engine.client.Client`
-      with its limits and retry policy. Close it with ``await gen.aclose()``.
+    * ``FILE.toml``: a run config; a fixed prompt on its ``[endpoint]`` (see
+      :func:`endpoint_generator`).
+
+    Generators on an endpoint hold a client: close them with ``await gen.aclose()``.
 
     Raises:
         ConfigError: the spec is none of these, or the config is invalid.
-        CheckpointError: the checkpoint is unreadable or not a tinylm one.
+        CheckpointError: the checkpoint is unreadable, or of a policy kind not known here.
     """
     text = str(spec)
     reference = text.endswith("#ref")
@@ -489,17 +535,48 @@ async def load_generator(spec: str | Path) -> Any:
         if reference:
             raise ConfigError(f"{text}: '#ref' applies to checkpoints, not configs")
         cfg = await anyio.to_thread.run_sync(load_config, p)
-        return _endpoint_generator(cfg, name=text)
+        return endpoint_generator(cfg, name=text)
     path = await anyio.to_thread.run_sync(_checkpoint_path, p)
-    return await anyio.to_thread.run_sync(_load_tinylm, text, path, reference)
+    state, meta, cfg = await anyio.to_thread.run_sync(_read_checkpoint, path)
+    step = 0 if reference else meta["_step"]
+    if reference:
+        state = _as_reference(state)
+    kind = meta.get("policy")
+    if kind == "tinylm":
+        return await anyio.to_thread.run_sync(_tinylm_generator, text, state, meta, cfg, step)
+    if kind == "prompt":
+        return _prompt_generator(text, state, meta, cfg, step)
+    raise CheckpointError(f"{path}: checkpoint of unknown policy {kind!r}")
 
 
-def _endpoint_generator(cfg: RunConfig, *, name: str) -> EndpointGenerator:
+def endpoint_generator(cfg: RunConfig, *, name: str = "endpoint") -> EndpointGenerator:
+    """A fixed prompt on ``cfg.endpoint``: the prompt policy's base prompt, never trained.
+
+    The prompt is what :mod:`engine.policies.prompt` renders for its base candidate (the
+    first ``prompt.instructions`` entry, zero-shot) in the endpoint's mode; with no
+    instruction, the input text alone.
+    """
     from .client import Client
 
     client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
     instruction = cfg.prompt.instructions[0] if cfg.prompt.instructions else ""
-    return EndpointGenerator(client, instruction, name=name, run_config=cfg)
+    render = None
+    if instruction:
+        from .policies.prompt import Candidate, PromptFormat, render_completion, render_messages
+
+        base = Candidate(0, instruction)
+        if cfg.endpoint.mode == "chat":
+
+            def render(ex: Example) -> Any:
+                return render_messages(base, ex)
+
+        else:
+            fmt = PromptFormat()
+
+            def render(ex: Example) -> Any:
+                return render_completion(base, ex, fmt)
+
+    return EndpointGenerator(client, instruction, name=name, run_config=cfg, render=render)
 
 
 def heldout_examples(cfg: RunConfig, limit: int | None = None) -> list[Example]:
@@ -739,7 +816,10 @@ class ComparisonResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     """Failed generations: ``{"input", "model", "error"}``; those inputs are dropped."""
     score_failures: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Failed score calls per metric and model (``{"quality": {"a": 1, "b": 0}}``)."""
+    """Failed score calls per metric and model (``{"quality": {"a": 1, "b": 0}}``;
+    ``{"preference": {"pair": 2}}`` for judge calls on a pair)."""
+    score_errors: dict[str, list[str]] = field(default_factory=dict)
+    """Up to three distinct error messages per metric whose score calls failed."""
     scores: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     """Per-input scores per metric: ``{"quality": {"a": [...], "b": [...]}}``."""
     input_ids: list[str] = field(default_factory=list)
@@ -769,6 +849,7 @@ class ComparisonResult:
             "improvement": {k: _finite_or_none(v) for k, v in self.improvement.items()},
             "failures": self.failures,
             "score_failures": self.score_failures,
+            "score_errors": self.score_errors,
             "input_ids": self.input_ids,
             "scores": self.scores,
             "samples": self.samples,
@@ -794,6 +875,7 @@ class ComparisonResult:
             n_resamples=int(data.get("n_resamples", 10_000)),
             failures=list(data.get("failures", [])),
             score_failures=dict(data.get("score_failures", {})),
+            score_errors=dict(data.get("score_errors", {})),
             scores=dict(data.get("scores", {})),
             input_ids=list(data.get("input_ids", [])),
             samples=list(data.get("samples", [])),
@@ -1059,7 +1141,17 @@ class ModelComparator:
         }
         pref = np.full((n, k), np.nan)  # P(B better) per sample
         failures: list[dict[str, Any]] = []
-        score_fail = {name: {"a": 0, "b": 0} for name in [*self.scorers, "preference"]}
+        score_fail = {name: {"a": 0, "b": 0} for name in self.scorers}
+        score_fail["preference"] = {"pair": 0}
+        score_errors: dict[str, list[str]] = {}  # a few distinct messages per metric
+
+        def record(name: str, who: str, exc: Exception) -> None:
+            score_fail[name][who] += 1
+            msgs = score_errors.setdefault(name, [])
+            msg = f"{type(exc).__name__}: {exc}"
+            if len(msgs) < 3 and msg not in msgs:
+                msgs.append(msg)
+
         texts: list[dict[str, list[str]] | None] = [None] * n
         done = 0
         input_seeds = np.random.SeedSequence(self.seed).generate_state(n, dtype=np.uint32)
@@ -1083,8 +1175,8 @@ class ModelComparator:
         async def score(name: str, side: str, i: int, j: int, text: str) -> None:
             try:
                 raw[name][side][i, j] = await limited(self.scorers[name], self.examples[i], text)
-            except Exception:
-                score_fail[name][side] += 1
+            except Exception as exc:  # recorded; the sample leaves its input's mean
+                record(name, side, exc)
 
         async def judge(i: int, j: int, ta: str, tb: str) -> None:
             assert self.pairwise_judge is not None
@@ -1094,8 +1186,8 @@ class ModelComparator:
                 p = await limited(
                     _call_pairwise, self.pairwise_judge, self.examples[i], first, second
                 )
-            except Exception:
-                score_fail["preference"]["b"] += 1
+            except Exception as exc:
+                record("preference", "pair", exc)
                 return
             pref[i, j] = p if b_first else 1.0 - p
 
@@ -1115,9 +1207,11 @@ class ModelComparator:
                     if "preference" in self.order:
                         for j in range(k):
                             tg.start_soon(judge, i, j, out["a"][j], out["b"][j])
-                for side in ("a", "b"):
-                    for name, value in _group_metrics(out[side], self.group_metrics).items():
-                        per_input[name][side][i] = value
+                if self.group_metrics:  # O(k^2) pairs of texts: off the event loop
+                    for side in ("a", "b"):
+                        got = await anyio.to_thread.run_sync(_group_metrics, out[side])
+                        for name, value in got.items():
+                            per_input[name][side][i] = value
             done += 1
             if self.on_progress is not None:
                 res = self.on_progress(done, n)
@@ -1173,6 +1267,7 @@ class ModelComparator:
             n_resamples=self.n_resamples,
             failures=failures,
             score_failures={name: v for name, v in score_fail.items() if name in self.order},
+            score_errors=score_errors,
             scores={
                 name: {s: [_finite_or_none(x) for x in v[s]] for s in ("a", "b")}
                 for name, v in values.items()
@@ -1198,9 +1293,7 @@ async def _call_pairwise(judge: PairwiseJudgeFn, ex: Example, first: str, second
     return float(value)
 
 
-def _group_metrics(texts: Sequence[str], names: Sequence[str]) -> dict[str, float]:
-    if not names:
-        return {}
+def _group_metrics(texts: Sequence[str]) -> dict[str, float]:
     return {
         "diversity": diversity(texts),
         "distinct_1": distinct_n(texts, 1),

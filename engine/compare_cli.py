@@ -20,6 +20,7 @@ import anyio.to_thread
 
 from .compare import (
     BUILTIN_METRICS,
+    EndpointGenerator,
     ModelComparator,
     PairwiseJudge,
     heldout_examples,
@@ -33,9 +34,12 @@ __all__ = ("add_compare_parser", "compare_command")
 _EPILOG = """\
 SPEC is a checkpoint directory (RUN/checkpoints/step-N), a run directory (its latest
 checkpoint), either of them with '#ref' appended (the run's frozen initial policy), or a TOML
-config (a fixed prompt on its endpoint: the first prompt.instructions entry, if any, then the
-input). For tinylm checkpoints --data defaults to the run's held-out split and quality to the
-built-in task's reward.
+config (a fixed prompt on its endpoint: the prompt policy's base prompt, i.e. the first
+prompt.instructions entry zero-shot, or the input alone). Checkpoints of tinylm and prompt
+policies load; a prompt policy samples its candidates on its config's endpoint. --data
+defaults to the run's held-out split. Quality defaults to the built-in task's reward for
+tinylm checkpoints, else to the [reward] of B's config (or A's): its reward functions and,
+with a judge_prompt, its LLM judge.
 
 examples:
   python -m engine compare --a runs/latest#ref --b runs/latest --out runs/latest
@@ -176,6 +180,8 @@ async def compare_command(args: argparse.Namespace) -> int:
 
             client, rubric = await _judge_client(args.judge, stack)
             quality = LLMJudge(client, rubric or _QUALITY_RUBRIC, name="quality")
+        if quality is None and "quality" in metrics:
+            quality = await _config_rewarder(a, b, stack)
         pairwise = None
         if args.pairwise_judge:
             client, rubric = await _judge_client(args.pairwise_judge, stack)
@@ -227,6 +233,23 @@ async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Any, str]:
     client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
     stack.push_async_callback(client.aclose)
     return client, cfg.reward.judge_prompt
+
+
+async def _config_rewarder(a: Any, b: Any, stack: AsyncExitStack) -> Any:
+    """The [reward] of B's (else A's) config unless it is a tinylm checkpoint; else None."""
+    for model in (b, a):
+        cfg = getattr(model, "run_config", None)
+        if cfg is None or (cfg.policy == "tinylm" and not isinstance(model, EndpointGenerator)):
+            continue
+        from .client import Client
+        from .reward_functions import build_rewarder
+
+        judge_client = None
+        if cfg.reward.judge_prompt.strip():
+            judge_client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+            stack.push_async_callback(judge_client.aclose)
+        return build_rewarder(cfg, judge_client=judge_client)
+    return None
 
 
 async def _aclose(model: Any) -> None:

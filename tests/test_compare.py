@@ -33,6 +33,8 @@ from engine.compare import (
 )
 from engine.config import load_config
 from engine.errors import CheckpointError, ConfigError
+from engine.finetune import FineTunedModel
+from engine.policies.prompt import PromptPolicy
 from engine.tasks import reward as task_reward
 from engine.trainer import TrainingManager
 from engine.types import Example
@@ -227,11 +229,9 @@ async def test_same_model_other_seeds_not_significant(trained_run: Path) -> None
 
 
 async def test_false_positive_rate_same_model(trained_run: Path) -> None:
-    """Same model on both sides, 400 repetitions: p < 0.05 in about 5% of them.
-
-    Generations are reused: 32 samples per input are drawn once; each repetition gives A and
-    B disjoint random subsets of k=4 of them (the same model with different sampling seeds).
-    """
+    """Same model on both sides, 400 repetitions: p < 0.05 in about 5% of them."""
+    # Generations are reused: 32 samples per input are drawn once; each repetition gives A
+    # and B disjoint random subsets of k=4 of them (the same model, other sampling seeds).
     gen = await load_generator(trained_run)
     examples = heldout_examples(gen.run_config, limit=40)
     pool = np.array(
@@ -315,6 +315,7 @@ async def test_failures_are_recorded_and_dropped_not_zeroed() -> None:
     assert result.failures == [{"input": "e1", "model": "b", "error": "RuntimeError: boom"}]
     assert (q.n, q.dropped) == (5, 1)
     assert result.score_failures["quality"] == {"a": 0, "b": 1}
+    assert result.score_errors == {"quality": ["ValueError: bad score"]}
     assert result.scores["quality"]["b"][1] is None  # the dropped input, not a 0
     assert result.scores["quality"]["b"][2] == pytest.approx(len("word2 shared bb0") / 100)
     assert "1 failed generations" in str(result)
@@ -454,14 +455,104 @@ async def test_endpoint_config_spec_against_sim(tmp_path: Path) -> None:
         finally:
             await a.aclose()
             await b.aclose()
-    assert b.render(exs[0]).startswith("Write about")
+    assert a.render(exs[0]) == "question 0"  # no instruction: the input alone
+    assert b.render(exs[0]) == [  # the prompt policy's base prompt, chat mode
+        {"role": "system", "content": "Write about gradient policy reward."},
+        {"role": "user", "content": "question 0"},
+    ]
     assert result.metrics["relevance"].n == 12 and not result.failures
     assert sim.statistics().requests >= 24
 
 
+def _good_share(ex: Example, text: str) -> float:
+    from engine.testing.sim import GOOD_WORDS
+
+    words = text.split()
+    return sum(w in GOOD_WORDS for w in words) / max(1, len(words))
+
+
+async def test_prompt_policy_checkpoint_against_sim(tmp_path: Path) -> None:
+    """A prompt-policy checkpoint loads on its endpoint; '#ref' is its initial distribution."""
+    # B's logits favour an instruction full of words the simulated model then prefers, so B's
+    # answers use more of them than A's (the uniform initial distribution).
+    from engine.checkpoint import save_checkpoint
+    from engine.client import Client
+    from engine.config import to_dict
+    from engine.testing.sim import SimConfig, SimServer
+
+    async with SimServer(SimConfig(latency=0.0)) as sim:
+        cfg = load_config(
+            None,
+            [
+                "policy='prompt'",
+                f"endpoint.base_url='{sim.base_url}'",
+                "endpoint.model='sim'",
+                "prompt.instructions=['Answer.', 'Be accurate clear concise correct helpful.']",
+            ],
+        )
+        async with Client(cfg.endpoint) as client:
+            policy = PromptPolicy(client, cfg.prompt, endpoint=cfg.endpoint)
+            policy.parameters()["logits"][1] = 8.0  # nearly always the second instruction
+            arrays, meta = policy.state()
+        save_checkpoint(
+            tmp_path / "checkpoints" / "step-3",
+            {f"policy/{k}": v for k, v in arrays.items()},
+            {"policy": meta, "config": to_dict(cfg), "step": 3},
+        )
+        a = await load_generator(f"{tmp_path}#ref")
+        b = await load_generator(tmp_path)
+        try:
+            exs = [Example(id=f"q{i}", text=f"question {i}") for i in range(16)]
+            result = await ModelComparator(
+                a, b, exs, [("good_words", _good_share)], samples_per_input=4
+            ).compare()
+        finally:
+            await a.aclose()
+            await b.aclose()
+    assert a.name.endswith("(step 0)") and b.name.endswith("(step 3)")
+    m = result.metrics["good_words"]
+    assert not result.failures and m.diff > 0 and m.p_value < 0.05, str(result)
+
+
+async def test_finetuned_model_adapter_against_sim(tmp_path: Path) -> None:
+    """A FineTunedModel (async generate(text, sample=, seed=)) compares as a Generator."""
+    from engine.client import Client
+    from engine.testing.sim import SimConfig, SimServer
+
+    async with SimServer(SimConfig(latency=0.0)) as sim:
+        cfg = load_config(
+            None,
+            [
+                "policy='prompt'",
+                f"endpoint.base_url='{sim.base_url}'",
+                "endpoint.model='sim'",
+                "prompt.instructions=['Answer.', 'Be accurate clear concise correct helpful.']",
+            ],
+        )
+        client = Client(cfg.endpoint)
+        policy = PromptPolicy(client, cfg.prompt, endpoint=cfg.endpoint)
+        policy.parameters()["logits"][1] = 8.0
+        async with FineTunedModel(policy, cfg, clients=[client]) as model:
+            toml = tmp_path / "base.toml"
+            toml.write_text(
+                f'[endpoint]\nbase_url = "{sim.base_url}"\nmodel = "sim"\n'
+                '[prompt]\ninstructions = ["Answer."]\n'
+            )
+            base = await load_generator(toml)
+            try:
+                exs = [Example(id=f"q{i}", text=f"question {i}") for i in range(16)]
+                result = await ModelComparator(
+                    base, model, exs, [("good_words", _good_share)], samples_per_input=3
+                ).compare()
+            finally:
+                await base.aclose()
+    assert result.model_b == "FineTunedModel" and not result.failures
+    m = result.metrics["good_words"]
+    assert m.diff > 0 and m.p_value < 0.05, str(result)
+
+
 async def test_pairwise_llm_judge_against_sim() -> None:
     """PairwiseJudge (a GroupJudge of two) prefers the sim judge's higher-scored text."""
-    pytest.importorskip("engine.judges")
     from engine.client import Client
     from engine.compare import PairwiseJudge
     from engine.config import EndpointConfig
@@ -513,6 +604,48 @@ def test_cli_compare_writes_json_and_table(trained_run: Path, tmp_path: Path) ->
     assert "compare    16/16 inputs" in proc.stderr
     data = orjson.loads((out / "comparison.json").read_bytes())
     assert data["n_inputs"] == 16 and set(data["metrics"]) >= {"quality", "diversity", "relevance"}
+
+
+async def test_cli_compare_configs_on_sim_use_config_rewards(tmp_path: Path) -> None:
+    """Two TOML specs on the simulated server, --data FILE: quality is B's [reward]."""
+    from engine.testing.sim import SimConfig, SimServer
+
+    data = tmp_path / "eval.jsonl"
+    data.write_bytes(
+        b"".join(
+            orjson.dumps({"prompt": f"question {i}", "answer": "x"}) + b"\n" for i in range(10)
+        )
+    )
+    async with SimServer(SimConfig(latency=0.0)) as sim:
+        for name, extra in (("a", ""), ("b", 'instructions = ["Be accurate."]\n')):
+            (tmp_path / f"{name}.toml").write_text(
+                f'policy = "prompt"\n[endpoint]\nbase_url = "{sim.base_url}"\nmodel = "sim"\n'
+                f'[prompt]\n{extra}[reward]\nfunctions = ["non_empty"]\n'
+            )
+        proc = await anyio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "compare",
+                "--a",
+                str(tmp_path / "a.toml"),
+                "--b",
+                str(tmp_path / "b.toml"),
+                "--data",
+                str(data),
+                "--samples",
+                "2",
+                "--resamples",
+                "500",
+                "--quiet",
+            ],
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "quality" in out and "relevance" in out and "10 inputs x 2 samples" in out
+    assert "1.0000  1.0000" in out  # non_empty: every sim answer has words
 
 
 def test_cli_compare_bad_spec_exit_2(tmp_path: Path) -> None:
