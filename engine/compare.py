@@ -583,8 +583,9 @@ def heldout_examples(cfg: RunConfig, limit: int | None = None) -> list[Example]:
     """The held-out examples of a run config, as the trainer splits them (blocking: reads files).
 
     ``data.eval`` when set; else the ``eval_fraction`` split of ``data.train`` or of the
-    built-in task's examples. Unlike the trainer's evaluation (``trainer.eval_size``), all of
-    them are returned unless ``limit`` is given.
+    built-in examples (tinylm: the task's; prompt policy: the ``sentiment`` dataset). Unlike
+    the trainer's evaluation (``trainer.eval_size``), all of them are returned unless
+    ``limit`` is given.
     """
     from .data import as_source, read_jsonl, split_source
 
@@ -601,8 +602,10 @@ def heldout_examples(cfg: RunConfig, limit: int | None = None) -> list[Example]:
             from .tasks import make_examples
 
             source = as_source(make_examples(cfg.tinylm, cfg.data.num_examples, cfg.seed))
-        else:
-            raise ConfigError("no evaluation data: set data.eval or data.train", key="data.eval")
+        else:  # the prompt policy's built-in dataset, as engine.build picks it
+            from . import datasets
+
+            source = as_source(datasets.load("sentiment"))
         _, held = split_source(source, cfg.data.eval_fraction, cfg.seed)
         exs = held()
     out = list(itertools.islice(exs, limit) if limit is not None else exs)

@@ -156,7 +156,7 @@ def _examples(args: argparse.Namespace, a: Any, b: Any) -> list[Example]:
         return exs
     for model in (b, a):
         cfg = getattr(model, "run_config", None)
-        if cfg is not None and (cfg.policy == "tinylm" or cfg.data.eval or cfg.data.train):
+        if cfg is not None:
             return heldout_examples(cfg, args.limit)
     raise ConfigError("no evaluation data: pass --data FILE", key="--data")
 

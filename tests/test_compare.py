@@ -425,6 +425,25 @@ async def test_policy_adapter_wraps_a_live_policy() -> None:
     assert result.metrics["quality"].diff == 0.0
 
 
+def test_heldout_examples_follow_the_trainer_split(tmp_path: Path) -> None:
+    """Held-out inputs: the task split (tinylm), the sentiment split (prompt), data.eval."""
+    from engine.data import is_heldout
+
+    tiny = load_config(None, ["data.num_examples=300"])
+    held = heldout_examples(tiny)
+    assert held and all(is_heldout(ex, tiny.data.eval_fraction, tiny.seed) for ex in held)
+    assert len(heldout_examples(tiny, limit=5)) == 5
+    prompt_cfg = load_config(None, ["policy='prompt'"])
+    held = heldout_examples(prompt_cfg)
+    assert held and all(ex.target in ("positive", "negative") for ex in held)
+    data = tmp_path / "eval.jsonl"
+    data.write_bytes(b'{"prompt": "q1"}\n{"prompt": "q2"}\n')
+    assert [ex.text for ex in heldout_examples(load_config(None, [f"data.eval='{data}'"]))] == [
+        "q1",
+        "q2",
+    ]
+
+
 async def test_load_generator_errors(tmp_path: Path) -> None:
     """Specs that are neither checkpoint, run dir nor config fail with a clear error."""
     with pytest.raises(ConfigError, match="not a checkpoint directory"):
