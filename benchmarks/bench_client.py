@@ -16,7 +16,7 @@ process divided by requests; the server runs in another process) and both ratios
 aiohttp. Run::
 
     python benchmarks/bench_client.py                       # concurrency 64 and 512
-    python benchmarks/bench_client.py --requests 4000 --concurrency 64 --repeat 3
+    python benchmarks/bench_client.py --requests 4000 --concurrency 64 --repeat 5
     python benchmarks/bench_client.py --profile engine      # cProfile of the engine run
 """
 
@@ -31,6 +31,7 @@ import gc
 import importlib.util
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -271,8 +272,8 @@ async def bench(args: argparse.Namespace) -> None:
                 runs.append(
                     ("openai-aiohttp", functools.partial(run_openai, url, conc, total, warm, True))
                 )
-            best: dict[str, Result] = {}
-            for _ in range(args.repeat):
+            results: dict[str, list[Result]] = {}
+            for _ in range(args.repeat):  # interleaved, so load drifts hit every client alike
                 for key, fn in runs:
                     if only and key not in only:
                         continue
@@ -284,20 +285,30 @@ async def bench(args: argparse.Namespace) -> None:
                         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
                     else:
                         r = await fn()
-                    if key not in best or r.rps > best[key].rps:
-                        best[key] = r
-            floor = best.get("bare")
-            print(
-                f"{'client':34s} {'req/s':>9s} {'CPU us/req':>11s} {'x bare rps':>11s} "
-                f"{'x bare CPU':>11s} {'errors':>7s}"
-            )
-            for r in best.values():
-                rr = r.rps / floor.rps if floor else float("nan")
-                rc = r.cpu_us / floor.cpu_us if floor else float("nan")
-                print(
-                    f"{r.name:34s} {r.rps:9.0f} {r.cpu_us:11.0f} {rr:11.2f} {rc:11.2f} "
-                    f"{r.errors:7d}"
-                )
+                    results.setdefault(key, []).append(r)
+            report(results)
+
+
+def report(results: dict[str, list[Result]]) -> None:
+    """Medians over the repeats (and the best req/s), with ratios to bare aiohttp's medians."""
+    med = {
+        k: (statistics.median(r.rps for r in rs), statistics.median(r.cpu_us for r in rs))
+        for k, rs in results.items()
+    }
+    floor = med.get("bare")
+    print(
+        f"{'client (median of runs)':34s} {'req/s':>9s} {'best':>7s} {'CPU us/req':>11s} "
+        f"{'x bare rps':>11s} {'x bare CPU':>11s} {'errors':>7s}"
+    )
+    for key, rs in results.items():
+        rps, cpu = med[key]
+        rr = rps / floor[0] if floor else float("nan")
+        rc = cpu / floor[1] if floor else float("nan")
+        best = max(r.rps for r in rs)
+        errors = sum(r.errors for r in rs)
+        print(
+            f"{rs[0].name:34s} {rps:9.0f} {best:7.0f} {cpu:11.0f} {rr:11.2f} {rc:11.2f} {errors:7d}"
+        )
 
 
 def main() -> None:
@@ -305,7 +316,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
     ap.add_argument("--requests", type=int, default=0, help="per client; 0 = max(3000, 12 x c)")
     ap.add_argument("--latency", type=float, default=0.05, help="server latency, seconds")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per client; the best is shown")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per client (median)")
     ap.add_argument("--only", default="", help="comma list of: bare,engine,openai,openai-aiohttp")
     ap.add_argument("--profile", default="", help="cProfile one of the clients")
     args = ap.parse_args()

@@ -750,3 +750,37 @@ async def test_429_retry_after_pauses_other_senders(server: Scripted) -> None:
     stats = limiter.statistics()
     assert stats.rate_limited == 1
     assert stats.gate_waits >= 4
+
+
+# ----------------------------------------------------------------------------- cancellation
+
+
+async def test_deadline_in_flight_and_no_leftover_cancellation(server: Scripted) -> None:
+    """A deadline passing mid-request raises DeadlineExceeded and leaves the task uncancelled."""
+    server.push(Step(delay=1.0))
+    client, _, _ = make_client(server, timeout=60.0)
+    async with client:
+        with pytest.raises(DeadlineExceeded, match="in flight"):
+            await client.complete("hi", deadline=0.03)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        await asyncio.sleep(0)  # no stray CancelledError arrives later
+        out = await client.complete("again")
+    assert out.choices
+
+
+async def test_outside_cancellation_is_not_a_timeout(server: Scripted) -> None:
+    """Cancelling a call from outside propagates CancelledError; an outer timeout still works."""
+    server.push(Step(delay=1.0), Step(delay=1.0))
+    client, _, _ = make_client(server, timeout=0.5)
+    async with client:
+        call = asyncio.create_task(client.complete("hi"))
+        await asyncio.sleep(0.02)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.02):
+                await client.complete("hi")
+        stats = client.statistics()
+    assert stats.retries == {}
