@@ -82,6 +82,7 @@ __all__ = (
     "TextModelGenerator",
     "as_generator",
     "bootstrap_ci",
+    "compare_scores",
     "distinct_n",
     "diversity",
     "endpoint_generator",

@@ -33,11 +33,15 @@ from .monitor import convergence, describe
 from .telemetry import read_jsonl
 
 __all__ = (
+    "RunData",
     "Series",
     "add_report_parser",
     "line_chart",
+    "load_run",
+    "nice_ticks",
     "render_report",
     "report_command",
+    "tick_label",
     "write_report",
 )
 
