@@ -41,7 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import EndpointConfig, GRPOConfig, OptimConfig, RunConfig, load_config, to_dict
+from .config import (
+    EndpointConfig,
+    GRPOConfig,
+    OptimConfig,
+    PromptPolicyConfig,
+    RunConfig,
+    load_config,
+    to_dict,
+)
 from .data import parse_example, read_jsonl
 from .errors import CheckpointError, ConfigError
 from .policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
@@ -106,6 +114,7 @@ def finetune_config(
     endpoint: EndpointConfig | Mapping[str, Any] | None = None,
     config: RunConfig | None = None,
     reward_prompt: str | None = None,
+    prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """The run config :func:`finetune` uses: ``config`` (or :data:`PROMPT_DEFAULTS`) with the
     prompt policy, the base prompt first among the instructions, and the optimizer and
@@ -113,7 +122,9 @@ def finetune_config(
 
     ``optimizer`` is a :class:`~engine.config.GRPOConfig`, or a dict of GRPOConfig or
     OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the spec's names
-    (``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``).
+    (``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``). ``prompt`` sets
+    the prompt policy (``max_candidates``, ``max_demos``, ``propose_every``); its
+    ``instructions`` join ``instructions``.
 
     Raises:
         ConfigError: an unknown key or an invalid value, naming it.
@@ -122,6 +133,9 @@ def finetune_config(
         raise ConfigError("base_prompt must not be empty", key="base_prompt")
     data = to_dict(config) if config is not None else _merge(to_dict(RunConfig()), PROMPT_DEFAULTS)
     data["policy"] = "prompt"
+    if prompt is not None:
+        given = to_dict(prompt) if isinstance(prompt, PromptPolicyConfig) else dict(prompt)
+        data["prompt"] = {**data["prompt"], **given}
     extra = [
         i for i in (*instructions, *data["prompt"].get("instructions", ())) if i != base_prompt
     ]
@@ -445,6 +459,7 @@ async def finetune(
     out: str | Path | None = None,
     on_batch_complete: Callable[[Any], Any] | None = None,
     instructions: Sequence[str] = (),
+    prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
     client: Any = None,
     judge_client: Any = None,
     judge_options: Mapping[str, Any] | None = None,
@@ -467,6 +482,8 @@ async def finetune(
         out: write metrics, events, checkpoints and a summary here; None writes nothing.
         on_batch_complete: called with :class:`~engine.trainer.BatchMetrics` after each step.
         instructions: more seed instructions besides the base prompt.
+        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``
+            for candidate growth by reflection); a PromptPolicyConfig or a dict.
         client: generate with this client (not closed by the model); default a new one for
             ``endpoint``, owned by the returned model.
         judge_client: judge with this client (default: the generation client, or one for
@@ -492,6 +509,7 @@ async def finetune(
         endpoint=endpoint,
         config=config,
         reward_prompt=reward_prompt,
+        prompt=prompt,
     )
     examples = load_examples(train_data)
     if not examples:

@@ -11,7 +11,7 @@ import pytest
 
 from engine.__main__ import _build_parser
 from engine.checkpoint import save_checkpoint
-from engine.config import GRPOConfig
+from engine.config import GRPOConfig, PromptPolicyConfig
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.evaluate import eval_command
 from engine.export import read_groups
@@ -176,6 +176,8 @@ def test_finetune_config_names_and_errors() -> None:
     assert (cfg.optim.lr, cfg.grpo.epochs, cfg.grpo.mini_batch_size) == (0.5, 2, 1)
     assert cfg.grpo.beta == 0.0 and cfg.steps == 3
     assert cfg.endpoint.base_url == "http://127.0.0.1:9/v1"
+    p = finetune_config(base_prompt="b", prompt={"propose_every": 2, "instructions": ["x"]})
+    assert p.prompt == PromptPolicyConfig(instructions=("b", "x"), propose_every=2)
     g = GRPOConfig(group_size=3, epsilon=0.1)
     assert finetune_config(base_prompt="b", optimizer=g).grpo == g
     with pytest.raises(ConfigError, match="warp"):
