@@ -222,6 +222,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m engine``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve-sim"]:  # all its options belong to the simulated server's own CLI
+        from .testing.sim import main as sim_main
+
+        return sim_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -108,7 +108,8 @@ class EventLog:
         self._writer = _JsonlWriter(path)
         self._buf: list[bytes] = []  # serialized lines not yet written
         self._flush_every = flush_every  # write after this many buffered events
-        self.stats = RequestStats()  # aggregates since the last step
+        self.stats = RequestStats()  # requests of no step (evaluation, reflection)
+        self._by_step: dict[int, RequestStats] = {}  # requests by the step of their group
         self.count = 0  # events emitted in total
 
     @property
@@ -118,12 +119,28 @@ class EventLog:
     def emit(self, **fields: Any) -> None:
         """Record one request attempt. ``ts`` is added when missing."""
         fields.setdefault("ts", time.time())
-        self.stats.record(fields)
+        step = _step_of(fields)
+        if step is None:
+            self.stats.record(fields)
+        else:
+            bucket = self._by_step.get(step)
+            if bucket is None:
+                bucket = self._by_step[step] = RequestStats()
+            bucket.record(fields)
         self.count += 1
         if self._writer.enabled:
             self._buf.append(dumps(fields))
             if len(self._buf) >= self._flush_every:
                 self.flush()
+
+    def step_stats(self, step: int) -> dict[str, Any]:
+        """Metrics of the requests made for batch ``step`` (and any earlier batch not yet
+        reported), plus requests of no step since the last call; resets what it reports."""
+        merged = self.stats
+        for s in sorted(k for k in self._by_step if k <= step):
+            merged.merge(self._by_step.pop(s))
+        out = merged.snapshot(reset=True)
+        return out
 
     def log(self, **fields: Any) -> None:
         """Record a log line (``kind="log"``); it is not a request and not counted as one."""
@@ -196,6 +213,17 @@ class RequestStats:
             self.errors += 1
             self.error_classes[str(err)] += 1
 
+    def merge(self, other: RequestStats) -> None:
+        """Add ``other``'s counts into this one."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.latencies.extend(other.latencies)
+        self.error_classes.update(other.error_classes)
+        self.by_kind.update(other.by_kind)
+
     def snapshot(self, *, reset: bool = True) -> dict[str, Any]:
         lat = np.asarray(self.latencies, dtype=np.float64)
         if lat.size:
@@ -220,6 +248,19 @@ class RequestStats:
         if reset:
             self.reset()
         return out
+
+
+def _step_of(fields: Mapping[str, Any]) -> int | None:
+    """The batch step an event belongs to: its ``step`` field, or the ``STEP-J`` group id."""
+    step = fields.get("step")
+    if isinstance(step, int):
+        return step
+    gid = fields.get("group_id")
+    if isinstance(gid, str):
+        head, sep, _ = gid.partition("-")
+        if sep and head.isdigit():
+            return int(head)
+    return None
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

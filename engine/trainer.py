@@ -45,9 +45,10 @@ from .learner import Learner, ScoredBatch, snapshot_version_for
 from .monitor import convergence
 from .policies.base import Policy, PolicySnapshot
 from .rewards import Rewarder
+from .rollout import GroupRunner, RolloutStats
 from .telemetry import EventLog, MetricsLog, dumps, get_logger
 from .telemetry import read_jsonl as read_jsonl_records
-from .types import Example, Group, Rollout, Sample
+from .types import Example, Group
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 
@@ -246,57 +247,49 @@ class TrainingManager:
         group_id: str,
         rng: np.random.Generator,
         step: int,
-    ) -> Group:
-        """Generate G samples for one prompt and score each one as soon as it exists."""
-        G = self.cfg.grpo.group_size
-        group = Group(group_id, step, example, snapshot.version)
-        t0 = time.perf_counter()
-        error: str | None = None
-        try:
-            samples = await self.policy.generate(snapshot, example, G, rng)
-        except Exception as exc:  # generation failed for the whole group: recorded, not lost
-            error = f"{type(exc).__name__}: {exc}"
-            samples = [Sample(text="", error=error) for _ in range(G)]
-        if getattr(self.policy, "embedded", False):
-            self.events.emit(
-                kind="generation",
-                endpoint="embedded",
-                model=self.policy.name,
-                group_id=group_id,
-                policy_version=snapshot.version,
-                status=200 if error is None else None,
-                latency=time.perf_counter() - t0,
-                attempt=1,
-                n=G,
-                prompt_tokens=sum(s.usage.prompt_tokens for s in samples),
-                completion_tokens=sum(s.usage.completion_tokens for s in samples),
-                error_class=None if error is None else "embedded",
+        *,
+        stats: RolloutStats | None = None,
+    ) -> Group | None:
+        """Rollout stage: fan out one group through :class:`~engine.rollout.GroupRunner`.
+
+        Admitted whole against the limits, generated, each sample scored as soon as it exists,
+        completed by the ``[rollout]`` policy (retry, shrink or drop failed members; cancel
+        oversampled stragglers). Returns None when the group is dropped; ``stats`` counts.
+        """
+        runner: GroupRunner | None = getattr(self, "_group_runner", None)
+        if (
+            runner is None
+            or runner.policy is not self.policy
+            or runner.rewarder is not self.rewarder
+        ):
+            runner = GroupRunner.for_policy(
+                self.policy, self.rewarder, self.cfg, events=self.events
             )
-        group.rollouts = [Rollout(group_id, i, snapshot.version, s) for i, s in enumerate(samples)]
-        scores = await self.rewarder.score_group(
-            example, [s.text if s.error is None else None for s in samples], group_id=group_id
-        )
-        for r, s, score in zip(group.rollouts, samples, scores, strict=True):
-            r.reward = score.reward
-            r.reward_parts = score.parts
-            r.error = s.error if s.error is not None else score.error
-            r.feedback = score.feedback
-        return group
+            self._group_runner = runner  # one admission gate for every batch of the run
+        return await runner.run(snapshot, example, group_id, rng, step, stats=stats)
 
     async def _run_batch(self, batch: Batch) -> ScoredBatch:
+        """Rollout stage: every group of one batch, concurrently, admitted by the runner's gate;
+        the groups' counters (``groups/*``, ``rollouts/*``) travel in ``ScoredBatch.stats``."""
         version = snapshot_version_for(batch.step, self.cfg.grpo.max_staleness)
         snap = await self.learner.snapshot_at(version)
         t0 = time.perf_counter()
         groups: list[Group | None] = [None] * len(batch.examples)
+        stats = RolloutStats()
 
         async def one(j: int, ex: Example) -> None:
-            groups[j] = await self.run_group(snap, ex, batch.group_id(j), batch.rng(j), batch.step)
+            groups[j] = await self.run_group(
+                snap, ex, batch.group_id(j), batch.rng(j), batch.step, stats=stats
+            )
 
         async with anyio.create_task_group() as tg:
             for j, ex in enumerate(batch.examples):
                 tg.start_soon(one, j, ex)
         return ScoredBatch(
-            batch.step, [g for g in groups if g is not None], gen_time=time.perf_counter() - t0
+            batch.step,
+            [g for g in groups if g is not None],
+            gen_time=time.perf_counter() - t0,
+            stats=dict(stats.metrics()),
         )
 
     async def _produce(self, send: Any, start: int) -> None:
@@ -449,8 +442,9 @@ class TrainingManager:
         m["step_time"] = time.perf_counter() - self._last_step_t
         self._last_step_t = time.perf_counter()
         m["gen_time"] = batch.gen_time
+        m.update(batch.stats)  # the batch's group counters (engine.rollout)
         self.events.flush()
-        m.update(self.events.stats.snapshot(reset=True))
+        m.update(self.events.step_stats(step))
         m.setdefault("kl", math.nan)
         if len(self.reward_first) < 3 and step < 3:
             self.reward_first.append(m.get("reward", math.nan))

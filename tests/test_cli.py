@@ -133,3 +133,21 @@ def test_import_engine_does_not_load_numpy() -> None:
     code = "import sys, engine, engine.__main__; assert 'numpy' not in sys.modules, 'numpy'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_serve_sim_passes_options_through() -> None:
+    """`python -m engine serve-sim --port 0` starts the simulated server and prints its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve-sim", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("http://127.0.0.1:") and line.rstrip().endswith("/v1")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

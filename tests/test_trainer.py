@@ -266,3 +266,12 @@ async def test_failed_rollouts_are_masked_not_zero() -> None:
     assert m["reward"] == pytest.approx(0.5)  # mean of 1.0, 0.5, 0.0: the failure is not a 0
     assert len(pol.advantages) == 3  # only the scored rollouts take part in the update
     assert sum(pol.advantages) == pytest.approx(0.0)
+
+
+async def test_request_metrics_are_per_step(tmp_path: Path) -> None:
+    """Each step's request metrics count that batch's requests, even though batches overlap."""
+    cfg = small("trainer.eval_every=0")
+    async with TrainingManager(cfg, out=tmp_path) as tm:
+        await tm.run()
+    rows = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    assert [r["requests/total"] for r in rows] == [cfg.data.batch_size] * cfg.steps
