@@ -376,7 +376,7 @@ def _code_status(error: Mapping[str, Any] | None) -> int | None:
         return code
     if isinstance(code, str):
         c = code.strip().lower()
-        if c.isdigit():
+        if c.isdecimal():  # not isdigit: int() rejects superscripts such as '²'
             return int(c)
         if "rate_limit" in c or "too_many_requests" in c:
             return 429
@@ -583,6 +583,16 @@ def _parse_choice(c: dict[str, Any], index: int) -> Choice:
     return Choice(
         index, text, fr if type(fr) is str or fr is None else str(fr), token_ids, logprobs, tokens
     )
+
+
+def _int_list(v: Any) -> list[int] | None:
+    """A list of integer token ids, or None when ``v`` is not one."""
+    if type(v) is not list:
+        return None
+    try:
+        return [int(t) for t in v]
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _int(v: Any) -> int:
@@ -1384,7 +1394,7 @@ class Client:
                 id=self._redact_id(rid if rid is None or type(rid) is str else str(rid)),
                 model=doc.get("model"),
                 request_id=self._redact_id(headers.get("x-request-id")),
-                prompt_token_ids=[int(t) for t in ptids] if type(ptids) is list else None,
+                prompt_token_ids=_int_list(ptids),
                 attempts=attempt,
             )
         err_obj = _error_object(doc)

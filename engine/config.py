@@ -444,9 +444,13 @@ def _coerce(value: Any, tp: Any, key: str, path: str | None) -> Any:
             raise ConfigError(
                 f"expected a number, got {type(value).__name__} {value!r}", path=path, key=key
             )
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
             raise ConfigError(f"expected a finite number, got {value!r}", path=path, key=key)
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(
@@ -498,6 +502,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word is a string: --set endpoint.model=gpt-4o-mini
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: value nested too deeply", path="--set") from None
     return key.split("."), value
 
 
@@ -537,6 +543,8 @@ def load_config(
             raise ConfigError("config is not UTF-8 text", path=spath) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid TOML: {exc}", path=spath) from None
+        except RecursionError:  # tomllib recurses into nested arrays and inline tables
+            raise ConfigError("invalid TOML: nested too deeply", path=spath) from None
     cfg = _build(RunConfig, data, "", spath)
     over = list(overrides)
     if over:

@@ -38,6 +38,13 @@ __all__ = (
 _TARGET_KEYS = ("answer", "target", "completion")
 
 
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def parse_example(obj: Any, *, path: str = "<data>", line: int = 0) -> Example:
     """Turn one decoded JSON line into an :class:`Example`; raise DataError when malformed."""
 
@@ -70,7 +77,7 @@ def parse_example(obj: Any, *, path: str = "<data>", line: int = 0) -> Example:
             target = gen
             q = out.get("quality")
             if q is not None:
-                if isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q):
+                if isinstance(q, bool) or not isinstance(q, int | float) or not _finite(q):
                     raise bad("'output.quality' must be a finite number")
                 quality = float(q)
         meta = {k: v for k, v in obj.items() if k not in ("input", "output", "id")}

@@ -254,7 +254,10 @@ def _score_value(value: Any, what: str, raw: str) -> float:
         raise OutputParseError(
             f"{what} must be a JSON number, got {type(value).__name__} {value!r}", raw=raw
         )
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an integer too large for a float
+        x = math.inf
     if not math.isfinite(x):
         raise OutputParseError(f"{what} must be finite, got {value!r}", raw=raw)
     return min(1.0, max(0.0, x))

@@ -399,7 +399,7 @@ def find_json_object(text: str, *, want: set[str] | None = None) -> dict[str, An
     while pos != -1:
         try:
             obj, end = _DECODER.raw_decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             pos = text.find("{", pos + 1)
             continue
         if isinstance(obj, dict):
