@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
 import orjson
+import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -998,6 +999,8 @@ class Client:
         session = self._session_or_raise()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if group_id is None:  # the rollout stage binds the group it works for
+            group_id = structlog.contextvars.get_contextvars().get("group_id")
         cfg = self._cfg
         mode = mode or cfg.mode
         t0 = self._clock()
@@ -1074,6 +1077,17 @@ class Client:
                         )
                     self._n_caps[endpoint_key] = got
                     parts += await self._fan_out(ctx, body, _chunks(n - got, got), seed, 1)
+            # a fanned-out request can come back short as well (an endpoint that honours n
+            # only sometimes): ask again for the rest, so the result has exactly n choices
+            # (every request returns at least one choice, else it failed, so this ends)
+            got = sum(len(p.choices) for p in parts)
+            while got < n:
+                more = await self._fan_out(
+                    ctx, body, _chunks(n - got, self._n_caps.get(endpoint_key) or 1), seed,
+                    len(parts),
+                )  # fmt: skip
+                parts += more
+                got += sum(len(p.choices) for p in more)
         except BaseException:
             self._failures += 1
             raise
