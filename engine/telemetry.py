@@ -300,6 +300,11 @@ _LEVELS = {
 _SINK = _LogSink()
 
 
+def _render(obj: Any, **kwargs: Any) -> bytes:
+    """JSONRenderer's serializer: structlog passes ``default=``; :func:`dumps` has its own."""
+    return dumps(obj)
+
+
 def configure_logging(*, level: str = "info", console_level: str = "warning") -> None:
     """Configure structlog for the CLI.
 
@@ -320,7 +325,7 @@ def configure_logging(*, level: str = "info", console_level: str = "warning") ->
         renderer: Any = structlog.dev.ConsoleRenderer(colors=True)
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=dumps)
+        renderer = structlog.processors.JSONRenderer(serializer=_render)
         factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     structlog.configure(
         processors=[*processors, renderer],
