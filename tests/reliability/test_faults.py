@@ -1,0 +1,165 @@
+"""Fault injection: training runs survive a 20% fault rate with nothing lost or counted twice.
+
+The simulated server (in this test's event loop) injects every fault kind at a combined 20%
+of requests: 429s with a wait, without one and with junk headers; 500/502/503 and 529;
+connection resets; hangs just past the client's read timeout; malformed JSON; truncated
+bodies; HTTP 200 carrying an error; fewer choices than ``n``. ``python -m engine run`` trains
+the prompt policy with an LLM judge through the client against it, as a user would, and the
+test reconciles what the run wrote (see :func:`.support.reconcile`) with what the server saw.
+
+CI runs a short version (about 200 generation requests per partial-group policy); the full
+version (``pytest -m slow``) makes more than 2,000 generation requests plus the judge calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.client import Client
+from engine.config import EndpointConfig, RetryConfig
+from engine.telemetry import EventLog
+from engine.testing.sim import FAULT_KINDS, Faults, SimConfig, SimServer
+
+from .support import (
+    Reconciliation,
+    grading_model,
+    jsonl_records,
+    reconcile,
+    record,
+    run_engine,
+    to_toml,
+)
+
+FAULT_RATE = 0.2
+TIMEOUT = 0.25
+"""Client read timeout, seconds; the sim's hang fault lasts a little longer."""
+HANG = 0.35
+BATCH = 8
+GROUP = 4
+INSTRUCTIONS = [
+    "Classify the sentiment of this review.",
+    "Is this review positive or negative? Answer with one word.",
+    "Give a clear, concise and correct label for the sentiment of the review.",
+]
+
+
+def sim_config(seed: int = 0) -> SimConfig:
+    """Every fault kind, 20% in all, small waits so the run stays fast."""
+    faults = Faults.spread(FAULT_RATE, include_timeout=True, hang_seconds=HANG, retry_after=0.01)
+    return SimConfig(seed=seed, latency=0.002, model=grading_model, faults=faults)
+
+
+def run_config(base_url: str, out: Path, *, steps: int, policy: str) -> dict[str, Any]:
+    """The run: the prompt policy plus an LLM judge on the sim, small timeouts and backoff."""
+    return {
+        "policy": "prompt",
+        "steps": steps,
+        "seed": 0,
+        "out": str(out),
+        "grpo": {"group_size": GROUP, "mini_batch_size": 4},
+        "prompt": {"instructions": INSTRUCTIONS, "max_demos": 2},
+        "endpoint": {
+            "provider": "local",
+            "base_url": base_url,
+            "model": "sim-model",
+            "max_tokens": 16,
+            "timeout": TIMEOUT,
+            "deadline": 60.0,
+        },
+        "limits": {"max_concurrency": 32},
+        "retry": {"max_attempts": 3, "backoff_base": 0.01, "backoff_cap": 0.1},
+        "reward": {
+            "functions": ["non_empty"],
+            "judge_prompt": "Grade how clear, concise, correct and relevant the label is.",
+        },
+        "rollout": {"partial_group": policy, "member_retries": 1, "min_group_size": 2},
+        "data": {"batch_size": BATCH},
+        "trainer": {"eval_every": 0, "checkpoint_every": 0},
+    }
+
+
+async def train_under_faults(
+    tmp: Path, *, steps: int, policy: str
+) -> tuple[Reconciliation, dict[str, Any]]:
+    """One CLI run against the faulty sim; the reconciliation and the sim's statistics."""
+    out, export = tmp / f"run-{policy}", tmp / f"groups-{policy}.jsonl"
+    async with SimServer(sim_config()) as sim:
+        cfg = tmp / f"{policy}.toml"
+        cfg.write_text(to_toml(run_config(sim.base_url, out, steps=steps, policy=policy)))
+        done = await run_engine(["run", "--config", str(cfg), "--export-groups", str(export)])
+        stats = sim.statistics()
+    assert done.returncode == 0, done.err[-3000:]
+    assert "Traceback" not in done.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_done"] == steps and summary["stop_reason"] == "steps"
+    rec = reconcile(out, export, steps=steps, batch=BATCH, group_size=GROUP, policy=policy)
+
+    # every attempt the client made reached the server once, and was recorded once
+    requests = stats.by_endpoint["/v1/chat/completions"]
+    assert sum(rec.attempts.values()) == requests, (rec.attempts, requests)
+    # every injected fault failed exactly one attempt, classified by what went wrong
+    f = stats.faults
+    assert rec.errors["rate_limit"] == f["rate_limit"] + f["rate_limit_bare"] + f["rate_limit_junk"]
+    assert rec.errors["server"] == f["server_error"] + f["overloaded"]
+    assert rec.errors["timeout"] + rec.errors["deadline"] == f["timeout"]
+    broken = f["reset"] + f["truncated"] + f["malformed"] + f["error_200"]
+    # short_n fails an n=1 request (no choices at all); for n > 1 the client asks for the rest
+    assert broken <= rec.errors["transport"] + rec.errors["response"] <= broken + f["short_n"]
+    assert sum(rec.errors.values()) <= sum(f.values())
+    assert not set(rec.errors) - {"rate_limit", "server", "timeout", "deadline", "transport",
+                                  "response"}  # fmt: skip
+    figures = {
+        "policy": policy,
+        "requests": requests,
+        "generation_attempts": rec.attempts["generation"],
+        "judge_attempts": rec.attempts["judge"],
+        "faults": {k: f[k] for k in FAULT_KINDS},
+        "faults_total": sum(f.values()),
+        **rec.row(),
+    }
+    return rec, figures
+
+
+@pytest.mark.parametrize("policy", ["retry", "shrink", "drop"])
+async def test_training_survives_faults(tmp_path: Path, policy: str) -> None:
+    """A short run at a 20% fault rate completes and reconciles, under each partial-group policy."""
+    rec, figures = await train_under_faults(tmp_path, steps=8, policy=policy)
+    assert figures["generation_attempts"] >= 150 and figures["faults_total"] >= 20, figures
+    assert len([k for k, v in figures["faults"].items() if v]) >= 6, figures
+    assert rec.complete > 0
+    record(f"faults-ci-{policy}", figures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["retry", "shrink", "drop"])
+async def test_training_survives_faults_long(tmp_path: Path, policy: str) -> None:
+    """More than 2,000 generation requests plus judge calls at a 20% fault rate reconcile."""
+    rec, figures = await train_under_faults(tmp_path, steps=90, policy=policy)
+    assert figures["generation_attempts"] >= 2000, figures
+    assert all(figures["faults"][k] > 0 for k in FAULT_KINDS), figures
+    assert rec.complete > 0 and rec.dropped + rec.shrunk > 0
+    if policy == "retry":
+        assert rec.retried > 0
+    record(f"faults-slow-{policy}", figures)
+
+
+async def test_short_choices_are_topped_up_to_n(tmp_path: Path) -> None:
+    """With fewer choices than n half the time, every call still returns exactly n choices."""
+    events = EventLog(tmp_path / "events.jsonl")
+    retry = RetryConfig(max_attempts=8, backoff_base=0.01, backoff_cap=0.05)
+    async with (
+        SimServer(SimConfig(faults=Faults(short_n=0.5))) as sim,
+        Client(EndpointConfig(base_url=sim.base_url), retry=retry, events=events) as client,
+    ):
+        for i in range(30):
+            out = await client.complete(f"prompt {i}", n=4, group_id=f"0-{i}")
+            assert len(out.choices) == 4 and [c.index for c in out.choices] == [0, 1, 2, 3]
+        faults = sim.statistics().faults["short_n"]
+    events.close()
+    assert faults > 0
+    evs = jsonl_records(tmp_path / "events.jsonl")
+    assert {e["group_id"] for e in evs} == {f"0-{i}" for i in range(30)}
