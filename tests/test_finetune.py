@@ -107,7 +107,8 @@ async def test_save_load_and_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixt
              "--out", str(tmp_path / "rows.jsonl")]
         )  # fmt: skip
         assert await eval_command(args) == 0
-    summary = orjson.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    summary = orjson.loads(out[out.index("{\n") :])  # after any log lines another test enabled
     assert summary["n"] == 10 and summary["mean_reward"] == 1.0 and summary["pass_rate"] == 1.0
     assert summary["errors"] == 0 and summary["requests"] == 10
     rows = [orjson.loads(x) for x in (tmp_path / "rows.jsonl").read_bytes().splitlines()]

@@ -1218,23 +1218,3 @@ def _reset_moments(optimizer: Any, slot: int, live: np.ndarray) -> None:
     others[slot] = False
     v[slot] = float(v[others].mean()) if others.any() else 0.0
     optimizer.load_state(arrays, meta)
-
-
-def candidate_table(policy: PromptPolicy) -> list[dict[str, Any]]:
-    """Live candidates as rows (id, probability, rollouts, mean reward, origin, text)."""
-    rows = []
-    for cand, prob in policy.probabilities():
-        n, mean = policy.candidate_stats(cand.id)
-        rows.append(
-            {
-                "id": cand.id,
-                "probability": prob,
-                "rollouts": n,
-                "mean_reward": mean,
-                "origin": cand.origin,
-                "instruction": cand.instruction,
-                "demos": len(cand.demos),
-                "temperature": cand.temperature,
-            }
-        )
-    return rows
