@@ -677,24 +677,20 @@ class _Failure:
         self.permit: Any = None  # the permit the attempt held, for the limiter's reports
 
 
-class _AttemptState:
-    __slots__ = ("reused",)
-
-    def __init__(self) -> None:
-        self.reused = False  # the connection came from the keep-alive pool
-
-
-_ATTEMPT: ContextVar[_AttemptState | None] = ContextVar("engine_client_attempt", default=None)
-
-
 class _Alarm:
-    __slots__ = ("cancelling", "fired", "task", "when")
+    """The state of one attempt: its timer entry, and whether its connection was reused."""
+
+    __slots__ = ("cancelling", "fired", "reused", "task", "when")
 
     def __init__(self, task: asyncio.Task[Any], when: float) -> None:
         self.task = task  # the task running the attempt
         self.when = when  # loop time at which the attempt is cancelled
         self.cancelling = task.cancelling()  # cancel requests pending before we armed
         self.fired = False  # the watchdog cancelled the task
+        self.reused = False  # the connection came from the keep-alive pool
+
+
+_ATTEMPT: ContextVar[_Alarm | None] = ContextVar("engine_client_attempt", default=None)
 
 
 class _Watchdog:
@@ -1229,7 +1225,6 @@ class Client:
         """One HTTP attempt: permit, send, classify. Emits the event of a success or a deadline."""
         limiter = self._limiter
         path = ctx.path
-        state = _AttemptState()
         status: int | None = None
         outcome: _Result | _Failure | None = None
         t_send: float | None = None
@@ -1245,7 +1240,7 @@ class Client:
                 if attempt_end < ctx.loop_end:
                     by_attempt = True
                     watchdog.move(alarm, attempt_end)
-                token = _ATTEMPT.set(state)
+                token = _ATTEMPT.set(alarm)
                 try:
                     async with ctx.session.post(ctx.url, data=data) as resp:
                         status = resp.status
@@ -1253,7 +1248,7 @@ class Client:
                 except aiohttp.ServerDisconnectedError as exc:
                     outcome = _Failure(
                         TransportError(self._describe(exc), attempt=attempt, endpoint=path),
-                        immediate=state.reused and not used_immediate,
+                        immediate=alarm.reused and not used_immediate,
                     )
                 except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
                     outcome = _Failure(
