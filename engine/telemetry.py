@@ -8,7 +8,8 @@ Three outputs, all JSON lines written with orjson:
 
 Every line is written whole with one ``write`` call on a file opened in append mode and flushed
 at each step, so a crash never leaves a torn line except possibly the very last one, which
-readers (:func:`read_jsonl`) skip and report. The library never configures logging; only the
+readers (:func:`read_jsonl`) skip and a writer appending to the file (a resumed run) cuts
+off first. The library never configures logging; only the
 CLI calls :func:`configure_logging`.
 """
 
@@ -55,6 +56,29 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default, option=_OPTS)
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate ``path`` after its last newline: drop a torn last line a crash left behind."""
+    try:
+        fh = open(path, "rb+")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                if start + i + 1 < end:
+                    fh.truncate(start + i + 1)
+                return
+            pos = start
+        if end:
+            fh.truncate(0)
+
+
 class _JsonlWriter:
     """Append-only JSON lines file; each record is one write of one whole line."""
 
@@ -73,6 +97,7 @@ class _JsonlWriter:
         if self._fh is None:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _cut_torn_tail(self.path)  # appending after a crash: no line may join a fragment
             self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         self._fh.write(data)
 
