@@ -9,8 +9,9 @@ import os
 import re
 import signal
 import sys
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,15 @@ async def run_engine(
 ) -> Finished:
     """Run ``python -m engine ARGS`` to the end without blocking the event loop."""
     return await finish(await start_engine(args, env=env), limit)
+
+
+async def eventually(cond: Callable[[], object], limit: float = 60, every: float = 0.01) -> None:
+    """Wait until ``cond()`` is true, polling (the conditions here are other processes' files
+    and a server's counters, which signal nothing); AssertionError after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"not true within {limit} s: {cond}"
+        await asyncio.sleep(every)
 
 
 # ----------------------------------------------------------------------------- outputs
