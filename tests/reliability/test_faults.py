@@ -35,9 +35,9 @@ from .support import (
 )
 
 FAULT_RATE = 0.2
-TIMEOUT = 0.25
+TIMEOUT = 0.5
 """Client read timeout, seconds; the sim's hang fault lasts a little longer."""
-HANG = 0.35
+HANG = 0.6
 BATCH = 8
 GROUP = 4
 INSTRUCTIONS = [
@@ -101,15 +101,19 @@ async def train_under_faults(
     # every attempt the client made reached the server once, and was recorded once
     requests = stats.by_endpoint["/v1/chat/completions"]
     assert sum(rec.attempts.values()) == requests, (rec.attempts, requests)
-    # every injected fault failed exactly one attempt, classified by what went wrong
+    # every injected fault failed exactly one attempt, classified by what went wrong; on a busy
+    # machine a normal answer can also pass the timeout now and then: counted as `extra`
     f = stats.faults
+    extra = rec.errors["timeout"] + rec.errors["deadline"] - f["timeout"]
+    assert 0 <= extra <= max(3, requests // 200), (rec.errors, f)
     assert rec.errors["rate_limit"] == f["rate_limit"] + f["rate_limit_bare"] + f["rate_limit_junk"]
-    assert rec.errors["server"] == f["server_error"] + f["overloaded"]
-    assert rec.errors["timeout"] + rec.errors["deadline"] == f["timeout"]
+    server = f["server_error"] + f["overloaded"]
+    assert server - extra <= rec.errors["server"] <= server, (rec.errors, f)
     broken = f["reset"] + f["truncated"] + f["malformed"] + f["error_200"]
     # short_n fails an n=1 request (no choices at all); for n > 1 the client asks for the rest
-    assert broken <= rec.errors["transport"] + rec.errors["response"] <= broken + f["short_n"]
-    assert sum(rec.errors.values()) <= sum(f.values())
+    got = rec.errors["transport"] + rec.errors["response"]
+    assert broken - extra <= got <= broken + f["short_n"], (rec.errors, f)
+    assert sum(rec.errors.values()) <= sum(f.values()) + extra
     assert not set(rec.errors) - {"rate_limit", "server", "timeout", "deadline", "transport",
                                   "response"}  # fmt: skip
     figures = {
@@ -119,6 +123,7 @@ async def train_under_faults(
         "judge_attempts": rec.attempts["judge"],
         "faults": {k: f[k] for k in FAULT_KINDS},
         "faults_total": sum(f.values()),
+        "timeouts_without_fault": extra,
         **rec.row(),
     }
     return rec, figures
