@@ -122,10 +122,11 @@ REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], float]] = MappingProxyTy
         "numeric_match": numeric_match,
         "length_penalty": length_penalty,
         "non_empty": non_empty,
+        "nonempty": non_empty,
     }
 )
-"""The functions above by config name; they take precedence over same-named ones in
-:data:`engine.rewards.BUILTIN_REWARDS` when a rewarder is built by :func:`build_rewarder`."""
+"""The built-in reward functions by config name (``RewardConfig.functions``); all are cheap
+and run inline. Also available as ``engine.rewards.BUILTIN_REWARDS``."""
 
 
 def build_rewarder(

@@ -71,8 +71,7 @@ from .types import Example
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = (
-    "BUILTIN_REWARDS",
+__all__ = (  # BUILTIN_REWARDS is also importable from here (see __getattr__ below)
     "GroupJudgeLike",
     "JudgeSpec",
     "RewardFn",
@@ -197,30 +196,20 @@ class RewardStats:
 # ----------------------------------------------------------------------------- built-ins
 
 
-def _exact_match(example: Example, text: str) -> float:
-    """1.0 when the output equals the example's target (whitespace-trimmed), else 0.0."""
-    if example.target is None:
-        raise ValueError(f"example {example.id} has no target for exact_match")
-    return float(text.strip() == example.target.strip())
+def __getattr__(name: str) -> Any:
+    # BUILTIN_REWARDS lives in engine.reward_functions (one definition of each built-in);
+    # loaded lazily because that module builds Rewarders from this one.
+    if name == "BUILTIN_REWARDS":
+        from .reward_functions import REWARD_FUNCTIONS
+
+        return REWARD_FUNCTIONS
+    raise AttributeError(name)
 
 
-def _contains_target(example: Example, text: str) -> float:
-    """1.0 when the target appears in the output (case-insensitive), else 0.0."""
-    if example.target is None:
-        raise ValueError(f"example {example.id} has no target for contains_target")
-    return float(example.target.strip().lower() in text.lower())
+def _is_builtin(name: str) -> bool:
+    from .reward_functions import REWARD_FUNCTIONS
 
-
-def _nonempty(example: Example, text: str) -> float:
-    """1.0 for an output with any non-space character, else 0.0 (a cheap gate)."""
-    del example
-    return float(bool(text.strip()))
-
-
-BUILTIN_REWARDS: Mapping[str, Callable[[Example, str], float]] = MappingProxyType(
-    {"exact_match": _exact_match, "contains_target": _contains_target, "nonempty": _nonempty}
-)
-"""Reward functions available by name in ``RewardConfig.functions`` (all cheap, inline)."""
+    return name in REWARD_FUNCTIONS
 
 
 def resolve_reward_fn(
@@ -232,12 +221,14 @@ def resolve_reward_fn(
     Raises:
         ConfigError: unknown name, or the import path does not resolve to a callable.
     """
+    from .reward_functions import REWARD_FUNCTIONS as builtin
+
     if registry and name in registry:
         return registry[name]
-    if name in BUILTIN_REWARDS:
-        return BUILTIN_REWARDS[name]
+    if name in builtin:
+        return builtin[name]
     if ":" not in name:
-        known = sorted({*BUILTIN_REWARDS, *(registry or {})})
+        known = sorted({*builtin, *(registry or {})})
         raise ConfigError(
             f"unknown reward function {name!r}; known: {', '.join(known)}, or module:function",
             key="reward.functions",
@@ -372,7 +363,7 @@ class Rewarder:
                 name,
                 resolve_reward_fn(name, registry),
                 weight=w,
-                inline=name in BUILTIN_REWARDS and not (registry and name in registry),
+                inline=_is_builtin(name) and not (registry and name in registry),
             )
             for name, w in zip(cfg.functions, weights, strict=True)
         ]

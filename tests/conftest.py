@@ -121,3 +121,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         return (yield)
     finally:
         item.obj = test  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Generator[None, None, None]:
+    """Undo any structlog configuration a test made (CLI commands run in-process configure it):
+    no test sees another's logging setup."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()

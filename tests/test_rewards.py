@@ -266,12 +266,12 @@ async def test_failed_function_skips_judges() -> None:
 
 async def test_from_config() -> None:
     """Functions resolve by name or import path; a judge prompt needs a judge client."""
-    cfg = RewardConfig(functions=("contains_target", "math:fabs"), weights=(2.0, 0.0),
+    cfg = RewardConfig(functions=("contains_answer", "math:fabs"), weights=(2.0, 0.0),
                        format_failure_reward=-0.5)  # fmt: skip
     with pytest.raises(TypeError):  # math.fabs does not take (example, text): a recorded failure
         math.fabs(EX, "x")  # type: ignore[call-arg]
     rewarder = Rewarder.from_config(cfg, registry={"math:fabs": lambda e, t: 0.0})
-    assert [s.name for s in rewarder.specs] == ["contains_target", "math:fabs"]
+    assert [s.name for s in rewarder.specs] == ["contains_answer", "math:fabs"]
     assert rewarder.specs[0].inline and not rewarder.specs[1].inline
     assert (await rewarder.score(EX, "It is CLEAR.")).reward == 2.0
     assert rewarder.format_failure_reward == -0.5
@@ -290,7 +290,7 @@ async def test_from_config() -> None:
         assert isinstance(group.judges[0].judge, GroupJudge)
         assert [s.reward for s in await group.score_group(EX, ["clear", "wrong"])] == [3.0, 0.0]
         assert sim.stats.judge_requests == 1
-    assert set(BUILTIN_REWARDS) == {"exact_match", "contains_target", "nonempty"}
+    assert {"exact_match", "contains_answer", "numeric_match", "nonempty"} <= set(BUILTIN_REWARDS)
 
 
 def test_stats_is_a_frozen_snapshot() -> None:

@@ -13,6 +13,15 @@ Lifecycle, as driven by :mod:`engine.learner`::
     ...  # rewards, advantages
     metrics, grads = policy.loss_and_grad(rollouts, advantages, grpo_cfg)   # worker thread
     optimizer.step(policy.parameters(), grads)                             # in place
+
+Optional extras a policy may define (the trainer looks them up with ``getattr``):
+
+- ``embedded: bool``: generation runs in-process; the trainer then records one request event
+  per group itself (an HTTP policy's client records its own).
+- ``async after_update(step, groups, *, version, optimizer) -> dict | None``: called in the
+  learner's task after each update (no race with parameter updates); the prompt policy grows
+  and prunes its candidates here; returned metrics join the step's metrics line.
+- ``live_snapshot()``: a snapshot of the current parameters for serving outside training.
 """
 
 from __future__ import annotations
