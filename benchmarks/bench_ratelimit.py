@@ -108,8 +108,12 @@ async def run_engine(url: str, args: argparse.Namespace, tmp: Path) -> dict:
     cfg = EndpointConfig(
         base_url=url, model="sim-model", max_tokens=MAX_TOKENS, deadline=args.deadline
     )
-    limits = LimitsConfig(
-        rpm=args.rpm, tpm=args.tpm, max_concurrency=args.concurrency, adaptive=args.adaptive
+    limits = LimitsConfig(  # the sim, like OpenAI, charges max_tokens up front: no refunds
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_concurrency=args.concurrency,
+        adaptive=args.adaptive,
+        tpm_refund=False,
     )
     async with Client(
         cfg, limits=limits, retry=RetryConfig(), events=events, api_key=FAKE_KEY

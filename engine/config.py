@@ -181,6 +181,10 @@ class LimitsConfig:
     """Requests per minute; None for no limit."""
     tpm: float | None = None
     """Tokens per minute (prompt + completion), reserve-then-settle; None for no limit."""
+    tpm_refund: bool = True
+    """Give back the unused part of a token reservation once real usage is known. Set false
+    for servers that charge prompt + max_tokens at admission and never refund (OpenAI-style
+    limiters): refunding there over-sends and draws 429s."""
     max_concurrency: int = 64
     """Requests in flight at once."""
     adaptive: bool = False

@@ -437,6 +437,7 @@ class Limiter:
         self._rpm = AsyncLimiter(cfg.rpm, 60) if cfg.rpm else None
         # tokens-per-minute budget with refunds
         self._budget = TokenBudget(cfg.tpm, clock=clock) if cfg.tpm else None
+        self._cfg_refund = cfg.tpm_refund  # give back unused reservations on settle
         self._gate_deadline: float | None = None  # clock time the 429 gate opens; None: open
         self._gate_waiters: deque[asyncio.Future[None]] = deque()  # paused senders, in order
         self._gate_handle: asyncio.TimerHandle | None = None  # the one timer that opens the gate
@@ -651,7 +652,7 @@ class Limiter:
         if permit._active:
             self._reserved -= permit.reserved
         if self._budget is not None:
-            if used < permit.reserved:
+            if used < permit.reserved and self._cfg_refund:
                 self._budget.refund(permit.reserved - used)
             elif used > permit.reserved:
                 self._budget.charge(used - permit.reserved)

@@ -127,6 +127,19 @@ async def test_tpm_without_settle_keeps_the_whole_reservation() -> None:
 
 
 @virtual_time
+async def test_tpm_without_refund_settle_keeps_the_reservation() -> None:
+    """With tpm_refund off (servers that charge max_tokens up front), settling refunds nothing."""
+    limiter = Limiter(LimitsConfig(tpm=600, tpm_refund=False))
+    rec = _Recorder(limiter)
+    async with limiter.permit(600) as big:
+        waiter = rec.start("waiter", 300)
+        await sleep_until(rec.t0 + 1.0)
+        big.settle(100)
+        await waiter
+    assert rec.admitted["waiter"] == pytest.approx(30.0)
+
+
+@virtual_time
 async def test_tpm_large_request_at_the_head_is_not_overtaken() -> None:
     """Small requests queued behind a large one wait for it; the large one runs first."""
     limiter = Limiter(LimitsConfig(tpm=600))  # 10 tokens/s
