@@ -388,6 +388,7 @@ class Limiter:
         "_backoff_base",
         "_backoff_cap",
         "_budget",
+        "_cfg_refund",
         "_close_fut",
         "_closed",
         "_decrease_seq",
