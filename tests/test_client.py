@@ -10,9 +10,6 @@ import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,150 +32,26 @@ from engine.errors import (
 from engine.limits import Limiter
 from engine.telemetry import EventLog, read_jsonl
 from engine.testing.sim import Faults, SimConfig, SimServer
+from tests.scripted import (
+    CHAT,
+    COMPLETIONS,
+    FakeTime,
+    RecordingLimiter,
+    Scripted,
+    Step,
+    chat_body,
+)
 
 KEY = "sk-TEST-SECRET-123"
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class Step:
-    """One scripted answer: a JSON body (or bytes, or a function of the request body)."""
-
-    status: int = 200
-    body: Any = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def chat_body(n: int = 1, text: str | None = "ok", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": "gen-123",
-        "model": "m-served",
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            for i in range(n)
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2 * n, "total_tokens": 5 + 2 * n},
-        **extra,
-    }
-
-
-class Scripted:
-    """An aiohttp server on loopback answering from a script, then with a default answer."""
-
-    def __init__(self, default: Callable[[dict[str, Any]], Any] | None = None) -> None:
-        self.script: deque[Step] = deque()
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []  # (path, headers, body)
-        self.default = default or (lambda req: chat_body(int(req.get("n", 1))))
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    def push(self, *steps: Step) -> None:
-        self.script.extend(steps)
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [orjson.loads(b) for _, _, b in self.requests]
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        self.requests.append((request.path, dict(request.headers), raw))
-        step = self.script.popleft() if self.script else Step()
-        body = step.body
-        if body is None:
-            body = self.default(orjson.loads(raw))
-        elif callable(body):
-            body = body(request)
-        data = body if isinstance(body, bytes) else orjson.dumps(body)
-        return web.Response(
-            status=step.status,
-            body=data,
-            headers={"Content-Type": "application/json", **step.headers},
-        )
-
-    async def __aenter__(self) -> Scripted:
-        app = web.Application()
-        app.router.add_post(CHAT, self._handle)
-        app.router.add_post(COMPLETIONS, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 @pytest.fixture
 async def server() -> Any:
     async with Scripted() as s:
         yield s
-
-
-class FakeTime:
-    """Injected clock and sleep: a sleep records the wait and moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 50.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class _Permit:
-    def __init__(self, owner: RecordingLimiter) -> None:
-        self.owner = owner
-
-    def settle(self, used: int) -> None:
-        self.owner.settled.append(used)
-
-
-class _PermitCtx:
-    def __init__(self, owner: RecordingLimiter) -> None:
-        self.owner = owner
-
-    async def __aenter__(self) -> _Permit:
-        return _Permit(self.owner)
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-class RecordingLimiter:
-    """Grants at once; records estimates, settlements and feedback."""
-
-    def __init__(self) -> None:
-        self.estimates: list[int] = []
-        self.settled: list[int] = []
-        self.rate_limited: list[float | None] = []
-        self.successes = 0
-
-    def permit(self, est_tokens: int = 0, *, requests: int = 1) -> _PermitCtx:
-        self.estimates.append(est_tokens)
-        return _PermitCtx(self)
-
-    def on_rate_limited(self, retry_after: float | None = None, *, permit: Any = None) -> None:
-        self.rate_limited.append(retry_after)
-
-    def on_timeout(self, *, permit: Any = None) -> None:
-        pass
-
-    def on_success(self) -> None:
-        self.successes += 1
-
-    def statistics(self) -> dict[str, int]:
-        return {"successes": self.successes}
 
 
 def make_client(
@@ -189,7 +62,7 @@ def make_client(
     retry: RetryConfig | None = None,
     **endpoint: Any,
 ) -> tuple[Client, FakeTime, Any]:
-    t = FakeTime()
+    t = FakeTime(now=50.0)
     lim = limiter if limiter is not None else RecordingLimiter()
     endpoint.setdefault("model", "m")
     client = Client(

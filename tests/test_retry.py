@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
 from engine.client import (
     Client,
@@ -38,9 +34,9 @@ from engine.errors import (
 )
 from engine.limits import Limiter
 from engine.telemetry import EventLog
+from tests.scripted import CHAT, FakeTime, RecordingLimiter, Scripted, Step
 
 KEY = "sk-TEST-SECRET-123"
-PATH = "/v1/chat/completions"
 
 
 # ----------------------------------------------------------------------------- pure: durations
@@ -228,150 +224,10 @@ def test_backoff_is_full_jitter_with_cap() -> None:
 # ----------------------------------------------------------------------------- the server
 
 
-@dataclass
-class Step:
-    """One scripted answer."""
-
-    status: int = 200
-    body: Any = None  # JSON-able, bytes, or None for a normal completion
-    headers: Mapping[str, str] = field(default_factory=dict)
-    reset: bool = False  # close the connection without answering
-    delay: float = 0.0  # seconds before answering
-
-
-def completion(text: str = "ok", n: int = 1) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            for i in range(n)
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2 * n, "total_tokens": 5 + 2 * n},
-    }
-
-
-class Scripted:
-    """An aiohttp server on loopback answering from a script (then with completions)."""
-
-    def __init__(self) -> None:
-        self.script: deque[Step] = deque()
-        self.bodies: list[bytes] = []  # request bodies in arrival order
-        self.arrivals: list[float] = []  # time.monotonic() of each arrival
-        self.answered: list[float] = []  # time.monotonic() when each answer was made
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    def push(self, *steps: Step) -> None:
-        self.script.extend(steps)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.arrivals.append(time.monotonic())
-        self.bodies.append(raw)
-        step = self.script.popleft() if self.script else Step()
-        if step.delay:
-            await asyncio.sleep(step.delay)
-        self.answered.append(time.monotonic())
-        if step.reset:
-            assert request.transport is not None
-            request.transport.abort()
-            return web.Response()
-        body = step.body
-        if body is None:
-            n = orjson.loads(raw).get("n", 1)
-            body = completion(n=n)
-        data = body if isinstance(body, bytes) else orjson.dumps(body)
-        return web.Response(
-            status=step.status,
-            body=data,
-            headers={"Content-Type": "application/json", **step.headers},
-        )
-
-    async def __aenter__(self) -> Scripted:
-        app = web.Application()
-        app.router.add_post(PATH, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-
 @pytest.fixture
 async def server() -> Any:
     async with Scripted() as s:
         yield s
-
-
-class FakeTime:
-    """An injected clock and sleep: sleeping records the wait and advances the clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class _Permit:
-    def __init__(self, owner: RecordingLimiter, est: int) -> None:
-        self.owner = owner
-        self.est = est
-
-    def settle(self, used: int) -> None:
-        self.owner.settled.append(used)
-
-
-class _PermitCtx:
-    def __init__(self, owner: RecordingLimiter, est: int) -> None:
-        self.permit = _Permit(owner, est)
-
-    async def __aenter__(self) -> _Permit:
-        return self.permit
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-class RecordingLimiter:
-    """A limiter that grants at once and records what the client told it."""
-
-    def __init__(self) -> None:
-        self.estimates: list[int] = []
-        self.settled: list[int] = []
-        self.rate_limited: list[float | None] = []
-        self.timeouts = 0
-        self.successes = 0
-
-    def permit(self, est_tokens: int = 0, *, requests: int = 1) -> _PermitCtx:
-        self.estimates.append(est_tokens)
-        return _PermitCtx(self, est_tokens)
-
-    def on_rate_limited(self, retry_after: float | None = None, *, permit: Any = None) -> None:
-        self.rate_limited.append(retry_after)
-
-    def on_timeout(self, *, permit: Any = None) -> None:
-        self.timeouts += 1
-
-    def on_success(self) -> None:
-        self.successes += 1
-
-    def statistics(self) -> dict[str, int]:
-        return {"successes": self.successes}
 
 
 def make_client(
@@ -411,7 +267,7 @@ async def test_retryable_status_is_retried_then_succeeds(server: Scripted, statu
         out = await client.complete("hi")
     assert out.choices[0].text == "ok"
     assert out.attempts == 2
-    assert len(server.bodies) == 2
+    assert len(server.raw_bodies) == 2
     assert len(t.sleeps) + (1 if status == 429 else 0) >= 1
 
 
@@ -438,8 +294,8 @@ async def test_non_retryable_status_raises_at_once(
             await client.complete("hi")
     err = info.value
     assert type(err) is cls
-    assert (err.status, err.attempt, err.endpoint, err.retryable) == (status, 1, PATH, False)
-    assert len(server.bodies) == 1
+    assert (err.status, err.attempt, err.endpoint, err.retryable) == (status, 1, CHAT, False)
+    assert len(server.raw_bodies) == 1
     assert t.sleeps == []
 
 
@@ -464,7 +320,7 @@ async def test_retries_run_out(server: Scripted, status: int, cls: type[Endpoint
     assert info.value.attempt == 3
     assert info.value.status == status
     assert info.value.retryable is True
-    assert len(server.bodies) == 3
+    assert len(server.raw_bodies) == 3
 
 
 async def test_x_should_retry_true_retries_a_400(server: Scripted) -> None:
@@ -514,7 +370,7 @@ async def test_402_insufficient_credits_is_final(server: Scripted) -> None:
     async with client:
         with pytest.raises(RequestRejected):
             await client.complete("hi")
-    assert len(server.bodies) == 1
+    assert len(server.raw_bodies) == 1
     assert t.sleeps == []
 
 
@@ -687,7 +543,7 @@ async def test_deadline_gives_up_when_the_wait_would_pass_it(server: Scripted) -
     assert t.sleeps == []
     assert info.value.status == 503
     assert info.value.attempt == 1
-    assert len(server.bodies) == 1
+    assert len(server.raw_bodies) == 1
 
 
 async def test_deadline_bounds_total_backoff(server: Scripted) -> None:
@@ -709,7 +565,7 @@ async def test_deadline_covers_queueing_for_a_permit(server: Scripted) -> None:
         with pytest.raises(DeadlineExceeded) as info:
             await client.complete("hi", deadline=0.02)
     assert "queued" in str(info.value)
-    assert server.bodies == []
+    assert server.raw_bodies == []
 
 
 # ----------------------------------------------------------------------------- body reuse
@@ -722,8 +578,8 @@ async def test_body_bytes_identical_across_retries(server: Scripted) -> None:
     async with client:
         out = await client.complete("hello", n=3, seed=5, temperature=0.7)
     assert out.attempts == 5
-    assert len(set(server.bodies)) == 1
-    assert orjson.loads(server.bodies[0])["n"] == 3
+    assert len(set(server.raw_bodies)) == 1
+    assert orjson.loads(server.raw_bodies[0])["n"] == 3
 
 
 # ----------------------------------------------------------------------------- shared gate
