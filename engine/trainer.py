@@ -24,7 +24,7 @@ import os
 import platform
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,9 @@ __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 _log = get_logger("engine.trainer")
 
 _RUN_SUMMARY_KEYS = ("reward", "kl", "entropy", "policy_loss", "clip_ratio")
+HISTORY_STEPS = 1024
+"""Steps of metrics kept in memory (``TrainingManager.history``); metrics.jsonl has them all.
+Bounded so a run's memory does not grow with its length; the summary needs the last 10."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +176,8 @@ class TrainingManager:
         self._own_events = events is None
         self.exporter = GroupExporter(export_groups) if export_groups is not None else None
         self.metrics_log: MetricsLog | None = None
-        self.history: list[dict[str, Any]] = []  # metrics of this process's steps
+        # metrics of this process's last HISTORY_STEPS steps (all of them are in metrics.jsonl)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.eval_history: list[tuple[int, float]] = []
         self.reward_first: list[float] = []  # rewards of the run's first 3 steps (kept on resume)
         self.best_eval = -math.inf
