@@ -146,9 +146,11 @@ async def test_training_survives_faults_long(tmp_path: Path, policy: str) -> Non
     rec, figures = await train_under_faults(tmp_path, steps=90, policy=policy)
     assert figures["generation_attempts"] >= 2000, figures
     assert all(figures["faults"][k] > 0 for k in FAULT_KINDS), figures
-    assert rec.complete > 0 and rec.dropped + rec.shrunk > 0
-    if policy == "retry":
+    assert rec.complete > 0
+    if policy == "retry":  # failed members were re-requested (and nearly always recovered)
         assert rec.retried > 0
+    else:  # the policy had groups to act on
+        assert rec.dropped + rec.shrunk > 0
     record(f"faults-slow-{policy}", figures)
 
 
