@@ -1408,7 +1408,7 @@ class Client:
             )
         err_obj = _error_object(doc)
         if err_obj is None:
-            text = raw[:200].decode("utf-8", "replace").strip()
+            text = " ".join(raw[:200].decode("utf-8", "replace").split())  # one line
             err_obj = {"message": text} if text else None
         retryable = should_retry(status, headers, err_obj)
         reason = f"HTTP {status}"
@@ -1503,7 +1503,7 @@ class Client:
         if isinstance(meta, Mapping) and meta.get("raw"):
             extra = f" ({str(meta['raw'])[:200]})"
         head = f"[{code}] " if code not in (None, "") else ""
-        return self._redact(f"{head}{msg}{extra}")
+        return self._redact(" ".join(f"{head}{msg}{extra}".split()))  # one line
 
 
 _BEARER = re.compile(r"Bearer\s+[^\s'\",}]+", re.IGNORECASE)

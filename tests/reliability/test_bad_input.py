@@ -392,6 +392,8 @@ def parser_client() -> Client:
 @example(body=b'{"choices": [{"text": "a"}], "prompt_token_ids": ["x"]}', status=200, n=1,
          request_id=None)  # fmt: skip
 @example(body=b'{"error": {"code": "\\u00b2"}}', status=200, n=1, request_id=None)
+@example(body=b"<html>\r\n<h1>502 Bad Gateway</h1>\r\n</html>", status=502, n=1, request_id=None)
+@example(body=b'{"error": {"message": "line one\\nline two"}}', status=400, n=1, request_id=None)
 @example(body=b'{"choices": [{"text": "a", "token_ids": [1e999]}]}', status=200, n=1,
          request_id=None)  # fmt: skip
 def test_response_parser_returns_result_or_endpoint_error(
