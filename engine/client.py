@@ -1280,6 +1280,8 @@ class Client:
                     outcome.permit = permit
         except asyncio.CancelledError:
             if not alarm.fired or task.uncancel() > alarm.cancelling:
+                if t_send is not None:  # sent, or being sent: the server may have it
+                    self._emit_cancelled_event(ctx, n, attempt, status, self._clock() - t_send)
                 raise  # not ours, or someone else cancelled as well
             alarm.fired = False  # handled: the cancellation is taken back
             if isinstance(outcome, _Result):
@@ -1477,6 +1479,36 @@ class Client:
             error_class=f.error.error_class,
             retry_in=retry_in,
             request_id=self._redact_id(h.get("x-request-id")) if h is not None else None,
+        )
+
+    def _emit_cancelled_event(
+        self, ctx: _CallContext, n: int, attempt: int, status: int | None, latency: float
+    ) -> None:
+        """An attempt cancelled from outside (a fanned-out sibling failed, a straggler, a
+        shutdown) after it was sent: recorded as ``error_class: "cancelled"``, since the
+        server may have done (and billed) the work."""
+        ev = self._events
+        if ev is None:
+            return
+        ev.emit(
+            kind=ctx.kind,
+            endpoint=ctx.path,
+            model=self._ep.model,
+            group_id=ctx.group_id,
+            sample_index=ctx.sample_index,
+            policy_version=ctx.policy_version,
+            status=status,
+            latency=latency,
+            attempt=attempt,
+            n=n,
+            prompt_chars=ctx.prompt_chars,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=0,
+            cost=0.0,
+            error_class="cancelled",
+            retry_in=None,
+            request_id=None,
         )
 
     def _redact(self, text: str) -> str:
