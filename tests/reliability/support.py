@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 KNOWN_ERROR_CLASSES = frozenset(
     {"transport", "timeout", "deadline", "rate_limit", "server", "conflict", "rejected", "auth",
-     "response"}
+     "response", "cancelled"}
 )  # fmt: skip
-"""Every ``error_class`` the client can write into events (``engine.errors``)."""
+"""Every ``error_class`` the client can write into events (``engine.errors``, and ``cancelled``
+for an attempt cancelled from outside after it was sent)."""
 
 _CANDIDATE = re.compile(r"<candidate-([0-9a-f]{8})>\n(.*?)\n</candidate-\1>", re.DOTALL)
 _WORDS = re.compile(r"[a-z]+")
