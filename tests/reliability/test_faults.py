@@ -106,19 +106,22 @@ async def train_under_faults(
     cancelled = rec.errors.pop("cancelled", 0)
     attempts = sum(rec.attempts.values())
     assert attempts - cancelled <= requests <= attempts, (rec.attempts, cancelled, requests)
-    # every injected fault failed exactly one attempt, classified by what went wrong; on a busy
-    # machine a normal answer can also pass the timeout now and then: counted as `extra`
+    # every injected fault failed exactly one attempt, classified by what went wrong. Two
+    # kinds of slack, both counted: on a busy machine a normal answer can pass the read
+    # timeout (`slow`), and an attempt cancelled from outside was whatever it was going to be
     f = stats.faults
-    extra = rec.errors["timeout"] + rec.errors["deadline"] - f["timeout"]
-    assert 0 <= extra <= max(3, requests // 200), (rec.errors, f)
-    assert rec.errors["rate_limit"] == f["rate_limit"] + f["rate_limit_bare"] + f["rate_limit_junk"]
+    timeouts = rec.errors["timeout"] + rec.errors["deadline"]
+    slow = max(0, timeouts - f["timeout"])
+    assert -cancelled <= timeouts - f["timeout"] <= max(3, requests // 200), (rec.errors, f)
+    rate_limits = f["rate_limit"] + f["rate_limit_bare"] + f["rate_limit_junk"]
+    assert rate_limits - cancelled <= rec.errors["rate_limit"] <= rate_limits, (rec.errors, f)
     server = f["server_error"] + f["overloaded"]
-    assert server - extra <= rec.errors["server"] <= server, (rec.errors, f)
+    assert server - slow - cancelled <= rec.errors["server"] <= server, (rec.errors, f)
     broken = f["reset"] + f["truncated"] + f["malformed"] + f["error_200"]
     # short_n fails an n=1 request (no choices at all); for n > 1 the client asks for the rest
     got = rec.errors["transport"] + rec.errors["response"]
-    assert broken - extra <= got <= broken + f["short_n"], (rec.errors, f)
-    assert sum(rec.errors.values()) <= sum(f.values()) + extra
+    assert broken - slow - cancelled <= got <= broken + f["short_n"], (rec.errors, f)
+    assert sum(rec.errors.values()) <= sum(f.values()) + slow
     assert not set(rec.errors) - {"rate_limit", "server", "timeout", "deadline", "transport",
                                   "response"}  # fmt: skip
     figures = {
@@ -128,7 +131,7 @@ async def train_under_faults(
         "judge_attempts": rec.attempts["judge"],
         "faults": {k: f[k] for k in FAULT_KINDS},
         "faults_total": sum(f.values()),
-        "timeouts_without_fault": extra,
+        "timeouts_without_fault": slow,
         "cancelled_attempts": cancelled,
         **rec.row(),
     }
