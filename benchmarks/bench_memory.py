@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -47,26 +46,11 @@ def write_dataset(path: Path, n: int) -> None:
             fh.write(b"\n")
 
 
-@contextlib.contextmanager
-def sim_process() -> Iterator[str]:
+def sim_process() -> contextlib.AbstractContextManager[str]:
     """The simulated server, zero latency, in a child process; yields its base URL."""
-    cmd = [sys.executable, "-m", "engine.testing.sim", "--port", "0", "--seed", "0"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError(f"the simulated server did not start: {url!r}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    from engine.testing.sim import sim_subprocess
+
+    return sim_subprocess("--seed", "0")
 
 
 def peak_rss_kib() -> tuple[int, int | None]:

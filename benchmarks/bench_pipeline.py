@@ -48,10 +48,8 @@ import dataclasses
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,29 +94,13 @@ RUBRIC = "Grade the answer: is it a clear, concise, accurate and relevant sentim
 # ----------------------------------------------------------------------------- servers
 
 
-@contextlib.contextmanager
-def sim_process(latency: float, sigma: float, seed: int) -> Iterator[str]:
+def sim_process(latency: float, sigma: float, seed: int) -> contextlib.AbstractContextManager[str]:
     """The simulated server in a child process; yields its base URL."""
-    cmd = [
-        sys.executable, "-m", "engine.testing.sim", "--port", "0", "--seed", str(seed),
-        "--latency", str(latency), "--latency-sigma", str(sigma),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    from engine.testing.sim import sim_subprocess
+
+    return sim_subprocess(
+        "--seed", str(seed), "--latency", str(latency), "--latency-sigma", str(sigma)
     )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError(f"the simulated server did not start: {url!r}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def sim_stats(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:

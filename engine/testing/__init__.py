@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         SimStats,
         default_judge,
         default_model,
+        sim_subprocess,
     )
 
 __all__ = (
@@ -36,6 +37,7 @@ __all__ = (
     "SimStats",
     "default_judge",
     "default_model",
+    "sim_subprocess",
 )
 
 

@@ -63,7 +63,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -87,6 +87,7 @@ __all__ = (
     "default_model",
     "format_duration",
     "main",
+    "sim_subprocess",
 )
 
 JUDGE_MARKER: Final = "<<JUDGE>>"
@@ -1334,6 +1335,36 @@ def main(argv: list[str] | None = None) -> int:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(_serve(cfg, args.host, args.port))
+
+
+@contextlib.contextmanager
+def sim_subprocess(*cli_args: str) -> Iterator[str]:
+    """Run the simulated server in a child process (``python -m engine.testing.sim ARGS``);
+    yields its base URL and stops it on exit. For benchmarks and tests that must measure the
+    client process alone.
+
+    Example::
+
+        with sim_subprocess("--latency", "0.05") as url:
+            ...  # Client(EndpointConfig(base_url=url, ...))
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "engine.testing.sim", "--port", "0", *cli_args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"the simulated server did not start: {url!r}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 if __name__ == "__main__":
