@@ -182,8 +182,7 @@ async def test_short_choices_are_topped_up_to_n(tmp_path: Path) -> None:
 
 
 async def test_cancelled_attempts_are_recorded(tmp_path: Path) -> None:
-    """When one fanned-out request fails, its siblings in flight are cancelled: each is still
-    an event (``cancelled``), one per request the server received."""
+    """The in-flight siblings of a failed fan-out are cancelled and still recorded, one each."""
 
     def model(req: SimRequest) -> str:
         if req.seed == 101:
