@@ -154,19 +154,11 @@ async def _endpoint_parts(cfg: RunConfig, stack: Any) -> dict[str, Any]:
     import contextlib
     from pathlib import Path
 
-    from .build import build_components
-    from .client import Client
+    from .build import build_components, open_clients
     from .telemetry import EventLog
 
     events = stack.enter_context(contextlib.closing(EventLog(Path(cfg.out) / "events.jsonl")))
-    client = await stack.enter_async_context(
-        Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
-    )
-    judge = client
-    if cfg.judge is not None:
-        judge = await stack.enter_async_context(
-            Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
-        )
+    client, judge = await open_clients(cfg, stack, events)
     policy, rewarder, _ = build_components(cfg, client=client, judge_client=judge)
     return {"policy": policy, "rewarder": rewarder, "events": events}
 

@@ -6,7 +6,7 @@ policy kind contributes one branch here, so the trainer never names a concrete p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
 from .errors import ConfigError
@@ -17,7 +17,7 @@ from .types import Example
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ("build_components",)
+__all__ = ("build_components", "open_clients")
 
 
 def build_components(
@@ -77,3 +77,19 @@ def build_components(
             key="policy",
         )
     return policy, None, None
+
+
+async def open_clients(cfg: RunConfig, stack: Any, events: Any) -> tuple[Any, Any]:
+    """Open the generation client and the judge client (the same one unless ``[judge]`` is
+    set) on ``stack`` (an AsyncExitStack that closes them); both write to ``events``."""
+    from .client import Client
+
+    client = await stack.enter_async_context(
+        Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
+    )
+    judge = client
+    if cfg.judge is not None:
+        judge = await stack.enter_async_context(
+            Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
+        )
+    return client, judge

@@ -782,6 +782,9 @@ class _ReuseAwareConnector(aiohttp.TCPConnector):
         return conn
 
 
+_NO_USAGE = Usage()  # usage of an attempt that returned none
+
+
 class Client:
     """Rate-limited client for one OpenAI-compatible endpoint.
 
@@ -1425,13 +1428,24 @@ class Client:
 
     # ------------------------------------------------------------------ events and text
 
-    def _emit_success_event(
-        self, ctx: _CallContext, r: _Result, status: int, latency: float, attempt: int, n: int
+    def _emit(
+        self,
+        ctx: _CallContext,
+        *,
+        status: int | None,
+        latency: float,
+        attempt: int,
+        n: int,
+        usage: Usage | None = None,
+        error_class: str | None = None,
+        retry_in: float | None = None,
+        request_id: str | None = None,
     ) -> None:
+        """One event per request attempt (success, failure or cancellation)."""
         ev = self._events
         if ev is None:
             return
-        u = r.usage
+        u = usage or _NO_USAGE
         ev.emit(
             kind=ctx.kind,
             endpoint=ctx.path,
@@ -1448,34 +1462,27 @@ class Client:
             completion_tokens=u.completion_tokens,
             cached_tokens=u.cached_tokens,
             cost=u.cost,
-            error_class=None,
-            retry_in=None,
-            request_id=r.request_id or r.id,
+            error_class=error_class,
+            retry_in=retry_in,
+            request_id=request_id,
         )
+
+    def _emit_success_event(
+        self, ctx: _CallContext, r: _Result, status: int, latency: float, attempt: int, n: int
+    ) -> None:
+        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
+                   request_id=r.request_id or r.id)  # fmt: skip
 
     def _emit_failure_event(
         self, ctx: _CallContext, f: _Failure, n: int, attempt: int, retry_in: float | None
     ) -> None:
-        ev = self._events
-        if ev is None:
-            return
         h = f.headers
-        ev.emit(
-            kind=ctx.kind,
-            endpoint=ctx.path,
-            model=self._ep.model,
-            group_id=ctx.group_id,
-            sample_index=ctx.sample_index,
-            policy_version=ctx.policy_version,
+        self._emit(
+            ctx,
             status=f.error.status,
             latency=f.latency,
             attempt=attempt,
             n=n,
-            prompt_chars=ctx.prompt_chars,
-            prompt_tokens=0,
-            completion_tokens=0,
-            cached_tokens=0,
-            cost=0.0,
             error_class=f.error.error_class,
             retry_in=retry_in,
             request_id=self._redact_id(h.get("x-request-id")) if h is not None else None,
@@ -1487,29 +1494,8 @@ class Client:
         """An attempt cancelled from outside (a fanned-out sibling failed, a straggler, a
         shutdown) after it was sent: recorded as ``error_class: "cancelled"``, since the
         server may have done (and billed) the work."""
-        ev = self._events
-        if ev is None:
-            return
-        ev.emit(
-            kind=ctx.kind,
-            endpoint=ctx.path,
-            model=self._ep.model,
-            group_id=ctx.group_id,
-            sample_index=ctx.sample_index,
-            policy_version=ctx.policy_version,
-            status=status,
-            latency=latency,
-            attempt=attempt,
-            n=n,
-            prompt_chars=ctx.prompt_chars,
-            prompt_tokens=0,
-            completion_tokens=0,
-            cached_tokens=0,
-            cost=0.0,
-            error_class="cancelled",
-            retry_in=None,
-            request_id=None,
-        )
+        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n,
+                   error_class="cancelled")  # fmt: skip
 
     def _redact(self, text: str) -> str:
         for s in self._secrets:

@@ -260,8 +260,7 @@ class _Progress:
 
 async def eval_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine eval``; returns the exit status (errors raise EngineError)."""
-    from .build import build_components
-    from .client import Client
+    from .build import build_components, open_clients
     from .config import load_config
     from .data import read_jsonl, take
     from .errors import ConfigError
@@ -283,14 +282,7 @@ async def eval_command(args: argparse.Namespace) -> int:
     async with AsyncExitStack() as stack:
         client = judge_client = None
         if cfg.policy != "tinylm":
-            client = await stack.enter_async_context(
-                Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
-            )
-            judge_client = client
-            if cfg.judge is not None:
-                judge_client = await stack.enter_async_context(
-                    Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
-                )
+            client, judge_client = await open_clients(cfg, stack, events)
         policy, rewarder, _ = build_components(cfg, client=client, judge_client=judge_client)
         if rewarder is None:
             raise ConfigError("no reward functions: set [reward] functions", key="reward")
