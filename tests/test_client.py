@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -565,6 +566,103 @@ async def test_real_limiter_and_simulated_faults_all_recover(tmp_path: Path) -> 
     assert sum(served.faults.values()) > 0
     assert stats.attempts == events.count
     assert stats.limiter.rate_limited == served.by_status[429]
+
+
+# ----------------------------------------------------------------------------- pacing
+
+
+class _Iterations:
+    """Counts event-loop iterations (a call_soon chain: one step per iteration)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self.n += 1
+        self._handle = self._loop.call_soon(self._step)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def test_pacer_with_no_budget_starts_one_call_per_iteration_in_order() -> None:
+    """Budget 0: 60 callers at once pass one per loop iteration, first come first served; a
+    cancelled waiter neither passes nor holds up the ones behind it; once the queue is empty
+    a caller passes at once, in the iteration it arrives."""
+    from engine.client import _Pacer
+
+    pacer = _Pacer(asyncio.get_running_loop(), 0.0)
+    it = _Iterations()
+    passed: list[tuple[int, int]] = []  # (caller, iteration)
+
+    async def caller(i: int) -> None:
+        await pacer.turn()
+        passed.append((i, it.n))
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(60)]
+    await asyncio.sleep(0)
+    tasks[30].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tasks[30].cancelled()
+    assert [i for i, _ in passed] == [i for i in range(60) if i != 30]
+    assert len({n for _, n in passed}) == 59  # one per iteration
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    before = it.n
+    await pacer.turn()
+    it.stop()
+    assert it.n == before
+
+
+@pytest.mark.parametrize(("budget", "busy"), [(0.01, 0.002), (60.0, 0.0)])
+async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, busy: float) -> None:
+    """Budget 10 ms, each start busy for 2 ms: an iteration starts at most 6 (a start is let
+    through only while less than 10 ms have passed since the first), and the burst of 40 is
+    spread over at least 7 iterations; with an ample budget all 40 start in one."""
+    from engine.client import _Pacer
+
+    pacer = _Pacer(asyncio.get_running_loop(), budget)
+    it = _Iterations()
+    passed: list[int] = []
+
+    async def caller() -> None:
+        await pacer.turn()
+        passed.append(it.n)
+        end = time.perf_counter() + busy
+        while time.perf_counter() < end:  # the work a start does before its first wait
+            pass
+
+    await asyncio.gather(*(caller() for _ in range(40)))
+    it.stop()
+    per_iteration = Counter(passed)
+    if busy:
+        assert max(per_iteration.values()) <= 6 and len(per_iteration) >= 7, per_iteration
+    else:
+        assert list(per_iteration.values()) == [40]
+
+
+async def test_a_burst_of_calls_is_paced(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's calls pass the pacer before they take a permit: with no budget, 20 calls at
+    once reach the limiter one loop iteration apart."""
+    import engine.client
+
+    monkeypatch.setattr(engine.client, "_START_BUDGET", 0.0)
+    seen: list[int] = []
+
+    class Limiter(RecordingLimiter):
+        def permit(self, est_tokens: int = 0, *, requests: int = 1) -> Any:
+            seen.append(it.n)
+            return super().permit(est_tokens, requests=requests)
+
+    client, _, _ = make_client(server.base_url, limiter=Limiter())
+    async with client:
+        it = _Iterations()
+        outs = await asyncio.gather(*(client.complete(f"p{i}") for i in range(20)))
+        it.stop()
+    assert len(outs) == 20 and len(seen) == 20
+    assert len(set(seen)) == 20, seen
 
 
 # ----------------------------------------------------------------------------- lifecycle
