@@ -85,6 +85,7 @@ _LAZY: dict[str, str] = {
     "load_checkpoint": "checkpoint",
     "read_jsonl": "data",
     "save_checkpoint": "checkpoint",
+    "tune_gc": "runtime",
 }
 
 __all__ = (
@@ -145,6 +146,7 @@ __all__ = (
     "load_config",
     "read_jsonl",
     "save_checkpoint",
+    "tune_gc",
 )
 
 

@@ -167,6 +167,7 @@ async def _run(args: argparse.Namespace) -> int:
     import contextlib
 
     from .monitor import describe
+    from .runtime import tune_gc
     from .telemetry import attach_event_log
     from .trainer import TrainingManager
 
@@ -191,6 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
                     if len(signum_seen) > 1:  # a second signal: stop at once
                         raise SystemExit(128 + signum)
 
+        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals)
             summary = await trainer.run(resume=args.resume)

@@ -27,6 +27,7 @@ from .compare import (
     load_generator,
 )
 from .errors import ConfigError
+from .runtime import tune_gc
 from .types import Example
 
 __all__ = ("add_compare_parser", "compare_command")
@@ -202,6 +203,7 @@ async def compare_command(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:  # a metric that cannot be computed with these options
             raise ConfigError(str(exc)) from None
+        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
         result = await comparator.compare()
     print(result)
     if args.out:

@@ -264,6 +264,7 @@ async def eval_command(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import read_jsonl, take
     from .errors import ConfigError
+    from .runtime import tune_gc
     from .telemetry import EventLog
 
     if not args.checkpoint and not args.config:
@@ -292,6 +293,7 @@ async def eval_command(args: argparse.Namespace) -> int:
             if not hasattr(policy, "live_snapshot"):
                 snapshot = policy.snapshot(int(meta.get("step", 0)))
         progress = _Progress(len(examples), args.quiet)
+        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
         result = await evaluate_policy(
             policy,
             examples,

@@ -131,3 +131,16 @@ def _reset_structlog() -> Generator[None, None, None]:
     import structlog
 
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _restore_gc() -> Generator[None, None, None]:
+    """Undo the garbage-collector tuning a test made (CLI commands run in-process call
+    :func:`engine.runtime.tune_gc`): no test inherits another's frozen heap or thresholds."""
+    import gc
+
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    if gc.get_freeze_count():
+        gc.unfreeze()
