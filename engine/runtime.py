@@ -5,8 +5,8 @@ as long as one request (aiohttp's request, response, parser, timers and coroutin
 about 60 per request, 7 of them the engine's own). CPython 3.11's collector is not
 incremental: a collection scans every object of the generations it collects, and with the
 default thresholds (700, 10, 10) the youngest generation, which in steady state holds nearly
-the whole in-flight set, was collected in one go, 45-60 ms each, sometimes twice in the same
-10 ms tick (a 151 ms stall; ``tests/reliability/test_soak.py`` measures this).
+the whole in-flight set, was collected in one go, 45-95 ms each, sometimes twice in the same
+10 ms tick (stalls of 120-150 ms; ``tests/reliability/test_soak.py`` measures this).
 
 :func:`tune_gc` does two things:
 

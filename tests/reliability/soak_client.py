@@ -5,7 +5,9 @@ and then ``TOTAL`` more to the simulated server at ``URL`` with ``CALLERS`` conc
 through one :class:`~engine.client.Client`, measures this process (resident memory, open file
 descriptors, asyncio tasks, event-loop lag) and prints the figures as one JSON line. A process
 of its own, so that what is measured is the engine as ``python -m engine`` runs it, not a test
-runner's heap of test modules and plugins.
+runner's heap of test modules and plugins: it tunes the garbage collector as the CLI does
+(:func:`engine.runtime.tune_gc`), unless ``ENGINE_SOAK_GC=off`` (CPython's defaults, for
+comparison) or ``ENGINE_SOAK_GC=N`` (young threshold ``N``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import orjson
 
 from engine.client import Client
 from engine.config import EndpointConfig, LimitsConfig, RetryConfig
+from engine.runtime import YOUNG_THRESHOLD, tune_gc
 from engine.telemetry import EventLog
 
 CALLERS = 1100
@@ -148,6 +151,9 @@ async def soak(url: str, total: int, events_path: str) -> dict[str, Any]:
     s, stop = Soak(), asyncio.Event()
     marks: dict[str, float] = {}
     gc_callback = watch_gc(s)
+    gc_mode = os.environ.get("ENGINE_SOAK_GC", "")  # "off": CPython's defaults; a number:
+    if gc_mode != "off":  # that young threshold; else as python -m engine does once it is built
+        tune_gc(int(gc_mode) if gc_mode else YOUNG_THRESHOLD)
 
     async def after_warmup() -> None:  # every connection is open by then
         await s.warm.wait()
@@ -185,6 +191,7 @@ async def soak(url: str, total: int, events_path: str) -> dict[str, Any]:
         "max_loop_stall_cpu_ms": round(1000 * max(s.stalls), 1),
         "max_loop_stall_cpu_ms_without_gc": round(1000 * max(s.own_stalls), 1),
         "max_gc_pause_cpu_ms": round(1000 * max((p for _, p in s.gc_pauses), default=0.0), 1),
+        "gc_collections": len(s.gc_pauses),
         "gen2_collections": sum(1 for g, _ in s.gc_pauses if g == 2),
         "warmup_max_stall_cpu_ms": round(1000 * s.warmup_stall, 1),
         "max_loop_lag_ms": round(1000 * lags[-1], 1),

@@ -5,13 +5,14 @@
 each request after about two seconds, with 0.9% faults) lets 1,100 concurrent callers go, after a
 warm-up of 1,100 requests that opens every connection (all callers start in the same instant:
 a burst, reported apart). The client runs in a process of its own too
-(:mod:`.soak_client`), which measures itself: resident memory after the warm-up and at the end
-(flat), open file descriptors and asyncio tasks before the client exists and after it is closed
-(equal), and the event loop's lag, sampled by a ticker every 10 ms: no stall over 100 ms of the
-engine's making (the loop thread never runs 100 ms of CPU without yielding, not counting
-CPython's garbage collections, whose pauses are reported apart; the wall-clock lag, which also
-counts time the OS gave to other processes, is reported and held under a second). CI sends 2,200
-requests after the warm-up; ``pytest -m slow`` sends the 60,000.
+(:mod:`.soak_client`), with the garbage collector tuned as ``python -m engine`` tunes it
+(:func:`engine.runtime.tune_gc`), and measures itself: resident memory after the warm-up and at
+the end (flat), open file descriptors and asyncio tasks before the client exists and after it
+is closed (equal), and the event loop's lag, sampled by a ticker every 10 ms: no stall over
+100 ms, in the burst or after it (the loop thread never runs 100 ms of CPU without yielding,
+CPython's garbage collections included; their pauses are also reported apart), and a
+wall-clock lag, which also counts time the OS gave to other processes, under 250 ms. CI sends
+2,200 requests after the warm-up; ``pytest -m slow`` sends the 60,000.
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ SIM_LATENCY = 2.0
 second, so a pause of the server (its own garbage collections) backs up some 50 answers, which
 the client works through in one loop iteration (about 0.5 ms of CPU each)."""
 MAX_STALL_MS = 100.0
-"""The longest acceptable event-loop stall of the engine's making: CPU milliseconds of the loop
-thread in one tick, less what CPython's cyclic garbage collector took (reported apart: at
-1,100 requests in flight a full collection scans some 300,000 live objects)."""
+"""The longest acceptable event-loop stall: CPU milliseconds of the loop thread in one tick,
+garbage collections included (a collection at 1,100 requests in flight scans some 70,000
+objects: 45-95 ms)."""
 SOAK_SPARED = ("timeout", "short_n")
 """Fault kinds left out of the soak: hangs (the fault suite has them) and short choices, after
 which the client fans every ``n > 1`` call out for good (the fault suite covers that path)."""
-MAX_LAG_MS = 1000.0
-"""The longest acceptable wall-clock lag of a tick (it includes time the OS ran others)."""
+MAX_LAG_MS = 250.0
+"""The longest acceptable wall-clock lag of a tick (it includes time the OS ran others: the
+machine has 2 cores, and the server and the test runner are busy too)."""
 
 
 @asynccontextmanager
@@ -92,7 +94,8 @@ async def soak(tmp: Path, total: int, name: str) -> dict[str, Any]:
     assert figures["client_max_in_flight"] >= 1000, figures
     growth = figures["rss_end_mb"] - figures["rss_start_mb"]
     assert growth < max(20.0, 0.1 * figures["rss_start_mb"]), figures
-    assert figures["max_loop_stall_cpu_ms_without_gc"] < MAX_STALL_MS, figures
+    assert figures["max_loop_stall_cpu_ms"] < MAX_STALL_MS, figures
+    assert figures["warmup_max_stall_cpu_ms"] < MAX_STALL_MS, figures
     assert figures["max_loop_lag_ms"] < MAX_LAG_MS, figures
     assert figures["fds_after"] == figures["fds_before"], figures
     assert figures["tasks_after"] == figures["tasks_before"], figures
