@@ -209,6 +209,9 @@ class RequestStats:
 
     ``snapshot(reset=True)`` returns the metrics for the window since the last reset, named
     as in ``metrics.jsonl`` (``tokens/prompt``, ``latency/p95``, ``requests/errors`` ...).
+    An attempt the engine cancelled itself (``error_class: cancelled``: an oversampled
+    straggler, the sibling of a failed fan-out, a shutdown) is not an error of the endpoint:
+    it counts in ``requests/cancelled``, not in ``requests/errors`` or the error rate.
     """
 
     def __init__(self) -> None:
@@ -217,6 +220,7 @@ class RequestStats:
     def reset(self) -> None:
         self.requests = 0
         self.errors = 0
+        self.cancelled = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost = 0.0
@@ -234,7 +238,9 @@ class RequestStats:
         if lat is not None:
             self.latencies.append(float(lat))
         err = ev.get("error_class")
-        if err:
+        if err == "cancelled":
+            self.cancelled += 1
+        elif err:
             self.errors += 1
             self.error_classes[str(err)] += 1
 
@@ -242,6 +248,7 @@ class RequestStats:
         """Add ``other``'s counts into this one."""
         self.requests += other.requests
         self.errors += other.errors
+        self.cancelled += other.cancelled
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost += other.cost
@@ -259,6 +266,7 @@ class RequestStats:
             "requests/total": self.requests,
             "requests/errors": self.errors,
             "requests/error_rate": self.errors / self.requests if self.requests else 0.0,
+            "requests/cancelled": self.cancelled,
             "tokens/prompt": self.prompt_tokens,
             "tokens/completion": self.completion_tokens,
             "cost": self.cost,

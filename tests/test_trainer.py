@@ -63,6 +63,7 @@ async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
         "tokens/prompt",
         "tokens/completion",
         "requests/errors",
+        "requests/cancelled",
         "latency/p50",
         "latency/p95",
     ):
