@@ -105,7 +105,11 @@ class RewardSpec:
 
 @runtime_checkable
 class RolloutJudgeLike(Protocol):
-    """What the Rewarder needs of a per-rollout judge (:class:`~engine.judges.LLMJudge`)."""
+    """What the Rewarder needs of a per-rollout judge (:class:`~engine.judges.LLMJudge`).
+
+    ``verdicts`` may also take ``sample_indices`` (each text's index in its group, recorded in
+    the request events); the Rewarder passes them when the signature has that parameter.
+    """
 
     name: str
     per_group: bool
@@ -256,11 +260,21 @@ class _Member:
 
     index: int
     text: str  # what functions and judges grade
+    sample_index: int  # its index in its group (recorded in judge events)
     parts: dict[str, float] = field(default_factory=dict)
     total: float = 0.0  # the functions' weighted sum so far
     errors: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
     gated: bool = False  # the gate kept it from the judges
+
+
+def _takes_sample_indices(judge: Any) -> bool:
+    """Whether a per-rollout judge's ``verdicts`` takes ``sample_indices`` (read per group:
+    microseconds, next to a judge's request)."""
+    try:
+        return "sample_indices" in inspect.signature(judge.verdicts).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 class Rewarder:
@@ -410,12 +424,19 @@ class Rewarder:
         texts: Sequence[str | Prediction | None],
         *,
         group_id: str | None = None,
+        sample_indices: Sequence[int] | None = None,
     ) -> list[Score]:
         """Score every output of one group: functions first, then judges where they matter.
 
         ``None`` marks a failed generation (its Score is NaN with an error, and nothing is
-        called for it). ``group_id`` is recorded in the judges' request events.
+        called for it). ``group_id`` is recorded in the judges' request events, and so is
+        each output's index in its group: ``sample_indices[i]`` for ``texts[i]`` (None: its
+        position in ``texts``).
         """
+        if sample_indices is not None and len(sample_indices) != len(texts):
+            raise ValueError(
+                f"sample_indices has {len(sample_indices)} entries for {len(texts)} texts"
+            )
         self._groups += 1
         out: list[Score | None] = [None] * len(texts)
         members: list[_Member] = []
@@ -428,7 +449,8 @@ class Rewarder:
                 self._format_failures += 1
                 out[i] = Score(self.format_failure_reward, {}, None, f"format: {problem}")
                 continue
-            members.append(_Member(i, graded))
+            index = i if sample_indices is None else sample_indices[i]
+            members.append(_Member(i, graded, sample_index=index))
         self._scored += len(texts) - sum(1 for t in texts if t is None)
 
         # 1. cheap functions, every member concurrently
@@ -523,6 +545,12 @@ class Rewarder:
                 results = list(await spec.judge.verdicts(example, texts, group_id=group_id))
             except Exception as exc:  # the whole group's verdict failed
                 results = [exc] * len(members)
+        elif _takes_sample_indices(spec.judge):
+            indices = [m.sample_index for m in members]
+            verdicts: Any = spec.judge.verdicts  # the protocol's optional parameter
+            results = list(
+                await verdicts(example, texts, group_id=group_id, sample_indices=indices)
+            )
         else:
             results = list(await spec.judge.verdicts(example, texts, group_id=group_id))
         for m, r in zip(members, results, strict=True):

@@ -600,11 +600,14 @@ class GroupRunner:
 
     async def _score_slots(self, g: _GroupRun, indices: Sequence[int]) -> None:
         """Score the generated members ``indices`` in one ``score_group`` call."""
-        rollouts = [r for i in indices if (r := g.slots[i]) is not None]
-        if not rollouts:
+        slots = [(i, r) for i in indices if (r := g.slots[i]) is not None]
+        if not slots:
             return
+        rollouts = [r for _, r in slots]
         texts = [r.sample.text if r.sample.error is None else None for r in rollouts]
-        scores: list[Score] = await self.rewarder.score_group(g.example, texts, group_id=g.group_id)
+        scores: list[Score] = await self.rewarder.score_group(
+            g.example, texts, group_id=g.group_id, sample_indices=[i for i, _ in slots]
+        )
         for r, score in zip(rollouts, scores, strict=True):
             r.reward = score.reward
             r.reward_parts = score.parts

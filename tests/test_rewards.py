@@ -7,15 +7,18 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.client import Client
 from engine.config import EndpointConfig, RetryConfig, RewardConfig
 from engine.errors import ConfigError
-from engine.judges import GroupJudge, LLMJudge
+from engine.judges import GroupJudge, LLMJudge, Verdict
 from engine.modules import Prediction
 from engine.rewards import BUILTIN_REWARDS, JudgeSpec, Rewarder, RewardSpec, Score
+from engine.telemetry import EventLog, read_jsonl
 from engine.testing import SimConfig, SimRequest, SimServer
 from engine.testing.adversarial import gullible_judge
 from engine.types import Example
@@ -300,3 +303,45 @@ def test_stats_is_a_frozen_snapshot() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.groups = 5  # type: ignore[misc]
     assert s.groups == 0 and s.judges == {}
+
+
+async def test_judge_events_carry_each_outputs_index_in_its_group(tmp_path: Path) -> None:
+    """A per-rollout judge's request events name the group and the output's index in it:
+    given indices (the rollout stage scores members 4 and 6 of a group), else positions."""
+    events = EventLog(tmp_path / "events.jsonl")
+    async with SimServer(SimConfig()) as sim:
+        client = Client(
+            EndpointConfig(base_url=sim.base_url, model="judge", timeout=5.0), events=events
+        )
+        async with client:
+            rewarder = Rewarder(judges=[LLMJudge(client, RUBRIC, sim_marker=True, cache=False)])
+            await rewarder.score_group(EX, ["clear", "wrong"], group_id="g1", sample_indices=[4, 6])
+            await rewarder.score_group(EX, ["x", None, "clear"], group_id="g2")
+            with pytest.raises(ValueError, match="sample_indices"):
+                await rewarder.score_group(EX, ["a", "b"], sample_indices=[1])
+    events.close()
+    seen = sorted(
+        (e["group_id"], e["sample_index"]) for e in read_jsonl(tmp_path / "events.jsonl")
+        if e.get("kind") == "judge"
+    )  # fmt: skip
+    assert seen == [("g1", 4), ("g1", 6), ("g2", 0), ("g2", 2)]
+
+
+async def test_a_judge_without_sample_indices_still_works() -> None:
+    """A judge of one's own whose ``verdicts`` takes no ``sample_indices`` is called without."""
+
+    class Plain:
+        name = "plain"
+        per_group = False
+
+        async def verdicts(
+            self, example: Example, texts: list[str], *, group_id: str | None = None
+        ) -> list[Verdict]:
+            return [Verdict(1.0 if "clear" in t else 0.0, "", "") for t in texts]
+
+        def stats(self) -> Any:
+            raise AssertionError("not called by score_group")
+
+    rewarder = Rewarder(judges=[JudgeSpec(Plain())])
+    scores = await rewarder.score_group(EX, ["clear", "no"], sample_indices=[3, 5])
+    assert [s.reward for s in scores] == [1.0, 0.0]

@@ -25,9 +25,10 @@ from engine.config import (
     TrainerConfig,
     load_config,
 )
+from engine.judges import Verdict
 from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
-from engine.rewards import Rewarder, RewardSpec
+from engine.rewards import JudgeSpec, Rewarder, RewardSpec
 from engine.rollout import GroupGate, GroupRunner, RolloutStats, derive_rng
 from engine.testing.sim import Faults, SimConfig, SimServer
 from engine.trainer import TrainingManager
@@ -256,6 +257,39 @@ async def test_retry_re_requests_only_the_failed_members() -> None:
         "rollouts/failed": 2,
         "rollouts/cancelled_stragglers": 0,
     }
+
+
+async def test_judges_see_each_members_index_in_its_group() -> None:
+    """Re-generated members are judged under their own index in the group (what the judge's
+    request events record as ``sample_index``)."""
+    seen: dict[str, int] = {}
+
+    class Recording:
+        name = "rec"
+        per_group = False
+
+        async def verdicts(
+            self,
+            example: Example,
+            texts: list[str],
+            *,
+            group_id: str | None = None,
+            sample_indices: list[int] | None = None,
+        ) -> list[Verdict]:
+            assert sample_indices is not None
+            seen.update(zip(texts, sample_indices, strict=True))
+            return [Verdict(1.0, "", "") for _ in texts]
+
+        def stats(self) -> Any:
+            raise AssertionError("not called")
+
+    pol = Scripted(lambda k, i: None if (k == 0 and i in (1, 3)) else f"c{k}-{i}")
+    judged = Rewarder([RewardSpec("r", nonempty, inline=True)], judges=[JudgeSpec(Recording())])
+    runner = GroupRunner(pol, judged, cfg_with(partial_group="retry", member_retries=2))
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=RolloutStats())
+    assert group is not None
+    assert seen == {r.sample.text: r.index for r in group.rollouts}
+    assert seen == {"c0-0": 0, "c1-0": 1, "c0-2": 2, "c1-1": 3}
 
 
 async def test_retry_also_covers_failed_scoring_then_shrinks() -> None:
