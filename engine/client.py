@@ -41,7 +41,8 @@ Retries (see :func:`should_retry` for which failures qualify):
 
 ``n``: asked natively; when an endpoint returns fewer choices than asked (OpenRouter and
 llama.cpp ignore ``n``), the rest are fanned out as concurrent requests and the endpoint is
-remembered so later calls fan out at once. With a ``seed``, fanned-out requests get
+remembered so later calls fan out at once; every 64th of those asks natively again, so an
+endpoint that answered short once gets ``n`` back. With a ``seed``, fanned-out requests get
 ``seed + i`` so they do not all sample the same completion.
 
 Keys: the API key lives only in the session's Authorization header. Every message this module
@@ -212,7 +213,7 @@ class ClientStatistics:
             ``conflict``, ``response``, ``rejected``, ``disconnect_reused``).
         fanned_out: calls where ``n`` was served by more than one request.
         ignores_n: endpoint (``base_url mode model``) -> most choices it returned for one
-            request; 1 means it ignores ``n``.
+            request; 1 means it ignores ``n`` (gone once a later probe came back whole).
         limiter: the limiter's own ``statistics()`` snapshot.
     """
 
@@ -756,6 +757,9 @@ class _Watchdog:
             self._schedule(upcoming)
 
 
+_N_PROBE_EVERY = 64
+"""After an endpoint answered ``n > 1`` short, every 64th such call asks natively again."""
+
 _START_BUDGET = 0.01
 """Seconds of one event-loop iteration that starting calls may take (see :class:`_Pacer`)."""
 
@@ -946,6 +950,7 @@ class Client:
         self._pacer: _Pacer  # spreads a burst of calls over loop iterations; made with it too
         self._closed = False
         self._n_caps: dict[tuple[str, str, str], int] = {}  # endpoint -> most choices per request
+        self._capped_calls: Counter[tuple[str, str, str]] = Counter()  # n > 1 calls since capped
         self._calls = 0
         self._failures = 0
         self._requests = 0
@@ -1139,7 +1144,7 @@ class Client:
             cap = self._n_caps.get(endpoint_key)
             if n == 1:
                 parts = [await self._request(ctx, body, 1, seed)]
-            elif not cfg.use_n or cap is not None:
+            elif not cfg.use_n or (cap is not None and not self._probe_n_again(endpoint_key)):
                 parts = await self._fan_out(ctx, body, _chunks(n, cap or 1), seed, 0)
             else:
                 first = await self._request(ctx, body, n, seed)
@@ -1156,6 +1161,9 @@ class Client:
                         )
                     self._n_caps[endpoint_key] = got
                     parts += await self._fan_out(ctx, body, _chunks(n - got, got), seed, 1)
+                elif cap is not None:  # a probe came back whole: ask natively again
+                    del self._n_caps[endpoint_key]
+                    _log.info("endpoint.honours_n", endpoint=ctx.path, model=self._ep.model, n=n)
             # a fanned-out request can come back short as well (an endpoint that honours n
             # only sometimes): ask again for the rest, so the result has exactly n choices
             # (every request returns at least one choice, else it failed, so this ends)
@@ -1198,6 +1206,14 @@ class Client:
             request_id=head.request_id,
             prompt_token_ids=head.prompt_token_ids,
         )
+
+    def _probe_n_again(self, endpoint_key: tuple[str, str, str]) -> bool:
+        """Whether this n > 1 call to an endpoint that came back short should ask natively
+        again: every ``_N_PROBE_EVERY``-th one. An endpoint that honours ``n`` but answered
+        short once (a filtered choice) gets native ``n`` back; one that ignores it costs
+        nothing extra (the probe's choices are kept, the rest fanned out as usual)."""
+        self._capped_calls[endpoint_key] += 1
+        return self._capped_calls[endpoint_key] % _N_PROBE_EVERY == 0
 
     async def _fan_out(
         self,

@@ -424,6 +424,48 @@ async def test_ignored_n_fans_out_merges_and_is_remembered() -> None:
     assert stats.fanned_out == 2
 
 
+async def test_a_short_answer_once_is_probed_again_and_native_n_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An endpoint that answered n=3 with one choice once is fanned out, but every 4th such
+    call (``_N_PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
+    really ignores n keeps being fanned out, and the probe costs no extra request."""
+    import engine.client
+
+    monkeypatch.setattr(engine.client, "_N_PROBE_EVERY", 4)
+    short = {"left": 1}  # answers short this many times
+
+    def answer(req: dict[str, Any]) -> dict[str, Any]:
+        n = int(req.get("n", 1))
+        if n > 1 and short["left"] > 0:
+            short["left"] -= 1
+            return chat_body(1)
+        return chat_body(n)
+
+    async with Scripted(default=answer) as s:
+        client, _, _ = make_client(s.base_url)
+        async with client:
+            counts = []
+            for _ in range(6):
+                out = await client.complete("x", n=3)
+                assert len(out.choices) == 3
+                counts.append(out.requests)
+            stats = client.statistics()
+    # call 1: short (1 + 2 fanned out); calls 2-4 fanned out (3 each); call 5 is the 4th
+    # capped call: a probe, whole; call 6: native
+    assert counts == [3, 3, 3, 3, 1, 1]
+    assert stats.ignores_n == {}
+
+    async with Scripted(default=lambda req: chat_body(1)) as s:  # ignores n for good
+        client, _, _ = make_client(s.base_url)
+        async with client:
+            counts = [(await client.complete("x", n=3)).requests for _ in range(6)]
+            stats = client.statistics()
+    assert counts == [3] * 6  # the probe (call 5) took 1 choice and fanned out 2, as ever
+    assert [b.get("n") for b in s.bodies()].count(3) == 2  # call 1 and the probe asked n=3
+    assert stats.ignores_n == {f"{s.base_url} chat m": 1}
+
+
 async def test_n_capped_server_is_chunked() -> None:
     """A server returning at most 2 choices gets the rest in requests of 2."""
     async with Scripted(default=lambda req: chat_body(min(2, int(req.get("n", 1))))) as s:

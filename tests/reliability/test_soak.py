@@ -42,7 +42,8 @@ garbage collections included (a collection at 1,100 requests in flight scans som
 objects: 45-95 ms)."""
 SOAK_SPARED = ("timeout", "short_n")
 """Fault kinds left out of the soak: hangs (the fault suite has them) and short choices, after
-which the client fans every ``n > 1`` call out for good (the fault suite covers that path)."""
+which the client fans ``n > 1`` calls out (asking natively every 64th; the fault suite covers
+that path)."""
 MAX_LAG_MS = 250.0
 """The longest acceptable wall-clock lag of a tick (it includes time the OS ran others: the
 machine has 2 cores, and the server and the test runner are busy too)."""
