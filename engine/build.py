@@ -12,12 +12,17 @@ from .config import RunConfig
 from .errors import ConfigError
 from .policies.base import Policy
 from .rewards import Rewarder, RewardSpec
+from .telemetry import get_logger
 from .types import Example
 
 if TYPE_CHECKING:
     from .client import Client
 
 __all__ = ("build_components", "open_clients")
+
+PROMPT_LR_HINT = 0.05
+"""Below this ``optim.lr`` the prompt policy's candidate logits barely move (the engine's
+default, 0.01, suits the embedded LM); a warning says so."""
 
 
 def build_components(
@@ -66,6 +71,14 @@ def build_components(
             policy = PromptPolicy.from_config(
                 cfg, client, examples=examples, instructions=instructions
             )
+            if cfg.optim.lr < PROMPT_LR_HINT:
+                get_logger(__name__).warning(
+                    "prompt_policy.low_lr",
+                    lr=cfg.optim.lr,
+                    hint=f"the prompt policy learns candidate logits: optim.lr below "
+                    f"{PROMPT_LR_HINT} barely moves them (0.2-0.3 is typical; the examples "
+                    "and finetune() use 0.2-0.3)",
+                )
         judge = judge_client or client
         reward = None
         if judge is not None or not cfg.reward.judge_prompt.strip():

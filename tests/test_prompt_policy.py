@@ -575,3 +575,21 @@ def test_cli_runs_the_local_example_against_the_sim(tmp_path: Path) -> None:
         sim.wait(timeout=30)
         if sim.stdout is not None:
             sim.stdout.close()
+
+
+@pytest.mark.parametrize(("lr", "warned"), [(0.01, True), (0.2, False)])
+def test_a_learning_rate_too_low_for_the_prompt_policy_is_warned(lr: float, warned: bool) -> None:
+    """build_components warns when the prompt policy gets the embedded LM's learning rate."""
+    import structlog
+
+    from engine.build import build_components
+    from engine.config import load_config
+
+    cfg = load_config(None, ["policy='prompt'", f"optim.lr={lr}"])
+    client = Client(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    with structlog.testing.capture_logs() as logs:
+        build_components(cfg, client=client)
+    low = [e for e in logs if e["event"] == "prompt_policy.low_lr"]
+    assert bool(low) is warned
+    if warned:
+        assert low[0]["log_level"] == "warning" and low[0]["lr"] == 0.01
