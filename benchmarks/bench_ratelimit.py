@@ -20,6 +20,7 @@ successes over that. Run::
 
     python benchmarks/bench_ratelimit.py                   # 2,000 requests: about 3-4 minutes each
     python benchmarks/bench_ratelimit.py --requests 500 --burst-seconds 1
+    python benchmarks/bench_ratelimit.py --requests 500 --burst-seconds 1 --client-burst-seconds 60
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ async def run_engine(url: str, args: argparse.Namespace, tmp: Path) -> dict:
         max_concurrency=args.concurrency,
         adaptive=args.adaptive,
         tpm_refund=False,
+        burst_seconds=args.client_burst_seconds,
     )
     async with Client(
         cfg, limits=limits, retry=RetryConfig(), events=events, api_key=FAKE_KEY
@@ -212,6 +214,12 @@ def main() -> None:
     ap.add_argument("--rpm", type=float, default=600.0)
     ap.add_argument("--tpm", type=float, default=18_000.0)
     ap.add_argument("--burst-seconds", type=float, default=60.0, help="server bucket size")
+    ap.add_argument(
+        "--client-burst-seconds",
+        type=float,
+        default=1.0,
+        help="engine: limits.burst_seconds (its own buckets' size; 1 is the engine default)",
+    )
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--deadline", type=float, default=300.0, help="engine per-request deadline")
     ap.add_argument("--clients", default="engine,openai")

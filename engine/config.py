@@ -185,6 +185,12 @@ class LimitsConfig:
     """Give back the unused part of a token reservation once real usage is known. Set false
     for servers that charge prompt + max_tokens at admission and never refund (OpenAI-style
     limiters): refunding there over-sends and draws 429s."""
+    burst_seconds: float = 1.0
+    """Seconds of rate the rpm and tpm buckets hold: up to ``rpm * burst_seconds / 60``
+    requests (and tokens likewise) go out at once after a quiet spell or a 429 pause.
+    Hosted APIs document that per-minute limits may be enforced over shorter windows (60 per
+    minute as 1 per second), so the default sends no burst beyond one second's worth; 60 uses
+    a whole minute's allowance at once where a server permits it (a faster first minute)."""
     max_concurrency: int = 64
     """Requests in flight at once."""
     adaptive: bool = False
@@ -352,6 +358,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "endpoint.deadline": (0.0, None, True),
     "limits.rpm": (0.0, None, True),
     "limits.tpm": (0.0, None, True),
+    "limits.burst_seconds": (0.0, None, True),
     "limits.max_concurrency": (1, None, False),
     "retry.max_attempts": (1, None, False),
     "retry.backoff_base": (0.0, None, False),

@@ -1,7 +1,8 @@
 """Client-side limits: RPM pacing, TPM reserve/settle, the 429 gate, concurrency, AIMD, close.
 
 Every test runs on a virtual-time event loop (``tests/virtual_time.py``): waits of minutes
-take no real time, and admission times are asserted exactly.
+take no real time, and admission times are asserted exactly. Tests of minute-long buckets set
+``burst_seconds=60`` (the default holds one second of rate).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import time
 
 import pytest
 
-from engine.config import LimitsConfig
-from engine.errors import ClientClosedError
+from engine.config import LimitsConfig, load_config
+from engine.errors import ClientClosedError, ConfigError
 from engine.limits import Limiter, LimiterStatistics, Permit, TokenBudget
 from tests.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop, sleep_until, virtual_time
 
@@ -78,7 +79,7 @@ def test_virtual_loop_reports_a_deadlock_instead_of_hanging() -> None:
 @virtual_time
 async def test_rpm_allows_a_burst_then_paces_one_request_per_interval() -> None:
     """With rpm=60, 60 requests go at once and each one after waits one more second."""
-    rec = _Recorder(Limiter(LimitsConfig(rpm=60, max_concurrency=1000)))
+    rec = _Recorder(Limiter(LimitsConfig(burst_seconds=60.0, rpm=60, max_concurrency=1000)))
     await asyncio.gather(*(rec.start(f"r{i}") for i in range(70)))
     times = [rec.admitted[f"r{i}"] for i in range(70)]
     assert times[:60] == [0.0] * 60
@@ -86,9 +87,33 @@ async def test_rpm_allows_a_burst_then_paces_one_request_per_interval() -> None:
 
 
 @virtual_time
+async def test_a_short_burst_window_paces_from_the_start() -> None:
+    """burst_seconds=0.5 at rpm=480: 4 requests go at once (half a second of rate), then one
+    every 0.125 s (binary-exact figures: aiolimiter's float arithmetic can otherwise leave a
+    waiter 1e-16 s short, which virtual time would never advance past); the token budget
+    holds its burst of tpm likewise."""
+    rec = _Recorder(Limiter(LimitsConfig(rpm=480, burst_seconds=0.5, max_concurrency=1000)))
+    await asyncio.gather(*(rec.start(f"r{i}") for i in range(20)))
+    times = [rec.admitted[f"r{i}"] for i in range(20)]
+    assert times[:4] == [0.0] * 4
+    assert times[4:] == pytest.approx([0.125 * k for k in range(1, 17)])
+
+    rec = _Recorder(Limiter(LimitsConfig(tpm=6000, burst_seconds=1.0)))  # 100 tokens/s, 100 held
+    await asyncio.gather(*(rec.start(f"t{i}", 50) for i in range(4)))
+    assert [rec.admitted[f"t{i}"] for i in range(4)] == pytest.approx([0.0, 0.0, 0.5, 1.0])
+
+
+def test_burst_seconds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="burst_seconds"):
+        TokenBudget(600, burst_seconds=0.0)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(None, ["limits.burst_seconds=0"])
+
+
+@virtual_time
 async def test_rpm_counts_a_fan_out_as_several_requests_even_beyond_the_rate() -> None:
     """A permit for 25 requests at rpm=10 is paced as 25 requests (90 s), and does not fail."""
-    limiter = Limiter(LimitsConfig(rpm=10))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, rpm=10))
     t0 = _now()
     async with limiter.permit(requests=25) as permit:
         waited = _now() - t0
@@ -103,7 +128,7 @@ async def test_rpm_counts_a_fan_out_as_several_requests_even_beyond_the_rate() -
 @virtual_time
 async def test_tpm_refund_lets_a_waiting_request_in_earlier() -> None:
     """Settling a 600-token reservation at 100 used lets a 300-token waiter in at once."""
-    limiter = Limiter(LimitsConfig(tpm=600))  # refills 10 tokens/s
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))  # refills 10 tokens/s
     rec = _Recorder(limiter)
     async with limiter.permit(600) as big:
         waiter = rec.start("waiter", 300)
@@ -117,7 +142,7 @@ async def test_tpm_refund_lets_a_waiting_request_in_earlier() -> None:
 @virtual_time
 async def test_tpm_without_settle_keeps_the_whole_reservation() -> None:
     """A permit that exits unsettled counts its estimate as used, so the next waits for refill."""
-    limiter = Limiter(LimitsConfig(tpm=600))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))
     rec = _Recorder(limiter)
     async with limiter.permit(600):
         waiter = rec.start("waiter", 300)
@@ -129,7 +154,7 @@ async def test_tpm_without_settle_keeps_the_whole_reservation() -> None:
 @virtual_time
 async def test_tpm_without_refund_settle_keeps_the_reservation() -> None:
     """With tpm_refund off (servers that charge max_tokens up front), settling refunds nothing."""
-    limiter = Limiter(LimitsConfig(tpm=600, tpm_refund=False))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600, tpm_refund=False))
     rec = _Recorder(limiter)
     async with limiter.permit(600) as big:
         waiter = rec.start("waiter", 300)
@@ -142,7 +167,7 @@ async def test_tpm_without_refund_settle_keeps_the_reservation() -> None:
 @virtual_time
 async def test_tpm_large_request_at_the_head_is_not_overtaken() -> None:
     """Small requests queued behind a large one wait for it; the large one runs first."""
-    limiter = Limiter(LimitsConfig(tpm=600))  # 10 tokens/s
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))  # 10 tokens/s
     async with limiter.permit(600):
         pass  # bucket now empty
     rec = _Recorder(limiter)
@@ -158,7 +183,7 @@ async def test_tpm_large_request_at_the_head_is_not_overtaken() -> None:
 @virtual_time
 async def test_tpm_request_above_capacity_goes_into_debt_instead_of_failing() -> None:
     """A 1800-token request on a 600 TPM budget is admitted and later requests wait out the debt."""
-    limiter = Limiter(LimitsConfig(tpm=600))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))
     rec = _Recorder(limiter)
     async with limiter.permit(1800):
         stats = limiter.statistics()
@@ -170,7 +195,7 @@ async def test_tpm_request_above_capacity_goes_into_debt_instead_of_failing() ->
 @virtual_time
 async def test_tpm_request_above_capacity_waits_for_a_full_bucket() -> None:
     """An over-capacity request arriving when the bucket is not full waits until it is full."""
-    limiter = Limiter(LimitsConfig(tpm=600))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))
     async with limiter.permit(300):
         pass
     rec = _Recorder(limiter)
@@ -181,7 +206,7 @@ async def test_tpm_request_above_capacity_waits_for_a_full_bucket() -> None:
 @virtual_time
 async def test_settle_charges_usage_above_the_estimate_once() -> None:
     """Using more than reserved is charged as debt; only the first settle() counts."""
-    limiter = Limiter(LimitsConfig(tpm=600))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))
     async with limiter.permit(100) as permit:
         permit.settle(700)
         permit.settle(0)  # ignored
@@ -195,7 +220,7 @@ async def test_settle_charges_usage_above_the_estimate_once() -> None:
 @virtual_time
 async def test_cancelled_tpm_waiter_takes_nothing_and_unblocks_the_queue() -> None:
     """Cancelling a large queued reservation lets the small one behind it in at its own pace."""
-    limiter = Limiter(LimitsConfig(tpm=600))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600))
     async with limiter.permit(600):
         pass
     rec = _Recorder(limiter)
@@ -416,7 +441,7 @@ async def test_fixed_concurrency_ignores_timeouts() -> None:
 @virtual_time
 async def test_statistics_is_a_frozen_snapshot_with_the_current_numbers() -> None:
     """statistics() reports slots, waiters and tokens, and does not change after it is taken."""
-    limiter = Limiter(LimitsConfig(tpm=600, max_concurrency=1))
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600, max_concurrency=1))
     rec = _Recorder(limiter)
     async with limiter.permit(100) as permit:
         waiter = rec.start("waiter", 50)
@@ -445,7 +470,7 @@ async def test_statistics_is_a_frozen_snapshot_with_the_current_numbers() -> Non
 
 def test_statistics_work_outside_an_event_loop() -> None:
     """A fresh limiter can be inspected from synchronous code."""
-    stats = Limiter(LimitsConfig(tpm=600)).statistics()
+    stats = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600)).statistics()
     assert (stats.tokens_available, stats.in_flight, stats.gate_open_at) == (600.0, 0, None)
 
 
@@ -453,7 +478,7 @@ def test_statistics_work_outside_an_event_loop() -> None:
 async def test_injected_clock_drives_the_gate() -> None:
     """With an injected clock, gate_open_at is on that clock and the pause lasts retry-after."""
     loop = asyncio.get_running_loop()
-    limiter = Limiter(LimitsConfig(tpm=600), clock=lambda: loop.time() + 5000.0)
+    limiter = Limiter(LimitsConfig(burst_seconds=60.0, tpm=600), clock=lambda: loop.time() + 5000.0)
     t0 = loop.time()
     limiter.on_rate_limited(2.0)
     assert limiter.statistics().gate_open_at == pytest.approx(t0 + 5002.0)
@@ -483,8 +508,8 @@ async def test_close_wakes_every_waiter_with_client_closed() -> None:
     gated = Limiter(LimitsConfig())
     gated.on_rate_limited(60.0)
     slots = Limiter(LimitsConfig(max_concurrency=1))
-    rate = Limiter(LimitsConfig(rpm=1))
-    tokens = Limiter(LimitsConfig(tpm=60))
+    rate = Limiter(LimitsConfig(burst_seconds=60.0, rpm=1))
+    tokens = Limiter(LimitsConfig(burst_seconds=60.0, tpm=60))
     holder = slots.permit()
     await holder.__aenter__()
     async with rate.permit(), tokens.permit(60):
