@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from engine.advantages import Advantages, group_advantages, naive_group_advantages
+from engine.learning.advantages import Advantages, group_advantages, naive_group_advantages
 
 
 def _agree(a: Advantages, b: Advantages) -> bool:

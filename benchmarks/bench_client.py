@@ -1,4 +1,4 @@
-"""Benchmark (endpoint client stage): engine.client.Client against the openai SDK and bare aiohttp.
+"""Benchmark (endpoint client stage): engine.endpoints.client.Client against the openai SDK and bare aiohttp.
 
 Starts the simulated server in a separate process (``python -m engine.testing.sim --port 0
 --latency 0.05``; a minimal aiohttp server of this file's own when the sim is not importable),
@@ -46,9 +46,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.client import Client
-from engine.config import EndpointConfig, LimitsConfig, RetryConfig
-from engine.telemetry import EventLog
+from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.endpoints.client import Client
+from engine.telemetry.events import EventLog
 
 PROMPT = "Write one short sentence about group relative policy optimization."
 MAX_TOKENS = 16

@@ -71,11 +71,11 @@ def peak_rss_kib() -> tuple[int, int | None]:
 
 async def child_run(args: argparse.Namespace) -> dict[str, object]:
     """One epoch over ``args.data`` with the prompt policy; returns what the parent prints."""
-    from engine.build import build_components
-    from engine.client import Client
-    from engine.config import load_config
-    from engine.telemetry import EventLog
-    from engine.trainer import TrainingManager
+    from engine.config.schema import load_config
+    from engine.endpoints.client import Client
+    from engine.telemetry.events import EventLog
+    from engine.training.assembly import build_components
+    from engine.training.trainer import TrainingManager
 
     n = args.prompts
     batch = args.batch_size

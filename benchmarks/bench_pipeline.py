@@ -6,20 +6,20 @@ generation endpoint with log-normal latency (``--latency 0.05 --latency-sigma 0.
 --judge-sigma 0.5``: a verdict is a short reply). In one run, with the same prompts, the same
 policy, rewarder and learner code, the same requests per rollout and the same limits, it
 trains the prompt policy (completions mode) with an LLM judge reward
-(:class:`~engine.judges.LLMJudge`, one verdict per rollout) through
-:class:`engine.client.Client`:
+(:class:`~engine.rewards.judges.LLMJudge`, one verdict per rollout) through
+:class:`engine.endpoints.client.Client`:
 
-- ``engine``: :class:`engine.trainer.TrainingManager`: groups admitted whole
-  (:mod:`engine.rollout`), each group scored as soon as it is generated, batch ``k + 1``
+- ``engine``: :class:`engine.training.trainer.TrainingManager`: groups admitted whole
+  (:mod:`engine.rollout.groups`), each group scored as soon as it is generated, batch ``k + 1``
   generated while batch ``k`` is scored and learned from, up to ``--max-staleness`` policy
   versions ahead;
 - ``sync``: the loop TRL's default trainer and DSPy run: generate the whole batch (all groups
   concurrently, within the same limit), then score the whole batch (concurrently), then
   update, then the next batch. Same :class:`~engine.policies.prompt.PromptPolicy`,
-  :class:`~engine.rewards.Rewarder`, :class:`~engine.learner.Learner` and
-  :class:`~engine.data.GroupSampler`; only the orchestration differs.
+  :class:`~engine.rewards.rewarder.Rewarder`, :class:`~engine.learning.learner.Learner` and
+  :class:`~engine.data.jsonl.GroupSampler`; only the orchestration differs.
 
-Limits: by default one :class:`~engine.limits.Limiter` of ``--concurrency`` (32) is shared by
+Limits: by default one :class:`~engine.endpoints.limits.Limiter` of ``--concurrency`` (32) is shared by
 the generation and the judge client (one account's concurrency); ``--limits separate`` gives
 each endpoint its own (what ``python -m engine run`` does when ``[judge]`` names another
 endpoint). Utilization is the busy fraction of the allowed concurrency over the arm's wall time,
@@ -60,9 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import datasets
-from engine.client import Client
-from engine.config import (
+from engine.config.schema import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -73,15 +71,17 @@ from engine.config import (
     RunConfig,
     TrainerConfig,
 )
-from engine.data import GroupSampler, as_source
-from engine.judges import JudgeCache, LLMJudge
-from engine.learner import Learner, ScoredBatch
-from engine.limits import Limiter
+from engine.data import datasets
+from engine.data.jsonl import GroupSampler, as_source
+from engine.endpoints.client import Client
+from engine.endpoints.limits import Limiter
+from engine.learning.learner import Learner, ScoredBatch
 from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
-from engine.rewards import JudgeSpec, Rewarder
-from engine.telemetry import EventLog
-from engine.trainer import TrainingManager
+from engine.rewards.judges import JudgeCache, LLMJudge
+from engine.rewards.rewarder import JudgeSpec, Rewarder
+from engine.telemetry.events import EventLog
+from engine.training.trainer import TrainingManager
 from engine.types import Example, Group, Rollout
 
 INSTRUCTIONS = (

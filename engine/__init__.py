@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import (
+from .config.schema import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -57,34 +57,34 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (imported on first attribute access)
 _LAZY: dict[str, str] = {
-    "Adam": "optim",
-    "Advantages": "advantages",
-    "BatchMetrics": "trainer",
-    "Client": "client",
-    "Completion": "client",
-    "ComparisonResult": "compare",
+    "Adam": "learning.optim",
+    "Advantages": "learning.advantages",
+    "BatchMetrics": "training.trainer",
+    "Client": "endpoints.client",
+    "Completion": "endpoints.client",
+    "ComparisonResult": "evaluation.compare",
     "Example": "types",
-    "FineTunedModel": "finetune",
-    "GroupJudge": "judges",
-    "LLMJudge": "judges",
-    "Learner": "learner",
-    "Limiter": "limits",
-    "ModelComparator": "compare",
+    "FineTunedModel": "training.finetune",
+    "GroupJudge": "rewards.judges",
+    "LLMJudge": "rewards.judges",
+    "Learner": "learning.learner",
+    "Limiter": "endpoints.limits",
+    "ModelComparator": "evaluation.compare",
     "Policy": "policies.base",
     "PolicySnapshot": "policies.base",
-    "PredictModule": "modules",
+    "PredictModule": "endpoints.modules",
     "PromptPolicy": "policies.prompt",
-    "RewardSpec": "rewards",
-    "Rewarder": "rewards",
-    "RunSummary": "trainer",
-    "Signature": "modules",
+    "RewardSpec": "rewards.rewarder",
+    "Rewarder": "rewards.rewarder",
+    "RunSummary": "training.trainer",
+    "Signature": "endpoints.modules",
     "TinyLM": "policies.tinylm",
-    "TrainingManager": "trainer",
-    "finetune": "finetune",
-    "group_advantages": "advantages",
-    "load_checkpoint": "checkpoint",
-    "read_jsonl": "data",
-    "save_checkpoint": "checkpoint",
+    "TrainingManager": "training.trainer",
+    "finetune": "training.finetune",
+    "group_advantages": "learning.advantages",
+    "load_checkpoint": "learning.checkpoint",
+    "read_jsonl": "data.jsonl",
+    "save_checkpoint": "learning.checkpoint",
     "tune_gc": "runtime",
 }
 
@@ -164,20 +164,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
-    from .advantages import Advantages, group_advantages
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .client import Client, Completion
-    from .compare import ComparisonResult, ModelComparator
-    from .data import read_jsonl
-    from .finetune import FineTunedModel, finetune
-    from .judges import GroupJudge, LLMJudge
-    from .learner import Learner
-    from .limits import Limiter
-    from .modules import PredictModule, Signature
-    from .optim import Adam
+    from .data.jsonl import read_jsonl
+    from .endpoints.client import Client, Completion
+    from .endpoints.limits import Limiter
+    from .endpoints.modules import PredictModule, Signature
+    from .evaluation.compare import ComparisonResult, ModelComparator
+    from .learning.advantages import Advantages, group_advantages
+    from .learning.checkpoint import load_checkpoint, save_checkpoint
+    from .learning.learner import Learner
+    from .learning.optim import Adam
     from .policies.base import Policy, PolicySnapshot
     from .policies.prompt import PromptPolicy
     from .policies.tinylm import TinyLM
-    from .rewards import Rewarder, RewardSpec
-    from .trainer import BatchMetrics, RunSummary, TrainingManager
+    from .rewards.judges import GroupJudge, LLMJudge
+    from .rewards.rewarder import Rewarder, RewardSpec
+    from .training.finetune import FineTunedModel, finetune
+    from .training.trainer import BatchMetrics, RunSummary, TrainingManager
     from .types import Example

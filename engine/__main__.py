@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from . import _blas  # noqa: F401  (sets BLAS threads before numpy loads)
-from .config import RunConfig, config_reference, load_config
+from .config.schema import RunConfig, config_reference, load_config
 from .errors import EngineError, first_engine_error
 
 __all__ = ("main",)
@@ -89,13 +89,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
 
-    from .compare_cli import add_compare_parser
-    from .report import add_report_parser
+    from .cli.compare import add_compare_parser
+    from .evaluation.report import add_report_parser
 
     add_compare_parser(sub)
     add_report_parser(sub)
 
-    from .evaluate import add_eval_parser
+    from .rollout.evaluate import add_eval_parser
 
     add_eval_parser(sub)
     return parser
@@ -154,8 +154,8 @@ async def _endpoint_parts(cfg: RunConfig, stack: Any) -> dict[str, Any]:
     import contextlib
     from pathlib import Path
 
-    from .build import build_components, open_clients
-    from .telemetry import EventLog
+    from .telemetry.events import EventLog
+    from .training.assembly import build_components, open_clients
 
     events = stack.enter_context(contextlib.closing(EventLog(Path(cfg.out) / "events.jsonl")))
     client, judge = await open_clients(cfg, stack, events)
@@ -166,10 +166,10 @@ async def _endpoint_parts(cfg: RunConfig, stack: Any) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from .monitor import describe
     from .runtime import tune_gc
-    from .telemetry import attach_event_log
-    from .trainer import TrainingManager
+    from .telemetry.events import attach_event_log
+    from .telemetry.monitor import describe
+    from .training.trainer import TrainingManager
 
     cfg = _config_from_args(args)
     progress = _Progress(cfg.steps, quiet=args.quiet)
@@ -235,23 +235,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.print_config:
                 print(config_reference())
                 return 0
-            from .telemetry import configure_logging
+            from .telemetry.events import configure_logging
 
             configure_logging()
             return anyio.run(_run, args)
         if args.command == "compare":
-            from .compare_cli import compare_command
-            from .telemetry import configure_logging
+            from .cli.compare import compare_command
+            from .telemetry.events import configure_logging
 
             configure_logging()
             return anyio.run(compare_command, args)
         if args.command == "report":
-            from .report import report_command
+            from .evaluation.report import report_command
 
             return report_command(args)
         if args.command == "eval":
-            from .evaluate import eval_command
-            from .telemetry import configure_logging
+            from .rollout.evaluate import eval_command
+            from .telemetry.events import configure_logging
 
             configure_logging()
             return anyio.run(eval_command, args)

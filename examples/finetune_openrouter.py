@@ -30,9 +30,9 @@ import asyncio
 import os
 import sys
 
-from engine.finetune import FineTunedModel, finetune
-from engine.reward_functions import length_penalty
-from engine.trainer import BatchMetrics
+from engine.rewards.functions import length_penalty
+from engine.training.finetune import FineTunedModel, finetune
+from engine.training.trainer import BatchMetrics
 
 TRAINING_DATA = [
     {"input": {"text": topic}, "output": {"generated": reference, "quality": 0.9}}

@@ -11,7 +11,7 @@ END = "<!-- config-reference:end -->"
 
 
 def render(readme: str) -> str:
-    from engine.config import config_reference
+    from engine.config.schema import config_reference
 
     body = config_reference().strip()
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)

@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.advantages import (
+from engine.errors import CheckpointError
+from engine.learning.advantages import (
     Advantages,
     RunningNorm,
     group_advantages,
     naive_group_advantages,
 )
-from engine.errors import CheckpointError
 
 nan = math.nan
 SQRT8 = math.sqrt(8.0)

@@ -8,14 +8,14 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.checkpoint import (
+from engine.errors import CheckpointError
+from engine.learning.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
-from engine.errors import CheckpointError
 
 
 def test_round_trip(tmp_path: Path) -> None:

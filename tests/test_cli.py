@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from engine.__main__ import main
-from engine.telemetry import read_jsonl
+from engine.telemetry.events import read_jsonl
 
 SMALL = [
     "--set",

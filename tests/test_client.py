@@ -1,4 +1,4 @@
-"""engine.client against real aiohttp servers on loopback: presets, request shape, parsing of both
+"""engine.endpoints.client against real aiohttp servers on loopback: presets, request shape, parsing of both
 logprob shapes and usage details, the n fan-out, errors inside HTTP 200, events, key redaction,
 lifecycle, and the simulated server. Time is injected; nothing sleeps beyond milliseconds."""
 
@@ -19,8 +19,9 @@ import pytest
 import structlog
 from aiohttp import web
 
-from engine.client import Client, ClientStatistics, estimate_tokens, resolve_endpoint
-from engine.config import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.endpoints.client import Client, ClientStatistics, estimate_tokens, resolve_endpoint
+from engine.endpoints.limits import Limiter
 from engine.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -30,8 +31,7 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.limits import Limiter
-from engine.telemetry import EventLog, read_jsonl
+from engine.telemetry.events import EventLog, read_jsonl
 from engine.testing.sim import Faults, SimConfig, SimServer
 from tests.scripted import (
     CHAT,
@@ -430,9 +430,9 @@ async def test_a_short_answer_once_is_probed_again_and_native_n_comes_back(
     """An endpoint that answered n=3 with one choice once is fanned out, but every 4th such
     call (``_N_PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
     really ignores n keeps being fanned out, and the probe costs no extra request."""
-    import engine.client
+    import engine.endpoints.client
 
-    monkeypatch.setattr(engine.client, "_N_PROBE_EVERY", 4)
+    monkeypatch.setattr(engine.endpoints.client, "_N_PROBE_EVERY", 4)
     short = {"left": 1}  # answers short this many times
 
     def answer(req: dict[str, Any]) -> dict[str, Any]:
@@ -633,7 +633,7 @@ async def test_pacer_with_no_budget_starts_one_call_per_iteration_in_order() -> 
     """Budget 0: 60 callers at once pass one per loop iteration, first come first served; a
     cancelled waiter neither passes nor holds up the ones behind it; once the queue is empty
     a caller passes at once, in the iteration it arrives."""
-    from engine.client import _Pacer
+    from engine.endpoints.client import _Pacer
 
     pacer = _Pacer(asyncio.get_running_loop(), 0.0)
     it = _Iterations()
@@ -663,7 +663,7 @@ async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, bu
     """Budget 10 ms, each start busy for 2 ms: an iteration starts at most 6 (a start is let
     through only while less than 10 ms have passed since the first), and the burst of 40 is
     spread over at least 7 iterations; with an ample budget all 40 start in one."""
-    from engine.client import _Pacer
+    from engine.endpoints.client import _Pacer
 
     pacer = _Pacer(asyncio.get_running_loop(), budget)
     it = _Iterations()
@@ -688,9 +688,9 @@ async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, bu
 async def test_a_burst_of_calls_is_paced(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client's calls pass the pacer before they take a permit: with no budget, 20 calls at
     once reach the limiter one loop iteration apart."""
-    import engine.client
+    import engine.endpoints.client
 
-    monkeypatch.setattr(engine.client, "_START_BUDGET", 0.0)
+    monkeypatch.setattr(engine.endpoints.client, "_START_BUDGET", 0.0)
     seen: list[int] = []
 
     class Limiter(RecordingLimiter):

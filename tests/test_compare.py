@@ -16,7 +16,10 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.compare import (
+from engine.config.schema import load_config
+from engine.data.tasks import reward as task_reward
+from engine.errors import CheckpointError, ConfigError
+from engine.evaluation.compare import (
     ComparisonResult,
     ModelComparator,
     PolicyGenerator,
@@ -31,12 +34,9 @@ from engine.compare import (
     ngram_overlap,
     paired_permutation_test,
 )
-from engine.config import load_config
-from engine.errors import CheckpointError, ConfigError
-from engine.finetune import FineTunedModel
 from engine.policies.prompt import PromptPolicy
-from engine.tasks import reward as task_reward
-from engine.trainer import TrainingManager
+from engine.training.finetune import FineTunedModel
+from engine.training.trainer import TrainingManager
 from engine.types import Example
 
 TRAIN = [
@@ -407,9 +407,9 @@ async def test_text_model_adapter_passes_seed_and_sample() -> None:
 
 async def test_policy_adapter_wraps_a_live_policy() -> None:
     """An engine policy object is compared directly (its current parameters)."""
-    from engine.config import TinyLMConfig
+    from engine.config.schema import TinyLMConfig
+    from engine.data.tasks import make_examples
     from engine.policies.tinylm import TinyLM
-    from engine.tasks import make_examples
 
     cfg = TinyLMConfig()
     pol = TinyLM(cfg, seed=0)
@@ -427,7 +427,7 @@ async def test_policy_adapter_wraps_a_live_policy() -> None:
 
 def test_heldout_examples_follow_the_trainer_split(tmp_path: Path) -> None:
     """Held-out inputs: the task split (tinylm), the sentiment split (prompt), data.eval."""
-    from engine.data import is_heldout
+    from engine.data.jsonl import is_heldout
 
     tiny = load_config(None, ["data.num_examples=300"])
     held = heldout_examples(tiny)
@@ -494,9 +494,9 @@ async def test_prompt_policy_checkpoint_against_sim(tmp_path: Path) -> None:
     """A prompt-policy checkpoint loads on its endpoint; '#ref' is its initial distribution."""
     # B's logits favour an instruction full of words the simulated model then prefers, so B's
     # answers use more of them than A's (the uniform initial distribution).
-    from engine.checkpoint import save_checkpoint
-    from engine.client import Client
-    from engine.config import to_dict
+    from engine.config.schema import to_dict
+    from engine.endpoints.client import Client
+    from engine.learning.checkpoint import save_checkpoint
     from engine.testing.sim import SimConfig, SimServer
 
     async with SimServer(SimConfig(latency=0.0)) as sim:
@@ -535,7 +535,7 @@ async def test_prompt_policy_checkpoint_against_sim(tmp_path: Path) -> None:
 
 async def test_finetuned_model_adapter_against_sim(tmp_path: Path) -> None:
     """A FineTunedModel (async generate(text, sample=, seed=)) compares as a Generator."""
-    from engine.client import Client
+    from engine.endpoints.client import Client
     from engine.testing.sim import SimConfig, SimServer
 
     async with SimServer(SimConfig(latency=0.0)) as sim:
@@ -572,9 +572,9 @@ async def test_finetuned_model_adapter_against_sim(tmp_path: Path) -> None:
 
 async def test_pairwise_llm_judge_against_sim() -> None:
     """PairwiseJudge (a GroupJudge of two) prefers the sim judge's higher-scored text."""
-    from engine.client import Client
-    from engine.compare import PairwiseJudge
-    from engine.config import EndpointConfig
+    from engine.config.schema import EndpointConfig
+    from engine.endpoints.client import Client
+    from engine.evaluation.compare import PairwiseJudge
     from engine.testing.sim import GOOD_WORDS, SimConfig, SimServer
 
     good = " ".join(sorted(GOOD_WORDS)[:4])

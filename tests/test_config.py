@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import RunConfig, config_reference, field_docs, load_config, to_dict
+from engine.config.schema import RunConfig, config_reference, field_docs, load_config, to_dict
 from engine.errors import ConfigError
 
 
@@ -116,7 +116,7 @@ def test_every_field_documented() -> None:
             ):
                 pass
 
-    from engine import config as c
+    from engine.config import schema as c
 
     for cls in (
         c.RunConfig,

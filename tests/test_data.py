@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import GroupSampler, as_source, is_heldout, read_jsonl, split_source
+from engine.data.jsonl import GroupSampler, as_source, is_heldout, read_jsonl, split_source
 from engine.errors import DataError
 from engine.types import Example
 

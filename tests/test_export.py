@@ -11,9 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config import load_config
+from engine.config.schema import load_config
 from engine.errors import DataError
-from engine.export import (
+from engine.policies.prompt import PromptSample
+from engine.telemetry.export import (
     FORMAT,
     GroupExporter,
     flatten,
@@ -21,8 +22,7 @@ from engine.export import (
     preference_pairs,
     read_groups,
 )
-from engine.policies.prompt import PromptSample
-from engine.trainer import TrainingManager
+from engine.training.trainer import TrainingManager
 from engine.types import Example, Group, Rollout, Sample, Usage
 
 # Column names TRL's GRPOTrainer passes to reward functions itself: a dataset column with one of

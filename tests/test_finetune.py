@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from engine.__main__ import _build_parser
-from engine.checkpoint import save_checkpoint
-from engine.config import GRPOConfig, PromptPolicyConfig
+from engine.config.schema import GRPOConfig, PromptPolicyConfig
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.evaluate import eval_command
-from engine.export import read_groups
-from engine.finetune import FineTunedModel, finetune, finetune_config, load_examples
+from engine.learning.checkpoint import save_checkpoint
+from engine.rollout.evaluate import eval_command
+from engine.telemetry.export import read_groups
 from engine.testing.sim import SimConfig, SimRequest, SimServer
+from engine.training.finetune import FineTunedModel, finetune, finetune_config, load_examples
 from engine.types import Example
 
 TRAIN = [
@@ -147,7 +147,7 @@ async def test_reward_prompt_adds_a_judge(tmp_path: Path) -> None:
 
 async def test_custom_async_reward_and_rewarder_conflict() -> None:
     """Async reward functions work; a Rewarder together with reward_prompt is refused."""
-    from engine.rewards import Rewarder
+    from engine.rewards.rewarder import Rewarder
 
     async def right(ex: Example, text: str) -> float:
         return float(text.strip() == ex.target)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.client import Client
-from engine.config import EndpointConfig, RetryConfig
+from engine.config.schema import EndpointConfig, RetryConfig
+from engine.endpoints.client import Client
 from engine.errors import OutputParseError
-from engine.judges import (
+from engine.rewards.judges import (
     GroupJudge,
     JudgeCache,
     LLMJudge,
@@ -26,7 +26,7 @@ from engine.judges import (
     parse_group_verdict,
     parse_verdict,
 )
-from engine.telemetry import EventLog
+from engine.telemetry.events import EventLog
 from engine.testing import JUDGE_MARKER, SimConfig, SimRequest, SimServer
 from engine.testing.adversarial import CASES, gullible_judge, measure_injection
 from engine.types import Example

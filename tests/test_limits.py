@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from engine.config import LimitsConfig, load_config
+from engine.config.schema import LimitsConfig, load_config
+from engine.endpoints.limits import Limiter, LimiterStatistics, Permit, TokenBudget
 from engine.errors import ClientClosedError, ConfigError
-from engine.limits import Limiter, LimiterStatistics, Permit, TokenBudget
 from tests.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop, sleep_until, virtual_time
 
 

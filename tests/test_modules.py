@@ -13,10 +13,10 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.client import Client
-from engine.config import EndpointConfig, RetryConfig
+from engine.config.schema import EndpointConfig, RetryConfig
+from engine.endpoints.client import Client
+from engine.endpoints.modules import Field, Prediction, PredictModule, Signature, find_json_object
 from engine.errors import OutputParseError, ServerError
-from engine.modules import Field, Prediction, PredictModule, Signature, find_json_object
 from engine.testing import Faults, SimConfig, SimRequest, SimServer
 from engine.types import Example
 

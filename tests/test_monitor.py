@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.monitor import convergence, describe, t_cdf, t_quantile
+from engine.telemetry.monitor import convergence, describe, t_cdf, t_quantile
 
 # Two-sided 95% and 99% critical values from a standard t table (3 decimals).
 T_TABLE = {

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.config import OptimConfig
+from engine.config.schema import OptimConfig
 from engine.errors import CheckpointError
-from engine.optim import Adam, clip_grad_norm, lr_at
+from engine.learning.optim import Adam, clip_grad_norm, lr_at
 
 
 def _norm(grads: dict[str, np.ndarray]) -> float:

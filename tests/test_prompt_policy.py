@@ -16,9 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.client import Choice, Client, Completion
-from engine.config import (
+from engine.config.schema import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -28,8 +26,10 @@ from engine.config import (
     RunConfig,
     TrainerConfig,
 )
+from engine.endpoints.client import Choice, Client, Completion
 from engine.errors import CheckpointError, ServerError
-from engine.optim import Adam
+from engine.learning.checkpoint import load_checkpoint, save_checkpoint
+from engine.learning.optim import Adam
 from engine.policies.base import Policy
 from engine.policies.prompt import (
     Candidate,
@@ -41,10 +41,10 @@ from engine.policies.prompt import (
     render_completion,
     render_messages,
 )
-from engine.reward_functions import build_rewarder
-from engine.telemetry import EventLog
+from engine.rewards.functions import build_rewarder
+from engine.telemetry.events import EventLog
 from engine.testing.sim import SimConfig, SimRequest, SimServer
-from engine.trainer import BatchMetrics, TrainingManager
+from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Group, Rollout, Usage
 
 # ----------------------------------------------------------------------------- helpers
@@ -53,7 +53,7 @@ NOKL = GRPOConfig(beta=0.0)
 
 
 class FakeClient:
-    """An in-process stand-in for engine.client.Client: records calls, answers by a function."""
+    """An in-process stand-in for engine.endpoints.client.Client: records calls, answers by a function."""
 
     def __init__(
         self,
@@ -562,7 +562,7 @@ def test_cli_runs_the_local_example_against_the_sim(tmp_path: Path) -> None:
         proc = subprocess.run(
             [
                 sys.executable, "-m", "engine", "eval", "--checkpoint", str(out),
-                "--data", str(root / "engine/datasets/sentiment.jsonl"), "--limit", "6",
+                "--data", str(root / "engine/data/datasets/sentiment.jsonl"), "--limit", "6",
                 "--set", f"endpoint.base_url='{base_url}'", "--json", "--quiet",
             ],
             capture_output=True, text=True, timeout=120,
@@ -582,8 +582,8 @@ def test_a_learning_rate_too_low_for_the_prompt_policy_is_warned(lr: float, warn
     """build_components warns when the prompt policy gets the embedded LM's learning rate."""
     import structlog
 
-    from engine.build import build_components
-    from engine.config import load_config
+    from engine.config.schema import load_config
+    from engine.training.assembly import build_components
 
     cfg = load_config(None, ["policy='prompt'", f"optim.lr={lr}"])
     client = Client(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m"))

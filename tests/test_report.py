@@ -17,10 +17,9 @@ import anyio
 import orjson
 import pytest
 
-from engine.compare import compare_scores
-from engine.config import load_config
-from engine.monitor import convergence
-from engine.report import (
+from engine.config.schema import load_config
+from engine.evaluation.compare import compare_scores
+from engine.evaluation.report import (
     Series,
     line_chart,
     load_run,
@@ -29,7 +28,8 @@ from engine.report import (
     tick_label,
     write_report,
 )
-from engine.trainer import TrainingManager
+from engine.telemetry.monitor import convergence
+from engine.training.trainer import TrainingManager
 
 CHROMIUM = "/usr/bin/chromium"
 STEPS = 30

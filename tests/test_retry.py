@@ -1,4 +1,4 @@
-"""Retry policy of engine.client: the pure rules and header parsers, then the client obeying them
+"""Retry policy of engine.endpoints.client: the pure rules and header parsers, then the client obeying them
 against a scripted aiohttp server on loopback. Time is injected: waits are recorded, not slept."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.client import (
+from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.endpoints.client import (
     Client,
     backoff_delay,
     is_in_flight_budget_error,
@@ -20,7 +21,7 @@ from engine.client import (
     parse_retry_after,
     should_retry,
 )
-from engine.config import EndpointConfig, LimitsConfig, RetryConfig
+from engine.endpoints.limits import Limiter
 from engine.errors import (
     AuthenticationError,
     ConflictError,
@@ -32,8 +33,7 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.limits import Limiter
-from engine.telemetry import EventLog
+from engine.telemetry.events import EventLog
 from tests.scripted import CHAT, FakeTime, RecordingLimiter, Scripted, Step
 
 KEY = "sk-TEST-SECRET-123"

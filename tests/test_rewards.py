@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from engine.client import Client
-from engine.config import EndpointConfig, RetryConfig, RewardConfig
+from engine.config.schema import EndpointConfig, RetryConfig, RewardConfig
+from engine.endpoints.client import Client
+from engine.endpoints.modules import Prediction
 from engine.errors import ConfigError
-from engine.judges import GroupJudge, LLMJudge, Verdict
-from engine.modules import Prediction
-from engine.rewards import BUILTIN_REWARDS, JudgeSpec, Rewarder, RewardSpec, Score
-from engine.telemetry import EventLog, read_jsonl
+from engine.rewards.judges import GroupJudge, LLMJudge, Verdict
+from engine.rewards.rewarder import BUILTIN_REWARDS, JudgeSpec, Rewarder, RewardSpec, Score
+from engine.telemetry.events import EventLog, read_jsonl
 from engine.testing import SimConfig, SimRequest, SimServer
 from engine.testing.adversarial import gullible_judge
 from engine.types import Example

@@ -12,8 +12,7 @@ import anyio.lowlevel
 import numpy as np
 import pytest
 
-from engine.client import Client
-from engine.config import (
+from engine.config.schema import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -25,13 +24,14 @@ from engine.config import (
     TrainerConfig,
     load_config,
 )
-from engine.judges import Verdict
+from engine.endpoints.client import Client
 from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
-from engine.rewards import JudgeSpec, Rewarder, RewardSpec
-from engine.rollout import GroupGate, GroupRunner, RolloutStats, derive_rng
+from engine.rewards.judges import Verdict
+from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
+from engine.rollout.groups import GroupGate, GroupRunner, RolloutStats, derive_rng
 from engine.testing.sim import Faults, SimConfig, SimServer
-from engine.trainer import TrainingManager
+from engine.training.trainer import TrainingManager
 from engine.types import Example, Rollout, Sample
 
 SNAP = PolicySnapshot(0, {})
@@ -474,7 +474,7 @@ class GroupJudgeStub:
     async def verdicts(
         self, example: Example, texts: Sequence[str], *, group_id: str | None = None
     ) -> list[Any]:
-        from engine.judges import Verdict
+        from engine.rewards.judges import Verdict
 
         self.calls.append(list(texts))
         return [Verdict(len(t) / 10, None, "") for t in texts]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import TinyLMConfig
+from engine.config.schema import TinyLMConfig
+from engine.data.tasks import TaskTokenizer, make_examples, reward, solve
 from engine.errors import RewardError
-from engine.tasks import TaskTokenizer, make_examples, reward, solve
 from engine.types import Example
 
 

@@ -1,8 +1,8 @@
-"""engine.telemetry.RequestStats: what a step's request metrics count."""
+"""engine.telemetry.events.RequestStats: what a step's request metrics count."""
 
 from __future__ import annotations
 
-from engine.telemetry import RequestStats
+from engine.telemetry.events import RequestStats
 
 
 def _event(error_class: str | None = None, **extra: object) -> dict[str, object]:

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from engine.config import GRPOConfig, TinyLMConfig
+from engine.config.schema import GRPOConfig, TinyLMConfig
+from engine.data.tasks import make_examples, reward
 from engine.errors import CheckpointError
 from engine.policies.base import Policy
 from engine.policies.tinylm import TinyLM
-from engine.tasks import make_examples, reward
 from engine.types import Example, Rollout
 
 SMALL = TinyLMConfig(context=8, embed_dim=3, hidden=8, init_scale=0.5)

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config import GRPOConfig, RunConfig, load_config
+from engine.config.schema import GRPOConfig, RunConfig, load_config
 from engine.errors import CheckpointError
-from engine.learner import Learner, ScoredBatch
+from engine.learning.learner import Learner, ScoredBatch
 from engine.policies.base import PolicySnapshot
 from engine.policies.tinylm import TinyLM
-from engine.telemetry import read_jsonl
-from engine.trainer import BatchMetrics, TrainingManager
+from engine.telemetry.events import read_jsonl
+from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Group, Rollout, Sample
 
 SMALL = [

@@ -6,7 +6,7 @@ generates samples for one prompt from a snapshot, and computes the GRPO loss and
 for a list of rollouts with advantages. Its whole state goes to and from plain arrays and JSON
 data, so checkpoints never hold code.
 
-Lifecycle, as driven by :mod:`engine.learner`::
+Lifecycle, as driven by :mod:`engine.learning.learner`::
 
     snap = policy.snapshot(version=0)                    # generation uses snapshots only
     samples = await policy.generate(snap, example, n=G, rng=rng)
@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..config import GRPOConfig
+from ..config.schema import GRPOConfig
 from ..types import Example, Rollout, Sample
 
 __all__ = ("Policy", "PolicySnapshot")

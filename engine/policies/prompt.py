@@ -94,9 +94,9 @@ from typing import Any, Literal, Protocol
 import anyio
 import numpy as np
 
-from ..config import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunConfig
+from ..config.schema import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunConfig
 from ..errors import CheckpointError, EngineError
-from ..telemetry import get_logger
+from ..telemetry.events import get_logger
 from ..types import Example, Group, Rollout, Sample, Usage
 from .base import PolicySnapshot
 
@@ -242,11 +242,11 @@ class PromptSample(Sample):
 
 
 class CompletionClient(Protocol):
-    """What the policy needs of :class:`engine.client.Client`."""
+    """What the policy needs of :class:`engine.endpoints.client.Client`."""
 
     async def complete(
         self, prompt: str | Sequence[Mapping[str, Any]], **kwargs: Any
-    ) -> Any:  # engine.client.Completion
+    ) -> Any:  # engine.endpoints.client.Completion
         ...
 
 
@@ -441,7 +441,7 @@ class PromptPolicy:
                                             rng=np.random.default_rng(0))
 
     Args:
-        client: the endpoint client (:class:`engine.client.Client`); may be set later with
+        client: the endpoint client (:class:`engine.endpoints.client.Client`); may be set later with
             :attr:`client` (generation then fails per sample, recorded, until it is).
         cfg: ``max_candidates`` (K, the parameter size), ``max_demos``, ``propose_every``
             and the seed ``instructions`` (used when ``instructions`` is not given).
@@ -555,7 +555,7 @@ class PromptPolicy:
         unless the held-out set is separate (``separate_heldout``; default: ``data.eval`` is
         set). Other ``kwargs`` go to the constructor.
         """
-        from ..data import is_heldout, read_jsonl, take
+        from ..data.jsonl import is_heldout, read_jsonl, take
 
         pool = list(examples) if examples is not None else []
         if examples is None and cfg.data.train:
@@ -714,7 +714,7 @@ class PromptPolicy:
         """One request for ``example`` under ``candidate``: its rendered prompt, its
         temperature (0 when ``greedy``) and, in completions mode, the format's stop sequences.
 
-        Returns the client's :class:`~engine.client.Completion`; raises its errors
+        Returns the client's :class:`~engine.endpoints.client.Completion`; raises its errors
         (:class:`~engine.errors.EndpointError`) and ``RuntimeError`` without a client.
         """
         if self.client is None:
@@ -923,7 +923,7 @@ class PromptPolicy:
             step: the batch index just applied.
             groups: its groups (rollouts carry rewards and advantages).
             version: the policy version the learner just published (default ``step + 1``).
-            optimizer: the learner's :class:`~engine.optim.Adam`; when given, moments of a
+            optimizer: the learner's :class:`~engine.learning.optim.Adam`; when given, moments of a
                 reused slot are reset (module docstring).
 
         Returns:

@@ -60,9 +60,9 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from ..config import GRPOConfig, TinyLMConfig
+from ..config.schema import GRPOConfig, TinyLMConfig
+from ..data.tasks import TaskTokenizer
 from ..errors import CheckpointError
-from ..tasks import TaskTokenizer
 from ..types import Example, Rollout, Sample, Usage
 from .base import PolicySnapshot
 

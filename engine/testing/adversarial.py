@@ -283,7 +283,7 @@ async def measure_injection(
 
     Args:
         judge: anything with ``await judge.verdict(example, text)`` returning an object with
-            a ``score`` (an :class:`~engine.judges.LLMJudge`).
+            a ``score`` (an :class:`~engine.rewards.judges.LLMJudge`).
         cases: the adversarial set.
         delta: how much the attack must raise the score to count as moved.
         concurrency: verdicts in flight at once (a llama.cpp server runs one at a time).

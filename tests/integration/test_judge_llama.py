@@ -36,9 +36,9 @@ import os
 
 import pytest
 
-from engine.client import Client
-from engine.config import EndpointConfig, LimitsConfig
-from engine.judges import LLMJudge, PromptStyle
+from engine.config.schema import EndpointConfig, LimitsConfig
+from engine.endpoints.client import Client
+from engine.rewards.judges import LLMJudge, PromptStyle
 from engine.testing.adversarial import CASES, InjectionReport, measure_injection
 
 pytestmark = pytest.mark.llama

@@ -1,7 +1,7 @@
 """The engine's client against a real model: llama.cpp's server with Gemma 3 270M (a base model).
 
 What the server (llama-cpp-python 0.3.36, ``python -m llama_cpp.server``) does, observed with
-raw aiohttp before these tests were written against :class:`engine.client.Client`:
+raw aiohttp before these tests were written against :class:`engine.endpoints.client.Client`:
 
 - ``n`` is dropped from both endpoints: one choice per request, whatever ``n`` says.
 - Requests are served one at a time (a lock around the model); concurrent ones queue.
@@ -31,9 +31,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.client import Client
-from engine.config import EndpointConfig, LimitsConfig
-from engine.telemetry import EventLog, read_jsonl
+from engine.config.schema import EndpointConfig, LimitsConfig
+from engine.endpoints.client import Client
+from engine.telemetry.events import EventLog, read_jsonl
 
 pytestmark = pytest.mark.llama
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from engine import datasets
-from engine.client import Client
-from engine.config import load_config
-from engine.data import is_heldout
-from engine.evaluate import evaluate_policy
+from engine.config.schema import load_config
+from engine.data import datasets
+from engine.data.jsonl import is_heldout
+from engine.endpoints.client import Client
 from engine.policies.prompt import PromptPolicy
-from engine.reward_functions import build_rewarder
-from engine.telemetry import EventLog
-from engine.trainer import TrainingManager
+from engine.rewards.functions import build_rewarder
+from engine.rollout.evaluate import evaluate_policy
+from engine.telemetry.events import EventLog
+from engine.training.trainer import TrainingManager
 
 pytestmark = pytest.mark.llama
 

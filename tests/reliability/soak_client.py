@@ -2,7 +2,7 @@
 
 ``python -m tests.reliability.soak_client URL TOTAL EVENTS`` sends ``CALLERS`` warm-up requests
 and then ``TOTAL`` more to the simulated server at ``URL`` with ``CALLERS`` concurrent callers
-through one :class:`~engine.client.Client`, measures this process (resident memory, open file
+through one :class:`~engine.endpoints.client.Client`, measures this process (resident memory, open file
 descriptors, asyncio tasks, event-loop lag) and prints the figures as one JSON line. A process
 of its own, so that what is measured is the engine as ``python -m engine`` runs it, not a test
 runner's heap of test modules and plugins: it tunes the garbage collector as the CLI does
@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from engine.client import Client
-from engine.config import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.endpoints.client import Client
 from engine.runtime import YOUNG_THRESHOLD, tune_gc
-from engine.telemetry import EventLog
+from engine.telemetry.events import EventLog
 
 CALLERS = 1100
 """Concurrent callers, each sending its next request as soon as the last one returns."""

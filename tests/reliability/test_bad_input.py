@@ -25,8 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from engine.client import Client, Completion, _Failure, _Result
-from engine.config import (
+from engine.config.schema import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -40,9 +39,10 @@ from engine.config import (
     TrainerConfig,
     load_config,
 )
-from engine.data import parse_example, read_jsonl
+from engine.data.jsonl import parse_example, read_jsonl
+from engine.endpoints.client import Client, Completion, _Failure, _Result
 from engine.errors import ConfigError, DataError, EndpointError, OutputParseError
-from engine.judges import parse_group_verdict, parse_verdict
+from engine.rewards.judges import parse_group_verdict, parse_verdict
 from engine.types import Example
 
 EXAMPLES = int(os.environ.get("ENGINE_RELIABILITY_EXAMPLES", "60"))

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from engine.learning.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from engine.testing.sim import SimConfig, SimServer
 
 from .support import (

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from engine.client import Client
-from engine.config import EndpointConfig, RetryConfig
+from engine.config.schema import EndpointConfig, RetryConfig
+from engine.endpoints.client import Client
 from engine.errors import ServerError
-from engine.telemetry import EventLog
+from engine.telemetry.events import EventLog
 from engine.testing.sim import FAULT_KINDS, Faults, SimConfig, SimRequest, SimServer, default_model
 
 from .support import (

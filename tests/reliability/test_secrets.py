@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from engine.client import Client
-from engine.config import EndpointConfig, RetryConfig
+from engine.config.schema import EndpointConfig, RetryConfig
+from engine.endpoints.client import Client
 from engine.errors import AuthenticationError, ConfigError, EndpointError
-from engine.telemetry import EventLog
+from engine.telemetry.events import EventLog
 from engine.testing.sim import Faults, SimConfig, SimRequest, SimServer
 
 from .support import (

@@ -1,0 +1,1 @@
+"""Command line: every argparse parser and every ``print`` of ``python -m engine``."""

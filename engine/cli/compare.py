@@ -1,0 +1,260 @@
+"""A/B testing stage, command line: ``python -m engine compare --a SPEC --b SPEC ...``.
+
+Wired into :mod:`engine.__main__` by :func:`add_compare_parser` and :func:`compare_command`.
+Progress goes to stderr, the table to stdout, and with ``--out DIR`` the whole result to
+``DIR/comparison.json`` (which ``python -m engine report`` shows when DIR is a run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ..errors import ConfigError
+from ..evaluation.compare import (
+    BUILTIN_METRICS,
+    EndpointGenerator,
+    ModelComparator,
+    PairwiseJudge,
+    heldout_examples,
+    load_generator,
+)
+from ..runtime import tune_gc
+from ..types import Example
+
+__all__ = ("add_compare_parser", "compare_command")
+
+_EPILOG = """\
+SPEC is a checkpoint directory (RUN/checkpoints/step-N), a run directory (its latest
+checkpoint), either of them with '#ref' appended (the run's frozen initial policy), or a TOML
+config (a fixed prompt on its endpoint: the prompt policy's base prompt, i.e. the first
+prompt.instructions entry zero-shot, or the input alone). Checkpoints of tinylm and prompt
+policies load; a prompt policy samples its candidates on its config's endpoint. --data
+defaults to the run's held-out split. Quality defaults to the built-in task's reward for
+tinylm checkpoints, else to the [reward] of B's config (or A's): its reward functions and,
+with a judge_prompt, its LLM judge.
+
+examples:
+  python -m engine compare --a runs/latest#ref --b runs/latest --out runs/latest
+  python -m engine compare --a runs/a --b runs/b/checkpoints/step-40 --samples 8 --seed 1
+  python -m engine compare --a base.toml --b tuned.toml --data eval.jsonl \\
+      --quality mypkg.rewards:score --pairwise-judge judge.toml
+
+Exit status: 0 done (whatever the verdict), 2 bad input.
+"""
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """A/B testing CLI: add the ``compare`` subcommand to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "compare",
+        help="A/B test two models with paired statistics",
+        description="Answer the same inputs with two models (same seeds), score both, and test "
+        "the paired differences B - A: bootstrap CI, permutation p-value, win/tie/loss.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--a", required=True, metavar="SPEC", help="model A, the baseline")
+    p.add_argument("--b", required=True, metavar="SPEC", help="model B, the candidate")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="evaluation JSONL (default for checkpoints: the run's held-out split)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="quality,diversity,relevance",
+        metavar="LIST",
+        help=f"comma-separated, among {', '.join(BUILTIN_METRICS)} "
+        "(default: quality,diversity,relevance)",
+    )
+    p.add_argument("--samples", type=int, default=4, metavar="K", help="samples per input (4)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed (0)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/comparison.json")
+    p.add_argument("--limit", type=int, metavar="N", help="use at most N inputs")
+    p.add_argument(
+        "--quality",
+        metavar="FN",
+        help="quality reward: 'task' (built-in task reward) or 'module:function'",
+    )
+    p.add_argument(
+        "--judge",
+        metavar="TOML",
+        help="LLM judge as the quality metric: the config's judge endpoint (or endpoint) with "
+        "its reward.judge_prompt as the rubric",
+    )
+    p.add_argument(
+        "--pairwise-judge",
+        metavar="TOML",
+        help="config whose judge endpoint (or endpoint) judges A vs B; its reward.judge_prompt "
+        "is the rubric",
+    )
+    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="calls in flight (16)")
+    p.add_argument(
+        "--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples (10000)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def _import_function(spec: str) -> Any:
+    """``'task'`` or ``'package.module:function'`` -> the function."""
+    if spec == "task":
+        from ..data.tasks import reward
+
+        return reward
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ConfigError(f"--quality {spec!r}: expected 'task' or 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--quality {spec!r}: {exc}") from None
+    if not callable(fn):
+        raise ConfigError(f"--quality {spec!r} is not callable")
+    return fn
+
+
+class _Progress:
+    """``compare  37/220 inputs  1.2s``: an updating line on a TTY, a few lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        line = f"compare {done:>5}/{total} inputs  {time.perf_counter() - self.t0:6.1f}s"
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + line + ("\n" if done == total else ""))
+            sys.stderr.flush()
+        elif done == total or done % max(1, total // 10) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _examples(args: argparse.Namespace, a: Any, b: Any) -> list[Example]:
+    """Blocking: the evaluation inputs from --data or a model's run config."""
+    if args.data:
+        from ..data.jsonl import read_jsonl
+
+        exs = []
+        for ex in read_jsonl(args.data):
+            exs.append(ex)
+            if args.limit is not None and len(exs) >= args.limit:
+                break
+        if not exs:
+            raise ConfigError(f"{args.data}: no examples", key="--data")
+        return exs
+    for model in (b, a):
+        cfg = getattr(model, "run_config", None)
+        if cfg is not None:
+            return heldout_examples(cfg, args.limit)
+    raise ConfigError("no evaluation data: pass --data FILE", key="--data")
+
+
+async def compare_command(args: argparse.Namespace) -> int:
+    """A/B testing CLI: run ``python -m engine compare``; returns the exit status."""
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.quality and args.judge:
+        raise ConfigError("give --quality or --judge, not both")
+    quality = _import_function(args.quality) if args.quality else None
+    async with AsyncExitStack() as stack:
+        a = await load_generator(args.a)
+        stack.push_async_callback(_aclose, a)
+        b = await load_generator(args.b)
+        stack.push_async_callback(_aclose, b)
+        examples = await anyio.to_thread.run_sync(_examples, args, a, b)
+        if args.judge:
+            from ..rewards.judges import LLMJudge
+
+            client, rubric = await _judge_client(args.judge, stack)
+            quality = LLMJudge(client, rubric or _QUALITY_RUBRIC, name="quality")
+        if quality is None and "quality" in metrics:
+            quality = await _config_rewarder(a, b, stack)
+        pairwise = None
+        if args.pairwise_judge:
+            client, rubric = await _judge_client(args.pairwise_judge, stack)
+            pairwise = PairwiseJudge(client, rubric or _PAIRWISE_RUBRIC)
+        try:
+            comparator = ModelComparator(
+                a,
+                b,
+                examples,
+                metrics,
+                samples_per_input=args.samples,
+                seed=args.seed,
+                quality=quality,
+                pairwise_judge=pairwise,
+                concurrency=args.concurrency,
+                n_resamples=args.resamples,
+                on_progress=_Progress(args.quiet),
+            )
+        except ValueError as exc:  # a metric that cannot be computed with these options
+            raise ConfigError(str(exc)) from None
+        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
+        result = await comparator.compare()
+    print(result)
+    if args.out:
+        out = Path(args.out)
+
+        def write() -> Path:
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / "comparison.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_bytes(result.to_json())
+            tmp.replace(path)
+            return path
+
+        path = await anyio.to_thread.run_sync(write)
+        print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+_QUALITY_RUBRIC = "Grade the response: is it correct, complete and on topic for the input?"
+_PAIRWISE_RUBRIC = "Which response answers the input better: correct, complete, on topic?"
+
+
+async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Any, str]:
+    """A client on a config's judge endpoint (else its endpoint), closed with ``stack``."""
+    from ..config.schema import load_config
+    from ..endpoints.client import Client
+
+    cfg = await anyio.to_thread.run_sync(load_config, path)
+    client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+    stack.push_async_callback(client.aclose)
+    return client, cfg.reward.judge_prompt
+
+
+async def _config_rewarder(a: Any, b: Any, stack: AsyncExitStack) -> Any:
+    """The [reward] of B's (else A's) config unless it is a tinylm checkpoint; else None."""
+    for model in (b, a):
+        cfg = getattr(model, "run_config", None)
+        if cfg is None or (cfg.policy == "tinylm" and not isinstance(model, EndpointGenerator)):
+            continue
+        from ..endpoints.client import Client
+        from ..rewards.functions import build_rewarder
+
+        judge_client = None
+        if cfg.reward.judge_prompt.strip():
+            judge_client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+            stack.push_async_callback(judge_client.aclose)
+        return build_rewarder(cfg, judge_client=judge_client)
+    return None
+
+
+async def _aclose(model: Any) -> None:
+    close = getattr(model, "aclose", None)
+    if close is not None:
+        await close()

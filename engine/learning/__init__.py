@@ -1,0 +1,1 @@
+"""Learning: group-relative advantages, the learner actor, optimizer math and checkpoints."""

@@ -1,0 +1,1 @@
+"""Rewards: reward functions, LLM judges and the rewarder that combines them."""

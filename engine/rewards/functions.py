@@ -1,0 +1,156 @@
+"""Stage: rewards (built-in functions). Cheap, deterministic reward functions named in config.
+
+Each is ``(example, output_text) -> float`` and compares the output with ``example.target``
+(the dataset's ``output.generated`` or ``answer``) where it needs a reference; an example
+without one is a recorded failure of that rollout (``ValueError``), never a silent 0.
+
+=================  ==============================================================  ===========
+name               value                                                           range
+=================  ==============================================================  ===========
+``exact_match``    first line of the output equals the target, both normalized     {0, 1}
+``contains_answer`` the normalized target appears in the output as whole words     {0, 1}
+``numeric_match``  the first number in the output equals the target's number      {0, 1}
+``length_penalty`` 0 up to a word limit, falling linearly to -1 at twice the limit [-1, 0]
+``non_empty``      the output has a non-space character                            {0, 1}
+=================  ==============================================================  ===========
+
+Normalization (:func:`normalize`): lower case, Unicode NFKC, whitespace collapsed, and
+punctuation stripped from both ends, so ``" Positive."`` matches ``positive``.
+
+In config, ``[reward] functions = ["exact_match", "length_penalty"]`` names these (or any
+``module:function``); :func:`build_rewarder` turns a run config into a
+:class:`~engine.rewards.rewarder.Rewarder`, adding an LLM judge when ``judge_prompt`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ..types import Example
+
+if TYPE_CHECKING:
+    from ..config.schema import RunConfig
+    from ..endpoints.client import Client
+    from .rewarder import Rewarder
+
+__all__ = (
+    "REWARD_FUNCTIONS",
+    "build_rewarder",
+    "contains_answer",
+    "exact_match",
+    "length_penalty",
+    "non_empty",
+    "normalize",
+    "numeric_match",
+)
+
+_PUNCT = " \t\n\r.,;:!?\"'`()[]{}<>*_-"
+_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def normalize(text: str) -> str:
+    """Lower case, NFKC, collapsed whitespace, punctuation stripped from both ends."""
+    t = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(t.split()).strip(_PUNCT)
+
+
+def _target(example: Example, name: str) -> str:
+    if example.target is None:
+        raise ValueError(f"example {example.id} has no target for {name}")
+    return example.target
+
+
+def exact_match(example: Example, text: str) -> float:
+    """1.0 when the output's first non-empty line equals the target, both normalized."""
+    target = normalize(_target(example, "exact_match"))
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return float(bool(lines) and normalize(lines[0]) == target)
+
+
+def contains_answer(example: Example, text: str) -> float:
+    """1.0 when the normalized target occurs in the normalized output as whole words."""
+    target = normalize(_target(example, "contains_answer"))
+    if not target:
+        raise ValueError(f"example {example.id} has an empty target")
+    hay = normalize(text)
+    return float(re.search(rf"(?<!\w){re.escape(target)}(?!\w)", hay) is not None)
+
+
+def _first_number(text: str) -> float | None:
+    m = _NUMBER_RE.search(text)
+    return None if m is None else float(m.group(0).replace(",", ""))
+
+
+def numeric_match(example: Example, text: str) -> float:
+    """1.0 when the first number in the output equals the target's (relative tolerance 1e-6)."""
+    want = _first_number(_target(example, "numeric_match"))
+    if want is None:
+        raise ValueError(f"example {example.id}: target {example.target!r} has no number")
+    got = _first_number(text)
+    return float(got is not None and math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9))
+
+
+def length_penalty(example: Example, text: str) -> float:
+    """0 up to a word limit, then linearly down to -1 at twice the limit.
+
+    The limit is ``max_words`` from the example's line when given, else twice the target's
+    word count (at least 8), else 64 words.
+    """
+    limit = example.meta.get("max_words") or example.inputs.get("max_words")
+    if not limit:
+        limit = max(8, 2 * len(example.target.split())) if example.target else 64
+    words = len(text.split())
+    return -min(1.0, max(0.0, (words - float(limit)) / float(limit)))
+
+
+def non_empty(example: Example, text: str) -> float:
+    """1.0 for an output with any non-space character (a cheap gate for judges)."""
+    del example
+    return float(bool(text.strip()))
+
+
+REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], float]] = MappingProxyType(
+    {
+        "exact_match": exact_match,
+        "contains_answer": contains_answer,
+        "numeric_match": numeric_match,
+        "length_penalty": length_penalty,
+        "non_empty": non_empty,
+        "nonempty": non_empty,
+    }
+)
+"""The built-in reward functions by config name (``RewardConfig.functions``); all are cheap
+and run inline. Also available as ``engine.rewards.rewarder.BUILTIN_REWARDS``."""
+
+
+def build_rewarder(
+    cfg: RunConfig,
+    *,
+    judge_client: Client | None = None,
+    default_functions: tuple[str, ...] = ("exact_match",),
+    judge_options: Mapping[str, Any] | None = None,
+) -> Rewarder:
+    """The run's :class:`~engine.rewards.rewarder.Rewarder` from ``[reward]``.
+
+    With neither functions nor a judge prompt configured, ``default_functions`` are used.
+    The judge, when ``judge_prompt`` is set, runs on ``judge_client`` in the judge endpoint's
+    mode (``cfg.judge``, else ``cfg.endpoint``).
+
+    Raises:
+        ConfigError: an unknown function, or a judge prompt without a judge client.
+    """
+    from .rewarder import Rewarder
+
+    rcfg = cfg.reward
+    if not rcfg.functions and not rcfg.judge_prompt.strip():
+        rcfg = dataclasses.replace(rcfg, functions=default_functions, weights=())
+    opts = {"mode": (cfg.judge or cfg.endpoint).mode, **(judge_options or {})}
+    return Rewarder.from_config(
+        rcfg, registry=REWARD_FUNCTIONS, judge_client=judge_client, judge_options=opts
+    )

@@ -1,0 +1,1 @@
+"""Rollout: one group fanned out (G samples generated and scored), and greedy evaluation."""

@@ -1,0 +1,1 @@
+"""Training: the one assembly point, the training manager, and ``finetune()``."""

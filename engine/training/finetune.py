@@ -1,0 +1,552 @@
+"""Stage: API (fine-tuning a model you cannot retrain). ``finetune()``, the spec's
+``createFineTunedModel``, and the :class:`FineTunedModel` it returns.
+
+::
+
+    model = await finetune(
+        training_data,                         # the spec's TrainingExample dicts, or a JSONL path
+        base_prompt="Classify the sentiment of this review.",
+        reward=exact_match,                    # callables (example, text) -> float, or a list
+        reward_prompt=None,                    # a rubric: adds an LLM judge
+        optimizer={"learning_rate": 0.2, "epochs": 2},
+        endpoint={"provider": "openrouter", "model": "openai/gpt-4o-mini"},
+    )
+    async with model:                          # the model owns its client
+        print(await model.generate("The soup was cold."))
+        print(model.best_prompt)
+        for c in model.candidates:
+            print(f"{c.probability:.2f}  {c.instruction!r}  demos={len(c.demos)}")
+        model.save("models/sentiment")
+
+What "fine-tuning" means here: the weights of a hosted model are out of reach, so GRPO trains
+the :class:`~engine.policies.prompt.PromptPolicy`, a distribution over prompt candidates
+(instruction variants x few-shot demo sets), with group-relative advantages, the clipped ratio,
+KL to the initial distribution and new candidates proposed by the model itself. The result is
+the prompt (or the prompt distribution) that earns the most reward; :meth:`FineTunedModel.
+generate` answers with the most probable candidate (greedy) or a sampled one.
+
+Defaults differ from the embedded LM's because a prompt policy has a handful of parameters and
+every rollout is an API call: unless ``config`` is given, a run is 20 steps of 4 prompts x 4
+rollouts at learning rate 0.2 on the candidate logits. The spec's ``learningRate: 0.001`` is
+accepted but moves a logit by about 0.001 per step: 0.05-0.5 is the useful range here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config.schema import (
+    EndpointConfig,
+    GRPOConfig,
+    OptimConfig,
+    PromptPolicyConfig,
+    RunConfig,
+    load_config,
+    to_dict,
+)
+from ..data.jsonl import parse_example, read_jsonl
+from ..errors import CheckpointError, ConfigError
+from ..policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
+from ..types import Example
+
+__all__ = (
+    "CandidateInfo",
+    "FineTunedModel",
+    "finetune",
+    "finetune_config",
+    "load_examples",
+)
+
+PROMPT_DEFAULTS: Mapping[str, Any] = {
+    "steps": 20,
+    "optim": {"lr": 0.2},
+    "grpo": {"group_size": 4, "mini_batch_size": 2},
+    "data": {"batch_size": 4},
+    "trainer": {"eval_every": 5, "eval_size": 32, "checkpoint_every": 0},
+}
+"""Config used by :func:`finetune` when no ``config`` is given (on top of RunConfig's)."""
+
+_OPTIMIZER_ALIASES: Mapping[str, str] = {
+    # the spec's camelCase names (GRPOOptimizer / optimizerConfig)
+    "learningRate": "optim.lr",
+    "learning_rate": "optim.lr",
+    "clipEpsilon": "grpo.epsilon",
+    "clip_epsilon": "grpo.epsilon",
+    "miniBatchSize": "grpo.mini_batch_size",
+    "entropyCoef": "grpo.entropy_coef",
+    "groupSize": "grpo.group_size",
+    "maxGradNorm": "optim.max_grad_norm",
+    "weightDecay": "optim.weight_decay",
+}
+
+
+def load_examples(data: str | Path | Iterable[Mapping[str, Any] | Example]) -> list[Example]:
+    """Examples from a JSONL path, :class:`~engine.types.Example` objects, or the spec's
+    ``TrainingExample`` dicts (``{"input": {"text": ...}, "output": {...}}``) / plain
+    ``{"prompt": ..., "answer": ...}`` dicts.
+
+    Raises:
+        DataError: a malformed item, naming its 1-based position.
+    """
+    if isinstance(data, str | Path):
+        return list(read_jsonl(data))
+    out: list[Example] = []
+    for i, item in enumerate(data, start=1):
+        if isinstance(item, Example):
+            out.append(item)
+        else:
+            ex = parse_example(item, path="<train_data>", line=i)
+            out.append(ex if "id" in item else dataclasses.replace(ex, id=f"example-{i}"))
+    return out
+
+
+def finetune_config(
+    *,
+    base_prompt: str,
+    instructions: Sequence[str] = (),
+    optimizer: GRPOConfig | Mapping[str, Any] | None = None,
+    endpoint: EndpointConfig | Mapping[str, Any] | None = None,
+    config: RunConfig | None = None,
+    reward_prompt: str | None = None,
+    prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The run config :func:`finetune` uses: ``config`` (or :data:`PROMPT_DEFAULTS`) with the
+    prompt policy, the base prompt first among the instructions, and the optimizer and
+    endpoint settings merged in.
+
+    ``optimizer`` is a :class:`~engine.config.schema.GRPOConfig`, or a dict of GRPOConfig or
+    OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the spec's names
+    (``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``). ``prompt`` sets
+    the prompt policy (``max_candidates``, ``max_demos``, ``propose_every``); its
+    ``instructions`` join ``instructions``.
+
+    Raises:
+        ConfigError: an unknown key or an invalid value, naming it.
+    """
+    if not base_prompt.strip():
+        raise ConfigError("base_prompt must not be empty", key="base_prompt")
+    data = to_dict(config) if config is not None else _merge(to_dict(RunConfig()), PROMPT_DEFAULTS)
+    data["policy"] = "prompt"
+    if prompt is not None:
+        given = to_dict(prompt) if isinstance(prompt, PromptPolicyConfig) else dict(prompt)
+        data["prompt"] = {**data["prompt"], **given}
+    extra = [
+        i for i in (*instructions, *data["prompt"].get("instructions", ())) if i != base_prompt
+    ]
+    data["prompt"]["instructions"] = [base_prompt, *dict.fromkeys(extra)]
+    if reward_prompt is not None:
+        data["reward"]["judge_prompt"] = reward_prompt
+    if isinstance(optimizer, GRPOConfig):
+        data["grpo"] = to_dict(optimizer)
+    elif optimizer is not None:
+        grpo_keys = {f.name for f in dataclasses.fields(GRPOConfig)}
+        optim_keys = {f.name for f in dataclasses.fields(OptimConfig)}
+        for key, value in optimizer.items():
+            dotted = _OPTIMIZER_ALIASES.get(key)
+            if dotted is None:
+                if key == "steps":
+                    dotted = "steps"
+                elif key in grpo_keys:
+                    dotted = f"grpo.{key}"
+                elif key in optim_keys:
+                    dotted = f"optim.{key}"
+                else:
+                    raise ConfigError(
+                        "unknown optimizer setting; use GRPOConfig or OptimConfig field names, "
+                        "'steps', or learningRate/clipEpsilon/miniBatchSize/entropyCoef",
+                        path="optimizer",
+                        key=key,
+                    )
+            section, _, name = dotted.rpartition(".")
+            (data[section] if section else data)[name] = value
+    if isinstance(endpoint, EndpointConfig):
+        data["endpoint"] = to_dict(endpoint)
+    elif endpoint is not None:
+        data["endpoint"] = {**data["endpoint"], **dict(endpoint)}
+    return load_config(base=data)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, Mapping) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateInfo:
+    """One prompt candidate of a :class:`FineTunedModel` and what training made of it."""
+
+    id: int
+    """The candidate's id (``choice`` in samples and exports)."""
+    instruction: str
+    """Its instruction (or template)."""
+    demos: tuple[Demo, ...]
+    """Its few-shot demonstrations."""
+    temperature: float | None
+    """Its sampling temperature (None: the endpoint's)."""
+    origin: str
+    """``seed``, ``reflection`` or ``demos``."""
+    probability: float
+    """Its probability under the trained policy."""
+    rollouts: int
+    """Training rollouts that used it."""
+    mean_reward: float
+    """Their mean reward (NaN if none)."""
+
+
+class FineTunedModel:
+    """A trained prompt policy bound to an endpoint: the result of :func:`finetune`.
+
+    Use it as an async context manager (``async with model:``) or call :meth:`aclose`; it
+    owns the client :func:`finetune` or :meth:`load` opened for it (not one you passed in).
+
+    Attributes:
+        policy: the trained :class:`~engine.policies.prompt.PromptPolicy`.
+        config: the run config it was trained with.
+        summary: the training run's :class:`~engine.training.trainer.RunSummary` (None after load).
+        history: the metrics of every training step (empty after load).
+    """
+
+    def __init__(
+        self,
+        policy: PromptPolicy,
+        config: RunConfig,
+        *,
+        clients: Sequence[Any] = (),
+        rewarder: Any = None,
+        summary: Any = None,
+        history: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        self.policy = policy
+        self.config = config
+        self.summary = summary
+        self.history = list(history)
+        self._rewarder = rewarder  # the training rewards, for evaluate()
+        self._owned = list(clients)  # clients closed by aclose()
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def best_candidate(self) -> Candidate:
+        """The most probable candidate (what greedy :meth:`generate` uses)."""
+        return self.policy.best()
+
+    @property
+    def best_prompt(self) -> str:
+        """The best candidate's prompt as text, ``{text}`` marking where the input goes."""
+        cand = self.policy.best()
+        if self.policy.mode == "chat":
+            msgs = render_messages(cand, "{text}")
+            return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in msgs)
+        return render_completion(cand, "{text}", self.policy.fmt)
+
+    @property
+    def candidates(self) -> list[CandidateInfo]:
+        """Every live candidate with its probability, most probable first."""
+        out = []
+        for cand, prob in self.policy.probabilities():
+            n, mean = self.policy.candidate_stats(cand.id)
+            out.append(
+                CandidateInfo(
+                    cand.id,
+                    cand.instruction,
+                    cand.demos,
+                    cand.temperature,
+                    cand.origin,
+                    prob,
+                    n,
+                    mean,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ use
+
+    async def generate(
+        self,
+        text: str | Example | Mapping[str, Any],
+        *,
+        sample: bool = False,
+        seed: int | None = None,
+    ) -> str:
+        """The model's answer to ``text`` (a string, an Example, or the spec's ``{"text": ...}``).
+
+        Greedy by default: the most probable candidate at temperature 0. ``sample=True`` draws
+        the candidate from the policy (seeded by ``seed``) at its own temperature. The answer
+        is stripped of surrounding whitespace.
+
+        Raises:
+            EndpointError: the request failed after the client's retries.
+        """
+        example = _as_example(text)
+        rng = np.random.default_rng(seed) if sample else None
+        cand = self.policy.choose(rng)
+        comp = await self.policy.complete(cand, example, greedy=not sample, seed=seed)
+        return str(comp.choices[0].text).strip()
+
+    async def evaluate(
+        self,
+        examples: str | Path | Iterable[Mapping[str, Any] | Example],
+        *,
+        rewarder: Any = None,
+        sample: bool = False,
+        concurrency: int = 16,
+    ) -> Any:
+        """Score the model on ``examples`` (default rewards: those it was trained with, or the
+        config's); returns an :class:`~engine.rollout.evaluate.EvalResult`."""
+        from ..rewards.functions import build_rewarder
+        from ..rollout.evaluate import evaluate_policy
+
+        rew = rewarder or self._rewarder
+        if rew is None:
+            rew = build_rewarder(self.config, judge_client=self.policy.client)
+        return await evaluate_policy(
+            self.policy,
+            load_examples(examples),
+            rew,
+            greedy=not sample,
+            concurrency=concurrency,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model (config, candidates, logits) as a checkpoint directory, atomically.
+
+        ``python -m engine eval --checkpoint PATH`` and :meth:`load` read it; it holds data
+        only (JSON and ``.npz``), never the API key.
+        """
+        from ..learning.checkpoint import save_checkpoint
+
+        arrays, pmeta = self.policy.state()
+        meta = {
+            "model": "grpo-engine/finetuned-prompt-policy",
+            "config": to_dict(self.config),
+            "policy": pmeta,
+            "step": self.policy.version,
+            "best_prompt": self.best_prompt,
+            "summary": self.summary.to_dict() if self.summary is not None else None,
+        }
+        return save_checkpoint(path, {f"policy/{k}": v for k, v in arrays.items()}, meta)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        client: Any = None,
+        endpoint: EndpointConfig | Mapping[str, Any] | None = None,
+    ) -> FineTunedModel:
+        """A model saved by :meth:`save` (or a prompt-policy run's checkpoint or run dir).
+
+        Args:
+            client: the client to generate with (not closed by the model); default a new one
+                for the saved endpoint, owned by the model.
+            endpoint: replaces (EndpointConfig) or updates (dict) the saved endpoint.
+
+        Raises:
+            CheckpointError: not a prompt-policy checkpoint, or an incompatible one.
+            ConfigError: the endpoint needs a key that is not set.
+        """
+        from ..endpoints.client import Client
+        from ..rollout.evaluate import load_policy_checkpoint
+
+        arrays, meta, _ = load_policy_checkpoint(path)
+        data = dict(meta["config"])
+        if isinstance(endpoint, EndpointConfig):
+            data["endpoint"] = to_dict(endpoint)
+        elif endpoint is not None:
+            data["endpoint"] = {**data.get("endpoint", {}), **dict(endpoint)}
+        cfg = load_config(base=data)
+        if cfg.policy != "prompt":
+            raise CheckpointError(f"{path}: a {cfg.policy!r} checkpoint, not a prompt policy")
+        owned = []
+        if client is None:
+            client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+            owned.append(client)
+        policy = PromptPolicy(
+            client, cfg.prompt, endpoint=cfg.endpoint, candidates=[("", (), None)]
+        )
+        policy.load_state(arrays, meta["policy"])
+        return cls(policy, cfg, clients=owned)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close the clients this model owns; idempotent."""
+        owned, self._owned = self._owned, []
+        for c in owned:
+            await c.aclose()
+
+    async def __aenter__(self) -> FineTunedModel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        best = self.policy.probabilities()[0]
+        return (
+            f"FineTunedModel(candidates={len(self.policy.probabilities())}, "
+            f"best={best[0].instruction[:40]!r} p={best[1]:.2f})"
+        )
+
+
+def _as_example(text: str | Example | Mapping[str, Any]) -> Example:
+    if isinstance(text, Example):
+        return text
+    if isinstance(text, str):
+        return Example("input", text, {"text": text})
+    if "input" in text or "prompt" in text:
+        return parse_example(dict(text), path="<input>", line=1)
+    return parse_example({"input": dict(text)}, path="<input>", line=1)
+
+
+# ----------------------------------------------------------------------------- finetune
+
+
+def _rewarder(
+    cfg: RunConfig,
+    reward: Any,
+    judge_client: Any,
+    judge_options: Mapping[str, Any] | None,
+) -> Any:
+    from ..rewards.functions import build_rewarder
+    from ..rewards.rewarder import Rewarder
+
+    if isinstance(reward, Rewarder):
+        if cfg.reward.judge_prompt.strip():
+            raise ValueError("pass reward_prompt, or a Rewarder with its own judges, not both")
+        return reward
+    items: list[Any] = []
+    if reward is not None:
+        items = list(reward) if isinstance(reward, list | tuple) else [reward]
+    if not items:
+        return build_rewarder(cfg, judge_client=judge_client, judge_options=judge_options)
+    functions = [f for f in items if not isinstance(getattr(f, "per_group", None), bool)]
+    judges = [j for j in items if isinstance(getattr(j, "per_group", None), bool)]
+    if cfg.reward.judge_prompt.strip():
+        rcfg = dataclasses.replace(cfg.reward, functions=(), weights=())
+        opts = {"mode": (cfg.judge or cfg.endpoint).mode, **(judge_options or {})}
+        judges += list(
+            Rewarder.from_config(rcfg, judge_client=judge_client, judge_options=opts).judges
+        )
+    return Rewarder(
+        functions, judges=judges, format_failure_reward=cfg.reward.format_failure_reward
+    )
+
+
+async def finetune(
+    train_data: str | Path | Iterable[Mapping[str, Any] | Example],
+    *,
+    base_prompt: str,
+    reward: Callable[..., Any] | Sequence[Any] | None = None,
+    reward_prompt: str | None = None,
+    optimizer: GRPOConfig | Mapping[str, Any] | None = None,
+    endpoint: EndpointConfig | Mapping[str, Any] | None = None,
+    config: RunConfig | None = None,
+    eval_data: str | Path | Iterable[Mapping[str, Any] | Example] | None = None,
+    out: str | Path | None = None,
+    on_batch_complete: Callable[[Any], Any] | None = None,
+    instructions: Sequence[str] = (),
+    prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
+    client: Any = None,
+    judge_client: Any = None,
+    judge_options: Mapping[str, Any] | None = None,
+    export_groups: str | Path | None = None,
+) -> FineTunedModel:
+    """Fine-tune a model you cannot retrain with GRPO over prompt candidates.
+
+    Args:
+        train_data: the spec's ``TrainingExample`` dicts, Examples, or a JSONL path.
+        base_prompt: the starting instruction (or a ``{text}`` template); candidate 0.
+        reward: a reward function ``(example, text) -> float`` (sync or async), a judge, a
+            list of them, or a :class:`~engine.rewards.rewarder.Rewarder`. Default: ``[reward]`` from
+            the config, else ``exact_match`` against the examples' ``output.generated``.
+        reward_prompt: a rubric: adds an :class:`~engine.rewards.judges.LLMJudge` (the spec's
+            ``rewardPrompt``), on ``judge_client`` (default: the generation client).
+        optimizer: GRPO and optimizer settings (see :func:`finetune_config`).
+        endpoint: the model endpoint, an EndpointConfig or a dict of its fields.
+        config: a full run config instead of :data:`PROMPT_DEFAULTS`.
+        eval_data: held-out examples; default: ``data.eval_fraction`` of ``train_data``.
+        out: write metrics, events, checkpoints and a summary here; None writes nothing.
+        on_batch_complete: called with :class:`~engine.training.trainer.BatchMetrics` after each step.
+        instructions: more seed instructions besides the base prompt.
+        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``
+            for candidate growth by reflection); a PromptPolicyConfig or a dict.
+        client: generate with this client (not closed by the model); default a new one for
+            ``endpoint``, owned by the returned model.
+        judge_client: judge with this client (default: the generation client, or one for
+            ``config.judge`` when set).
+        judge_options: options for the judge (``sim_marker=True`` for the simulated server).
+        export_groups: also write every scored group to this JSONL file (:mod:`engine.telemetry.export`).
+
+    Returns:
+        The :class:`FineTunedModel`; close it (``async with``) to close its client.
+
+    Raises:
+        ConfigError: bad settings; DataError: bad training data; EndpointError only where the
+        run cannot continue (generation failures are recorded per rollout, not raised).
+    """
+    from ..endpoints.client import Client
+    from ..telemetry.events import EventLog
+    from .trainer import TrainingManager
+
+    cfg = finetune_config(
+        base_prompt=base_prompt,
+        instructions=instructions,
+        optimizer=optimizer,
+        endpoint=endpoint,
+        config=config,
+        reward_prompt=reward_prompt,
+        prompt=prompt,
+    )
+    examples = load_examples(train_data)
+    if not examples:
+        raise ConfigError("train_data has no examples", key="train_data")
+    heldout = load_examples(eval_data) if eval_data is not None else None
+    events = EventLog(Path(out) / "events.jsonl" if out is not None else None)
+    owned: list[Any] = []
+    try:
+        if client is None:
+            client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
+            owned.append(client)
+        if judge_client is None and cfg.judge is not None:
+            judge_client = Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
+            owned.append(judge_client)
+        policy = PromptPolicy.from_config(
+            cfg, client, examples=examples, separate_heldout=heldout is not None
+        )
+        rewarder = _rewarder(cfg, reward, judge_client or client, judge_options)
+        async with TrainingManager(
+            cfg,
+            policy=policy,
+            rewarder=rewarder,
+            train=examples,
+            heldout=heldout,
+            on_batch_complete=on_batch_complete,
+            out=out,
+            events=events,
+            export_groups=export_groups,
+        ) as trainer:
+            summary = await trainer.run()
+            history = list(trainer.history)
+    except BaseException:
+        for c in owned:
+            await c.aclose()
+        events.close()
+        raise
+    events.close()
+    return FineTunedModel(
+        policy, cfg, clients=owned, rewarder=rewarder, summary=summary, history=history
+    )
