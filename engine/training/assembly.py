@@ -6,7 +6,7 @@ policy kind contributes one branch here, so the trainer never names a concrete p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..config.schema import RunConfig
 from ..errors import ConfigError
@@ -16,9 +16,12 @@ from ..telemetry.events import get_logger
 from ..types import Example
 
 if TYPE_CHECKING:
-    from ..endpoints.client import Client
+    from contextlib import AsyncExitStack
 
-__all__ = ("build_components", "open_clients")
+    from ..endpoints.client import Client
+    from ..telemetry.events import EventLog
+
+__all__ = ("build_components", "make_client", "open_clients")
 
 PROMPT_LR_HINT = 0.05
 """Below this ``optim.lr`` the prompt policy's candidate logits barely move (the engine's
@@ -92,17 +95,28 @@ def build_components(
     return policy, None, None
 
 
-async def open_clients(cfg: RunConfig, stack: Any, events: Any) -> tuple[Any, Any]:
-    """Open the generation client and the judge client (the same one unless ``[judge]`` is
-    set) on ``stack`` (an AsyncExitStack that closes them); both write to ``events``."""
+def make_client(
+    config: RunConfig, *, judge: bool = False, events: EventLog | None = None
+) -> Client:
+    """The one place an endpoint :class:`~engine.endpoints.client.Client` is built.
+
+    Serves ``[endpoint]``, or with ``judge=True`` the ``[judge]`` section (``[endpoint]`` when
+    there is none), under the run's ``[limits]`` and ``[retry]``; its request events go to
+    ``events``. The client is not open yet: use it as an async context manager.
+    """
     from ..endpoints.client import Client
 
-    client = await stack.enter_async_context(
-        Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
-    )
+    endpoint = (config.judge or config.endpoint) if judge else config.endpoint
+    return Client(endpoint, limits=config.limits, retry=config.retry, events=events)
+
+
+async def open_clients(
+    config: RunConfig, stack: AsyncExitStack, events: EventLog | None
+) -> tuple[Client, Client]:
+    """Open the generation client and the judge client (the same one unless ``[judge]`` is
+    set) on ``stack``, which closes them; both write to ``events``."""
+    client = await stack.enter_async_context(make_client(config, events=events))
     judge = client
-    if cfg.judge is not None:
-        judge = await stack.enter_async_context(
-            Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
-        )
+    if config.judge is not None:
+        judge = await stack.enter_async_context(make_client(config, judge=True, events=events))
     return client, judge

@@ -533,7 +533,7 @@ async def test_resume_with_growth_continues_exactly(tmp_path: Path) -> None:
 
 def test_cli_runs_the_local_example_against_the_sim(tmp_path: Path) -> None:
     """``python -m engine run --config examples/local.toml`` works with the prompt policy."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     sim = subprocess.Popen(
         [sys.executable, "-m", "engine.testing.sim", "--port", "0"],
         stdout=subprocess.PIPE,
