@@ -17,12 +17,12 @@ bisection. It agrees with published tables to every printed digit
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 
-__all__ = ("convergence", "describe", "t_cdf", "t_quantile")
+__all__ = ("Convergence", "convergence", "describe", "t_cdf", "t_quantile")
 
 _CF_EPS = 1e-15
 """Relative accuracy at which the continued fraction stops."""
@@ -109,13 +109,31 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
+class Convergence(TypedDict):
+    """What :func:`convergence` returns: a JSON-able dict, keys as its docstring lists."""
+
+    window: int
+    start: int
+    n: int
+    confidence: float
+    slope: float | None
+    ci_low: float | None
+    ci_high: float | None
+    stderr: float | None
+    intercept: float | None
+    change: float | None
+    mean: float | None
+    plateaued: bool
+    trend: str
+
+
 def convergence(
     rewards: Sequence[float],
     window: int = 10,
     *,
     confidence: float = 0.95,
     tolerance: float = 0.05,
-) -> dict[str, Any]:
+) -> Convergence:
     """The reward trend over the last ``window`` steps, with a confidence interval.
 
     Fits ``reward = intercept + slope * i`` by least squares to the last ``window`` values
@@ -145,7 +163,7 @@ def convergence(
     ok = np.isfinite(vals)
     x, y = np.arange(vals.size, dtype=np.float64)[ok], vals[ok]
     n = int(y.size)
-    out: dict[str, Any] = {
+    out: Convergence = {
         "window": window,
         "start": max(0, len(rewards) - window),
         "n": n,
@@ -203,7 +221,7 @@ def _trend(lo: float, hi: float, plateaued: bool) -> str:
     return "plateaued" if plateaued else "unclear"
 
 
-def describe(conv: dict[str, Any] | None) -> str:
+def describe(conv: Mapping[str, Any] | None) -> str:
     """One line for a :func:`convergence` result, as the CLI's run summary shows it.
 
     ``improving: slope +0.0021/step, 95% CI [+0.0008, +0.0034], last 10 steps``.
