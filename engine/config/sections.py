@@ -110,7 +110,7 @@ class PromptPolicyConfig:
     """The prompt policy: logits over instruction x demo-set candidates for hosted models."""
 
     instructions: tuple[str, ...] = ()
-    """Seed instruction variants; the base prompt is always the first candidate."""
+    """Seed instructions; the first is the base prompt, always candidate 0."""
     max_demos: int = 3
     """Few-shot demos per demo set."""
     propose_every: int = 0

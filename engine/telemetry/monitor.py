@@ -163,22 +163,9 @@ def convergence(
     ok = np.isfinite(vals)
     x, y = np.arange(vals.size, dtype=np.float64)[ok], vals[ok]
     n = int(y.size)
-    out: Convergence = {
-        "window": window,
-        "start": max(0, len(rewards) - window),
-        "n": n,
-        "confidence": confidence,
-        "slope": None,
-        "ci_low": None,
-        "ci_high": None,
-        "stderr": None,
-        "intercept": None,
-        "change": None,
-        "mean": float(y.mean()) if n else None,
-        "plateaued": False,
-        "trend": "insufficient data",
-    }
+    out = _insufficient(window, max(0, len(rewards) - window), n, confidence)
     if n < 3:
+        out["mean"] = float(y.mean()) if n else None
         return out
     slope, intercept, stderr = _fit_line(x, y)
     half = t_quantile(0.5 + confidence / 2.0, n - 2) * stderr
@@ -199,6 +186,25 @@ def convergence(
         trend=_trend(lo, hi, plateaued),
     )
     return out
+
+
+def _insufficient(window: int, start: int, n: int, confidence: float) -> Convergence:
+    """The result without a fit: no numbers, no plateau, ``insufficient data``."""
+    return {
+        "window": window,
+        "start": start,
+        "n": n,
+        "confidence": confidence,
+        "slope": None,
+        "ci_low": None,
+        "ci_high": None,
+        "stderr": None,
+        "intercept": None,
+        "change": None,
+        "mean": None,
+        "plateaued": False,
+        "trend": "insufficient data",
+    }
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
