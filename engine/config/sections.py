@@ -1,8 +1,9 @@
 """Configuration schema: the frozen dataclasses of a run and its sections.
 
-Every field carries a docstring (the string literal below it); ``python -m engine run --help``
-and the README's config reference are generated from them (:mod:`engine.config.reference`).
-Values are checked when loaded (:mod:`engine.config.loading`); nothing is filled in later.
+Every field carries a docstring (the string literal below it); ``python -m engine run
+--print-config`` and the README's config reference are generated from them
+(:mod:`engine.config.reference`). Values are checked when loaded
+(:mod:`engine.config.loading`); nothing is filled in later.
 """
 
 from __future__ import annotations
