@@ -8,8 +8,8 @@ Example::
     import anyio, engine
 
     async def main():
-        cfg = engine.load_config(None, ["steps=30"])
-        async with engine.TrainingManager(cfg) as trainer:
+        config = engine.load_config(None, ["steps=30"])
+        async with engine.TrainingManager(config) as trainer:
             print(await trainer.run())
 
     anyio.run(main)
@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config.schema import (
+from .config.loading import load_config
+from .config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -32,7 +33,6 @@ from .config.schema import (
     RunConfig,
     TinyLMConfig,
     TrainerConfig,
-    load_config,
 )
 from .errors import (
     AuthenticationError,

@@ -1,4 +1,7 @@
-"""Regenerate the config reference section of README.md from the config dataclasses."""
+"""Regenerate the config reference section of README.md from the config dataclasses.
+
+``python scripts/update_readme.py`` rewrites the section; ``--check`` exits 1 when it is stale.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import re
 import sys
 from pathlib import Path
 
+from engine.config.reference import config_reference
+
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
 
 
 def render(readme: str) -> str:
-    from engine.config.schema import config_reference
-
+    """``readme`` with the text between the config-reference markers regenerated."""
     body = config_reference().strip()
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
     return pattern.sub(lambda _: f"{START}\n{body}\n{END}", readme)

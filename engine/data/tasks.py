@@ -11,9 +11,9 @@ The answer is checked exactly, so the reward is verifiable; it gives partial cre
 
 Example::
 
-    cfg = TinyLMConfig()
-    examples = make_examples(cfg, n=100, seed=0)
-    tok = TaskTokenizer(cfg.vocab_digits)
+    tinylm = TinyLMConfig()
+    examples = make_examples(tinylm, n=100, seed=0)
+    tok = TaskTokenizer(tinylm.vocab_digits)
     prompt_ids = tok.encode_prompt(examples[0].text)   # [<bos>, 3, 1, 4, 1, <sep>]
     reward(examples[0], "1 4 1 3")                     # 1.0
 """
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..config.schema import TinyLMConfig
+from ..config.sections import TinyLMConfig
 from ..errors import RewardError
 from ..types import Example
 
@@ -45,27 +45,27 @@ def solve(task: str, digits: Sequence[int]) -> list[int]:
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
 
-def make_examples(cfg: TinyLMConfig, n: int, seed: int) -> list[Example]:
-    """``n`` examples of ``cfg.task``, each of ``cfg.prompt_len`` digits below ``cfg.vocab_digits``.
+def make_examples(tinylm: TinyLMConfig, n: int, seed: int) -> list[Example]:
+    """``n`` examples of ``tinylm.task``: ``tinylm.prompt_len`` digits below ``vocab_digits``.
 
     Deterministic in ``seed``. Ids are ``task-0`` .. ``task-{n-1}``; ``text`` is
     ``"<task>: d d d d"``, ``target`` the answer in the same spacing, and ``meta`` carries
     ``task``, ``digits`` and ``answer`` as lists of ints.
     """
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, cfg.vocab_digits, size=(n, cfg.prompt_len))  # (n, L)
+    draws = rng.integers(0, tinylm.vocab_digits, size=(n, tinylm.prompt_len))  # (n, L)
     out: list[Example] = []
     for i, row in enumerate(draws):
         digits = [int(d) for d in row]
-        answer = solve(cfg.task, digits)
-        text = f"{cfg.task}: {' '.join(map(str, digits))}"
+        answer = solve(tinylm.task, digits)
+        text = f"{tinylm.task}: {' '.join(map(str, digits))}"
         out.append(
             Example(
                 id=f"task-{i}",
                 text=text,
                 inputs={"text": text},
                 target=" ".join(map(str, answer)),
-                meta={"task": cfg.task, "digits": digits, "answer": answer},
+                meta={"task": tinylm.task, "digits": digits, "answer": answer},
             )
         )
     return out

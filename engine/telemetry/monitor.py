@@ -1,4 +1,4 @@
-"""Monitoring stage: convergence indicators computed from a run's per-step rewards.
+"""Telemetry: convergence indicators computed from a run's per-step rewards.
 
 :func:`convergence` fits a least-squares line to the last ``window`` rewards and reports the
 slope with a t-distribution confidence interval, so a person (or the trainer's summary) can
@@ -10,21 +10,24 @@ tell "still improving" from "plateaued" from "too noisy to say"::
 
 The t quantile is computed here without scipy: the Student t CDF through the regularized
 incomplete beta function (continued fraction, as in Numerical Recipes 6.4), inverted by
-bisection. It agrees with published tables to every printed digit (``tests/test_monitor.py``).
+bisection. It agrees with published tables to every printed digit
+(``tests/telemetry/test_monitor.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 
-__all__ = ("convergence", "describe", "t_cdf", "t_quantile")
+__all__ = ("Convergence", "convergence", "describe", "t_cdf", "t_quantile")
 
-_CF_EPS = 1e-15  # relative accuracy of the continued fraction
-_CF_TINY = 1e-300  # guards divisions by zero in Lentz's method
+_CF_EPS = 1e-15
+"""Relative accuracy at which the continued fraction stops."""
+_CF_TINY = 1e-300
+"""Stands in for a zero denominator in Lentz's method."""
 _CF_MAX_ITER = 500
 
 
@@ -106,14 +109,32 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
+class Convergence(TypedDict):
+    """What :func:`convergence` returns: a JSON-able dict, keys as its docstring lists."""
+
+    window: int
+    start: int
+    n: int
+    confidence: float
+    slope: float | None
+    ci_low: float | None
+    ci_high: float | None
+    stderr: float | None
+    intercept: float | None
+    change: float | None
+    mean: float | None
+    plateaued: bool
+    trend: str
+
+
 def convergence(
     rewards: Sequence[float],
     window: int = 10,
     *,
     confidence: float = 0.95,
     tolerance: float = 0.05,
-) -> dict[str, Any]:
-    """Monitoring: the reward trend over the last ``window`` steps, with a confidence interval.
+) -> Convergence:
+    """The reward trend over the last ``window`` steps, with a confidence interval.
 
     Fits ``reward = intercept + slope * i`` by least squares to the last ``window`` values
     (``i`` = 0 .. window-1 within the window; non-finite rewards are skipped, keeping their
@@ -139,12 +160,37 @@ def convergence(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     vals = np.asarray(list(rewards)[-window:], dtype=np.float64)  # (w,)
-    start = max(0, len(rewards) - window)
-    x_all = np.arange(vals.size, dtype=np.float64)
     ok = np.isfinite(vals)
-    x, y = x_all[ok], vals[ok]
+    x, y = np.arange(vals.size, dtype=np.float64)[ok], vals[ok]
     n = int(y.size)
-    out: dict[str, Any] = {
+    out = _insufficient(window, max(0, len(rewards) - window), n, confidence)
+    if n < 3:
+        out["mean"] = float(y.mean()) if n else None
+        return out
+    slope, intercept, stderr = _fit_line(x, y)
+    half = t_quantile(0.5 + confidence / 2.0, n - 2) * stderr
+    lo, hi = slope - half, slope + half
+    change = slope * (vals.size - 1)
+    mean = float(y.mean())
+    small = abs(change) <= tolerance * (abs(mean) if mean != 0 else 1.0)
+    plateaued = bool(lo <= 0.0 <= hi and small)
+    out.update(
+        slope=slope,
+        ci_low=lo,
+        ci_high=hi,
+        stderr=stderr,
+        intercept=intercept,
+        change=change,
+        mean=mean,
+        plateaued=plateaued,
+        trend=_trend(lo, hi, plateaued),
+    )
+    return out
+
+
+def _insufficient(window: int, start: int, n: int, confidence: float) -> Convergence:
+    """The result without a fit: no numbers, no plateau, ``insufficient data``."""
+    return {
         "window": window,
         "start": start,
         "n": n,
@@ -155,50 +201,34 @@ def convergence(
         "stderr": None,
         "intercept": None,
         "change": None,
-        "mean": float(y.mean()) if n else None,
+        "mean": None,
         "plateaued": False,
         "trend": "insufficient data",
     }
-    if n < 3:
-        return out
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``y = intercept + slope * x``: (slope, intercept, stderr of the slope)."""
     xm = x - x.mean()
     sxx = float(xm @ xm)
     slope = float(xm @ (y - y.mean())) / sxx
     intercept = float(y.mean() - slope * x.mean())
     resid = y - (intercept + slope * x)
-    s2 = float(resid @ resid) / (n - 2)
-    stderr = math.sqrt(s2 / sxx)
-    half = t_quantile(0.5 + confidence / 2.0, n - 2) * stderr
-    lo, hi = slope - half, slope + half
-    change = slope * (vals.size - 1)
-    mean = float(y.mean())
-    small = abs(change) <= tolerance * (abs(mean) if mean != 0 else 1.0)
-    contains_zero = lo <= 0.0 <= hi
-    plateaued = bool(contains_zero and small)
+    s2 = float(resid @ resid) / (y.size - 2)
+    return slope, intercept, math.sqrt(s2 / sxx)
+
+
+def _trend(lo: float, hi: float, plateaued: bool) -> str:
+    """The verdict on a slope interval [lo, hi]."""
     if lo > 0:
-        trend = "improving"
-    elif hi < 0:
-        trend = "declining"
-    elif plateaued:
-        trend = "plateaued"
-    else:
-        trend = "unclear"
-    out.update(
-        slope=slope,
-        ci_low=lo,
-        ci_high=hi,
-        stderr=stderr,
-        intercept=intercept,
-        change=change,
-        mean=mean,
-        plateaued=plateaued,
-        trend=trend,
-    )
-    return out
+        return "improving"
+    if hi < 0:
+        return "declining"
+    return "plateaued" if plateaued else "unclear"
 
 
-def describe(conv: dict[str, Any] | None) -> str:
-    """Monitoring: one line for a :func:`convergence` result, as the CLI's run summary shows it.
+def describe(conv: Mapping[str, Any] | None) -> str:
+    """One line for a :func:`convergence` result, as the CLI's run summary shows it.
 
     ``improving: slope +0.0021/step, 95% CI [+0.0008, +0.0034], last 10 steps``.
     """

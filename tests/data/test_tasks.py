@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config.schema import TinyLMConfig
+from engine.config.sections import TinyLMConfig
 from engine.data.tasks import TaskTokenizer, make_examples, reward, solve
 from engine.errors import RewardError
 from engine.types import Example
@@ -57,8 +57,8 @@ def test_reward_is_in_unit_interval_and_needs_target() -> None:
 
 def test_make_examples_shape_and_answers() -> None:
     """Examples carry id, readable text, the answer as target, and the digits in meta."""
-    cfg = TinyLMConfig(task="sort", prompt_len=5, vocab_digits=4)
-    exs = make_examples(cfg, 20, seed=3)
+    tinylm = TinyLMConfig(task="sort", prompt_len=5, vocab_digits=4)
+    exs = make_examples(tinylm, 20, seed=3)
     assert [e.id for e in exs] == [f"task-{i}" for i in range(20)]
     for e in exs:
         digits = e.meta["digits"]
@@ -72,10 +72,10 @@ def test_make_examples_shape_and_answers() -> None:
 
 def test_make_examples_deterministic_by_seed() -> None:
     """Same seed, same dataset; another seed, another dataset."""
-    cfg = TinyLMConfig()
-    a = make_examples(cfg, 50, seed=7)
-    b = make_examples(cfg, 50, seed=7)
-    c = make_examples(cfg, 50, seed=8)
+    tinylm = TinyLMConfig()
+    a = make_examples(tinylm, 50, seed=7)
+    b = make_examples(tinylm, 50, seed=7)
+    c = make_examples(tinylm, 50, seed=8)
     assert [e.text for e in a] == [e.text for e in b]
     assert [e.text for e in a] != [e.text for e in c]
 

@@ -1,7 +1,7 @@
-"""Stage: data (built-in datasets). Small JSONL tasks shipped with the package.
+"""Data stage: small built-in JSONL datasets shipped with the package.
 
-``sentiment``: 100 one-sentence reviews (50 positive, 50 negative) in the spec's
-``TrainingExample`` format, ``{"input": {"text": ...}, "output": {"generated": "positive"}}``.
+``sentiment``: 100 one-sentence reviews (50 positive, 50 negative) in the training-example
+format, ``{"input": {"text": ...}, "output": {"generated": "positive"}}``.
 Gemma 3 270M (a base model) answers ``positive``/``negative`` almost never zero-shot and most
 of the time with a few balanced demonstrations: a task where the prompt, not the weights,
 decides the score (the prompt policy's llama.cpp example and integration test).

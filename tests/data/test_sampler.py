@@ -1,74 +1,14 @@
-"""Datasets: both line formats, clear errors naming file and line, the seeded group sampler."""
+"""engine.data.sampler: seeded batches of groups, resumable, and the held-out split."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from engine.data.jsonl import GroupSampler, as_source, is_heldout, read_jsonl, split_source
+from engine.data.sampler import GroupSampler, as_source, is_heldout, split_source, take
 from engine.errors import DataError
 from engine.types import Example
-
-
-def write(tmp_path: Path, lines: list[str]) -> Path:
-    p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(lines) + "\n")
-    return p
-
-
-def test_training_example_format(tmp_path: Path) -> None:
-    """The spec's TrainingExample lines load with input, target and quality."""
-    p = write(
-        tmp_path,
-        [
-            '{"input": {"text": "Explain quantum computing"}, '
-            '"output": {"generated": "Quantum computing uses...", "quality": 0.95}}',
-            '{"input": {"text": "No output here", "topic": "x"}}',
-        ],
-    )
-    a, b = list(read_jsonl(p))
-    assert a.text == "Explain quantum computing"
-    assert a.target == "Quantum computing uses..."
-    assert a.quality == 0.95
-    assert a.id == f"{p}:1"
-    assert b.target is None and b.inputs["topic"] == "x"
-
-
-def test_plain_prompt_format(tmp_path: Path) -> None:
-    """Plain prompt lines load; answer becomes the target; blank lines are skipped."""
-    p = write(tmp_path, ['{"prompt": "2+2=", "answer": 4, "id": "q1"}', "", '{"prompt": "hi"}'])
-    a, b = list(read_jsonl(p))
-    assert (a.id, a.text, a.target) == ("q1", "2+2=", "4")
-    assert b.text == "hi" and b.id == f"{p}:3"
-
-
-@pytest.mark.parametrize(
-    ("line", "fragment"),
-    [
-        ("{not json", "invalid JSON"),
-        ("[1, 2]", "expected a JSON object"),
-        ('{"input": "text"}', "'input' must be an object"),
-        ('{"input": {"text": 3}}', "'input.text' must be a string"),
-        ('{"input": {"text": "a"}, "output": {"quality": "high"}}', "'output.quality'"),
-        ('{"prompt": null}', "'prompt' must be a string"),
-        ('{"question": "a"}', 'expected an "input"'),
-    ],
-)
-def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, fragment: str) -> None:
-    """A malformed line raises DataError naming the file and its 1-based line number."""
-    p = write(tmp_path, ['{"prompt": "fine"}', line])
-    with pytest.raises(DataError) as info:
-        list(read_jsonl(p))
-    assert f"{p}:2" in str(info.value)
-    assert fragment in str(info.value)
-    assert info.value.line == 2
-
-
-def test_missing_file() -> None:
-    """A missing dataset file is a DataError naming it."""
-    with pytest.raises(DataError, match=r"missing\.jsonl"):
-        list(read_jsonl("missing.jsonl"))
 
 
 def examples(n: int) -> list[Example]:
@@ -124,3 +64,24 @@ def test_empty_dataset_is_an_error() -> None:
     s = GroupSampler(as_source([]), batch_size=1, group_size=2, seed=0)
     with pytest.raises(DataError, match="no examples"):
         next(s.batches())
+
+
+def test_unshuffled_pass_keeps_file_order() -> None:
+    """Without shuffle, batches follow the source order and wrap around at the end."""
+    s = GroupSampler(as_source(examples(5)), batch_size=2, group_size=2, seed=0, shuffle=False)
+    it = s.batches()
+    ids = [e.id for _ in range(3) for e in next(it).examples]
+    assert ids == ["e0", "e1", "e2", "e3", "e4", "e0"]
+
+
+def test_take_stops_early() -> None:
+    """take() reads only the first n examples of a stream."""
+    seen: list[int] = []
+
+    def stream() -> Iterator[Example]:
+        for i in range(100):
+            seen.append(i)
+            yield Example(f"e{i}", "p")
+
+    assert [e.id for e in take(stream(), 3)] == ["e0", "e1", "e2"]
+    assert len(seen) <= 4

@@ -1,0 +1,304 @@
+"""Configuration schema: the frozen dataclasses of a run and its sections.
+
+Every field carries a docstring (the string literal below it); ``python -m engine run
+--print-config`` and the README's config reference are generated from them
+(:mod:`engine.config.reference`). Values are checked when loaded
+(:mod:`engine.config.loading`); nothing is filled in later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = (
+    "DataConfig",
+    "EndpointConfig",
+    "GRPOConfig",
+    "LimitsConfig",
+    "OptimConfig",
+    "PromptPolicyConfig",
+    "RetryConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "TinyLMConfig",
+    "TrainerConfig",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GRPOConfig:
+    """The GRPO algorithm: groups, advantages, the clipped surrogate, KL and entropy."""
+
+    group_size: int = 8
+    """G: completions sampled per prompt; advantages are relative within a group."""
+    epsilon: float = 0.2
+    """Lower clip range of the probability ratio: ratio >= 1 - epsilon."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO clip-higher): ratio <= 1 + epsilon_high; None means epsilon."""
+    beta: float = 0.01
+    """KL penalty coefficient toward the frozen reference policy (k3 estimator); 0 disables."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (added to the objective, so it encourages exploration)."""
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
+    """Loss aggregation: grpo = mean over tokens per sequence then over sequences; dapo = mean
+    over all tokens in the batch; dr_grpo = sum over tokens divided by a fixed max length."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantage scaling: group = (r - mean) / (std + eps) within the group (GRPO); batch = divide
+    by the batch std; none = only subtract the group mean (Dr. GRPO)."""
+    leave_one_out: bool = False
+    """Use the mean of the other G-1 members as each member's baseline (RLOO)."""
+    drop_zero_std: bool = False
+    """Drop groups whose rewards all equal (zero advantage) before the update (DAPO)."""
+    mini_batch_size: int = 4
+    """Groups accumulated by the learner before one optimizer step."""
+    epochs: int = 1
+    """Passes over each accumulated mini-batch; > 1 makes clipping matter."""
+    max_staleness: int = 1
+    """Policy versions generation may run ahead of the learner; older groups are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class OptimConfig:
+    """Adam(W), the learning-rate schedule and gradient clipping."""
+
+    lr: float = 0.01
+    """Peak learning rate."""
+    beta1: float = 0.9
+    """Adam first-moment decay."""
+    beta2: float = 0.999
+    """Adam second-moment decay."""
+    eps: float = 1e-8
+    """Adam denominator epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); 0 gives plain Adam."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule after warm-up: constant, cosine decay or linear decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to lr."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr for the decaying schedules."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; None disables clipping."""
+
+
+@dataclass(frozen=True, slots=True)
+class TinyLMConfig:
+    """The embedded numpy language model (the default policy)."""
+
+    task: Literal["reverse", "sort", "copy"] = "reverse"
+    """Built-in verifiable task: reverse, sort or copy a short digit string."""
+    prompt_len: int = 4
+    """Digits per prompt."""
+    vocab_digits: int = 6
+    """How many distinct digits prompts are drawn from (vocabulary size minus specials)."""
+    context: int = 8
+    """Tokens of left context the model sees (window of the causal MLP)."""
+    embed_dim: int = 16
+    """Token embedding width."""
+    hidden: int = 128
+    """Hidden layer width."""
+    temperature: float = 1.0
+    """Sampling temperature during training rollouts."""
+    init_scale: float = 0.5
+    """Standard deviation of the initial embedding and hidden-layer weights; the output layer
+    starts at zero, so the initial policy is uniform (chance-level reward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPolicyConfig:
+    """The prompt policy: logits over instruction x demo-set candidates for hosted models."""
+
+    instructions: tuple[str, ...] = ()
+    """Seed instructions; the first is the base prompt, always candidate 0."""
+    max_demos: int = 3
+    """Few-shot demos per demo set."""
+    propose_every: int = 0
+    """Every K steps ask the model for new instructions from best and worst rollouts; 0 = never."""
+    max_candidates: int = 16
+    """Prune the weakest candidates beyond this many."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """An OpenAI-compatible endpoint for generation (and judges unless overridden)."""
+
+    provider: Literal["local", "openai", "openrouter"] = "local"
+    """Preset: local (any base URL, no key), openai (OPENAI_API_KEY, OPENAI_BASE_URL) or
+    openrouter (OPENROUTER_API_KEY, OPENROUTER_MODEL)."""
+    base_url: str = ""
+    """Base URL ending in /v1; empty means the provider's default."""
+    model: str = ""
+    """Model name sent in requests; empty means the provider's default."""
+    api_key_env: str = ""
+    """Environment variable holding the key; empty means the provider's default. The key itself
+    never appears in config, logs or files."""
+    mode: Literal["chat", "completions"] = "chat"
+    """chat uses /v1/chat/completions; completions uses /v1/completions (right for base models)."""
+    max_tokens: int = 64
+    """Completion token cap per sample."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    logprobs: bool = False
+    """Ask for token logprobs (exported for weight trainers)."""
+    use_n: bool = True
+    """Ask for G samples in one request with n; falls back to fan-out when ignored."""
+    timeout: float = 60.0
+    """Read timeout per attempt, seconds."""
+    deadline: float = 300.0
+    """Deadline per request covering queueing and retries, seconds."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Client-side limits: request rate, token budget, concurrency."""
+
+    rpm: float | None = None
+    """Requests per minute; None for no limit."""
+    tpm: float | None = None
+    """Tokens per minute (prompt + completion), reserve-then-settle; None for no limit."""
+    tpm_refund: bool = True
+    """Give back the unused part of a token reservation once real usage is known. Set false
+    for servers that charge prompt + max_tokens at admission and never refund (OpenAI-style
+    limiters): refunding there over-sends and draws 429s."""
+    burst_seconds: float = 1.0
+    """Seconds of rate the rpm and tpm buckets hold: up to ``rpm * burst_seconds / 60``
+    requests (and tokens likewise) go out at once after a quiet spell or a 429 pause.
+    Hosted APIs document that per-minute limits may be enforced over shorter windows (60 per
+    minute as 1 per second), so the default sends no burst beyond one second's worth; 60 uses
+    a whole minute's allowance at once where a server permits it (a faster first minute)."""
+    max_concurrency: int = 64
+    """Requests in flight at once."""
+    adaptive: bool = False
+    """Adaptive concurrency: additive increase, multiplicative decrease on 429s and timeouts."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Retry policy for endpoint requests."""
+
+    max_attempts: int = 6
+    """Attempts per request including the first."""
+    backoff_base: float = 1.0
+    """Full-jitter backoff base, seconds."""
+    backoff_cap: float = 60.0
+    """Full-jitter backoff cap, seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class RewardConfig:
+    """Reward functions and judges."""
+
+    functions: tuple[str, ...] = ()
+    """Built-in reward function names, or 'module:function' import paths."""
+    weights: tuple[float, ...] = ()
+    """Weights of the reward functions (default 1 each)."""
+    judge_prompt: str = ""
+    """Rubric for an LLM judge scoring each rollout 0-1; empty disables the judge."""
+    judge_weight: float = 1.0
+    """Weight of the judge reward."""
+    group_judge: bool = False
+    """Score all G completions of a group in one judge call, relative to each other."""
+    normalize: bool = False
+    """Automatic reward scaling: running mean/std normalization of the combined reward."""
+    format_failure_reward: float = 0.0
+    """Reward given to outputs that fail to parse into the module's signature."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """How a group is fanned out and completed: admission, stragglers, partial groups."""
+
+    partial_group: Literal["retry", "shrink", "drop"] = "retry"
+    """When members fail: retry = re-request the missing members (up to member_retries) and
+    shrink if still short; shrink = keep the scored members if at least min_group_size; drop =
+    drop the whole group. Logged and counted either way."""
+    member_retries: int = 1
+    """Re-requests of failed members per group under the retry policy."""
+    min_group_size: int = 2
+    """Fewest scored members a group may keep; fewer and it is dropped (counted)."""
+    oversample: int = 0
+    """Request G + oversample samples and keep the first G to finish, cancelling the rest
+    (counted, so the bias toward fast completions is visible)."""
+    max_groups_in_flight: int = 0
+    """Groups generating at once; 0 = as many as the limits admit (whole groups are admitted
+    together so none is left half started)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """Datasets: JSONL files or the built-in task."""
+
+    train: str = ""
+    """Training JSONL ({"input": {"text": ...}} or {"prompt": ...} lines); empty = built-in task."""
+    eval: str = ""
+    """Held-out JSONL; empty = split eval_fraction off the training data."""
+    eval_fraction: float = 0.1
+    """Fraction held out for evaluation when no eval file is given."""
+    batch_size: int = 16
+    """Prompts per batch; each becomes a group of G rollouts."""
+    shuffle: bool = True
+    """Shuffle prompts each epoch (seeded)."""
+    num_examples: int = 2000
+    """Size of the built-in task's dataset."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    """The training loop: evaluation, early stopping, checkpoints."""
+
+    eval_every: int = 10
+    """Evaluate on the held-out split every N steps; 0 disables."""
+    eval_size: int = 64
+    """Held-out prompts per evaluation."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every N steps; 0 only at the end."""
+    keep_checkpoints: int = 3
+    """How many recent checkpoints to keep."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without improvement; 0 disables."""
+    early_stop_min_delta: float = 0.0
+    """Improvement needed to reset the patience counter."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """One run: what to train, on what, with which algorithm, and where outputs go."""
+
+    steps: int = 150
+    """Optimizer steps to run."""
+    seed: int = 0
+    """Seed of every random choice (data order, sampling, initialization)."""
+    out: str = "runs/latest"
+    """Output directory: metrics.jsonl, events.jsonl, checkpoints/, summary.json."""
+    policy: Literal["tinylm", "prompt"] = "tinylm"
+    """tinylm = the embedded numpy LM; prompt = prompt policy over an endpoint."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """GRPO algorithm settings."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer settings."""
+    tinylm: TinyLMConfig = field(default_factory=TinyLMConfig)
+    """Embedded LM settings."""
+    prompt: PromptPolicyConfig = field(default_factory=PromptPolicyConfig)
+    """Prompt policy settings."""
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    """Generation endpoint."""
+    judge: EndpointConfig | None = None
+    """Judge endpoint; None uses the generation endpoint."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Client-side limits."""
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    """Retry policy."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Rewards and judges."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Group fan-out, stragglers and partial groups."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Datasets."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Evaluation, early stop and checkpoint cadence."""

@@ -1,0 +1,116 @@
+"""Telemetry: JSON lines records, the serializer, the crash-safe writer and the reader.
+
+Every line is written whole with one ``write`` call on a file opened in append mode, so a
+crash never leaves a torn line except possibly the very last one, which :func:`read_records`
+skips and a writer appending to the file (a resumed run) cuts off first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+__all__ = ("JsonlWriter", "dumps", "read_records")
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def dumps(obj: object) -> bytes:
+    """orjson with numpy support; NaN becomes null, paths and exceptions become strings."""
+    return orjson.dumps(obj, default=_default, option=_OPTS)
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSON lines file written here, in order; a torn final line is skipped."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return  # torn last line from a crash: ignore it
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
+class JsonlWriter:
+    """Append-only JSON lines file; each record is one write of one whole line.
+
+    The file is opened at the first write, so a run that fails early leaves no empty files;
+    ``path=None`` writes nothing.
+
+    Attributes:
+        path: the file, or None for a writer that discards everything.
+    """
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._fh: IO[bytes] | None = None
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether writes reach a file: it has a path and is not closed."""
+        return self.path is not None and not self._closed
+
+    def write_bytes(self, data: bytes) -> None:
+        """Append ``data`` (whole lines, newline-terminated) in one write."""
+        if not self.enabled:
+            return
+        if self._fh is None:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _cut_torn_tail(self.path)  # appending after a crash: no line may join a fragment
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._fh.write(data)
+
+    def write(self, record: Mapping[str, object]) -> None:
+        """Append one record as one line."""
+        self.write_bytes(dumps(record) + b"\n")
+
+    def fsync(self) -> None:
+        """Force what was written to disk."""
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        """Close the file; later writes are dropped."""
+        self._closed = True
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate ``path`` after its last newline: drop a torn last line a crash left behind."""
+    try:
+        fh = open(path, "rb+")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                if start + i + 1 < end:
+                    fh.truncate(start + i + 1)
+                return
+            pos = start
+        if end:
+            fh.truncate(0)

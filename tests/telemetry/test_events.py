@@ -1,0 +1,100 @@
+"""engine.telemetry.events: what a step's request statistics count, and when they reset."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from engine.telemetry.events import EventLog, MetricsLog, RequestStatistics, RequestTally
+from engine.telemetry.records import read_records
+
+
+def _event(error_class: str | None = None, **extra: object) -> dict[str, object]:
+    return {"kind": "generation", "latency": 0.1, "prompt_tokens": 3, "completion_tokens": 2,
+            "error_class": error_class, **extra}  # fmt: skip
+
+
+def test_cancelled_attempts_are_counted_apart_from_errors() -> None:
+    """An attempt the engine cancelled itself is a request, not an endpoint error: it does not
+    raise the error rate; real failures count by class."""
+    tally = RequestTally()
+    for cls in (None, None, "rate_limit", "server", "cancelled", "cancelled"):
+        tally.record(_event(cls))
+    out = tally.statistics().metrics()
+    assert out["requests/total"] == 6
+    assert out["requests/errors"] == 2
+    assert out["requests/error_rate"] == 2 / 6
+    assert out["requests/cancelled"] == 2
+    assert out["errors/rate_limit"] == 1 and out["errors/server"] == 1
+    assert "errors/cancelled" not in out
+    tally.reset()
+    assert tally.statistics().metrics()["requests/total"] == 0  # the window was reset
+
+
+def test_merge_adds_every_count() -> None:
+    """Merging a tally adds every count, by kind and by error class too."""
+    a, b = RequestTally(), RequestTally()
+    a.record(_event("cancelled", kind="judge"))
+    b.record(_event("timeout"))
+    b.record(_event())
+    a.merge(b)
+    out = a.statistics().metrics()
+    assert (out["requests/total"], out["requests/errors"], out["requests/cancelled"]) == (3, 1, 1)
+    assert out["requests/judge"] == 1 and out["requests/generation"] == 2
+    assert out["tokens/prompt"] == 9 and out["errors/timeout"] == 1
+
+
+def test_statistics_are_a_frozen_snapshot() -> None:
+    """statistics() does not change when more events arrive, and cannot be changed."""
+    tally = RequestTally()
+    tally.record(_event(latency=0.3))
+    first = tally.statistics()
+    tally.record(_event("server"))
+    assert first.requests == 1 and first.errors == 0 and first.latency_p50 == 0.3
+    assert tally.statistics().requests == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.requests = 5  # type: ignore[misc]
+    assert RequestStatistics().metrics()["latency/p99"] == 0.0
+
+
+def test_step_metrics_report_each_step_once() -> None:
+    """A step's metrics cover its groups, earlier unreported steps and requests of no step;
+    later steps wait for their own report."""
+    events = EventLog(None)
+    events.emit(**_event(), group_id="0-1")
+    events.emit(**_event(), step=1)
+    events.emit(**_event(kind="judge"))
+    events.emit(**_event(), group_id="2-0")
+    assert events.statistics().requests == 4
+    first = events.step_metrics(1)
+    assert first["requests/total"] == 3 and first["requests/judge"] == 1
+    assert events.statistics().requests == 1
+    assert events.step_metrics(2)["requests/total"] == 1
+    assert events.step_metrics(3)["requests/total"] == 0
+    assert events.count == 4
+
+
+def test_event_log_writes_whole_lines(tmp_path: Path) -> None:
+    """Events and log lines reach the file on flush; a timestamp is added."""
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path, flush_every=2)
+    events.emit(kind="generation", status=200)
+    assert not path.exists()  # buffered, and the file is only created when written
+    events.log(event="hello")
+    events.emit(kind="judge", status=429)  # the second event fills the buffer
+    records = list(read_records(path))
+    assert [r["kind"] for r in records] == ["generation", "log", "judge"]
+    assert all("ts" in r for r in records if r["kind"] != "log")
+    events.close()
+
+
+def test_metrics_log_appends_one_line_per_step(tmp_path: Path) -> None:
+    """Each write is one line, readable at once; NaN is written as null."""
+    path = tmp_path / "metrics.jsonl"
+    metrics = MetricsLog(path)
+    metrics.write({"step": 0, "reward": float("nan")})
+    metrics.write({"step": 1, "reward": 0.5})
+    assert list(read_records(path)) == [{"step": 0, "reward": None}, {"step": 1, "reward": 0.5}]
+    metrics.close()
