@@ -164,7 +164,7 @@ class PolicyGenerator:
     ) -> None:
         self.policy = policy
         self.snapshot = snapshot if snapshot is not None else policy.snapshot(0)
-        self.name = name or (policy.name if isinstance(policy, Named) else "policy")
+        self.name = name or name_of(policy) or "policy"
         self.greedy = greedy
         self.run_config = run_config
         self._on_close = on_close
@@ -195,13 +195,19 @@ def _accepts(fn: Callable[..., object], name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+@runtime_checkable
+class _Texted(Protocol):
+    """An answer object carrying its text (a ``Completion``, a ``Prediction`` ...)."""
+
+    text: object
+
+
 def _as_text(value: object) -> str:
     """The text of a model's answer: a string, ``.text``, or a ``generated``/``text`` field."""
     if isinstance(value, str):
         return value
-    text = getattr(value, "text", None)
-    if isinstance(text, str):
-        return text
+    if isinstance(value, _Texted) and isinstance(value.text, str):
+        return value.text
     if isinstance(value, Mapping):
         for key in ("generated", "text", "output"):
             if isinstance(value.get(key), str):

@@ -34,8 +34,9 @@ from .generation import EndpointGenerator, PolicyGenerator, Prompt
 
 __all__ = ("POLICY_KINDS", "endpoint_generator", "heldout_examples", "load_generator")
 
-POLICY_KINDS: tuple[str, ...] = ("tinylm", "prompt")
-"""Policies whose checkpoints :func:`load_generator` restores."""
+POLICY_KINDS: Mapping[str, bool] = {"tinylm": False, "prompt": True}
+"""Policies whose checkpoints :func:`load_generator` restores, and whether each samples on an
+endpoint (and so needs a client)."""
 
 _REFERENCE = "#ref"
 
@@ -85,9 +86,9 @@ async def load_generator(spec: str | Path) -> PolicyGenerator | EndpointGenerato
         return endpoint_generator(config, name=text)
     checkpoint = await anyio.to_thread.run_sync(_read_checkpoint, path)
     kind = checkpoint.meta.get("policy")
-    if kind not in POLICY_KINDS:
+    if not isinstance(kind, str) or kind not in POLICY_KINDS:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of unknown policy {kind!r}")
-    client = make_client(checkpoint.config) if kind == "prompt" else None
+    client = make_client(checkpoint.config) if POLICY_KINDS[kind] else None
     try:
         return await anyio.to_thread.run_sync(
             _restored_generator, text, checkpoint, reference, client
