@@ -90,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
 
     from .cli.compare import add_compare_parser
-    from .evaluation.report import add_report_parser
+    from .cli.report import add_report_parser
 
     add_compare_parser(sub)
     add_report_parser(sub)
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging()
             return anyio.run(compare_command, args)
         if args.command == "report":
-            from .evaluation.report import report_command
+            from .cli.report import report_command
 
             return report_command(args)
         if args.command == "eval":
