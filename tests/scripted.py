@@ -4,6 +4,7 @@ a limiter that records what the client tells it."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -12,6 +13,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from engine.endpoints.limits import LimiterStatistics
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -157,14 +160,28 @@ class RecordingLimiter:
         self.estimates.append(est_tokens)
         return _PermitCtx(self, est_tokens)
 
-    def on_rate_limited(self, retry_after: float | None = None, *, permit: Any = None) -> None:
+    def on_rate_limited(
+        self, retry_after: float | None = None, *, permit: object | None = None
+    ) -> None:
         self.rate_limited.append(retry_after)
 
-    def on_timeout(self, *, permit: Any = None) -> None:
+    def on_timeout(self, *, permit: object | None = None) -> None:
         self.timeouts += 1
 
     def on_success(self) -> None:
         self.successes += 1
 
-    def statistics(self) -> dict[str, int]:
-        return {"successes": self.successes}
+    def statistics(self) -> LimiterStatistics:
+        """What it recorded, as a real limiter's snapshot (no limits: 64 slots, no budget)."""
+        return LimiterStatistics(
+            in_flight=0,
+            concurrency_limit=64,
+            waiting=0,
+            tokens_reserved=0.0,
+            tokens_available=math.inf,
+            token_debt=0.0,
+            gate_open_at=None,
+            rate_limited=len(self.rate_limited),
+            gate_waits=0,
+            requests_admitted=len(self.estimates),
+        )

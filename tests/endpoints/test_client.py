@@ -20,7 +20,12 @@ import structlog
 from aiohttp import web
 
 from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
-from engine.endpoints.client import Client, ClientStatistics, estimate_tokens, resolve_endpoint
+import engine.endpoints.fanout
+import engine.endpoints.transport
+from engine.endpoints.client import Client, ClientStatistics
+from engine.endpoints.payload import estimate_tokens
+from engine.endpoints.providers import resolve_endpoint
+from engine.endpoints.transport import Pacer
 from engine.endpoints.limits import Limiter
 from engine.errors import (
     AuthenticationError,
@@ -428,11 +433,9 @@ async def test_a_short_answer_once_is_probed_again_and_native_n_comes_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An endpoint that answered n=3 with one choice once is fanned out, but every 4th such
-    call (``_N_PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
+    call (``PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
     really ignores n keeps being fanned out, and the probe costs no extra request."""
-    import engine.endpoints.client
-
-    monkeypatch.setattr(engine.endpoints.client, "_N_PROBE_EVERY", 4)
+    monkeypatch.setattr(engine.endpoints.fanout, "PROBE_EVERY", 4)
     short = {"left": 1}  # answers short this many times
 
     def answer(req: dict[str, Any]) -> dict[str, Any]:
@@ -562,14 +565,16 @@ async def test_one_event_per_attempt(server: Scripted, tmp_path: Path) -> None:
 async def test_statistics_snapshot_is_frozen(server: Scripted) -> None:
     """statistics() counts calls, requests, attempts, retries by reason, and is immutable."""
     server.push(Step(status=500, body={"error": {}}))
-    client, _, _ = make_client(server.base_url)
+    client, _, limiter = make_client(server.base_url)
     async with client:
         await client.complete("x")
         stats = client.statistics()
     assert isinstance(stats, ClientStatistics)
     assert (stats.calls, stats.requests, stats.attempts, stats.failures) == (1, 1, 2, 0)
     assert stats.retries == {"server": 1}
-    assert stats.limiter == {"successes": 1}
+    assert limiter.successes == 1
+    assert stats.limiter == limiter.statistics()
+    assert stats.limiter.requests_admitted == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.calls = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -633,9 +638,7 @@ async def test_pacer_with_no_budget_starts_one_call_per_iteration_in_order() -> 
     """Budget 0: 60 callers at once pass one per loop iteration, first come first served; a
     cancelled waiter neither passes nor holds up the ones behind it; once the queue is empty
     a caller passes at once, in the iteration it arrives."""
-    from engine.endpoints.client import _Pacer
-
-    pacer = _Pacer(asyncio.get_running_loop(), 0.0)
+    pacer = Pacer(asyncio.get_running_loop(), 0.0)
     it = _Iterations()
     passed: list[tuple[int, int]] = []  # (caller, iteration)
 
@@ -663,9 +666,7 @@ async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, bu
     """Budget 10 ms, each start busy for 2 ms: an iteration starts at most 6 (a start is let
     through only while less than 10 ms have passed since the first), and the burst of 40 is
     spread over at least 7 iterations; with an ample budget all 40 start in one."""
-    from engine.endpoints.client import _Pacer
-
-    pacer = _Pacer(asyncio.get_running_loop(), budget)
+    pacer = Pacer(asyncio.get_running_loop(), budget)
     it = _Iterations()
     passed: list[int] = []
 
@@ -688,9 +689,7 @@ async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, bu
 async def test_a_burst_of_calls_is_paced(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client's calls pass the pacer before they take a permit: with no budget, 20 calls at
     once reach the limiter one loop iteration apart."""
-    import engine.endpoints.client
-
-    monkeypatch.setattr(engine.endpoints.client, "_START_BUDGET", 0.0)
+    monkeypatch.setattr(engine.endpoints.transport, "START_BUDGET", 0.0)
     seen: list[int] = []
 
     class Limiter(RecordingLimiter):

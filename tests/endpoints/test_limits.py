@@ -14,7 +14,8 @@ import time
 import pytest
 
 from engine.config.schema import LimitsConfig, load_config
-from engine.endpoints.limits import Limiter, LimiterStatistics, Permit, TokenBudget
+from engine.endpoints.budget import TokenBudget
+from engine.endpoints.limits import Limiter, LimiterStatistics, Permit
 from engine.errors import ClientClosedError, ConfigError
 from tests.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop, sleep_until, virtual_time
 
@@ -524,7 +525,7 @@ async def test_close_wakes_every_waiter_with_client_closed() -> None:
     await sleep_until(t0 + 1.0)
     assert [lim.statistics().waiting for lim in limiters] == [1, 1, 1, 1]
     for lim in limiters:
-        lim.close()
+        await lim.aclose()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert [type(r) for r in results] == [ClientClosedError] * 4
     assert _now() - t0 == pytest.approx(1.0)

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
-from engine.endpoints.client import (
-    Client,
+from engine.endpoints.client import Client
+from engine.endpoints.retry import (
     backoff_delay,
     is_in_flight_budget_error,
     parse_duration,
