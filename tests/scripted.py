@@ -1,5 +1,5 @@
-"""Test helpers for the client tests: a scripted aiohttp server on loopback, injected time, and
-a limiter that records what the client tells it."""
+"""Test helpers for the client tests: a scripted aiohttp server on loopback, injected time, a
+limiter that records what the client tells it, and a counter of event-loop iterations."""
 
 from __future__ import annotations
 
@@ -185,3 +185,19 @@ class RecordingLimiter:
             gate_waits=0,
             requests_admitted=len(self.estimates),
         )
+
+
+class Iterations:
+    """Counts event-loop iterations (a call_soon chain: one step per iteration)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self.n += 1
+        self._handle = self._loop.call_soon(self._step)
+
+    def stop(self) -> None:
+        self._handle.cancel()

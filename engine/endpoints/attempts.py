@@ -1,4 +1,8 @@
-"""Endpoint stage: what the attempts of one call share, and the event each attempt emits.
+"""Endpoint stage: one HTTP attempt, what the attempts of one call share, and their events.
+
+:class:`AttemptRunner` runs one attempt: a permit from the limiter, the send under the
+client's :class:`~engine.endpoints.transport.Watchdog`, the classification of the response,
+the settlement of the permit.
 
 Every attempt (a success, a failure, or a cancellation after it was sent) is one event in the
 :class:`~engine.telemetry.events.EventLog`. Events never carry the key, the auth header or
@@ -8,19 +12,29 @@ the prompt text (only its length).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from ..errors import (
+    DeadlineExceeded,
+    EndpointError,
+    EndpointTimeout,
+    RequestRejected,
+    TransportError,
+)
 from ..telemetry.events import EventLog
 from ..types import Usage
 from .fanout import EndpointKey
-from .parsing import Failure, Result
+from .limits import LimiterProtocol, PermitProtocol
+from .parsing import Failure, Result, parse_response
+from .payload import settle_estimate
 from .redaction import Redactor
-from .transport import Watchdog
+from .transport import ATTEMPT, Alarm, Watchdog
 
-__all__ = ("AttemptEvents", "CallContext")
+__all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
 
 _NO_USAGE = Usage()
 
@@ -137,3 +151,182 @@ class AttemptEvents:
             retry_in=retry_in,
             request_id=request_id,
         )
+
+
+class _AttemptState:
+    """What one attempt has got to: its permit, when it was sent, the response status and
+    headers, and the outcome once decided. ``by_attempt``: the watchdog was moved from the
+    call's deadline to the attempt's own timeout."""
+
+    __slots__ = ("by_attempt", "headers", "outcome", "permit", "status", "t_send")
+
+    def __init__(self) -> None:
+        self.permit: PermitProtocol | None = None
+        self.t_send: float | None = None
+        self.by_attempt = False
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+        self.outcome: Result | Failure | None = None
+
+
+class AttemptRunner:
+    """Runs one HTTP attempt of a request: permit, send, classify, report.
+
+    A failure is returned, not raised, so the caller decides on a retry outside any
+    ``except`` block. The limiter hears of every success and timeout; the event of a
+    success, a deadline or a cancellation after sending is emitted here, other failures by
+    the caller's retry loop.
+
+    Args:
+        limiter: where each attempt takes its permit.
+        timeout: seconds an attempt may take once it holds a permit.
+        clock: the client's clock, for latency.
+        redact: applied to every message built from upstream text.
+        events: where attempt events go.
+    """
+
+    __slots__ = ("_clock", "_events", "_limiter", "_redact", "_timeout")
+
+    def __init__(
+        self,
+        limiter: LimiterProtocol,
+        timeout: float,
+        clock: Callable[[], float],
+        redact: Redactor,
+        events: AttemptEvents,
+    ) -> None:
+        self._limiter = limiter
+        self._timeout = timeout
+        self._clock = clock
+        self._redact = redact
+        self._events = events
+
+    async def run(
+        self, ctx: CallContext, data: bytes, est: int, n: int, attempt: int, used_immediate: bool
+    ) -> Result | Failure:
+        """Attempt ``attempt`` of a request under the watchdog: the call's deadline while
+        queued for a permit, then the attempt's own timeout if that ends first.
+        ``used_immediate``: the request was already resent at once after a stale connection."""
+        task = asyncio.current_task()
+        assert task is not None
+        alarm = ctx.watchdog.arm(task, ctx.loop_end)
+        state = _AttemptState()
+        try:
+            await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
+        except asyncio.CancelledError:
+            if not alarm.fired or task.uncancel() > alarm.cancelling:
+                if state.t_send is not None:  # sent, or being sent: the server may have it
+                    latency = self._clock() - state.t_send
+                    self._events.cancelled(ctx, n, attempt, state.status, latency)
+                raise  # not ours, or someone else cancelled as well
+            alarm.fired = False  # handled: the cancellation is taken back
+            state.outcome = self._timed_out(state, attempt, ctx.path)
+        finally:
+            ctx.watchdog.disarm(alarm)
+        if alarm.fired:  # it fired, but code below us swallowed the CancelledError
+            task.uncancel()
+        return self._report(ctx, state, n, attempt)
+
+    async def _send_with_permit(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        alarm: Alarm,
+        data: bytes,
+        est: int,
+        attempt: int,
+        used_immediate: bool,
+    ) -> None:
+        """Take a permit, send, classify and settle; the outcome goes into ``state``."""
+        async with self._limiter.permit(est) as permit:
+            state.permit = permit
+            state.t_send = self._clock()
+            attempt_end = ctx.loop.time() + self._timeout
+            if attempt_end < ctx.loop_end:
+                state.by_attempt = True
+                ctx.watchdog.move(alarm, attempt_end)
+            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
+            if isinstance(raw, Failure):
+                # timeouts and transport errors keep the reservation: the server may have
+                # done the work
+                raw.permit = permit
+                state.outcome = raw
+                return
+            outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
+                                     self._redact)  # fmt: skip
+            if isinstance(outcome, Result):
+                used = outcome.usage.total_tokens
+                permit.settle(used or settle_estimate(ctx.est_prompt, outcome.choices))
+            else:
+                permit.settle(0)  # the server answered an error: no tokens were spent
+                outcome.permit = permit
+            state.outcome = outcome
+
+    async def _post(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        alarm: Alarm,
+        data: bytes,
+        attempt: int,
+        used_immediate: bool,
+    ) -> bytes | Failure:
+        """Send the bytes and read the whole response: its body, or the transport failure."""
+        path = ctx.path
+        token = ATTEMPT.set(alarm)
+        try:
+            async with ctx.session.post(ctx.url, data=data) as resp:
+                state.status = resp.status
+                raw = await resp.read()
+                state.headers = resp.headers
+        except aiohttp.ServerDisconnectedError as exc:
+            error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
+                                                  endpoint=path)  # fmt: skip
+            return Failure(error, immediate=alarm.reused and not used_immediate)
+        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
+            error = EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        except (aiohttp.ClientError, OSError) as exc:
+            error = TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
+            error = RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        finally:
+            ATTEMPT.reset(token)
+        return raw
+
+    def _timed_out(self, state: _AttemptState, attempt: int, path: str) -> Result | Failure:
+        """The watchdog cancelled the attempt: its own timeout, or the call's deadline
+        (queued or in flight). An answer already decided stands (the time ran out as the
+        permit was released)."""
+        if isinstance(state.outcome, Result):
+            return state.outcome
+        if state.by_attempt:
+            message = f"no complete response within {self._timeout:g} s"
+            failure = Failure(EndpointTimeout(message, attempt=attempt, endpoint=path))
+            failure.permit = state.permit
+            return failure
+        where = "queued for a permit" if state.t_send is None else "in flight"
+        return Failure(DeadlineExceeded(f"deadline passed while {where}", status=state.status,
+                                        attempt=attempt, endpoint=path))  # fmt: skip
+
+    def _report(
+        self, ctx: CallContext, state: _AttemptState, n: int, attempt: int
+    ) -> Result | Failure:
+        """Tell the limiter how the attempt went; emit the event of a success or a deadline
+        (other failures are recorded by the retry loop)."""
+        outcome = state.outcome
+        assert outcome is not None
+        latency = 0.0 if state.t_send is None else self._clock() - state.t_send
+        if isinstance(outcome, Result):
+            self._limiter.on_success()
+            self._events.success(ctx, outcome, state.status or 200, latency, attempt, n)
+            return outcome
+        outcome.latency = latency
+        err = outcome.error
+        if isinstance(err, EndpointTimeout) and err.status is None:
+            self._limiter.on_timeout(permit=outcome.permit)
+        elif isinstance(err, DeadlineExceeded):
+            self._events.failure(ctx, outcome, n, attempt, None)
+        return outcome

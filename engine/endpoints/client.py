@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-import aiohttp
 import structlog
 from yarl import URL
 
@@ -69,21 +68,18 @@ from ..errors import (
     ConfigError,
     DeadlineExceeded,
     EndpointError,
-    EndpointTimeout,
-    RequestRejected,
-    TransportError,
 )
 from ..telemetry.events import EventLog, get_logger
-from .attempts import AttemptEvents, CallContext
+from .attempts import AttemptEvents, AttemptRunner, CallContext
 from .fanout import ChoiceCaps, chunks, merge
-from .limits import Limiter, LimiterProtocol, LimiterStatistics, PermitProtocol
+from .limits import Limiter, LimiterProtocol, LimiterStatistics
 from .parsing import Choice as Choice  # relayout: re-export
 from .parsing import Completion, Failure, Result, parse_response
-from .payload import Prompt, build_body, encode, estimate_tokens, prompt_chars, settle_estimate
+from .payload import Prompt, build_body, encode, estimate_tokens, prompt_chars
 from .providers import ResolvedEndpoint, resolve_endpoint
 from .redaction import Redactor, strip_url
 from .retry import backoff_delay, server_wait
-from .transport import ATTEMPT, Alarm, Transport
+from .transport import Transport
 
 __all__ = ("Client", "ClientStatistics")
 
@@ -118,22 +114,6 @@ class ClientStatistics:
     fanned_out: int
     ignores_n: Mapping[str, int]
     limiter: LimiterStatistics | None = None
-
-
-class _AttemptState:
-    """What one attempt has got to: its permit, when it was sent, the response status and
-    headers, and the outcome once decided. ``by_attempt``: the watchdog was moved from the
-    call's deadline to the attempt's own timeout."""
-
-    __slots__ = ("by_attempt", "headers", "outcome", "permit", "status", "t_send")
-
-    def __init__(self) -> None:
-        self.permit: PermitProtocol | None = None
-        self.t_send: float | None = None
-        self.by_attempt = False
-        self.status: int | None = None
-        self.headers: Mapping[str, str] = {}
-        self.outcome: Result | Failure | None = None
 
 
 class Client:
@@ -184,6 +164,9 @@ class Client:
         self._limiter, self._owned_limiter, self._pool_size = _limiter_for(limits, self._retry)
         self._events = AttemptEvents(events, self._ep.model, self._redact)
         self._clock = clock or time.monotonic
+        self._runner = AttemptRunner(
+            self._limiter, endpoint.timeout, self._clock, self._redact, self._events
+        )
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self._headers = _headers(self._ep, key)
@@ -278,14 +261,13 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         deadline: float | None = None,
     ) -> Completion:
-        """Sample ``n`` completions of ``prompt``.
+        """Sample ``n`` completions of ``prompt``: a :class:`Completion` of exactly ``n`` choices.
 
         Args:
             prompt: a string, or chat messages (chat mode only).
             n: completions wanted; asked natively, fanned out when the endpoint ignores it.
-            kind: ``generation`` or ``judge``, recorded in events.
-            group_id, sample_index, policy_version: identity recorded in events; the group
-                bound in structlog's context variables when ``group_id`` is None.
+            kind, group_id, sample_index, policy_version: identity recorded in events (kind
+                ``generation`` or ``judge``; None takes the group bound in structlog's context).
             mode: ``chat`` or ``completions``; None uses the endpoint config.
             max_tokens, temperature, logprobs, stop: None uses the endpoint config.
             seed: sampling seed; fanned-out requests get ``seed + i``.
@@ -293,9 +275,6 @@ class Client:
             extra_body: merged into the request body last (e.g. vLLM's ``return_token_ids``).
             deadline: seconds for the whole call, queueing and retries included; None uses
                 ``EndpointConfig.deadline``.
-
-        Returns:
-            A :class:`Completion` with exactly ``n`` choices.
 
         Raises:
             EndpointError: a subclass saying why, with status, attempt and endpoint.
@@ -306,8 +285,6 @@ class Client:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         await transport.pacer.turn()
-        if group_id is None:
-            group_id = structlog.contextvars.get_contextvars().get("group_id")
         mode = mode or self._endpoint.mode
         t0 = self._clock()
         max_tokens = self._endpoint.max_tokens if max_tokens is None else max_tokens
@@ -340,6 +317,8 @@ class Client:
         policy_version: int | None,
     ) -> CallContext:
         """What the call's requests share, the deadline on both clocks among it."""
+        if group_id is None:  # the rollout stage binds the group it works for
+            group_id = structlog.contextvars.get_contextvars().get("group_id")
         budget = self._endpoint.deadline if deadline is None else deadline
         loop = asyncio.get_running_loop()
         url, path = self._urls[mode]
@@ -478,11 +457,11 @@ class Client:
         while True:
             attempt += 1
             self._attempts += 1
-            outcome = await self._attempt(ctx, data, est, n, attempt, used_immediate)
+            outcome = await self._runner.run(ctx, data, est, n, attempt, used_immediate)
             if isinstance(outcome, Result):
                 return outcome
             if isinstance(outcome.error, DeadlineExceeded):
-                raise outcome.error  # its event was emitted by _attempt
+                raise outcome.error  # its event was emitted with the attempt
             used_immediate = used_immediate or outcome.immediate
             wait, hint, reason = self._retry_wait(outcome, attempt)
             if outcome.rate_limited:
@@ -508,6 +487,18 @@ class Client:
         retry = self._retry
         wait = backoff_delay(attempt, retry.backoff_base, retry.backoff_cap, self._rng)
         return wait, None, outcome.error.error_class
+
+    def _parse(
+        self,
+        raw: bytes,
+        status: int,
+        headers: Mapping[str, str],
+        n: int,
+        attempt: int,
+        path: str,
+    ) -> Result | Failure:
+        """Classify one HTTP response with this client's redactor (``n`` is not used)."""
+        return parse_response(raw, status, headers, attempt, path, self._redact)
 
     def _raise_if_final(
         self, ctx: CallContext, outcome: Failure, n: int, attempt: int, wait: float
@@ -537,148 +528,6 @@ class Client:
         self._retries[reason] += 1
         _log.debug("endpoint.retry", endpoint=ctx.path, attempt=attempt, status=err.status,
                    error_class=err.error_class, retry_in=wait, error=str(err))  # fmt: skip
-
-    # ------------------------------------------------------------------ one attempt
-
-    async def _attempt(
-        self, ctx: CallContext, data: bytes, est: int, n: int, attempt: int, used_immediate: bool
-    ) -> Result | Failure:
-        """One HTTP attempt under the watchdog: the call's deadline while queued for a permit,
-        then the attempt's own timeout if that ends first."""
-        task = asyncio.current_task()
-        assert task is not None
-        alarm = ctx.watchdog.arm(task, ctx.loop_end)
-        state = _AttemptState()
-        try:
-            await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
-        except asyncio.CancelledError:
-            if not alarm.fired or task.uncancel() > alarm.cancelling:
-                if state.t_send is not None:  # sent, or being sent: the server may have it
-                    latency = self._clock() - state.t_send
-                    self._events.cancelled(ctx, n, attempt, state.status, latency)
-                raise  # not ours, or someone else cancelled as well
-            alarm.fired = False  # handled: the cancellation is taken back
-            state.outcome = self._timed_out(state, attempt, ctx.path)
-        finally:
-            ctx.watchdog.disarm(alarm)
-        if alarm.fired:  # it fired, but code below us swallowed the CancelledError
-            task.uncancel()
-        return self._report(ctx, state, n, attempt)
-
-    async def _send_with_permit(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        data: bytes,
-        est: int,
-        attempt: int,
-        used_immediate: bool,
-    ) -> None:
-        """Take a permit, send, classify and settle; the outcome goes into ``state``."""
-        async with self._limiter.permit(est) as permit:
-            state.permit = permit
-            state.t_send = self._clock()
-            attempt_end = ctx.loop.time() + self._endpoint.timeout
-            if attempt_end < ctx.loop_end:
-                state.by_attempt = True
-                ctx.watchdog.move(alarm, attempt_end)
-            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
-            if isinstance(raw, Failure):
-                # timeouts and transport errors keep the reservation: the server may have
-                # done the work
-                raw.permit = permit
-                state.outcome = raw
-                return
-            outcome = self._parse(raw, state.status or 0, state.headers, 1, attempt, ctx.path)
-            if isinstance(outcome, Result):
-                used = outcome.usage.total_tokens
-                permit.settle(used or settle_estimate(ctx.est_prompt, outcome.choices))
-            else:
-                permit.settle(0)  # the server answered an error: no tokens were spent
-                outcome.permit = permit
-            state.outcome = outcome
-
-    async def _post(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        data: bytes,
-        attempt: int,
-        used_immediate: bool,
-    ) -> bytes | Failure:
-        """Send the bytes and read the whole response: its body, or the transport failure."""
-        path = ctx.path
-        token = ATTEMPT.set(alarm)
-        try:
-            async with ctx.session.post(ctx.url, data=data) as resp:
-                state.status = resp.status
-                raw = await resp.read()
-                state.headers = resp.headers
-        except aiohttp.ServerDisconnectedError as exc:
-            error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
-                                                  endpoint=path)  # fmt: skip
-            return Failure(error, immediate=alarm.reused and not used_immediate)
-        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
-            error = EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except (aiohttp.ClientError, OSError) as exc:
-            error = TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
-            error = RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        finally:
-            ATTEMPT.reset(token)
-        return raw
-
-    def _parse(
-        self,
-        raw: bytes,
-        status: int,
-        headers: Mapping[str, str],
-        n: int,
-        attempt: int,
-        path: str,
-    ) -> Result | Failure:
-        """Classify one HTTP response with this client's redactor (``n`` is not used)."""
-        return parse_response(raw, status, headers, attempt, path, self._redact)
-
-    def _timed_out(self, state: _AttemptState, attempt: int, path: str) -> Result | Failure:
-        """The watchdog cancelled the attempt: its own timeout, or the call's deadline
-        (queued or in flight). An answer already decided stands (the time ran out as the
-        permit was released)."""
-        if isinstance(state.outcome, Result):
-            return state.outcome
-        if state.by_attempt:
-            message = f"no complete response within {self._endpoint.timeout:g} s"
-            failure = Failure(EndpointTimeout(message, attempt=attempt, endpoint=path))
-            failure.permit = state.permit
-            return failure
-        where = "queued for a permit" if state.t_send is None else "in flight"
-        return Failure(DeadlineExceeded(f"deadline passed while {where}", status=state.status,
-                                        attempt=attempt, endpoint=path))  # fmt: skip
-
-    def _report(
-        self, ctx: CallContext, state: _AttemptState, n: int, attempt: int
-    ) -> Result | Failure:
-        """Tell the limiter how the attempt went; emit the event of a success or a deadline
-        (other failures are recorded by the retry loop)."""
-        outcome = state.outcome
-        assert outcome is not None
-        latency = 0.0 if state.t_send is None else self._clock() - state.t_send
-        if isinstance(outcome, Result):
-            self._limiter.on_success()
-            self._events.success(ctx, outcome, state.status or 200, latency, attempt, n)
-            return outcome
-        outcome.latency = latency
-        err = outcome.error
-        if isinstance(err, EndpointTimeout) and err.status is None:
-            self._limiter.on_timeout(permit=outcome.permit)
-        elif isinstance(err, DeadlineExceeded):
-            self._events.failure(ctx, outcome, n, attempt, None)
-        return outcome
 
 
 def _api_key(ep: ResolvedEndpoint, api_key: str | None, env: Mapping[str, str]) -> str | None:
