@@ -33,6 +33,10 @@ class TokenBudget:
     whole capacity is admitted once the bucket is full and drives the level negative (debt),
     which the requests behind it wait out; it never fails. Unlike :class:`aiolimiter.AsyncLimiter`
     tokens can be given back, and no request is too large.
+
+    Attributes:
+        capacity: bucket size in tokens (``burst_seconds`` of the rate).
+        rate: refill rate in tokens per second.
     """
 
     __slots__ = (
@@ -47,8 +51,8 @@ class TokenBudget:
         "rate",
     )
 
-    capacity: float  #: Bucket size in tokens (``burst_seconds`` of the rate).
-    rate: float  #: Refill rate in tokens per second.
+    capacity: float
+    rate: float
 
     def __init__(
         self, tokens_per_minute: float, *, burst_seconds: float = 60.0, clock: Clock | None = None

@@ -114,13 +114,18 @@ class Permit:
     with the real token usage once it is known. Its admission number tells the limiter
     whether a report about it belongs to a congestion event already answered; it is active
     while its ``async with`` block runs.
+
+    Attributes:
+        reserved: tokens reserved from the TPM budget (the estimate).
+        requests: request units taken from the RPM limiter.
+        waited: clock seconds spent acquiring (gate, slot, rate and tokens).
     """
 
     __slots__ = ("_active", "_limiter", "_seq", "_settled", "requests", "reserved", "waited")
 
-    reserved: int  #: Tokens reserved from the TPM budget (the estimate).
-    requests: int  #: Request units taken from the RPM limiter.
-    waited: float  #: Clock seconds spent acquiring (gate, slot, rate and tokens).
+    reserved: int
+    requests: int
+    waited: float
 
     def __init__(
         self, limiter: Limiter, reserved: int, requests: int, waited: float, seq: int
@@ -216,9 +221,12 @@ class Limiter:
     about; without it, a report is ignored while any request admitted before the last
     decrease is still open, so report inside the ``async with`` block.
 
-    The limiter is itself an async context manager; closing it fails every waiter with
-    :class:`ClientClosedError`, and ``permit()`` raises it afterwards. Open permits stay
-    valid until their blocks exit.
+    The limiter is itself an async context manager; closing it (:meth:`aclose`) fails every
+    waiter with :class:`ClientClosedError`, and ``permit()`` raises it afterwards. Open permits
+    stay valid until their blocks exit.
+
+    Attributes:
+        adaptive: whether the concurrency limit follows AIMD.
     """
 
     __slots__ = (
@@ -251,7 +259,7 @@ class Limiter:
         "adaptive",
     )
 
-    adaptive: bool  #: Whether the concurrency limit follows AIMD.
+    adaptive: bool
 
     def __init__(
         self,
