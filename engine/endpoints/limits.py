@@ -2,9 +2,9 @@
 
 Every request the client sends passes through one :class:`Limiter`, in this order:
 
-1. the **429 gate**: one shared deadline; after a 429 every sender pauses until it passes
-   (it can be extended while closed, and it is checked once more just before a permit is
-   granted, so requests already queued behind a slot or budget pause too);
+1. the **429 gate** (:class:`~engine.endpoints.gate.RateLimitGate`): one shared deadline;
+   after a 429 every sender pauses until it passes (it is checked once more just before a
+   permit is granted, so requests already queued behind a slot or budget pause too);
 2. a **concurrency slot**: at most ``max_concurrency`` permits at once, or the adaptive
    (AIMD) limit; waiters are served first come, first served;
 3. the **request rate**: an :class:`aiolimiter.AsyncLimiter` of ``rpm`` per minute;
@@ -40,12 +40,10 @@ from aiolimiter import AsyncLimiter
 from ..config.schema import LimitsConfig
 from ..errors import ClientClosedError
 from .budget import TokenBudget
+from .gate import RateLimitGate
 from .timing import Clock, Timing, discard, granted
 
 __all__ = ("Limiter", "LimiterProtocol", "LimiterStatistics", "Permit", "PermitProtocol")
-
-_GATE_SLACK = 1e-6
-"""Seconds by which a gate timer may fire early (float rounding) and still open the gate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,16 +228,11 @@ class Limiter:
     """
 
     __slots__ = (
-        "_backoff_base",
-        "_backoff_cap",
         "_budget",
         "_close_fut",
         "_closed",
         "_decrease_seq",
-        "_gate_deadline",
-        "_gate_handle",
-        "_gate_strikes",
-        "_gate_waiters",
+        "_gate",
         "_gate_waits",
         "_in_flight",
         "_limit",
@@ -289,15 +282,7 @@ class Limiter:
             TokenBudget(limits.tpm, burst_seconds=burst, clock=clock) if limits.tpm else None
         )
         self._refund = limits.tpm_refund
-        # The 429 gate: the clock time it opens (None while open), the senders paused on it
-        # in order, the one timer that opens it, and the 429 episodes since the last success
-        # that grow the default pause from `_backoff_base` up to `_backoff_cap` seconds.
-        self._gate_deadline: float | None = None
-        self._gate_waiters: deque[asyncio.Future[None]] = deque()
-        self._gate_handle: asyncio.TimerHandle | None = None
-        self._gate_strikes = 0
-        self._backoff_base = gate_backoff
-        self._backoff_cap = gate_backoff_cap
+        self._gate = RateLimitGate(self._timing, gate_backoff, gate_backoff_cap)
         # AIMD: permits are numbered in admission order; those numbered below
         # `_decrease_seq` were admitted before the last decrease (`_old_open` of them are
         # still open), so their reports belong to the congestion event already answered.
@@ -349,14 +334,11 @@ class Limiter:
         if self._closed:
             return
         self._closed = True
-        for queue in (self._slot_waiters, self._gate_waiters):
-            while queue:
-                fut = queue.popleft()
-                if not fut.done():
-                    fut.set_exception(ClientClosedError("limiter is closed"))
-        if self._gate_handle is not None:
-            self._gate_handle.cancel()
-            self._gate_handle = None
+        while self._slot_waiters:
+            fut = self._slot_waiters.popleft()
+            if not fut.done():
+                fut.set_exception(ClientClosedError("limiter is closed"))
+        self._gate.shut()
         if self._close_fut is not None and not self._close_fut.done():
             self._close_fut.set_result(None)
         if self._budget is not None:
@@ -393,7 +375,7 @@ class Limiter:
         self._waiting += 1
         have_slot = have_tokens = False
         try:
-            gate_waited = await self._wait_gate()
+            gate_waited = await self._gate.wait()
             await self._acquire_slot()
             have_slot = True
             if self._rpm is not None:
@@ -402,7 +384,7 @@ class Limiter:
                 await self._budget.reserve(est_tokens)
                 have_tokens = True
             # a 429 may have closed the gate while we queued: pause with the slot in hand
-            gate_waited = await self._wait_gate() or gate_waited
+            gate_waited = await self._gate.wait() or gate_waited
             self._check_open()
         except BaseException:
             if have_tokens and self._budget is not None:
@@ -420,23 +402,6 @@ class Limiter:
         self._seq += 1
         self._open_permits += 1
         return permit
-
-    async def _wait_gate(self) -> bool:
-        """Sleep until the shared 429 deadline passes, re-checking it; True if we waited."""
-        waited = False
-        while True:
-            self._check_open()
-            deadline = self._gate_deadline
-            if deadline is None or self._timing.now() >= deadline:
-                return waited
-            waited = True
-            fut = self._timing.loop().create_future()
-            self._gate_waiters.append(fut)
-            try:
-                await fut
-            except BaseException:
-                discard(self._gate_waiters, fut)
-                raise
 
     async def _acquire_slot(self) -> None:
         self._check_open()
@@ -526,16 +491,8 @@ class Limiter:
         doubling per 429 episode until a success. A later deadline extends the gate; an
         earlier one never shortens it. Adaptive concurrency halves (once per congestion event).
         """
-        now = self._timing.now()
         self._rate_limited += 1
-        if self._gate_deadline is None or now >= self._gate_deadline:
-            self._gate_strikes += 1  # a new episode: the gate was open when this 429 arrived
-        if retry_after is None or not math.isfinite(retry_after):
-            exponent = min(self._gate_strikes - 1, 32)
-            delay = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
-        else:
-            delay = max(0.0, retry_after)
-        self._extend_gate(now + delay)
+        self._gate.close_for(retry_after)
         self._decrease(permit)
 
     def on_timeout(self, *, permit: PermitProtocol | None = None) -> None:
@@ -544,7 +501,7 @@ class Limiter:
 
     def on_success(self) -> None:
         """A request succeeded: resets the default 429 backoff; adaptive concurrency grows."""
-        self._gate_strikes = 0
+        self._gate.reset_backoff()
         if not self.adaptive or self._limit >= self._max:
             return
         self._successes += 1
@@ -571,40 +528,12 @@ class Limiter:
         self._decrease_seq = self._seq
         self._old_open = self._open_permits
 
-    def _extend_gate(self, deadline: float) -> None:
-        current = self._gate_deadline
-        if current is not None and current >= deadline:
-            return
-        self._gate_deadline = deadline
-        if self._closed:
-            return
-        if self._gate_handle is not None:
-            self._gate_handle.cancel()
-        self._gate_handle = self._timing.call_at(deadline, self._gate_tick)
-
-    def _gate_tick(self) -> None:
-        """The gate timer fired: open the gate and wake every paused sender."""
-        self._gate_handle = None
-        deadline = self._gate_deadline
-        if deadline is None:
-            return
-        now = self._timing.now()
-        if now + _GATE_SLACK < deadline:  # an injected clock ran slower than the loop's
-            self._gate_handle = self._timing.call_at(deadline, self._gate_tick)
-            return
-        self._gate_deadline = None
-        waiters, self._gate_waiters = self._gate_waiters, deque()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
     # ------------------------------------------------------------------ statistics
 
     def statistics(self) -> LimiterStatistics:
         """A frozen snapshot of the limiter's state."""
         now = self._timing.now_or_none()
-        gate = self._gate_deadline
-        gate_open_at = gate if gate is not None and now is not None and now < gate else None
+        gate_open_at = self._gate.open_at(now)
         if self._budget is None:
             available, debt = math.inf, 0.0
         else:
