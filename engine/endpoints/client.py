@@ -157,21 +157,21 @@ class Client:
     ) -> None:
         env = os.environ if env is None else env
         self._endpoint = endpoint
-        self._ep = resolve_endpoint(endpoint, env)
-        key = _api_key(self._ep, api_key, env)
+        self._resolved = resolve_endpoint(endpoint, env)
+        key = _api_key(self._resolved, api_key, env)
         self._redact = Redactor(key)
         self._retry = retry or RetryConfig()
         self._limiter, self._owned_limiter, self._pool_size = _limiter_for(limits, self._retry)
-        self._events = AttemptEvents(events, self._ep.model, self._redact)
+        self._events = AttemptEvents(events, self._resolved.model, self._redact)
         self._clock = clock or time.monotonic
         self._runner = AttemptRunner(
             self._limiter, endpoint.timeout, self._clock, self._redact, self._events
         )
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
-        self._headers = _headers(self._ep, key)
+        self._headers = _headers(self._resolved, key)
         self._urls = {
-            mode: _url(self._ep.base_url, suffix)
+            mode: _url(self._resolved.base_url, suffix)
             for mode, suffix in (("chat", "chat/completions"), ("completions", "completions"))
         }
         # Made on first use, inside the running loop.
@@ -186,15 +186,16 @@ class Client:
         self._retries: Counter[str] = Counter()
 
     def __repr__(self) -> str:
+        ep = self._resolved
         return (
-            f"Client(provider={self._ep.provider!r}, base_url={strip_url(self._ep.base_url)!r}, "
-            f"model={self._ep.model!r}, closed={self._closed})"
+            f"Client(provider={ep.provider!r}, base_url={strip_url(ep.base_url)!r}, "
+            f"model={ep.model!r}, closed={self._closed})"
         )
 
     @property
     def endpoint(self) -> ResolvedEndpoint:
         """The resolved endpoint (no key)."""
-        return self._ep
+        return self._resolved
 
     @property
     def limiter(self) -> LimiterProtocol:
@@ -288,7 +289,7 @@ class Client:
         mode = mode or self._endpoint.mode
         t0 = self._clock()
         max_tokens = self._endpoint.max_tokens if max_tokens is None else max_tokens
-        body = build_body(self._endpoint, self._ep.model, prompt, mode, max_tokens=max_tokens,
+        body = build_body(self._endpoint, self._resolved.model, prompt, mode, max_tokens=max_tokens,
                           temperature=temperature, logprobs=logprobs, stop=stop,
                           response_format=response_format, extra_body=extra_body)  # fmt: skip
         ctx = self._call_context(transport, prompt, mode, max_tokens, t0, deadline, kind=kind,
@@ -326,7 +327,7 @@ class Client:
             session=transport.session,
             url=url,
             path=path,
-            key=(self._ep.base_url, mode, self._ep.model),
+            key=(self._resolved.base_url, mode, self._resolved.model),
             kind=kind,
             group_id=group_id,
             sample_index=sample_index,
@@ -382,12 +383,12 @@ class Client:
         got = len(first.choices)
         if got < n:
             if self._caps.answered_short(ctx.key, got):
-                _log.info("endpoint.ignores_n", endpoint=ctx.path, model=self._ep.model,
+                _log.info("endpoint.ignores_n", endpoint=ctx.path, model=self._resolved.model,
                           asked=n, got=got)  # fmt: skip
             return [first, *await self._fan_out(ctx, body, chunks(n - got, got), seed, 1)]
         if capped:
             self._caps.answered_whole(ctx.key)
-            _log.info("endpoint.honours_n", endpoint=ctx.path, model=self._ep.model, n=n)
+            _log.info("endpoint.honours_n", endpoint=ctx.path, model=self._resolved.model, n=n)
         return [first]
 
     async def _top_up(

@@ -24,6 +24,10 @@ from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
+from aiohttp import ClientRequest, ClientTimeout
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 __all__ = (
     "ATTEMPT",
@@ -218,14 +222,24 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._served: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
         self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
 
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 - aiohttp API
+    async def _create_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> ResponseHandler:
         async with self._handshakes:
             return await super()._create_connection(req, traces, timeout)
 
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 - aiohttp API
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
         """A connection, marking the current attempt's alarm when it was served before."""
         conn = await super().connect(req, traces, timeout)
         state = ATTEMPT.get()
