@@ -8,10 +8,10 @@ One :class:`Client` owns one aiohttp session and talks to ``/v1/chat/completions
         out = await client.complete("2+2=", n=8, group_id="g0", policy_version=3)
         texts = [c.text for c in out.choices]
 
-A call is layered like httpx's send: :meth:`Client.complete` builds the body once and
-gathers ``n`` choices (:mod:`~engine.endpoints.fanout`), ``_request`` retries one request,
-``_attempt`` runs one attempt under the watchdog, ``_send_with_permit`` holds a limiter
-permit around ``_post``, which sends the bytes. For every call, in order:
+A call is layered like httpx's send: :meth:`Client.complete` builds the body once,
+``_gather`` collects ``n`` choices (:mod:`~engine.endpoints.fanout`), ``_request`` retries one
+request, and :class:`~engine.endpoints.attempts.AttemptRunner` runs one attempt under the
+watchdog, holding a limiter permit around the send. For every call, in order:
 
 1. Renders the request body once (:mod:`~engine.endpoints.payload`) and reuses the same
    bytes on every retry.
