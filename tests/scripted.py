@@ -22,13 +22,21 @@ COMPLETIONS = "/v1/completions"
 
 @dataclass
 class Step:
-    """One scripted answer: a JSON body, bytes, a function of the request, or None (default)."""
+    """One scripted answer.
+
+    Attributes:
+        status: the HTTP status.
+        body: a JSON body, bytes, a function of the request, or None for the default answer.
+        headers: extra response headers.
+        reset: close the connection without answering.
+        delay: seconds before answering.
+    """
 
     status: int = 200
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    reset: bool = False  # close the connection without answering
-    delay: float = 0.0  # seconds before answering
+    reset: bool = False
+    delay: float = 0.0
 
 
 def chat_body(n: int = 1, text: str | None = "ok", **extra: Any) -> dict[str, Any]:
@@ -47,13 +55,19 @@ def chat_body(n: int = 1, text: str | None = "ok", **extra: Any) -> dict[str, An
 
 
 class Scripted:
-    """An aiohttp server on loopback answering from a script, then with a default answer."""
+    """An aiohttp server on loopback answering from a script, then with a default answer.
+
+    Attributes:
+        requests: ``(path, headers, body)`` of each request, in arrival order.
+        arrivals: ``time.monotonic()`` of each arrival.
+        answered: ``time.monotonic()`` when each answer was made.
+    """
 
     def __init__(self, default: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.script: deque[Step] = deque()
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []  # (path, headers, body)
-        self.arrivals: list[float] = []  # time.monotonic() of each arrival
-        self.answered: list[float] = []  # time.monotonic() when each answer was made
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.arrivals: list[float] = []
+        self.answered: list[float] = []
         self.default = default or (lambda req: chat_body(int(req.get("n", 1))))
         self.base_url = ""
         self._runner: web.AppRunner | None = None
