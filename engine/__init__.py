@@ -61,7 +61,7 @@ _LAZY: dict[str, str] = {
     "Advantages": "learning.advantages",
     "BatchMetrics": "training.trainer",
     "Client": "endpoints.client",
-    "Completion": "endpoints.client",
+    "Completion": "endpoints.parsing",
     "ComparisonResult": "evaluation.compare",
     "Example": "types",
     "FineTunedModel": "training.finetune",
@@ -77,7 +77,7 @@ _LAZY: dict[str, str] = {
     "RewardSpec": "rewards.rewarder",
     "Rewarder": "rewards.rewarder",
     "RunSummary": "training.trainer",
-    "Signature": "endpoints.modules",
+    "Signature": "endpoints.signatures",
     "TinyLM": "policies.tinylm",
     "TrainingManager": "training.trainer",
     "finetune": "training.finetune",
@@ -165,9 +165,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from .data.jsonl import read_jsonl
-    from .endpoints.client import Client, Completion
+    from .endpoints.client import Client
     from .endpoints.limits import Limiter
-    from .endpoints.modules import PredictModule, Signature
+    from .endpoints.modules import PredictModule
+    from .endpoints.parsing import Completion
+    from .endpoints.signatures import Signature
     from .evaluation.compare import ComparisonResult, ModelComparator
     from .learning.advantages import Advantages, group_advantages
     from .learning.checkpoint import load_checkpoint, save_checkpoint

@@ -1,9 +1,10 @@
-"""Test helpers for the client tests: a scripted aiohttp server on loopback, injected time, and
-a limiter that records what the client tells it."""
+"""Test helpers for the client tests: a scripted aiohttp server on loopback, injected time, a
+limiter that records what the client tells it, and a counter of event-loop iterations."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -13,19 +14,29 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from engine.endpoints.limits import LimiterStatistics
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
 
 @dataclass
 class Step:
-    """One scripted answer: a JSON body, bytes, a function of the request, or None (default)."""
+    """One scripted answer.
+
+    Attributes:
+        status: the HTTP status.
+        body: a JSON body, bytes, a function of the request, or None for the default answer.
+        headers: extra response headers.
+        reset: close the connection without answering.
+        delay: seconds before answering.
+    """
 
     status: int = 200
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    reset: bool = False  # close the connection without answering
-    delay: float = 0.0  # seconds before answering
+    reset: bool = False
+    delay: float = 0.0
 
 
 def chat_body(n: int = 1, text: str | None = "ok", **extra: Any) -> dict[str, Any]:
@@ -44,13 +55,19 @@ def chat_body(n: int = 1, text: str | None = "ok", **extra: Any) -> dict[str, An
 
 
 class Scripted:
-    """An aiohttp server on loopback answering from a script, then with a default answer."""
+    """An aiohttp server on loopback answering from a script, then with a default answer.
+
+    Attributes:
+        requests: ``(path, headers, body)`` of each request, in arrival order.
+        arrivals: ``time.monotonic()`` of each arrival.
+        answered: ``time.monotonic()`` when each answer was made.
+    """
 
     def __init__(self, default: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.script: deque[Step] = deque()
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []  # (path, headers, body)
-        self.arrivals: list[float] = []  # time.monotonic() of each arrival
-        self.answered: list[float] = []  # time.monotonic() when each answer was made
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.arrivals: list[float] = []
+        self.answered: list[float] = []
         self.default = default or (lambda req: chat_body(int(req.get("n", 1))))
         self.base_url = ""
         self._runner: web.AppRunner | None = None
@@ -157,14 +174,44 @@ class RecordingLimiter:
         self.estimates.append(est_tokens)
         return _PermitCtx(self, est_tokens)
 
-    def on_rate_limited(self, retry_after: float | None = None, *, permit: Any = None) -> None:
+    def on_rate_limited(
+        self, retry_after: float | None = None, *, permit: object | None = None
+    ) -> None:
         self.rate_limited.append(retry_after)
 
-    def on_timeout(self, *, permit: Any = None) -> None:
+    def on_timeout(self, *, permit: object | None = None) -> None:
         self.timeouts += 1
 
     def on_success(self) -> None:
         self.successes += 1
 
-    def statistics(self) -> dict[str, int]:
-        return {"successes": self.successes}
+    def statistics(self) -> LimiterStatistics:
+        """What it recorded, as a real limiter's snapshot (no limits: 64 slots, no budget)."""
+        return LimiterStatistics(
+            in_flight=0,
+            concurrency_limit=64,
+            waiting=0,
+            tokens_reserved=0.0,
+            tokens_available=math.inf,
+            token_debt=0.0,
+            gate_open_at=None,
+            rate_limited=len(self.rate_limited),
+            gate_waits=0,
+            requests_admitted=len(self.estimates),
+        )
+
+
+class Iterations:
+    """Counts event-loop iterations (a call_soon chain: one step per iteration)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self.n += 1
+        self._handle = self._loop.call_soon(self._step)
+
+    def stop(self) -> None:
+        self._handle.cancel()

@@ -34,12 +34,17 @@ class VirtualTimeDeadlock(RuntimeError):
 
 
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
-    """Polls without blocking; instead of waiting for a timer it advances the virtual clock."""
+    """Polls without blocking; instead of waiting for a timer it advances the virtual clock.
+
+    Attributes:
+        loop: the loop whose clock it advances (set once the loop exists).
+    """
 
     def __init__(self, idle_timeout: float) -> None:
         super().__init__()
-        self.loop: VirtualTimeLoop | None = None  # the loop whose clock we advance
-        self._idle_timeout = idle_timeout  # real seconds to wait for I/O when nothing is timed
+        self.loop: VirtualTimeLoop | None = None
+        # real seconds to wait for I/O when nothing is timed
+        self._idle_timeout = idle_timeout
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         events = super().select(0)
@@ -56,11 +61,14 @@ class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """A selector event loop whose ``time()`` is virtual and jumps to the next timer."""
+    """A selector event loop whose ``time()`` is virtual and jumps to the next timer.
+
+    The clock starts away from 0 (``start`` seconds) so code that treats 0.0 as "never" is
+    caught.
+    """
 
     def __init__(self, start: float = 1000.0, idle_timeout: float = 5.0) -> None:
-        # start away from 0 so code that treats 0.0 as "never" is caught
-        self._virtual_now = start  # the virtual clock, seconds
+        self._virtual_now = start
         selector = _VirtualSelector(idle_timeout)
         super().__init__(selector)
         selector.loop = self

@@ -1,17 +1,9 @@
-"""Stage: generation modules. Typed signatures, prompt templates, output parsing and validation.
+"""Endpoint stage: generation modules: a prompt template and a signature over one client.
 
-A :class:`Signature` names a module's typed input and output fields; a :class:`PredictModule`
-renders a prompt from the inputs, calls the endpoint through a :class:`~engine.endpoints.client.Client`,
-and parses each completion into the output fields. This is the spec's ``PredictModule``::
+A :class:`PredictModule` renders a prompt from a :class:`~engine.endpoints.signatures.Signature`'s
+inputs, calls the endpoint through a :class:`~engine.endpoints.client.Client`, and parses each
+completion into the output fields::
 
-    // TypeScript (the spec)
-    const baseModule = new PredictModule<TextInput, TextOutput>({
-      name: 'TextGenerator',
-      signature: { input: { text: 'string' }, output: { generated: 'string', quality: 'number' } },
-      promptTemplate: input => `Generate high-quality text based on: ${input.text}`
-    });
-
-    # Python (this module)
     base = PredictModule(
         "TextGenerator",
         {"input": {"text": "string"}, "output": {"generated": "string", "quality": "number"}},
@@ -21,434 +13,42 @@ and parses each completion into the output fields. This is the spec's ``PredictM
     predictions = await base.predict({"text": "Explain quantum computing"}, n=4)
     good = [p.outputs["generated"] for p in predictions if p.ok]
 
-Parsing, in order (:meth:`Signature.parse`):
-
-1. a JSON object anywhere in the text (the first one that names an output field), e.g. inside
-   a code fence or after a preamble;
-2. ``field: value`` lines (``Quality: 0.8``), a string field running on until the next field;
-3. a signature with a single string output field takes the whole text.
-
-Values are then validated against the field types (``"0.8"`` is accepted for a number,
-``"80%"`` and ``"4/5"`` too; a float where an integer is wanted must be whole) and ranges.
 In chat mode the request can also carry a ``json_schema`` ``response_format`` built from the
 signature (:attr:`PredictModule.json_mode`; on by default for hosted providers, off for
 ``local`` ones, and turned off for the rest of the module's life if the endpoint rejects it).
 
 A completion that does not parse is **not** an exception: its :class:`Prediction` has
-``ok=False``, the ``error`` and the ``raw`` text, and it is counted in :meth:`PredictModule.stats`.
-When such a prediction is scored, :class:`~engine.rewards.rewarder.Rewarder` gives it
-``RewardConfig.format_failure_reward``. Endpoint errors (after the client's retries) do raise:
-they are :class:`~engine.errors.EndpointError` and counted as ``endpoint_errors``.
+``ok=False``, the ``error`` and the ``raw`` text, and it is counted in
+:meth:`PredictModule.statistics`. When such a prediction is scored,
+:class:`~engine.rewards.rewarder.Rewarder` gives it ``RewardConfig.format_failure_reward``.
+Endpoint errors (after the client's retries) do raise: they are
+:class:`~engine.errors.EndpointError` and counted as ``endpoint_errors``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import string
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import EndpointError, OutputParseError, RequestRejected
 from ..types import Example
+from .client import Client
+from .parsing import Completion
+from .payload import Prompt
+from .signatures import Signature, json_response_format
+from .signatures import find_json_object as find_json_object  # relayout: re-export
 
-if TYPE_CHECKING:
-    from .client import Client, Completion
+__all__ = ("ModuleStatistics", "PredictModule", "Prediction", "Template")
 
-__all__ = (
-    "Field",
-    "ModuleStats",
-    "PredictModule",
-    "Prediction",
-    "Signature",
-    "find_json_object",
-    "json_response_format",
-)
-
-FieldType = type[str] | type[float] | type[int] | type[bool]
-
-_SHORTHAND: dict[str, FieldType] = {
-    "string": str,
-    "str": str,
-    "text": str,
-    "number": float,
-    "float": float,
-    "integer": int,
-    "int": int,
-    "boolean": bool,
-    "bool": bool,
-}
-_SCHEMA_TYPE: dict[type, str] = {str: "string", float: "number", int: "integer", bool: "boolean"}
-_TYPE_WORD: dict[type, str] = {str: "string", float: "number", int: "integer", bool: "true/false"}
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_NUMBER_RE = re.compile(rf"^\s*({_NUMBER})\s*(?:(%)|/\s*({_NUMBER}))?\s*[.,;]?\s*$")
-_INT_RE = re.compile(r"^\s*([-+]?\d+)\s*[.,;]?\s*$")
-_TRUE = frozenset({"true", "yes", "y", "1"})
-_FALSE = frozenset({"false", "no", "n", "0"})
-# "  - **Quality**: 0.8" / "quality = 0.8" / '"generated": "text",'
-_LINE_RE = re.compile(
-    r'^\s*(?:[-*#>]+\s*)?\**\s*"?([A-Za-z_][\w \-]{0,40}?)"?\s*\**\s*[:=]\s*(.*)$'
-)
-_LATENCY_WINDOW = 4096  # latencies kept per module for percentiles
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # NaN/Infinity are not JSON
-
-
-# ----------------------------------------------------------------------------- fields
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One typed field of a :class:`Signature`.
-
-    Example::
-
-        Field(float, "how good the text is", minimum=0.0, maximum=1.0)
-
-    Attributes:
-        type: ``str``, ``float``, ``int`` or ``bool``.
-        description: what the field means; shown to the model in the format instructions and
-            in the JSON schema.
-        minimum, maximum: inclusive bounds for numbers; a value outside is a validation
-            failure.
-    """
-
-    type: FieldType
-    description: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in _SCHEMA_TYPE:
-            raise TypeError(f"field type must be str, float, int or bool, got {self.type!r}")
-        if (self.minimum is not None or self.maximum is not None) and self.type not in (
-            float,
-            int,
-        ):
-            raise TypeError("minimum and maximum apply to number and integer fields only")
-        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            raise ValueError(f"minimum {self.minimum} > maximum {self.maximum}")
-
-    @classmethod
-    def coerce(cls, spec: Field | type | str | Mapping[str, Any]) -> Field:
-        """A Field from a Field, a type, a shorthand (``"string"``, ``"number"``...), or a dict
-        ``{"type": "number", "description": ..., "minimum": 0, "maximum": 1}``."""
-        if isinstance(spec, Field):
-            return spec
-        if isinstance(spec, type):
-            return cls(spec)  # type: ignore[arg-type]
-        if isinstance(spec, str):
-            return cls(_shorthand(spec))
-        if isinstance(spec, Mapping):
-            known = {"type", "description", "minimum", "maximum"}
-            extra = set(spec) - known
-            if extra:
-                raise ValueError(f"unknown field keys {sorted(extra)}; known: {sorted(known)}")
-            tp = spec.get("type", "string")
-            return cls(
-                tp if isinstance(tp, type) else _shorthand(str(tp)),  # type: ignore[arg-type]
-                str(spec.get("description", "")),
-                spec.get("minimum"),
-                spec.get("maximum"),
-            )
-        raise TypeError(f"not a field spec: {spec!r}")
-
-    def describe(self) -> str:
-        """``number from 0 to 1``-style words for the format instructions."""
-        word = _TYPE_WORD[self.type]
-        if self.minimum is not None and self.maximum is not None:
-            return f"{word} from {self.minimum:g} to {self.maximum:g}"
-        if self.minimum is not None:
-            return f"{word} >= {self.minimum:g}"
-        if self.maximum is not None:
-            return f"{word} <= {self.maximum:g}"
-        return word
-
-    def validate(self, name: str, value: Any) -> Any:
-        """The value converted to this field's type; raises ``ValueError`` saying why not."""
-        tp = self.type
-        if tp is str:
-            if isinstance(value, str):
-                return value
-            if isinstance(value, bool | int | float):
-                return json.dumps(value)
-            raise ValueError(f"field {name!r}: expected a string, got {type(value).__name__}")
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower().rstrip(".") in _TRUE | _FALSE:
-                return value.strip().lower().rstrip(".") in _TRUE
-            raise ValueError(f"field {name!r}: expected true or false, got {value!r}")
-        number = _to_number(value)
-        if number is None:
-            raise ValueError(f"field {name!r}: expected a {_TYPE_WORD[tp]}, got {value!r}")
-        if tp is int:
-            if not float(number).is_integer():
-                raise ValueError(f"field {name!r}: expected an integer, got {value!r}")
-            number = int(number)
-        else:
-            number = float(number)
-        if self.minimum is not None and number < self.minimum:
-            raise ValueError(f"field {name!r}: {number:g} is below the minimum {self.minimum:g}")
-        if self.maximum is not None and number > self.maximum:
-            raise ValueError(f"field {name!r}: {number:g} is above the maximum {self.maximum:g}")
-        return number
-
-
-def _shorthand(word: str) -> FieldType:
-    tp = _SHORTHAND.get(word.strip().lower())
-    if tp is None:
-        raise ValueError(f"unknown field type {word!r}; use one of {sorted(_SHORTHAND)}")
-    return tp
-
-
-def _to_number(value: Any) -> float | int | None:
-    """A finite number from a JSON number or a string like ``0.8``, ``80%``, ``4/5``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    m = _INT_RE.match(value)
-    if m:
-        return int(m.group(1))
-    m = _NUMBER_RE.match(value)
-    if not m:
-        return None
-    x = float(m.group(1))
-    if m.group(2):
-        x /= 100.0
-    elif m.group(3):
-        den = float(m.group(3))
-        if den == 0:
-            return None
-        x /= den
-    return x if math.isfinite(x) else None
-
-
-def _norm_name(name: str) -> str:
-    return re.sub(r"[\s\-]+", "_", name.strip().lower())
-
-
-# ----------------------------------------------------------------------------- signature
-
-
-def _fields(spec: Mapping[str, Any], what: str) -> Mapping[str, Field]:
-    if not isinstance(spec, Mapping):
-        raise TypeError(f"{what} must be a mapping of field name to field spec")
-    out: dict[str, Field] = {}
-    for name, f in spec.items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"{what} field name {name!r} must be an identifier")
-        out[name] = Field.coerce(f)
-    return MappingProxyType(out)
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Signature:
-    """Typed input and output fields of a module.
-
-    Example::
-
-        sig = Signature(
-            inputs={"text": Field(str, "the text")},
-            outputs={"generated": Field(str, "the generated text"),
-                     "quality": Field(float, "self-assessed quality", minimum=0, maximum=1)},
-        )
-        # the spec's shorthand: {input: {text: 'string'}, output: {generated: 'string', ...}}
-        sig = Signature.from_spec({"input": {"text": "string"},
-                                   "output": {"generated": "string", "quality": "number"}})
-        sig.parse('{"generated": "Qubits...", "quality": 0.9}')
-        # {'generated': 'Qubits...', 'quality': 0.9}
-
-    Field specs may be :class:`Field` objects, types, shorthand words or dicts
-    (see :meth:`Field.coerce`). At least one output field is required.
-    """
-
-    inputs: Mapping[str, Field]
-    """Input fields, by name (read-only)."""
-    outputs: Mapping[str, Field]
-    """Output fields, by name (read-only)."""
-
-    def __init__(
-        self,
-        inputs: Mapping[str, Any] | None = None,
-        outputs: Mapping[str, Any] | None = None,
-    ) -> None:
-        object.__setattr__(self, "inputs", _fields(inputs or {}, "input"))
-        object.__setattr__(self, "outputs", _fields(outputs or {}, "output"))
-        if not self.outputs:
-            raise ValueError("a signature needs at least one output field")
-
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> Signature:
-        """From the spec's shorthand ``{"input": {...}, "output": {...}}`` (``inputs`` and
-        ``outputs`` are accepted too)."""
-        unknown = set(spec) - {"input", "output", "inputs", "outputs"}
-        if unknown:
-            raise ValueError(f"unknown signature keys {sorted(unknown)}; use input and output")
-        return cls(spec.get("input", spec.get("inputs")), spec.get("output", spec.get("outputs")))
-
-    @classmethod
-    def coerce(cls, spec: Signature | Mapping[str, Any]) -> Signature:
-        """A Signature, or one built by :meth:`from_spec`."""
-        return spec if isinstance(spec, Signature) else cls.from_spec(spec)
-
-    @property
-    def single_text_output(self) -> str | None:
-        """The name of the only output field when it is a string, else None."""
-        if len(self.outputs) == 1:
-            (name, f), *_ = self.outputs.items()
-            if f.type is str:
-                return name
-        return None
-
-    def json_schema(self) -> dict[str, Any]:
-        """JSON Schema of the outputs (every field required, no others); ranges go into the
-        descriptions, since strict structured-output modes reject ``minimum``/``maximum``."""
-        props: dict[str, Any] = {}
-        for name, f in self.outputs.items():
-            desc = f.description
-            if f.minimum is not None or f.maximum is not None:
-                desc = f"{desc} ({f.describe()})".strip()
-            props[name] = {"type": _SCHEMA_TYPE[f.type], "description": desc}
-        return {
-            "type": "object",
-            "properties": props,
-            "required": list(self.outputs),
-            "additionalProperties": False,
-        }
-
-    def format_instructions(self) -> str:
-        """What the model is told about the output format (empty for a single text field)."""
-        if self.single_text_output is not None:
-            return ""
-        lines = ["Respond with only a JSON object with these fields:"]
-        for name, f in self.outputs.items():
-            desc = f": {f.description}" if f.description else ""
-            lines.append(f'- "{name}" ({f.describe()}){desc}')
-        return "\n".join(lines)
-
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """The inputs as a dict; raises ``ValueError`` naming any missing input field."""
-        missing = [k for k in self.inputs if k not in inputs]
-        if missing:
-            raise ValueError(
-                f"missing input field(s) {missing}; the signature wants {list(self.inputs)}"
-            )
-        return dict(inputs)
-
-    def parse(self, text: str) -> dict[str, Any]:
-        """Parse and validate ``text`` into the output fields (see the module docstring).
-
-        Raises:
-            OutputParseError: no field could be found, one is missing, or one is invalid;
-                ``raw`` holds the text.
-        """
-        names = {_norm_name(k): k for k in self.outputs}
-        found: dict[str, Any] | None = None
-        obj = find_json_object(text, want=set(names))
-        if obj is not None:
-            found = {names[_norm_name(k)]: v for k, v in obj.items() if _norm_name(k) in names}
-        if not found:
-            found = _field_lines(text, names, self.outputs)
-        single = self.single_text_output
-        if not found and single is not None:
-            stripped = text.strip()
-            if stripped:
-                found = {single: stripped}
-        if not found:
-            raise OutputParseError(
-                f"no output fields found (wanted {', '.join(self.outputs)})", raw=text
-            )
-        missing = [k for k in self.outputs if k not in found]
-        if missing:
-            raise OutputParseError(f"missing output field(s): {', '.join(missing)}", raw=text)
-        out: dict[str, Any] = {}
-        for name, f in self.outputs.items():
-            try:
-                out[name] = f.validate(name, found[name])
-            except ValueError as exc:
-                raise OutputParseError(str(exc), raw=text) from None
-        return out
-
-
-def find_json_object(text: str, *, want: set[str] | None = None) -> dict[str, Any] | None:
-    """The first JSON object in ``text`` (skipping anything that does not decode).
-
-    With ``want`` (normalized names: lower case, ``_`` for spaces), the first object having at
-    least one of those keys is preferred; the first object of all is returned when none has.
-    NaN and Infinity are not accepted as JSON.
-    """
-    first: dict[str, Any] | None = None
-    pos = text.find("{")
-    while pos != -1:
-        try:
-            obj, end = _DECODER.raw_decode(text, pos)
-        except (ValueError, RecursionError):  # RecursionError: nested too deeply
-            pos = text.find("{", pos + 1)
-            continue
-        if isinstance(obj, dict):
-            if want is None or want & {_norm_name(str(k)) for k in obj}:
-                return obj
-            if first is None:
-                first = obj
-            pos = text.find("{", end)
-        else:  # pragma: no cover - raw_decode at "{" yields a dict or fails
-            pos = text.find("{", pos + 1)
-    return first
-
-
-def _field_lines(
-    text: str, names: Mapping[str, str], outputs: Mapping[str, Field]
-) -> dict[str, Any]:
-    """``field: value`` lines; a string field continues over lines until the next field."""
-    found: dict[str, Any] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        m = _LINE_RE.match(line)
-        key = names.get(_norm_name(m.group(1))) if m else None
-        if m and key is not None and key not in found:
-            current = key
-            found[key] = _unquote(m.group(2))
-        elif current is not None and outputs[current].type is str:
-            found[current] = f"{found[current]}\n{line}".rstrip() if found[current] else line
-        else:
-            current = None
-    return {k: v.strip() if isinstance(v, str) else v for k, v in found.items()}
-
-
-def _unquote(value: str) -> str:
-    v = value.strip().rstrip(",").strip()
-    if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
-        v = v[1:-1]
-    return v.strip("*").strip()
-
-
-def json_response_format(name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """An OpenAI ``response_format`` asking for JSON matching ``schema`` (strict mode)."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "output"
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": safe, "strict": True, "schema": dict(schema)},
-    }
-
-
-# ----------------------------------------------------------------------------- predictions
+LATENCY_WINDOW = 4096
+"""Latencies kept per module for its percentiles."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,8 +91,8 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
-class ModuleStats:
-    """A snapshot of one module's counters (see :meth:`PredictModule.stats`).
+class ModuleStatistics:
+    """A frozen snapshot of one module's counters (see :meth:`PredictModule.statistics`).
 
     Attributes:
         name: the module's name.
@@ -503,7 +103,7 @@ class ModuleStats:
         endpoint_errors: ``predict`` calls that raised an endpoint error.
         prompt_tokens, completion_tokens: usage summed over successful calls.
         latency_mean, latency_p50, latency_p95: seconds per successful call (percentiles over
-            the last 4096 calls).
+            the last :data:`LATENCY_WINDOW` calls).
         json_mode: whether requests currently carry a ``json_schema`` response format.
     """
 
@@ -535,7 +135,7 @@ Template = Callable[[Mapping[str, Any]], str] | str
 
 
 class PredictModule:
-    """A prompt template plus a signature over one endpoint client: the spec's PredictModule.
+    """A prompt template plus a signature over one endpoint client.
 
     Example::
 
@@ -553,11 +153,11 @@ class PredictModule:
             print(p["generated"], p["quality"])
         else:
             print("unparseable:", p.error, p.raw)
-        print(module.stats())
+        print(module.statistics())
 
     Args:
-        name: the module's name (stats, the JSON schema's name).
-        signature: a :class:`Signature` or the spec's shorthand dict.
+        name: the module's name (statistics, the JSON schema's name).
+        signature: a :class:`Signature` or its shorthand dict (:meth:`Signature.from_spec`).
         prompt_template: ``(inputs) -> str``, or a ``str.format`` template whose placeholders
             are input fields (write literal braces as ``{{`` and ``}}``).
         client: the endpoint client every call goes through.
@@ -617,7 +217,7 @@ class PredictModule:
         self._completion_tokens = 0
         self._latency_sum = 0.0
         self._latency_n = 0
-        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def __repr__(self) -> str:
         return f"PredictModule({self.name!r}, mode={self.mode!r}, json_mode={self.json_mode})"
@@ -681,7 +281,7 @@ class PredictModule:
         return out
 
     def parse(self, text: str, **meta: Any) -> Prediction:
-        """Parse one completion into a :class:`Prediction` (counted in the stats)."""
+        """Parse one completion into a :class:`Prediction` (counted in the statistics)."""
         self._predictions += 1
         try:
             outputs = self.signature.parse(text)
@@ -691,7 +291,7 @@ class PredictModule:
         self._ok += 1
         return Prediction(MappingProxyType(outputs), True, text, None, **meta)
 
-    async def _complete(self, prompt: Any, n: int, kwargs: dict[str, Any]) -> Completion:
+    async def _complete(self, prompt: Prompt, n: int, kwargs: dict[str, Any]) -> Completion:
         use_json = self.json_mode and "response_format" not in kwargs
         if use_json:
             kwargs = {**kwargs, "response_format": self._response_format}
@@ -713,11 +313,11 @@ class PredictModule:
             values = dict(inputs)
         return self.signature.check_inputs(values)
 
-    def stats(self) -> ModuleStats:
+    def statistics(self) -> ModuleStatistics:
         """A frozen snapshot of this module's counters, latency and token usage."""
         lat = np.fromiter(self._latencies, dtype=np.float64, count=len(self._latencies))
         p50, p95 = (float(x) for x in np.percentile(lat, [50, 95])) if lat.size else (0.0, 0.0)
-        return ModuleStats(
+        return ModuleStatistics(
             name=self.name,
             calls=self._calls,
             predictions=self._predictions,

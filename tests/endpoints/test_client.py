@@ -1,6 +1,7 @@
-"""engine.endpoints.client against real aiohttp servers on loopback: presets, request shape, parsing of both
-logprob shapes and usage details, the n fan-out, errors inside HTTP 200, events, key redaction,
-lifecycle, and the simulated server. Time is injected; nothing sleeps beyond milliseconds."""
+"""engine.endpoints.client against real aiohttp servers on loopback: request shape, parsing of
+both logprob shapes and usage details, the n fan-out, errors inside HTTP 200, events, key
+redaction, pacing, lifecycle, and the simulated server. Time is injected; nothing sleeps beyond
+milliseconds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ import pytest
 import structlog
 from aiohttp import web
 
+import engine.endpoints.fanout
+import engine.endpoints.transport
 from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
-from engine.endpoints.client import Client, ClientStatistics, estimate_tokens, resolve_endpoint
+from engine.endpoints.client import Client, ClientStatistics
 from engine.endpoints.limits import Limiter
 from engine.errors import (
     AuthenticationError,
@@ -37,6 +39,7 @@ from tests.scripted import (
     CHAT,
     COMPLETIONS,
     FakeTime,
+    Iterations,
     RecordingLimiter,
     Scripted,
     Step,
@@ -79,47 +82,7 @@ def make_client(
     return client, t, lim
 
 
-# ----------------------------------------------------------------------------- presets
-
-
-def test_openrouter_preset() -> None:
-    """OpenRouter: its base URL, OPENROUTER_API_KEY, the spec's default model, attribution."""
-    ep = resolve_endpoint(EndpointConfig(provider="openrouter"), {})
-    assert ep.base_url == "https://openrouter.ai/api/v1"
-    assert ep.key_env == "OPENROUTER_API_KEY"
-    assert ep.model == "anthropic/claude-3-sonnet:beta"
-    assert set(ep.headers) == {"HTTP-Referer", "X-Title"}
-    ep = resolve_endpoint(EndpointConfig(provider="openrouter"), {"OPENROUTER_MODEL": "x/y"})
-    assert ep.model == "x/y"
-    ep = resolve_endpoint(
-        EndpointConfig(provider="openrouter", model="z"), {"OPENROUTER_MODEL": "x"}
-    )
-    assert ep.model == "z"
-
-
-def test_openai_preset() -> None:
-    """OpenAI: OPENAI_API_KEY and OPENAI_BASE_URL, else api.openai.com."""
-    ep = resolve_endpoint(EndpointConfig(provider="openai"), {})
-    assert (ep.base_url, ep.key_env) == ("https://api.openai.com/v1", "OPENAI_API_KEY")
-    ep = resolve_endpoint(
-        EndpointConfig(provider="openai"), {"OPENAI_BASE_URL": "http://10.0.0.1:8000/v1/"}
-    )
-    assert ep.base_url == "http://10.0.0.1:8000/v1"
-
-
-def test_local_needs_base_url() -> None:
-    """A local endpoint without base_url is a clear ConfigError naming the key."""
-    with pytest.raises(ConfigError, match=r"endpoint\.base_url.*needs base_url"):
-        resolve_endpoint(EndpointConfig(provider="local"), {})
-    ep = resolve_endpoint(EndpointConfig(base_url="http://h:1/v1", api_key_env="MY_KEY"), {})
-    assert (ep.key_env, ep.headers) == ("MY_KEY", {})
-
-
-def test_base_url_with_credentials_is_refused_without_echoing_them() -> None:
-    """A key pasted into base_url is refused, and the error does not repeat it."""
-    with pytest.raises(ConfigError) as info:
-        resolve_endpoint(EndpointConfig(base_url=f"http://u:{KEY}@127.0.0.1:1/v1"), {})
-    assert KEY not in str(info.value)
+# ----------------------------------------------------------------------------- the key variable
 
 
 def test_hosted_provider_without_key_is_a_config_error() -> None:
@@ -137,12 +100,6 @@ def test_repr_never_shows_the_key() -> None:
     )
     assert KEY not in repr(client)
     assert KEY not in repr(client.endpoint)
-
-
-def test_prompt_token_estimate() -> None:
-    """Prompt tokens are estimated as len(text) // 4 + 1 (per message for chat)."""
-    assert estimate_tokens("x" * 40) == 11
-    assert estimate_tokens([{"role": "user", "content": "x" * 8}, {"content": None}]) == 3 + 1
 
 
 # ----------------------------------------------------------------------------- request shape
@@ -428,11 +385,9 @@ async def test_a_short_answer_once_is_probed_again_and_native_n_comes_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An endpoint that answered n=3 with one choice once is fanned out, but every 4th such
-    call (``_N_PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
+    call (``PROBE_EVERY``, 64 in use) asks natively again; whole, the cap is gone. One that
     really ignores n keeps being fanned out, and the probe costs no extra request."""
-    import engine.endpoints.client
-
-    monkeypatch.setattr(engine.endpoints.client, "_N_PROBE_EVERY", 4)
+    monkeypatch.setattr(engine.endpoints.fanout, "PROBE_EVERY", 4)
     short = {"left": 1}  # answers short this many times
 
     def answer(req: dict[str, Any]) -> dict[str, Any]:
@@ -562,14 +517,16 @@ async def test_one_event_per_attempt(server: Scripted, tmp_path: Path) -> None:
 async def test_statistics_snapshot_is_frozen(server: Scripted) -> None:
     """statistics() counts calls, requests, attempts, retries by reason, and is immutable."""
     server.push(Step(status=500, body={"error": {}}))
-    client, _, _ = make_client(server.base_url)
+    client, _, limiter = make_client(server.base_url)
     async with client:
         await client.complete("x")
         stats = client.statistics()
     assert isinstance(stats, ClientStatistics)
     assert (stats.calls, stats.requests, stats.attempts, stats.failures) == (1, 1, 2, 0)
     assert stats.retries == {"server": 1}
-    assert stats.limiter == {"successes": 1}
+    assert limiter.successes == 1
+    assert stats.limiter == limiter.statistics()
+    assert stats.limiter.requests_admitted == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.calls = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -613,84 +570,10 @@ async def test_real_limiter_and_simulated_faults_all_recover(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- pacing
 
 
-class _Iterations:
-    """Counts event-loop iterations (a call_soon chain: one step per iteration)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_soon(self._step)
-
-    def _step(self) -> None:
-        self.n += 1
-        self._handle = self._loop.call_soon(self._step)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
-async def test_pacer_with_no_budget_starts_one_call_per_iteration_in_order() -> None:
-    """Budget 0: 60 callers at once pass one per loop iteration, first come first served; a
-    cancelled waiter neither passes nor holds up the ones behind it; once the queue is empty
-    a caller passes at once, in the iteration it arrives."""
-    from engine.endpoints.client import _Pacer
-
-    pacer = _Pacer(asyncio.get_running_loop(), 0.0)
-    it = _Iterations()
-    passed: list[tuple[int, int]] = []  # (caller, iteration)
-
-    async def caller(i: int) -> None:
-        await pacer.turn()
-        passed.append((i, it.n))
-
-    tasks = [asyncio.create_task(caller(i)) for i in range(60)]
-    await asyncio.sleep(0)
-    tasks[30].cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert tasks[30].cancelled()
-    assert [i for i, _ in passed] == [i for i in range(60) if i != 30]
-    assert len({n for _, n in passed}) == 59  # one per iteration
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    before = it.n
-    await pacer.turn()
-    it.stop()
-    assert it.n == before
-
-
-@pytest.mark.parametrize(("budget", "busy"), [(0.01, 0.002), (60.0, 0.0)])
-async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, busy: float) -> None:
-    """Budget 10 ms, each start busy for 2 ms: an iteration starts at most 6 (a start is let
-    through only while less than 10 ms have passed since the first), and the burst of 40 is
-    spread over at least 7 iterations; with an ample budget all 40 start in one."""
-    from engine.endpoints.client import _Pacer
-
-    pacer = _Pacer(asyncio.get_running_loop(), budget)
-    it = _Iterations()
-    passed: list[int] = []
-
-    async def caller() -> None:
-        await pacer.turn()
-        passed.append(it.n)
-        end = time.perf_counter() + busy
-        while time.perf_counter() < end:  # the work a start does before its first wait
-            pass
-
-    await asyncio.gather(*(caller() for _ in range(40)))
-    it.stop()
-    per_iteration = Counter(passed)
-    if busy:
-        assert max(per_iteration.values()) <= 6 and len(per_iteration) >= 7, per_iteration
-    else:
-        assert list(per_iteration.values()) == [40]
-
-
 async def test_a_burst_of_calls_is_paced(server: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client's calls pass the pacer before they take a permit: with no budget, 20 calls at
     once reach the limiter one loop iteration apart."""
-    import engine.endpoints.client
-
-    monkeypatch.setattr(engine.endpoints.client, "_START_BUDGET", 0.0)
+    monkeypatch.setattr(engine.endpoints.transport, "START_BUDGET", 0.0)
     seen: list[int] = []
 
     class Limiter(RecordingLimiter):
@@ -700,7 +583,7 @@ async def test_a_burst_of_calls_is_paced(server: Scripted, monkeypatch: pytest.M
 
     client, _, _ = make_client(server.base_url, limiter=Limiter())
     async with client:
-        it = _Iterations()
+        it = Iterations()
         outs = await asyncio.gather(*(client.complete(f"p{i}") for i in range(20)))
         it.stop()
     assert len(outs) == 20 and len(seen) == 20

@@ -1,5 +1,6 @@
-"""Retry policy of engine.endpoints.client: the pure rules and header parsers, then the client obeying them
-against a scripted aiohttp server on loopback. Time is injected: waits are recorded, not slept."""
+"""Retry policy: the pure rules and header parsers of engine.endpoints.retry, then the client
+obeying them against a scripted aiohttp server on loopback. Time is injected: waits are
+recorded, not slept."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ import orjson
 import pytest
 
 from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
-from engine.endpoints.client import (
-    Client,
+from engine.endpoints.client import Client
+from engine.endpoints.limits import Limiter
+from engine.endpoints.retry import (
     backoff_delay,
     is_in_flight_budget_error,
     parse_duration,
     parse_retry_after,
     should_retry,
 )
-from engine.endpoints.limits import Limiter
 from engine.errors import (
     AuthenticationError,
     ConflictError,

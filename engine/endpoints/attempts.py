@@ -1,0 +1,332 @@
+"""Endpoint stage: one HTTP attempt, what the attempts of one call share, and their events.
+
+:class:`AttemptRunner` runs one attempt: a permit from the limiter, the send under the
+client's :class:`~engine.endpoints.transport.Watchdog`, the classification of the response,
+the settlement of the permit.
+
+Every attempt (a success, a failure, or a cancellation after it was sent) is one event in the
+:class:`~engine.telemetry.events.EventLog`. Events never carry the key, the auth header or
+the prompt text (only its length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from ..errors import (
+    DeadlineExceeded,
+    EndpointError,
+    EndpointTimeout,
+    RequestRejected,
+    TransportError,
+)
+from ..telemetry.events import EventLog
+from ..types import Usage
+from .fanout import EndpointKey
+from .limits import LimiterProtocol, PermitProtocol
+from .parsing import Failure, Result, parse_response
+from .payload import settle_estimate
+from .redaction import Redactor
+from .transport import ATTEMPT, Alarm, Watchdog
+
+__all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
+
+_NO_USAGE = Usage()
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What every request of one :meth:`~engine.endpoints.client.Client.complete` call shares.
+
+    Attributes:
+        session: the client's aiohttp session.
+        url: where requests are posted; ``path`` is its path, shown in events and errors.
+        key: the endpoint ``(base_url, mode, model)`` whose ``n`` behaviour is remembered.
+        kind, group_id, sample_index, policy_version: identity recorded in events.
+        est_prompt: estimated prompt tokens; ``max_tokens``: completion tokens per choice.
+        prompt_chars: the prompt's length, recorded instead of its text.
+        t_end: the call's deadline on the client's (injectable) clock.
+        loop: the running loop; ``loop_end`` is the same deadline on its clock.
+        watchdog: cancels attempts whose time is up.
+    """
+
+    session: aiohttp.ClientSession
+    url: URL
+    path: str
+    key: EndpointKey
+    kind: str
+    group_id: str | None
+    sample_index: int | None
+    policy_version: int | None
+    est_prompt: int
+    max_tokens: int
+    prompt_chars: int
+    t_end: float
+    loop: asyncio.AbstractEventLoop
+    watchdog: Watchdog
+    loop_end: float
+
+
+class AttemptEvents:
+    """Emits one event per request attempt; does nothing without an event log."""
+
+    __slots__ = ("_events", "_model", "_redact")
+
+    def __init__(self, events: EventLog | None, model: str, redact: Redactor) -> None:
+        self._events = events
+        self._model = model
+        self._redact = redact
+
+    def success(
+        self, ctx: CallContext, r: Result, status: int, latency: float, attempt: int, n: int
+    ) -> None:
+        """An attempt that returned choices."""
+        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
+                   request_id=r.request_id or r.id)  # fmt: skip
+
+    def failure(
+        self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
+    ) -> None:
+        """A failed attempt; ``retry_in`` is the wait before the next one, None when final."""
+        h = f.headers
+        self._emit(
+            ctx,
+            status=f.error.status,
+            latency=f.latency,
+            attempt=attempt,
+            n=n,
+            error_class=f.error.error_class,
+            retry_in=retry_in,
+            request_id=self._redact.id(h.get("x-request-id")) if h is not None else None,
+        )
+
+    def cancelled(
+        self, ctx: CallContext, n: int, attempt: int, status: int | None, latency: float
+    ) -> None:
+        """An attempt cancelled from outside (a fanned-out sibling failed, a straggler, a
+        shutdown) after it was sent: recorded as ``error_class: "cancelled"``, since the
+        server may have done (and billed) the work."""
+        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n,
+                   error_class="cancelled")  # fmt: skip
+
+    def _emit(
+        self,
+        ctx: CallContext,
+        *,
+        status: int | None,
+        latency: float,
+        attempt: int,
+        n: int,
+        usage: Usage | None = None,
+        error_class: str | None = None,
+        retry_in: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        ev = self._events
+        if ev is None:
+            return
+        u = usage or _NO_USAGE
+        ev.emit(
+            kind=ctx.kind,
+            endpoint=ctx.path,
+            model=self._model,
+            group_id=ctx.group_id,
+            sample_index=ctx.sample_index,
+            policy_version=ctx.policy_version,
+            status=status,
+            latency=latency,
+            attempt=attempt,
+            n=n,
+            prompt_chars=ctx.prompt_chars,
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            cached_tokens=u.cached_tokens,
+            cost=u.cost,
+            error_class=error_class,
+            retry_in=retry_in,
+            request_id=request_id,
+        )
+
+
+class _AttemptState:
+    """What one attempt has got to: its permit, when it was sent, the response status and
+    headers, and the outcome once decided. ``by_attempt``: the watchdog was moved from the
+    call's deadline to the attempt's own timeout."""
+
+    __slots__ = ("by_attempt", "headers", "outcome", "permit", "status", "t_send")
+
+    def __init__(self) -> None:
+        self.permit: PermitProtocol | None = None
+        self.t_send: float | None = None
+        self.by_attempt = False
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+        self.outcome: Result | Failure | None = None
+
+
+class AttemptRunner:
+    """Runs one HTTP attempt of a request: permit, send, classify, report.
+
+    A failure is returned, not raised, so the caller decides on a retry outside any
+    ``except`` block. The limiter hears of every success and timeout; the event of a
+    success, a deadline or a cancellation after sending is emitted here, other failures by
+    the caller's retry loop.
+
+    Args:
+        limiter: where each attempt takes its permit.
+        timeout: seconds an attempt may take once it holds a permit.
+        clock: the client's clock, for latency.
+        redact: applied to every message built from upstream text.
+        events: where attempt events go.
+    """
+
+    __slots__ = ("_clock", "_events", "_limiter", "_redact", "_timeout")
+
+    def __init__(
+        self,
+        limiter: LimiterProtocol,
+        timeout: float,
+        clock: Callable[[], float],
+        redact: Redactor,
+        events: AttemptEvents,
+    ) -> None:
+        self._limiter = limiter
+        self._timeout = timeout
+        self._clock = clock
+        self._redact = redact
+        self._events = events
+
+    async def run(
+        self, ctx: CallContext, data: bytes, est: int, n: int, attempt: int, used_immediate: bool
+    ) -> Result | Failure:
+        """Attempt ``attempt`` of a request under the watchdog: the call's deadline while
+        queued for a permit, then the attempt's own timeout if that ends first.
+        ``used_immediate``: the request was already resent at once after a stale connection."""
+        task = asyncio.current_task()
+        assert task is not None
+        alarm = ctx.watchdog.arm(task, ctx.loop_end)
+        state = _AttemptState()
+        try:
+            await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
+        except asyncio.CancelledError:
+            if not alarm.fired or task.uncancel() > alarm.cancelling:
+                if state.t_send is not None:  # sent, or being sent: the server may have it
+                    latency = self._clock() - state.t_send
+                    self._events.cancelled(ctx, n, attempt, state.status, latency)
+                raise  # not ours, or someone else cancelled as well
+            alarm.fired = False  # handled: the cancellation is taken back
+            state.outcome = self._timed_out(state, attempt, ctx.path)
+        finally:
+            ctx.watchdog.disarm(alarm)
+        if alarm.fired:  # it fired, but code below us swallowed the CancelledError
+            task.uncancel()
+        return self._report(ctx, state, n, attempt)
+
+    async def _send_with_permit(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        alarm: Alarm,
+        data: bytes,
+        est: int,
+        attempt: int,
+        used_immediate: bool,
+    ) -> None:
+        """Take a permit, send, classify and settle; the outcome goes into ``state``."""
+        async with self._limiter.permit(est) as permit:
+            state.permit = permit
+            state.t_send = self._clock()
+            attempt_end = ctx.loop.time() + self._timeout
+            if attempt_end < ctx.loop_end:
+                state.by_attempt = True
+                ctx.watchdog.move(alarm, attempt_end)
+            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
+            if isinstance(raw, Failure):
+                # timeouts and transport errors keep the reservation: the server may have
+                # done the work
+                raw.permit = permit
+                state.outcome = raw
+                return
+            outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
+                                     self._redact)  # fmt: skip
+            if isinstance(outcome, Result):
+                used = outcome.usage.total_tokens
+                permit.settle(used or settle_estimate(ctx.est_prompt, outcome.choices))
+            else:
+                permit.settle(0)  # the server answered an error: no tokens were spent
+                outcome.permit = permit
+            state.outcome = outcome
+
+    async def _post(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        alarm: Alarm,
+        data: bytes,
+        attempt: int,
+        used_immediate: bool,
+    ) -> bytes | Failure:
+        """Send the bytes and read the whole response: its body, or the transport failure."""
+        path = ctx.path
+        token = ATTEMPT.set(alarm)
+        try:
+            async with ctx.session.post(ctx.url, data=data) as resp:
+                state.status = resp.status
+                raw = await resp.read()
+                state.headers = resp.headers
+        except aiohttp.ServerDisconnectedError as exc:
+            error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
+                                                  endpoint=path)  # fmt: skip
+            return Failure(error, immediate=alarm.reused and not used_immediate)
+        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
+            error = EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        except (aiohttp.ClientError, OSError) as exc:
+            error = TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
+            error = RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            return Failure(error)
+        finally:
+            ATTEMPT.reset(token)
+        return raw
+
+    def _timed_out(self, state: _AttemptState, attempt: int, path: str) -> Result | Failure:
+        """The watchdog cancelled the attempt: its own timeout, or the call's deadline
+        (queued or in flight). An answer already decided stands (the time ran out as the
+        permit was released)."""
+        if isinstance(state.outcome, Result):
+            return state.outcome
+        if state.by_attempt:
+            message = f"no complete response within {self._timeout:g} s"
+            failure = Failure(EndpointTimeout(message, attempt=attempt, endpoint=path))
+            failure.permit = state.permit
+            return failure
+        where = "queued for a permit" if state.t_send is None else "in flight"
+        return Failure(DeadlineExceeded(f"deadline passed while {where}", status=state.status,
+                                        attempt=attempt, endpoint=path))  # fmt: skip
+
+    def _report(
+        self, ctx: CallContext, state: _AttemptState, n: int, attempt: int
+    ) -> Result | Failure:
+        """Tell the limiter how the attempt went; emit the event of a success or a deadline
+        (other failures are recorded by the retry loop)."""
+        outcome = state.outcome
+        assert outcome is not None
+        latency = 0.0 if state.t_send is None else self._clock() - state.t_send
+        if isinstance(outcome, Result):
+            self._limiter.on_success()
+            self._events.success(ctx, outcome, state.status or 200, latency, attempt, n)
+            return outcome
+        outcome.latency = latency
+        err = outcome.error
+        if isinstance(err, EndpointTimeout) and err.status is None:
+            self._limiter.on_timeout(permit=outcome.permit)
+        elif isinstance(err, DeadlineExceeded):
+            self._events.failure(ctx, outcome, n, attempt, None)
+        return outcome

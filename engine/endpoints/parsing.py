@@ -1,0 +1,395 @@
+"""Endpoint stage: what an endpoint answers, parsed: choices, usage, ids and error objects.
+
+:func:`parse_response` classifies one HTTP response as a :class:`Result` (the choices of one
+request) or a :class:`Failure` (an :class:`~engine.errors.EndpointError` decided but not yet
+raised). It reads both logprob shapes (chat ``content[].logprob`` and completions
+``token_logprobs``), usage details (cached and reasoning tokens, cost) and vLLM token ids,
+and treats an HTTP 200 that carries an ``error`` object, or a choice with
+``finish_reason: "error"``, as a failure. Text from upstream reaches an error only through
+the client's :class:`~engine.endpoints.redaction.Redactor`.
+
+Parsed JSON comes from orjson, so objects are exactly ``dict`` and arrays ``list``: the checks
+use ``type(x) is dict`` rather than ``isinstance(x, Mapping)``, which goes through the ABC
+machinery and is slow on this hot path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import EndpointError, ResponseError
+from ..types import Usage
+from .limits import PermitProtocol
+from .redaction import Redactor
+from .retry import code_status, should_retry, status_error
+
+__all__ = (
+    "Choice",
+    "Completion",
+    "Failure",
+    "Result",
+    "describe_error",
+    "error_object",
+    "parse_choice",
+    "parse_response",
+    "parse_usage",
+    "reindex",
+    "text_of",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One sampled completion.
+
+    Attributes:
+        index: position in :attr:`Completion.choices` (re-indexed 0..n-1 after a fan-out).
+        text: the completion (chat ``message.content``; ``None`` content becomes ``""``).
+        finish_reason: ``stop``, ``length`` ... as the server said, or None.
+        token_ids: completion token ids when the server returns them (vLLM), else None.
+        logprobs: per-token log-probabilities of the sampled tokens, when asked and returned.
+        tokens: the sampled tokens as strings, aligned with ``logprobs``.
+    """
+
+    index: int
+    text: str
+    finish_reason: str | None
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    tokens: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The result of :meth:`Client.complete`: n choices and what they cost.
+
+    Attributes:
+        choices: exactly ``n`` choices, indexed 0..n-1.
+        usage: token usage summed over every request that produced a choice.
+        id: the response id of the first request (OpenRouter's generation id ``gen-...``).
+        model: the model the server says answered.
+        latency: seconds from the call to the result, queueing and retries included.
+        attempts: HTTP attempts made, summed over fanned-out requests.
+        requests: requests that produced choices; > 1 when ``n`` was fanned out.
+        request_id: the ``x-request-id`` header of the first request, when sent.
+        prompt_token_ids: prompt token ids when the server returns them (vLLM).
+    """
+
+    choices: list[Choice]
+    usage: Usage
+    id: str | None
+    model: str | None
+    latency: float
+    attempts: int
+    requests: int
+    request_id: str | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    """One successful request, before the results of a fan-out are merged.
+
+    Attributes:
+        choices: the request's choices, in the server's index order, re-indexed from 0.
+        usage: its token usage (zero when the server sent none).
+        id: the response id, redacted.
+        model: the model the server says answered.
+        request_id: the ``x-request-id`` header, redacted.
+        prompt_token_ids: prompt token ids when the server returns them (vLLM).
+        attempts: the attempt that succeeded (1 on the first try).
+    """
+
+    choices: list[Choice]
+    usage: Usage
+    id: str | None
+    model: str | None
+    request_id: str | None
+    prompt_token_ids: list[int] | None
+    attempts: int
+
+
+class Failure:
+    """A failed attempt, decided but not yet raised.
+
+    It is raised outside ``except`` blocks, so no aiohttp exception (whose text may carry
+    headers or URLs) is chained to the error.
+
+    Attributes:
+        error: the error to raise, or to retry after.
+        headers: the response headers, when there was a response.
+        error_body: the response's error object, when it had one.
+        rate_limited: a 429, or a 429 code inside a 200 body: the limiter is told.
+        immediate: the server disconnected a reused keep-alive connection: resend at once.
+        latency: seconds from sending to the failure (set by the client).
+        permit: the permit the attempt held, for the limiter's reports (set by the client).
+    """
+
+    __slots__ = ("error", "error_body", "headers", "immediate", "latency", "permit", "rate_limited")
+
+    def __init__(
+        self,
+        error: EndpointError,
+        headers: Mapping[str, str] | None = None,
+        error_body: Mapping[str, Any] | None = None,
+        *,
+        rate_limited: bool = False,
+        immediate: bool = False,
+    ) -> None:
+        self.error = error
+        self.headers = headers
+        self.error_body = error_body
+        self.rate_limited = rate_limited
+        self.immediate = immediate
+        self.latency = 0.0
+        self.permit: PermitProtocol | None = None
+
+
+def parse_response(
+    raw: bytes,
+    status: int,
+    headers: Mapping[str, str],
+    attempt: int,
+    path: str,
+    redact: Redactor,
+) -> Result | Failure:
+    """Classify one HTTP response of attempt ``attempt`` to ``path``: a result or a failure."""
+    try:
+        doc = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        doc = None
+    if not 200 <= status < 300:
+        return _error_status(doc, raw, status, headers, attempt, path, redact)
+    if type(doc) is not dict:
+        # a body cut short by a proxy or a dropped connection: worth another try
+        snippet = redact(raw[:200].decode("utf-8", "replace"))
+        return _response_failure(
+            f"malformed response body (not a JSON object): {snippet!r}",
+            status, headers, attempt, path, retryable=should_retry(None, headers),
+        )  # fmt: skip
+    raw_choices = doc.get("choices")
+    err_obj = _error_in_body(doc, raw_choices)
+    if err_obj is not None:
+        code = code_status(err_obj)
+        return _response_failure(
+            f"HTTP {status} carrying an error: {redact(describe_error(err_obj))}",
+            status, headers, attempt, path,
+            retryable=should_retry(code if code is not None else 0, headers, err_obj),
+            error_body=err_obj, rate_limited=code == 429,
+        )  # fmt: skip
+    if type(raw_choices) is not list or not raw_choices:
+        return _response_failure(
+            "response has no choices",
+            status, headers, attempt, path, retryable=should_retry(None, headers),
+        )  # fmt: skip
+    try:
+        choices = _parse_choices(raw_choices)
+    except (AttributeError, TypeError, ValueError) as exc:
+        return _response_failure(
+            f"malformed choices: {type(exc).__name__}", status, headers, attempt, path
+        )
+    return _result(doc, raw_choices, choices, headers, attempt, redact)
+
+
+def _response_failure(
+    message: str,
+    status: int,
+    headers: Mapping[str, str],
+    attempt: int,
+    path: str,
+    *,
+    retryable: bool | None = None,
+    error_body: Mapping[str, Any] | None = None,
+    rate_limited: bool = False,
+) -> Failure:
+    """A :class:`~engine.errors.ResponseError` of an HTTP 2xx response, as a failure."""
+    kwargs: dict[str, Any] = {} if retryable is None else {"retryable": retryable}
+    error = ResponseError(message, status=status, attempt=attempt, endpoint=path, **kwargs)
+    return Failure(error, headers, error_body, rate_limited=rate_limited)
+
+
+def _error_in_body(doc: dict[str, Any], raw_choices: Any) -> Mapping[str, Any] | None:
+    """The error a 2xx body carries: its ``error`` object, or a choice that finished with one."""
+    err_obj = error_object(doc)
+    if err_obj is None and type(raw_choices) is list:
+        for c in raw_choices:
+            if type(c) is dict and c.get("finish_reason") == "error":
+                return error_object(c) or {"message": "a choice finished with error"}
+    return err_obj
+
+
+def _parse_choices(raw_choices: list[Any]) -> list[Choice]:
+    """The choices in the server's index order, re-indexed 0..n-1."""
+    choices = [parse_choice(c, i) for i, c in enumerate(raw_choices)]
+    if len(choices) > 1:
+        choices.sort(key=_choice_order(raw_choices))
+        choices = [reindex(c, i) for i, c in enumerate(choices)]
+    return choices
+
+
+def _result(
+    doc: dict[str, Any],
+    raw_choices: list[Any],
+    choices: list[Choice],
+    headers: Mapping[str, str],
+    attempt: int,
+    redact: Redactor,
+) -> Result:
+    usage = parse_usage(doc.get("usage"))
+    ptids = doc.get("prompt_token_ids")
+    if ptids is None and type(raw_choices[0]) is dict:
+        ptids = raw_choices[0].get("prompt_token_ids")
+    rid = doc.get("id")
+    return Result(
+        choices=choices,
+        usage=usage if usage is not None else Usage(),
+        id=redact.id(rid if rid is None or type(rid) is str else str(rid)),
+        model=doc.get("model"),
+        request_id=redact.id(headers.get("x-request-id")),
+        prompt_token_ids=_int_list(ptids),
+        attempts=attempt,
+    )
+
+
+def _error_status(
+    doc: Any,
+    raw: bytes,
+    status: int,
+    headers: Mapping[str, str],
+    attempt: int,
+    path: str,
+    redact: Redactor,
+) -> Failure:
+    """A response with an error status: the error class of the status, the body's message."""
+    err_obj = error_object(doc)
+    if err_obj is None:
+        text = " ".join(raw[:200].decode("utf-8", "replace").split())
+        err_obj = {"message": text} if text else None
+    retryable = should_retry(status, headers, err_obj)
+    reason = f"HTTP {status}"
+    if err_obj:
+        reason += f": {redact(describe_error(err_obj))}"
+    return Failure(
+        status_error(status, reason, attempt, path, retryable),
+        headers,
+        err_obj,
+        rate_limited=status == 429,
+    )
+
+
+def describe_error(err: Mapping[str, Any]) -> str:
+    """An error object on one line: ``[code] message (raw upstream text)``, cut short."""
+    msg = str(err.get("message") or "")[:300]
+    code = err.get("code")
+    meta = err.get("metadata")
+    extra = ""
+    if isinstance(meta, Mapping) and meta.get("raw"):
+        extra = f" ({str(meta['raw'])[:200]})"
+    head = f"[{code}] " if code not in (None, "") else ""
+    return " ".join(f"{head}{msg}{extra}".split())
+
+
+def text_of(content: Any) -> str:
+    """The text of a message content: a string, ``None`` or a list of content parts."""
+    if type(content) is str:
+        return content
+    if content is None:
+        return ""
+    if type(content) is list:  # content parts
+        return "".join(str(p.get("text") or "") if type(p) is dict else str(p) for p in content)
+    return str(content)
+
+
+def _float_list(values: list[Any]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def parse_choice(c: dict[str, Any], index: int) -> Choice:
+    msg = c.get("message")
+    text = text_of(msg.get("content")) if type(msg) is dict else text_of(c.get("text"))
+    logprobs: list[float] | None = None
+    tokens: list[str] | None = None
+    lp = c.get("logprobs")
+    if type(lp) is dict:
+        content = lp.get("content")
+        if type(content) is list:  # chat shape: content[].{token, logprob}
+            logprobs = _float_list([e.get("logprob") for e in content])
+            tokens = [str(e.get("token", "")) for e in content]
+        elif type(lp.get("token_logprobs")) is list:  # completions shape
+            logprobs = _float_list(lp["token_logprobs"])
+            toks = lp.get("tokens")
+            tokens = [str(t) for t in toks] if type(toks) is list else None
+    token_ids = c.get("token_ids")
+    if token_ids is not None:
+        token_ids = [int(t) for t in token_ids] if type(token_ids) is list else None
+    elif tokens and all(t.startswith("token_id:") for t in tokens):
+        # vLLM with return_tokens_as_token_ids renders each token as "token_id:123"
+        try:
+            token_ids = [int(t[9:]) for t in tokens]
+        except ValueError:
+            token_ids = None
+    fr = c.get("finish_reason")
+    return Choice(
+        index, text, fr if type(fr) is str or fr is None else str(fr), token_ids, logprobs, tokens
+    )
+
+
+def _int_list(v: Any) -> list[int] | None:
+    """A list of integer token ids, or None when ``v`` is not one."""
+    if type(v) is not list:
+        return None
+    try:
+        return [int(t) for t in v]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _int(v: Any) -> int:
+    if type(v) is int:
+        return v
+    return int(v) if type(v) is float and math.isfinite(v) else 0
+
+
+def parse_usage(u: Any) -> Usage | None:
+    if type(u) is not dict:
+        return None
+    ptd = u.get("prompt_tokens_details")
+    ctd = u.get("completion_tokens_details")
+    cost = u.get("cost")
+    return Usage(
+        _int(u.get("prompt_tokens")),
+        _int(u.get("completion_tokens")),
+        _int(ptd.get("cached_tokens")) if type(ptd) is dict else 0,
+        _int(ctd.get("reasoning_tokens")) if type(ctd) is dict else 0,
+        float(cost) if type(cost) is float or type(cost) is int else 0.0,
+    )
+
+
+def error_object(data: Any) -> Mapping[str, Any] | None:
+    """The ``error`` object of an error body, normalised to a mapping."""
+    if type(data) is not dict:
+        return None
+    err = data.get("error")
+    if err is None:
+        return None
+    if type(err) is dict:
+        return err
+    return {"message": str(err)}  # {"error": "text"} (llama.cpp, some proxies)
+
+
+def reindex(c: Choice, index: int) -> Choice:
+    return Choice(index, c.text, c.finish_reason, c.token_ids, c.logprobs, c.tokens)
+
+
+def _choice_order(raw: list[Any]) -> Callable[[Choice], int]:
+    def key(c: Choice) -> int:
+        r = raw[c.index]
+        i = r.get("index") if isinstance(r, Mapping) else None
+        return i if isinstance(i, int) else c.index
+
+    return key

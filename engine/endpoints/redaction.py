@@ -1,0 +1,65 @@
+"""Endpoint stage: keeping the API key out of every message, id and URL the client shows.
+
+The key lives only in the session's Authorization header. Text that comes from upstream
+(error bodies, exception messages, ids a server chose) passes through a :class:`Redactor`
+before it reaches an error or an event, and URLs are shown by :func:`strip_url`.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+__all__ = ("Redactor", "strip_url")
+
+_BEARER = re.compile(r"Bearer\s+[^\s'\",}]+", re.IGNORECASE)
+
+
+def strip_url(url: str) -> str:
+    """A URL without userinfo, query or fragment (which could hold credentials)."""
+    p = urllib.parse.urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+def _secret_variants(key: str | None) -> tuple[str, ...]:
+    """The key as sent and URL-quoted both ways, longest first."""
+    if not key:
+        return ()
+    variants = {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
+    return tuple(sorted(variants, key=len, reverse=True))
+
+
+class Redactor:
+    """Replaces the key (in any of its spellings) and any bearer token with ``[REDACTED]``.
+
+    Example::
+
+        redact = Redactor("sk-123")
+        redact("upstream said: Bearer sk-123")   # 'upstream said: Bearer [REDACTED]'
+    """
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, key: str | None) -> None:
+        self._secrets = _secret_variants(key)
+
+    def __call__(self, text: str) -> str:
+        """``text`` with the key and bearer tokens redacted."""
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "[REDACTED]")
+        return _BEARER.sub("Bearer [REDACTED]", text)
+
+    def id(self, rid: str | None) -> str | None:
+        """A server-chosen id, redacted if a (misbehaving) server put the key in it."""
+        if rid is None or not self._secrets:
+            return rid
+        return self(rid)
+
+    def exception(self, exc: BaseException) -> str:
+        """``Type: message`` of an exception, redacted (aiohttp's text may hold headers)."""
+        text = str(exc)
+        return self(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -1,0 +1,57 @@
+"""parse_response on its own: results, failures inside HTTP 200, error statuses, redaction."""
+
+from __future__ import annotations
+
+import orjson
+from multidict import CIMultiDict
+
+from engine.endpoints.parsing import Failure, Result, parse_response
+from engine.endpoints.redaction import Redactor
+from engine.errors import RateLimitError, ResponseError
+
+KEY = "sk-PARSING-KEY"
+PATH = "/v1/chat/completions"
+
+
+def _parse(body: object, status: int = 200, **headers: str) -> Result | Failure:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return parse_response(raw, status, CIMultiDict(headers), 2, PATH, Redactor(KEY))
+
+
+def test_choices_come_back_in_the_server_index_order() -> None:
+    """Choices are sorted by the server's index and re-indexed; usage and ids are read."""
+    out = _parse(
+        {
+            "id": "gen-1",
+            "model": "m",
+            "choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        },
+        **{"x-request-id": "req-9"},
+    )
+    assert isinstance(out, Result)
+    assert [(c.index, c.text) for c in out.choices] == [(0, "a"), (1, "b")]
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (3, 4)
+    assert (out.id, out.request_id, out.attempts) == ("gen-1", "req-9", 2)
+
+
+def test_a_429_code_inside_a_200_is_a_rate_limited_retryable_failure() -> None:
+    """An error object in a 200 body with a rate-limit code fails, retryable, rate limited."""
+    out = _parse({"error": {"code": "rate_limit_exceeded", "message": "slow down"}})
+    assert isinstance(out, Failure) and isinstance(out.error, ResponseError)
+    assert out.rate_limited and out.error.retryable
+    assert "slow down" in str(out.error)
+
+
+def test_an_error_status_quoting_the_key_is_redacted() -> None:
+    """A 429 whose body quotes the key becomes a RateLimitError without the key."""
+    out = _parse({"error": {"message": f"bad key {KEY}"}}, status=429)
+    assert isinstance(out, Failure) and isinstance(out.error, RateLimitError)
+    assert out.rate_limited and KEY not in str(out.error)
+
+
+def test_a_body_cut_short_is_a_retryable_failure() -> None:
+    """A 200 whose body is not a JSON object is retried."""
+    out = _parse(b'{"choices": [')
+    assert isinstance(out, Failure) and out.error.retryable
+    assert "malformed response body" in str(out.error)
