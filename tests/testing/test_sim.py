@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine.testing
+from engine.cli.serve_sim import main
 from engine.testing import (
     FAULT_KINDS,
     GOOD_WORDS,
@@ -29,7 +30,7 @@ from engine.testing import (
     SimServer,
     default_model,
 )
-from engine.testing.sim import format_duration, main
+from engine.testing.sim import format_duration
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Tell me about groups."}]}
 COMPLETION = {"model": "sim-model", "prompt": "Once upon a time"}
@@ -593,7 +594,7 @@ async def test_rpm_enforced_with_parseable_headers() -> None:
         assert (await post(s, url, CHAT))[0] == 429
         clock.now += 0.1
         assert (await post(s, url, CHAT))[0] == 200
-        assert sim.stats.too_many_requests == 2
+        assert sim.statistics().too_many_requests == 2
 
 
 async def test_burst_seconds_shrinks_the_bucket() -> None:
@@ -761,13 +762,14 @@ def test_cli_rejects_bad_fault() -> None:
 
 
 async def test_cli_serves_and_exits_on_sigterm() -> None:
-    """python -m engine.testing.sim prints its base URL first, serves, and exits 0 on SIGTERM."""
+    """python -m engine serve-sim prints its base URL first, serves, and exits 0 on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-W",
         "error",
         "-m",
-        "engine.testing.sim",
+        "engine",
+        "serve-sim",
         "--port",
         "0",
         "--ignore-n",
