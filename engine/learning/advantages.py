@@ -27,8 +27,9 @@ the valid members only and a masked rollout's advantage is NaN. A group with few
 valid members has no spread to learn from: it is reported as zero-std, its valid member gets
 advantage 0 (or the group is dropped).
 
-:func:`naive_group_advantages` is the plain per-group loop that defines the same numbers; the
-tests and ``benchmarks/bench_advantages.py`` check the vectorized version against it.
+A plain per-group loop that defines the same numbers lives with the tests
+(``tests/learning/reference_advantages.py``); they and ``benchmarks/bench_advantages.py`` check
+the vectorized version against it.
 :class:`RunningNorm` keeps a running mean and std of rewards for the automatic reward scaling
 option (``reward.normalize``).
 
@@ -52,7 +53,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import CheckpointError
 
-__all__ = ("Advantages", "RunningNorm", "group_advantages", "naive_group_advantages")
+__all__ = ("Advantages", "RunningNorm", "group_advantages")
 
 Scale = Literal["group", "batch", "none"]
 _SCALES = ("group", "batch", "none")
@@ -206,64 +207,6 @@ def _batch_std(s: np.ndarray, ss: np.ndarray, n: np.ndarray, mean: np.ndarray) -
     has = n > 0
     between = np.dot(n[has], (mean[has] - batch_mean) ** 2)
     return float(np.sqrt((ss.sum() + between) / (N - 1)))
-
-
-def naive_group_advantages(
-    rewards: ArrayLike,
-    *,
-    scale: Scale = "group",
-    leave_one_out: bool = False,
-    drop_zero_std: bool = False,
-    eps: float = 1e-4,
-) -> Advantages:
-    """REFERENCE implementation of :func:`group_advantages`: a plain loop, one group at a time.
-
-    Slow on purpose and written to be obviously right; the tests and the benchmark compare the
-    vectorized version against it. Do not use it in the engine.
-    """
-    r = _check_args(rewards, scale, eps)  # (B, G)
-    B, G = r.shape
-    all_valid = r[~np.isnan(r)]
-    batch_std = float(np.std(all_valid, ddof=1)) if all_valid.size >= 2 else 0.0
-
-    values = np.full((B, G), np.nan)
-    group_mean = np.full(B, np.nan)
-    group_std = np.zeros(B)
-    zero_std = np.zeros(B, dtype=bool)
-    dropped = np.zeros(B, dtype=bool)
-    for b in range(B):
-        idx = [g for g in range(G) if not math.isnan(r[b, g])]  # valid members of group b
-        x = r[b, idx]
-        if len(idx) > 0:
-            group_mean[b] = np.mean(x)
-        zero = len(idx) < 2 or x.max() == x.min()
-        if not zero:
-            group_std[b] = np.std(x, ddof=1)
-            zero = group_std[b] == 0.0
-        if zero:
-            group_std[b] = 0.0
-            zero_std[b] = True
-            if drop_zero_std:
-                dropped[b] = True
-            else:
-                values[b, idx] = 0.0
-            continue
-        for k, g in enumerate(idx):
-            baseline = np.mean(np.delete(x, k)) if leave_one_out else group_mean[b]
-            a = x[k] - baseline
-            if scale == "group":
-                a /= group_std[b] + eps
-            elif scale == "batch":
-                a /= batch_std + eps
-            values[b, g] = a
-    return Advantages(
-        values=values,
-        group_mean=group_mean,
-        group_std=group_std,
-        zero_std=zero_std,
-        frac_reward_zero_std=float(zero_std.mean()) if B else 0.0,
-        dropped=dropped,
-    )
 
 
 class RunningNorm:

@@ -6,7 +6,7 @@ completion is a reward hack waiting to be found. This module holds a small adver
 which reports how often they move a judge's score. Used by the judge tests, the reliability
 suite and the llama.cpp integration test::
 
-    report = await measure_injection(LLMJudge(client, RUBRIC, sim_marker=True))
+    report = await measure_injection(LLMJudge(client, RUBRIC))
     report.rate          # fraction of cases where the injection raised the score by >= delta
 
 Each case pairs a poor answer (``control``) with the same answer plus an injection
@@ -32,13 +32,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import anyio
 import orjson
 
 from ..types import Example
-from .sim import GOOD_WORDS, JUDGE_MARKER, SimRequest
+from .sim import CANDIDATE_CLOSE, CANDIDATE_OPEN, GOOD_WORDS, JUDGE_MARKER, SimRequest
 
 __all__ = (
     "CASES",
@@ -185,7 +185,7 @@ _OBEY_RE: Final = re.compile(
     re.IGNORECASE,
 )
 _WORD_RE: Final = re.compile(r"[a-z]+")
-_SIM_TOKENS: Final = ("<<CANDIDATE>>", "<</CANDIDATE>>", JUDGE_MARKER)
+_SIM_TOKENS: Final = (CANDIDATE_OPEN, CANDIDATE_CLOSE, JUDGE_MARKER)
 
 
 def _honest(text: str) -> tuple[float, str]:
@@ -223,8 +223,13 @@ def gullible_judge(req: SimRequest) -> str:
 # ----------------------------------------------------------------------------- measurement
 
 
+class _Scored(Protocol):
+    @property
+    def score(self) -> float: ...
+
+
 class _Judge(Protocol):
-    async def verdict(self, example: Example | str, text: str) -> Any: ...
+    async def verdict(self, example: Example | str, text: str) -> _Scored: ...
 
 
 @dataclass(frozen=True, slots=True)
