@@ -139,37 +139,14 @@ def group_advantages(
     rt = np.array(r.T, order="C")  # (G, B)
     invalid = np.isnan(rt)  # (G, B) True for failed rollouts
     n = G - invalid.sum(axis=0)  # (B,) valid members per group
-
-    # Zero-std: fewer than 2 valid members, or all valid rewards equal. Tested by max == min
-    # (fmax/fmin skip NaN), not by std == 0: rounding makes the std of [0.1, 0.1, 0.1] ~1e-17.
-    r_max = np.fmax.reduce(rt, axis=0)  # (B,), NaN for a group with no valid member
-    r_min = np.fmin.reduce(rt, axis=0)  # (B,)
-    equal = (n < 2) | (r_max == r_min)  # (B,)
-
-    # Group mean over valid members; NaN where a group has none. For an all-equal group it is
-    # the common value exactly, so its deviations, hence its advantages, are exactly 0.
-    np.copyto(rt, 0.0, where=invalid)  # rt now holds masked rewards as 0, for sums only
-    s = rt.sum(axis=0)  # (B,)
-    mean = np.divide(s, n, out=np.full(B, np.nan), where=n > 0)  # (B,)
-    mean = np.where(equal & (n > 0), r_max, mean)
-
-    # Two-pass unbiased std over valid members (more accurate than E[r^2] - E[r]^2).
-    A = np.subtract(rt, mean)  # (G, B) deviations r - mean
-    np.copyto(A, 0.0, where=invalid)
-    ss = np.einsum("gb,gb->b", A, A)  # (B,) sum of squared deviations
-    std = np.sqrt(ss / np.maximum(n - 1, 1))  # (B,)
-    zero_std = equal | (std == 0.0)  # (B,) std == 0: a spread below float resolution
-    std[zero_std] = 0.0
-    if (tiny := zero_std & ~equal).any():  # rare: only with deviations around 1e-160
-        A[:, tiny] = 0.0
+    s, mean, equal = _group_means(rt, invalid, n)
+    A, ss, std, zero_std = _deviations(rt, invalid, n, mean, equal)
 
     # Baseline: A is r - group mean (GRPO). RLOO's mean of the other members gives
     # r_i - (s - r_i) / (n - 1) = n / (n - 1) * (r_i - mean).
     if leave_one_out:
         A *= n / np.maximum(n - 1, 1)
 
-    # Scale; zero-std groups keep their exact 0 (denominator 1), or get NaN when dropped.
-    # (One broadcast divide: faster than masked assignment over the (G, B) array.)
     denom: np.ndarray | None = None  # (B,)
     if scale == "group":
         denom = np.where(zero_std, 1.0, std + eps)
@@ -177,6 +154,8 @@ def group_advantages(
         denom = np.full(B, _batch_std(s, ss, n, mean) + eps)  # > 0: some group has spread
     if drop_zero_std and zero_std.any():
         denom = np.where(zero_std, np.nan, 1.0 if denom is None else denom)
+    # Zero-std groups keep their exact 0 (denominator 1), or get NaN when dropped. One
+    # broadcast divide is faster than masked assignment over the (G, B) array.
     if denom is not None:
         A /= denom
     np.copyto(A, np.nan, where=invalid)  # failed rollouts: NaN
@@ -192,6 +171,48 @@ def group_advantages(
         frac_reward_zero_std=float(zero_std.mean()) if B else 0.0,
         dropped=dropped,
     )
+
+
+def _group_means(
+    rt: np.ndarray, invalid: np.ndarray, n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sums, means, all-equal) per group of the (G, B) rewards ``rt``; zeroes its masked
+    entries in place, so that they count for nothing in sums.
+
+    A group is all-equal with fewer than 2 valid members or when its valid rewards are equal,
+    tested by max == min (fmax/fmin skip NaN), not by std == 0: rounding makes the std of
+    [0.1, 0.1, 0.1] ~1e-17. The mean is NaN where a group has no valid member; for an
+    all-equal group it is the common value exactly, so its deviations, hence its advantages,
+    are exactly 0.
+    """
+    B = rt.shape[1]
+    r_max = np.fmax.reduce(rt, axis=0)  # (B,), NaN for a group with no valid member
+    r_min = np.fmin.reduce(rt, axis=0)  # (B,)
+    equal = (n < 2) | (r_max == r_min)  # (B,)
+    np.copyto(rt, 0.0, where=invalid)
+    s = rt.sum(axis=0)  # (B,)
+    mean = np.divide(s, n, out=np.full(B, np.nan), where=n > 0)  # (B,)
+    mean = np.where(equal & (n > 0), r_max, mean)
+    return s, mean, equal
+
+
+def _deviations(
+    rt: np.ndarray, invalid: np.ndarray, n: np.ndarray, mean: np.ndarray, equal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(deviations r - mean as (G, B), sums of their squares, stds, zero-std) per group.
+
+    A two-pass unbiased std over the valid members (more accurate than E[r^2] - E[r]^2); a
+    group is zero-std when all-equal or when its std is 0 (a spread below float resolution).
+    """
+    A = np.subtract(rt, mean)  # (G, B)
+    np.copyto(A, 0.0, where=invalid)
+    ss = np.einsum("gb,gb->b", A, A)  # (B,)
+    std = np.sqrt(ss / np.maximum(n - 1, 1))  # (B,)
+    zero_std = equal | (std == 0.0)  # (B,)
+    std[zero_std] = 0.0
+    if (tiny := zero_std & ~equal).any():  # rare: only with deviations around 1e-160
+        A[:, tiny] = 0.0
+    return A, ss, std, zero_std
 
 
 def _batch_std(s: np.ndarray, ss: np.ndarray, n: np.ndarray, mean: np.ndarray) -> float:
