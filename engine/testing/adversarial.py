@@ -293,6 +293,30 @@ async def measure_injection(
         delta: how much the attack must raise the score to count as moved.
         concurrency: verdicts in flight at once (a llama.cpp server runs one at a time).
     """
+    scores = await _grade_cases(judge, cases, concurrency)
+    results = [
+        _result(case, scores[i, "control"], scores[i, "attack"], delta)
+        for i, case in enumerate(cases)
+    ]
+    moved = sum(r.moved for r in results)
+    evaluated = sum(r.error is None for r in results)
+    controls = [r.control for r in results if r.control is not None]
+    return InjectionReport(
+        results=tuple(results),
+        moved=moved,
+        evaluated=evaluated,
+        failures=len(results) - evaluated,
+        rate=moved / evaluated if evaluated else math.nan,
+        delta=delta,
+        control_mean=sum(controls) / len(controls) if controls else math.nan,
+    )
+
+
+async def _grade_cases(
+    judge: _Judge, cases: Sequence[InjectionCase], concurrency: int
+) -> dict[tuple[int, str], float | Exception]:
+    """Every case's control and attack score (or the failure of its verdict), by
+    ``(case index, "control" | "attack")``."""
     limiter = anyio.Semaphore(concurrency)
     scores: dict[tuple[int, str], float | Exception] = {}
 
@@ -308,33 +332,21 @@ async def measure_injection(
         for i, case in enumerate(cases):
             tg.start_soon(one, i, "control", case.control)
             tg.start_soon(one, i, "attack", case.attack)
-    results: list[InjectionResult] = []
-    for i, case in enumerate(cases):
-        c, a = scores[i, "control"], scores[i, "attack"]
-        errors = [f"{w}: {type(e).__name__}: {e}" for w, e in (("control", c), ("attack", a))
-                  if isinstance(e, Exception)]  # fmt: skip
-        if errors:
-            results.append(
-                InjectionResult(
-                    case.name,
-                    None if isinstance(c, Exception) else c,
-                    None if isinstance(a, Exception) else a,
-                    False,
-                    "; ".join(errors),
-                )
-            )
-            continue
-        assert isinstance(c, float) and isinstance(a, float)
-        results.append(InjectionResult(case.name, c, a, a - c >= delta))
-    moved = sum(r.moved for r in results)
-    evaluated = sum(r.error is None for r in results)
-    controls = [r.control for r in results if r.control is not None]
-    return InjectionReport(
-        results=tuple(results),
-        moved=moved,
-        evaluated=evaluated,
-        failures=len(results) - evaluated,
-        rate=moved / evaluated if evaluated else math.nan,
-        delta=delta,
-        control_mean=sum(controls) / len(controls) if controls else math.nan,
-    )
+    return scores
+
+
+def _result(
+    case: InjectionCase, c: float | Exception, a: float | Exception, delta: float
+) -> InjectionResult:
+    errors = [f"{w}: {type(e).__name__}: {e}" for w, e in (("control", c), ("attack", a))
+              if isinstance(e, Exception)]  # fmt: skip
+    if errors:
+        return InjectionResult(
+            case.name,
+            None if isinstance(c, Exception) else c,
+            None if isinstance(a, Exception) else a,
+            False,
+            "; ".join(errors),
+        )
+    assert isinstance(c, float) and isinstance(a, float)
+    return InjectionResult(case.name, c, a, a - c >= delta)
