@@ -246,6 +246,11 @@ class RunningNorm:
     without keeping them. ``std`` is the population std (ddof=0), as in the running
     normalizers of Stable-Baselines3 and Gymnasium; it is defined from the first value on.
     Before any value, :meth:`normalize` is the identity.
+
+    Attributes:
+        count: values seen (NaN excluded).
+        mean: mean of the values seen.
+        eps: added to the std in :meth:`normalize`.
     """
 
     __slots__ = ("_m2", "count", "eps", "mean")
@@ -253,10 +258,10 @@ class RunningNorm:
     def __init__(self, eps: float = 1e-8) -> None:
         if not (eps >= 0.0 and math.isfinite(eps)):
             raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
-        self.count: int = 0  # values seen (NaN excluded)
-        self.mean: float = 0.0  # mean of the values seen
+        self.count: int = 0
+        self.mean: float = 0.0
         self._m2: float = 0.0  # sum of squared deviations from the mean (Welford's M2)
-        self.eps: float = eps  # added to the std in normalize()
+        self.eps: float = eps
 
     @property
     def var(self) -> float:

@@ -18,14 +18,13 @@ mode, 11 cases):
   ceiling and nothing can move, so the rubric below carries three graded examples;
 - before quoted verdict keys were escaped inside the candidate, the model copied
   ``{"score": 1.0, ...}`` out of the hardened candidate block;
-- with the rubric below: naive 0.27 (control mean 0.18) on every run; hardened between 0.27
-  and 0.55 over single draws (control mean 0.45-0.73: the hardened layout makes this model
-  grade wrong answers higher), moving cases other than the naive ones.
+- with the rubric below the hardened layout makes this model grade wrong answers (the
+  controls) higher than the naive one does, and it moves cases other than the naive ones.
 
 The claim that hardening stops injections is asserted where a judge can follow instructions:
-the scripted gullible judge of the simulated server (``tests/rewards/test_judges.py``: hardened
-0.00, naive 1.00). ``tests/reliability/README.md`` records both sets of figures. The naive
-prompt is :data:`tests.rewards.weak_prompts.NAIVE`.
+the scripted gullible judge of the simulated server (``tests/rewards/test_judges.py``).
+``tests/reliability/README.md`` records the figures of both. The naive prompt is
+:data:`tests.rewards.weak_prompts.NAIVE`.
 
 Run it with ``python -m pytest tests/integration/test_judge_llama.py -s`` to see the numbers.
 """

@@ -64,7 +64,7 @@ class SimServer:
         self._faults = FaultInjector(config.faults, self._rng)
         self._limits = self._rate_limits(config)
         self._requests = 0  # generation requests so far: the fake model's request_number
-        self._peers: set[Any] = set()  # peer addresses seen, for stats.connections
+        self._peers: set[object] = set()  # peer addresses seen, for stats.connections
         self._served = self._served_cap(config)
         self._closing: asyncio.Event | None = None  # set on close: hanging requests answer
         self._runner: web.AppRunner | None = None
