@@ -132,13 +132,7 @@ def group_advantages(
     """
     r = _check_args(rewards, scale, eps)  # (B, G)
     B, G = r.shape
-    # Work in (G, B) layout: numpy reduces a short last axis (G = 8) row by row, several times
-    # slower than reducing axis 0 across contiguous rows. Only two (G, B) float buffers are
-    # allocated (page faults on fresh memory cost as much as the arithmetic here): `rt`, our
-    # copy of the rewards, and `A`, the advantages.
-    rt = np.array(r.T, order="C")  # (G, B)
-    invalid = np.isnan(rt)  # (G, B) True for failed rollouts
-    n = G - invalid.sum(axis=0)  # (B,) valid members per group
+    rt, invalid, n = _transposed(r)
     s, mean, equal = _group_means(rt, invalid, n)
     A, ss, std, zero_std = _deviations(rt, invalid, n, mean, equal)
 
@@ -171,6 +165,21 @@ def group_advantages(
         frac_reward_zero_std=float(zero_std.mean()) if B else 0.0,
         dropped=dropped,
     )
+
+
+def _transposed(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a (G, B) copy of the (B, G) rewards, its mask of failed rollouts, valid members per
+    group).
+
+    The work happens in (G, B) layout: numpy reduces a short last axis (G = 8) row by row,
+    several times slower than reducing axis 0 across contiguous rows. Only two (G, B) float
+    buffers are allocated (page faults on fresh memory cost as much as the arithmetic here):
+    this copy, and the advantages.
+    """
+    rt = np.array(r.T, order="C")
+    invalid = np.isnan(rt)
+    n = r.shape[1] - invalid.sum(axis=0)
+    return rt, invalid, n
 
 
 def _group_means(
