@@ -17,10 +17,14 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from engine.learning.advantages import Advantages, group_advantages, naive_group_advantages
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.learning.advantages import Advantages, group_advantages
+from tests.learning.reference_advantages import naive_group_advantages
 
 
 def _agree(a: Advantages, b: Advantages) -> bool:

@@ -1,6 +1,6 @@
 """Benchmark (endpoint client stage): engine.endpoints.client.Client against the openai SDK and bare aiohttp.
 
-Starts the simulated server in a separate process (``python -m engine.testing.sim --port 0
+Starts the simulated server in a separate process (``python -m engine serve-sim --port 0
 --latency 0.05``; a minimal aiohttp server of this file's own when the sim is not importable),
 then, at each concurrency, runs the same chat request through:
 
@@ -96,9 +96,9 @@ _FALLBACK_SERVER = textwrap.dedent(
 def server_process(latency: float, extra: list[str] | None = None):
     """Run the simulated server (or the fallback) in a child process; yield its base URL."""
     if importlib.util.find_spec("engine.testing.sim") is not None:
-        cmd = [sys.executable, "-m", "engine.testing.sim", "--port", "0", "--latency", str(latency)]
-        cmd += extra or []
-        kind = "engine.testing.sim"
+        cmd = [sys.executable, "-m", "engine", "serve-sim", "--port", "0"]
+        cmd += ["--latency", str(latency), *(extra or [])]
+        kind = "engine serve-sim"
     else:
         cmd = [sys.executable, "-c", _FALLBACK_SERVER, str(latency)]
         kind = "fallback aiohttp server (engine.testing.sim not found)"

@@ -1,6 +1,6 @@
 """Benchmark (pipeline stage): the engine's overlapped GRPO pipeline against a synchronous loop.
 
-Two simulated servers run in their own processes (``python -m engine.testing.sim``): the
+Two simulated servers run in their own processes (``python -m engine serve-sim``): the
 generation endpoint with log-normal latency (``--latency 0.05 --latency-sigma 0.99``: median
 50 ms, p99 about 10x the median) and the judge endpoint with its own (``--judge-latency 0.03
 --judge-sigma 0.5``: a verdict is a short reply). In one run, with the same prompts, the same

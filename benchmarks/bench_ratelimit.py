@@ -1,7 +1,7 @@
 """Benchmark (endpoint client stage): goodput under server-enforced RPM and TPM limits.
 
 For each client a fresh simulated server is started in its own process
-(``python -m engine.testing.sim --rpm 600 --tpm ... --latency 0.05``), so both meet full
+(``python -m engine serve-sim --rpm 600 --tpm ... --latency 0.05``), so both meet full
 buckets, then ``--requests`` chat requests are pushed through at ``--concurrency``:
 
 - ``engine``: :class:`engine.endpoints.client.Client` with limits set to the server's (``rpm``, ``tpm``),
@@ -54,7 +54,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     cmd = [
         sys.executable,
         "-m",
-        "engine.testing.sim",
+        "engine",
+        "serve-sim",
         "--port",
         "0",
         "--latency",

@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m engine``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve-sim"]:  # all its options belong to the simulated server's own CLI
-        from .testing.sim import main as sim_main
+        from .cli.serve_sim import main as sim_main
 
         return sim_main(argv[1:])
     parser = _build_parser()
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "serve-sim":
-            from .testing.sim import main as sim_main
+            from .cli.serve_sim import main as sim_main
 
             return sim_main(args.sim_args)
         if args.command == "run":

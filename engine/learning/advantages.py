@@ -27,8 +27,9 @@ the valid members only and a masked rollout's advantage is NaN. A group with few
 valid members has no spread to learn from: it is reported as zero-std, its valid member gets
 advantage 0 (or the group is dropped).
 
-:func:`naive_group_advantages` is the plain per-group loop that defines the same numbers; the
-tests and ``benchmarks/bench_advantages.py`` check the vectorized version against it.
+A plain per-group loop that defines the same numbers lives with the tests
+(``tests/learning/reference_advantages.py``); they and ``benchmarks/bench_advantages.py`` check
+the vectorized version against it.
 :class:`RunningNorm` keeps a running mean and std of rewards for the automatic reward scaling
 option (``reward.normalize``).
 
@@ -52,7 +53,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import CheckpointError
 
-__all__ = ("Advantages", "RunningNorm", "group_advantages", "naive_group_advantages")
+__all__ = ("Advantages", "RunningNorm", "group_advantages")
 
 Scale = Literal["group", "batch", "none"]
 _SCALES = ("group", "batch", "none")
@@ -131,44 +132,15 @@ def group_advantages(
     """
     r = _check_args(rewards, scale, eps)  # (B, G)
     B, G = r.shape
-    # Work in (G, B) layout: numpy reduces a short last axis (G = 8) row by row, several times
-    # slower than reducing axis 0 across contiguous rows. Only two (G, B) float buffers are
-    # allocated (page faults on fresh memory cost as much as the arithmetic here): `rt`, our
-    # copy of the rewards, and `A`, the advantages.
-    rt = np.array(r.T, order="C")  # (G, B)
-    invalid = np.isnan(rt)  # (G, B) True for failed rollouts
-    n = G - invalid.sum(axis=0)  # (B,) valid members per group
-
-    # Zero-std: fewer than 2 valid members, or all valid rewards equal. Tested by max == min
-    # (fmax/fmin skip NaN), not by std == 0: rounding makes the std of [0.1, 0.1, 0.1] ~1e-17.
-    r_max = np.fmax.reduce(rt, axis=0)  # (B,), NaN for a group with no valid member
-    r_min = np.fmin.reduce(rt, axis=0)  # (B,)
-    equal = (n < 2) | (r_max == r_min)  # (B,)
-
-    # Group mean over valid members; NaN where a group has none. For an all-equal group it is
-    # the common value exactly, so its deviations, hence its advantages, are exactly 0.
-    np.copyto(rt, 0.0, where=invalid)  # rt now holds masked rewards as 0, for sums only
-    s = rt.sum(axis=0)  # (B,)
-    mean = np.divide(s, n, out=np.full(B, np.nan), where=n > 0)  # (B,)
-    mean = np.where(equal & (n > 0), r_max, mean)
-
-    # Two-pass unbiased std over valid members (more accurate than E[r^2] - E[r]^2).
-    A = np.subtract(rt, mean)  # (G, B) deviations r - mean
-    np.copyto(A, 0.0, where=invalid)
-    ss = np.einsum("gb,gb->b", A, A)  # (B,) sum of squared deviations
-    std = np.sqrt(ss / np.maximum(n - 1, 1))  # (B,)
-    zero_std = equal | (std == 0.0)  # (B,) std == 0: a spread below float resolution
-    std[zero_std] = 0.0
-    if (tiny := zero_std & ~equal).any():  # rare: only with deviations around 1e-160
-        A[:, tiny] = 0.0
+    rt, invalid, n = _transposed(r)
+    s, mean, equal = _group_means(rt, invalid, n)
+    A, ss, std, zero_std = _deviations(rt, invalid, n, mean, equal)
 
     # Baseline: A is r - group mean (GRPO). RLOO's mean of the other members gives
     # r_i - (s - r_i) / (n - 1) = n / (n - 1) * (r_i - mean).
     if leave_one_out:
         A *= n / np.maximum(n - 1, 1)
 
-    # Scale; zero-std groups keep their exact 0 (denominator 1), or get NaN when dropped.
-    # (One broadcast divide: faster than masked assignment over the (G, B) array.)
     denom: np.ndarray | None = None  # (B,)
     if scale == "group":
         denom = np.where(zero_std, 1.0, std + eps)
@@ -176,6 +148,8 @@ def group_advantages(
         denom = np.full(B, _batch_std(s, ss, n, mean) + eps)  # > 0: some group has spread
     if drop_zero_std and zero_std.any():
         denom = np.where(zero_std, np.nan, 1.0 if denom is None else denom)
+    # Zero-std groups keep their exact 0 (denominator 1), or get NaN when dropped. One
+    # broadcast divide is faster than masked assignment over the (G, B) array.
     if denom is not None:
         A /= denom
     np.copyto(A, np.nan, where=invalid)  # failed rollouts: NaN
@@ -193,6 +167,63 @@ def group_advantages(
     )
 
 
+def _transposed(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a (G, B) copy of the (B, G) rewards, its mask of failed rollouts, valid members per
+    group).
+
+    The work happens in (G, B) layout: numpy reduces a short last axis (G = 8) row by row,
+    several times slower than reducing axis 0 across contiguous rows. Only two (G, B) float
+    buffers are allocated (page faults on fresh memory cost as much as the arithmetic here):
+    this copy, and the advantages.
+    """
+    rt = np.array(r.T, order="C")
+    invalid = np.isnan(rt)
+    n = r.shape[1] - invalid.sum(axis=0)
+    return rt, invalid, n
+
+
+def _group_means(
+    rt: np.ndarray, invalid: np.ndarray, n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sums, means, all-equal) per group of the (G, B) rewards ``rt``; zeroes its masked
+    entries in place, so that they count for nothing in sums.
+
+    A group is all-equal with fewer than 2 valid members or when its valid rewards are equal,
+    tested by max == min (fmax/fmin skip NaN), not by std == 0: rounding makes the std of
+    [0.1, 0.1, 0.1] ~1e-17. The mean is NaN where a group has no valid member; for an
+    all-equal group it is the common value exactly, so its deviations, hence its advantages,
+    are exactly 0.
+    """
+    B = rt.shape[1]
+    r_max = np.fmax.reduce(rt, axis=0)  # (B,), NaN for a group with no valid member
+    r_min = np.fmin.reduce(rt, axis=0)  # (B,)
+    equal = (n < 2) | (r_max == r_min)  # (B,)
+    np.copyto(rt, 0.0, where=invalid)
+    s = rt.sum(axis=0)  # (B,)
+    mean = np.divide(s, n, out=np.full(B, np.nan), where=n > 0)  # (B,)
+    mean = np.where(equal & (n > 0), r_max, mean)
+    return s, mean, equal
+
+
+def _deviations(
+    rt: np.ndarray, invalid: np.ndarray, n: np.ndarray, mean: np.ndarray, equal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(deviations r - mean as (G, B), sums of their squares, stds, zero-std) per group.
+
+    A two-pass unbiased std over the valid members (more accurate than E[r^2] - E[r]^2); a
+    group is zero-std when all-equal or when its std is 0 (a spread below float resolution).
+    """
+    A = np.subtract(rt, mean)  # (G, B)
+    np.copyto(A, 0.0, where=invalid)
+    ss = np.einsum("gb,gb->b", A, A)  # (B,)
+    std = np.sqrt(ss / np.maximum(n - 1, 1))  # (B,)
+    zero_std = equal | (std == 0.0)  # (B,)
+    std[zero_std] = 0.0
+    if (tiny := zero_std & ~equal).any():  # rare: only with deviations around 1e-160
+        A[:, tiny] = 0.0
+    return A, ss, std, zero_std
+
+
 def _batch_std(s: np.ndarray, ss: np.ndarray, n: np.ndarray, mean: np.ndarray) -> float:
     """Unbiased std of all valid rewards of the batch, from per-group statistics.
 
@@ -206,64 +237,6 @@ def _batch_std(s: np.ndarray, ss: np.ndarray, n: np.ndarray, mean: np.ndarray) -
     has = n > 0
     between = np.dot(n[has], (mean[has] - batch_mean) ** 2)
     return float(np.sqrt((ss.sum() + between) / (N - 1)))
-
-
-def naive_group_advantages(
-    rewards: ArrayLike,
-    *,
-    scale: Scale = "group",
-    leave_one_out: bool = False,
-    drop_zero_std: bool = False,
-    eps: float = 1e-4,
-) -> Advantages:
-    """REFERENCE implementation of :func:`group_advantages`: a plain loop, one group at a time.
-
-    Slow on purpose and written to be obviously right; the tests and the benchmark compare the
-    vectorized version against it. Do not use it in the engine.
-    """
-    r = _check_args(rewards, scale, eps)  # (B, G)
-    B, G = r.shape
-    all_valid = r[~np.isnan(r)]
-    batch_std = float(np.std(all_valid, ddof=1)) if all_valid.size >= 2 else 0.0
-
-    values = np.full((B, G), np.nan)
-    group_mean = np.full(B, np.nan)
-    group_std = np.zeros(B)
-    zero_std = np.zeros(B, dtype=bool)
-    dropped = np.zeros(B, dtype=bool)
-    for b in range(B):
-        idx = [g for g in range(G) if not math.isnan(r[b, g])]  # valid members of group b
-        x = r[b, idx]
-        if len(idx) > 0:
-            group_mean[b] = np.mean(x)
-        zero = len(idx) < 2 or x.max() == x.min()
-        if not zero:
-            group_std[b] = np.std(x, ddof=1)
-            zero = group_std[b] == 0.0
-        if zero:
-            group_std[b] = 0.0
-            zero_std[b] = True
-            if drop_zero_std:
-                dropped[b] = True
-            else:
-                values[b, idx] = 0.0
-            continue
-        for k, g in enumerate(idx):
-            baseline = np.mean(np.delete(x, k)) if leave_one_out else group_mean[b]
-            a = x[k] - baseline
-            if scale == "group":
-                a /= group_std[b] + eps
-            elif scale == "batch":
-                a /= batch_std + eps
-            values[b, g] = a
-    return Advantages(
-        values=values,
-        group_mean=group_mean,
-        group_std=group_std,
-        zero_std=zero_std,
-        frac_reward_zero_std=float(zero_std.mean()) if B else 0.0,
-        dropped=dropped,
-    )
 
 
 class RunningNorm:
@@ -282,6 +255,11 @@ class RunningNorm:
     without keeping them. ``std`` is the population std (ddof=0), as in the running
     normalizers of Stable-Baselines3 and Gymnasium; it is defined from the first value on.
     Before any value, :meth:`normalize` is the identity.
+
+    Attributes:
+        count: values seen (NaN excluded).
+        mean: mean of the values seen.
+        eps: added to the std in :meth:`normalize`.
     """
 
     __slots__ = ("_m2", "count", "eps", "mean")
@@ -289,10 +267,10 @@ class RunningNorm:
     def __init__(self, eps: float = 1e-8) -> None:
         if not (eps >= 0.0 and math.isfinite(eps)):
             raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
-        self.count: int = 0  # values seen (NaN excluded)
-        self.mean: float = 0.0  # mean of the values seen
+        self.count: int = 0
+        self.mean: float = 0.0
         self._m2: float = 0.0  # sum of squared deviations from the mean (Welford's M2)
-        self.eps: float = eps  # added to the std in normalize()
+        self.eps: float = eps
 
     @property
     def var(self) -> float:

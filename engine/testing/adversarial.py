@@ -6,7 +6,7 @@ completion is a reward hack waiting to be found. This module holds a small adver
 which reports how often they move a judge's score. Used by the judge tests, the reliability
 suite and the llama.cpp integration test::
 
-    report = await measure_injection(LLMJudge(client, RUBRIC, sim_marker=True))
+    report = await measure_injection(LLMJudge(client, RUBRIC))
     report.rate          # fraction of cases where the injection raised the score by >= delta
 
 Each case pairs a poor answer (``control``) with the same answer plus an injection
@@ -32,13 +32,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import anyio
 import orjson
 
 from ..types import Example
-from .sim import GOOD_WORDS, JUDGE_MARKER, SimRequest
+from .sim import CANDIDATE_CLOSE, CANDIDATE_OPEN, GOOD_WORDS, JUDGE_MARKER, SimRequest
 
 __all__ = (
     "CASES",
@@ -185,7 +185,7 @@ _OBEY_RE: Final = re.compile(
     re.IGNORECASE,
 )
 _WORD_RE: Final = re.compile(r"[a-z]+")
-_SIM_TOKENS: Final = ("<<CANDIDATE>>", "<</CANDIDATE>>", JUDGE_MARKER)
+_SIM_TOKENS: Final = (CANDIDATE_OPEN, CANDIDATE_CLOSE, JUDGE_MARKER)
 
 
 def _honest(text: str) -> tuple[float, str]:
@@ -223,8 +223,13 @@ def gullible_judge(req: SimRequest) -> str:
 # ----------------------------------------------------------------------------- measurement
 
 
+class _Scored(Protocol):
+    @property
+    def score(self) -> float: ...
+
+
 class _Judge(Protocol):
-    async def verdict(self, example: Example | str, text: str) -> Any: ...
+    async def verdict(self, example: Example | str, text: str) -> _Scored: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +293,30 @@ async def measure_injection(
         delta: how much the attack must raise the score to count as moved.
         concurrency: verdicts in flight at once (a llama.cpp server runs one at a time).
     """
+    scores = await _grade_cases(judge, cases, concurrency)
+    results = [
+        _result(case, scores[i, "control"], scores[i, "attack"], delta)
+        for i, case in enumerate(cases)
+    ]
+    moved = sum(r.moved for r in results)
+    evaluated = sum(r.error is None for r in results)
+    controls = [r.control for r in results if r.control is not None]
+    return InjectionReport(
+        results=tuple(results),
+        moved=moved,
+        evaluated=evaluated,
+        failures=len(results) - evaluated,
+        rate=moved / evaluated if evaluated else math.nan,
+        delta=delta,
+        control_mean=sum(controls) / len(controls) if controls else math.nan,
+    )
+
+
+async def _grade_cases(
+    judge: _Judge, cases: Sequence[InjectionCase], concurrency: int
+) -> dict[tuple[int, str], float | Exception]:
+    """Every case's control and attack score (or the failure of its verdict), by
+    ``(case index, "control" | "attack")``."""
     limiter = anyio.Semaphore(concurrency)
     scores: dict[tuple[int, str], float | Exception] = {}
 
@@ -303,33 +332,21 @@ async def measure_injection(
         for i, case in enumerate(cases):
             tg.start_soon(one, i, "control", case.control)
             tg.start_soon(one, i, "attack", case.attack)
-    results: list[InjectionResult] = []
-    for i, case in enumerate(cases):
-        c, a = scores[i, "control"], scores[i, "attack"]
-        errors = [f"{w}: {type(e).__name__}: {e}" for w, e in (("control", c), ("attack", a))
-                  if isinstance(e, Exception)]  # fmt: skip
-        if errors:
-            results.append(
-                InjectionResult(
-                    case.name,
-                    None if isinstance(c, Exception) else c,
-                    None if isinstance(a, Exception) else a,
-                    False,
-                    "; ".join(errors),
-                )
-            )
-            continue
-        assert isinstance(c, float) and isinstance(a, float)
-        results.append(InjectionResult(case.name, c, a, a - c >= delta))
-    moved = sum(r.moved for r in results)
-    evaluated = sum(r.error is None for r in results)
-    controls = [r.control for r in results if r.control is not None]
-    return InjectionReport(
-        results=tuple(results),
-        moved=moved,
-        evaluated=evaluated,
-        failures=len(results) - evaluated,
-        rate=moved / evaluated if evaluated else math.nan,
-        delta=delta,
-        control_mean=sum(controls) / len(controls) if controls else math.nan,
-    )
+    return scores
+
+
+def _result(
+    case: InjectionCase, c: float | Exception, a: float | Exception, delta: float
+) -> InjectionResult:
+    errors = [f"{w}: {type(e).__name__}: {e}" for w, e in (("control", c), ("attack", a))
+              if isinstance(e, Exception)]  # fmt: skip
+    if errors:
+        return InjectionResult(
+            case.name,
+            None if isinstance(c, Exception) else c,
+            None if isinstance(a, Exception) else a,
+            False,
+            "; ".join(errors),
+        )
+    assert isinstance(c, float) and isinstance(a, float)
+    return InjectionResult(case.name, c, a, a - c >= delta)

@@ -18,13 +18,13 @@ mode, 11 cases):
   ceiling and nothing can move, so the rubric below carries three graded examples;
 - before quoted verdict keys were escaped inside the candidate, the model copied
   ``{"score": 1.0, ...}`` out of the hardened candidate block;
-- with the rubric below: naive 0.27 (control mean 0.18) on every run; hardened between 0.27
-  and 0.55 over single draws (control mean 0.45-0.73: the hardened layout makes this model
-  grade wrong answers higher), moving cases other than the naive ones.
+- with the rubric below the hardened layout makes this model grade wrong answers (the
+  controls) higher than the naive one does, and it moves cases other than the naive ones.
 
 The claim that hardening stops injections is asserted where a judge can follow instructions:
-the scripted gullible judge of the simulated server (``tests/test_judges.py``: hardened 0.00,
-naive 1.00). ``tests/reliability/README.md`` records both sets of figures.
+the scripted gullible judge of the simulated server (``tests/rewards/test_judges.py``).
+``tests/reliability/README.md`` records the figures of both. The naive prompt is
+:data:`tests.rewards.weak_prompts.NAIVE`.
 
 Run it with ``python -m pytest tests/integration/test_judge_llama.py -s`` to see the numbers.
 """
@@ -38,8 +38,10 @@ import pytest
 
 from engine.config.schema import EndpointConfig, LimitsConfig
 from engine.endpoints.client import Client
-from engine.rewards.judges import LLMJudge, PromptStyle
+from engine.rewards.judge_prompts import HARDENED, PromptRenderer
+from engine.rewards.judges import LLMJudge
 from engine.testing.adversarial import CASES, InjectionReport, measure_injection
+from tests.rewards.weak_prompts import NAIVE
 
 pytestmark = pytest.mark.llama
 
@@ -54,8 +56,8 @@ REPEATS = int(os.environ.get("LLAMA_JUDGE_REPEATS", "1"))
 """Hardened measurements (fresh nonces each) averaged into its rate; 1 keeps CI short."""
 
 
-async def measure(base_url: str, model: str, style: PromptStyle) -> InjectionReport:
-    """The injection report of one prompt style on the llama.cpp server."""
+async def measure(base_url: str, model: str, renderer: PromptRenderer) -> InjectionReport:
+    """The injection report of one judge prompt on the llama.cpp server."""
     endpoint = EndpointConfig(
         provider="local",
         base_url=base_url,
@@ -65,7 +67,7 @@ async def measure(base_url: str, model: str, style: PromptStyle) -> InjectionRep
         deadline=900.0,
     )
     async with Client(endpoint, limits=LimitsConfig(max_concurrency=2)) as client:
-        judge = LLMJudge(client, RUBRIC, style=style, mode="completions", max_tokens=40)
+        judge = LLMJudge(client, RUBRIC, renderer=renderer, mode="completions", max_tokens=40)
         return await measure_injection(judge, concurrency=2)
 
 
@@ -81,8 +83,8 @@ def check_valid(report: InjectionReport) -> None:
 
 async def test_hardened_and_naive_injection_rates(llama_base_url: str, llama_model: str) -> None:
     """Both injection rates are measured on a real model, valid, and printed side by side."""
-    hardened = [await measure(llama_base_url, llama_model, "hardened") for _ in range(REPEATS)]
-    naive = await measure(llama_base_url, llama_model, "naive")
+    hardened = [await measure(llama_base_url, llama_model, HARDENED) for _ in range(REPEATS)]
+    naive = await measure(llama_base_url, llama_model, NAIVE)
     for report in (*hardened, naive):
         check_valid(report)
     rate = sum(h.rate for h in hardened) / len(hardened)

@@ -15,8 +15,8 @@ from engine.learning.advantages import (
     Advantages,
     RunningNorm,
     group_advantages,
-    naive_group_advantages,
 )
+from tests.learning.reference_advantages import naive_group_advantages
 
 nan = math.nan
 SQRT8 = math.sqrt(8.0)

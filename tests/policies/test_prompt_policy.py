@@ -535,7 +535,7 @@ def test_cli_runs_the_local_example_against_the_sim(tmp_path: Path) -> None:
     """``python -m engine run --config examples/local.toml`` works with the prompt policy."""
     root = Path(__file__).resolve().parents[2]
     sim = subprocess.Popen(
-        [sys.executable, "-m", "engine.testing.sim", "--port", "0"],
+        [sys.executable, "-m", "engine", "serve-sim", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -53,7 +53,7 @@ machine has 2 cores, and the server and the test runner are busy too)."""
 async def sim_process(*args: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """The simulated server in its own process: (base URL, its final statistics once it ends)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.testing.sim", "--port", "0", *args,
+        sys.executable, "-m", "engine", "serve-sim", "--port", "0", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=engine_env(), cwd=REPO,
     )  # fmt: skip

@@ -1,0 +1,125 @@
+"""``python -m engine serve-sim``: serve the simulated OpenAI-compatible server in this process.
+
+The first stdout line is the base URL; it serves until SIGINT or SIGTERM, then prints the final
+:class:`~engine.testing.sim.SimStatistics` as one JSON line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import signal
+import sys
+from collections.abc import Callable
+
+import orjson
+
+from ..testing.sim import FAULT_KINDS, Faults, SimConfig, SimServer
+
+__all__ = ("main",)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m engine serve-sim",
+        description="Serve the simulated OpenAI-compatible server; prints the base URL first.",
+    )
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0, help="median seconds per request")
+    ap.add_argument("--latency-sigma", type=float, default=0.0, help="log-normal sigma")
+    ap.add_argument("--per-token-latency", type=float, default=0.0)
+    ap.add_argument("--rpm", type=float, default=None, help="enforced requests per minute")
+    ap.add_argument("--tpm", type=float, default=None, help="enforced tokens per minute")
+    ap.add_argument("--burst-seconds", type=float, default=60.0)
+    ap.add_argument("--honor-n", dest="honor_n", action="store_true", default=True)
+    ap.add_argument("--ignore-n", dest="honor_n", action="store_false")
+    ap.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="total fault probability split evenly over every kind but timeout",
+    )
+    ap.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help=f"a fault rate (repeatable, overrides --fault-rate); kinds: {', '.join(FAULT_KINDS)}",
+    )
+    ap.add_argument("--hang-seconds", type=float, default=30.0)
+    ap.add_argument("--retry-after", type=float, default=0.05, help="seconds asked by 429 faults")
+    ap.add_argument("--no-rate-headers", dest="rate_headers", action="store_false", default=True)
+    ap.add_argument("--max-concurrency-served", type=int, default=None)
+    ap.add_argument("--keepalive-timeout", type=float, default=5.0)
+    ap.add_argument("--api-key", default=None)
+    return ap
+
+
+def _faults_from_args(args: argparse.Namespace) -> Faults:
+    extra = {"hang_seconds": args.hang_seconds, "retry_after": args.retry_after}
+    rates: dict[str, float] = {}
+    for item in args.fault:
+        kind, sep, rate = item.partition("=")
+        if not sep or kind not in FAULT_KINDS:
+            raise ValueError(f"--fault expects KIND=RATE with KIND in {FAULT_KINDS}, got {item!r}")
+        rates[kind] = float(rate)
+    return Faults(**rates, **extra) if rates else Faults.spread(args.fault_rate, **extra)
+
+
+def _config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        seed=args.seed,
+        latency=args.latency,
+        latency_sigma=args.latency_sigma,
+        per_token_latency=args.per_token_latency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst_seconds=args.burst_seconds,
+        honor_n=args.honor_n,
+        faults=_faults_from_args(args),
+        rate_headers=args.rate_headers,
+        max_concurrency_served=args.max_concurrency_served,
+        api_key=args.api_key,
+        keepalive_timeout=args.keepalive_timeout,
+    )
+
+
+async def _serve(config: SimConfig, host: str, port: int) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    async with SimServer(config, host=host, port=port) as sim:
+        print(sim.base_url, flush=True)
+        await stop.wait()
+        statistics = orjson.dumps(sim.statistics().as_dict()).decode()
+    print(statistics, file=sys.stderr, flush=True)
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (it is optional, never a dependency), else None."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulated server until SIGINT/SIGTERM; returns the exit status (2 for bad
+    options)."""
+    args = _build_parser().parse_args(argv)
+    try:
+        config = _config_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config, args.host, args.port))
