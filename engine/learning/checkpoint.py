@@ -1,4 +1,4 @@
-"""Checkpoint stage: atomic save and load of arrays (``.npz``) plus JSON metadata.
+"""Checkpoints: atomic save and load of arrays (``.npz``) plus JSON metadata.
 
 A checkpoint is a directory::
 

@@ -1,4 +1,4 @@
-"""Stage: rewards (built-in functions). Cheap, deterministic reward functions named in config.
+"""The built-in reward functions: cheap, deterministic, named in config.
 
 Each is ``(example, output_text) -> float`` and compares the output with ``example.target``
 (the dataset's ``output.generated`` or ``answer``) where it needs a reference; an example

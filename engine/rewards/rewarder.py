@@ -1,4 +1,4 @@
-"""Stage: rewards. Reward functions and LLM judges, weighted and combined, a metric per part.
+"""Reward functions and LLM judges, weighted and combined, a metric per part.
 
 A reward function is ``(example, output_text) -> float``, sync or async. Sync functions run in
 a worker thread (they may be CPU-heavy) unless declared ``inline`` (trivially cheap ones, like

@@ -1,4 +1,4 @@
-"""Rollout stage, admission: a group is admitted whole, first come first served.
+"""Whole-group admission: a group starts all its requests at once, first come first served.
 
 The :class:`GroupGate` waits until it can take all of a group's generation requests at once,
 then starts them all. It counts *generation request units* of admitted groups that have not

@@ -1,4 +1,4 @@
-"""Rollout stage: score a policy on a dataset, one greedy (or sampled) output per example.
+"""Score a policy on a dataset: one greedy (or sampled) output per example.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Rollout stage: fan out one group (generate G, score, stamp the policy version), admitted whole.
+"""Fan out one group: generate G, score, stamp the policy version; admitted whole.
 
 The trainer hands every group of a batch to one :class:`GroupRunner`::
 

@@ -1,4 +1,4 @@
-"""Stage: export. Every scored group as one JSON line, for weight trainers (TRL and similar).
+"""Every scored group as one JSON line, for weight trainers (TRL and similar).
 
 For open-weight models served by vLLM or llama.cpp, the engine can do the sampling and the
 scoring, and a weight trainer the update. ``python -m engine run --export-groups FILE`` (or

@@ -1,4 +1,4 @@
-"""Training stage, the API for a model you cannot retrain: ``finetune()`` and the
+"""Fine-tuning a model you cannot retrain: ``finetune()`` and the
 :class:`FineTunedModel` it returns.
 
 ::

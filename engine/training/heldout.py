@@ -1,4 +1,4 @@
-"""Training stage, held-out evaluation: greedy decoding of the policy on held-out examples.
+"""Held-out evaluation during training: greedy decoding of the policy on held-out examples.
 
 One output per example from one snapshot, scored by the run's rewarder; the mean reward is
 ``eval/reward`` in metrics.jsonl. An example whose generation or scoring failed counts in

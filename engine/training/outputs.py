@@ -1,4 +1,4 @@
-"""Training stage, outputs: the files a run writes into its output directory.
+"""The files a run writes into its output directory.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Training stage, progress: what a run has learned about itself, kept across a resume.
+"""What a run has learned about itself, kept across a resume.
 
 The evaluations so far (for early stopping and the summary) and the rewards of the first
 steps; :meth:`RunProgress.to_meta` and :meth:`RunProgress.from_meta` put them in a checkpoint.

@@ -1,4 +1,4 @@
-"""Training stage, data: the training source and the held-out examples of a run.
+"""The training source and the held-out examples of a run.
 
 A source is a zero-argument callable returning a fresh iterator of examples per pass, so the
 sampler can shuffle and repeat it without holding a file open.

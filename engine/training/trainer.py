@@ -1,4 +1,4 @@
-"""Training stage: the ``TrainingManager`` wires sampler -> rollouts -> rewards -> learner.
+"""The ``TrainingManager`` wires sampler -> rollouts -> rewards -> learner.
 
 Data flows one way through bounded streams inside one anyio task group::
 
@@ -247,7 +247,7 @@ class TrainingManager:
         step: int,
         counters: RolloutCounters | None = None,
     ) -> Group | None:
-        """Rollout stage: fan out one group through :class:`~engine.rollout.groups.GroupRunner`.
+        """Fan out one group through :class:`~engine.rollout.groups.GroupRunner`.
 
         Admitted whole against the limits, generated, each sample scored as soon as it exists,
         completed by the ``[rollout]`` policy (retry, shrink or drop failed members; cancel
