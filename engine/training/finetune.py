@@ -454,28 +454,23 @@ async def finetune(
         train_data: ``TrainingExample`` dicts, Examples, or a JSONL path.
         base_prompt: the starting instruction (or a ``{text}`` template); candidate 0.
         reward: a reward function ``(example, text) -> float`` (sync or async), a judge, a
-            list of them, or a :class:`~engine.rewards.rewarder.Rewarder`. Default:
-            ``[reward]`` from the config, else ``exact_match`` against the examples'
-            ``output.generated``.
-        reward_prompt: a rubric: adds an :class:`~engine.rewards.judges.LLMJudge`, on
-            ``judge_client`` (default: the generation client).
+            list of them, or a Rewarder; default ``[reward]`` of the config, else
+            ``exact_match`` against the examples' ``output.generated``.
+        reward_prompt: a rubric: adds an LLM judge on ``judge_client``.
         optimizer: GRPO and optimizer settings (see :func:`finetune_config`).
         endpoint: the model endpoint, an EndpointConfig or a dict of its fields.
         config: a full run config instead of :data:`PROMPT_DEFAULTS`.
         eval_data: held-out examples; default: ``data.eval_fraction`` of ``train_data``.
         out: write metrics, events, checkpoints and a summary here; None writes nothing.
-        on_batch_complete: called with :class:`~engine.training.trainer.BatchMetrics` after
-            each step.
+        on_batch_complete: called with a BatchMetrics after each step.
         instructions: more seed instructions besides the base prompt.
-        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``
-            for candidate growth by reflection); a PromptPolicyConfig or a dict.
+        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``).
         client: generate with this client (not closed by the model); default a new one for
             ``endpoint``, owned by the returned model.
-        judge_client: judge with this client (default: the generation client, or one for
-            ``config.judge`` when set).
+        judge_client: judge with this client; default the generation client, or a new one
+            for ``config.judge`` when set.
         judge_options: options for the judge (``sim_marker=True`` for the simulated server).
-        export_groups: also write every scored group to this JSONL file
-            (:mod:`engine.telemetry.export`).
+        export_groups: also write every scored group to this JSONL file.
 
     Returns:
         The :class:`FineTunedModel`; close it (``async with``) to close its client.
@@ -497,49 +492,33 @@ async def finetune(
     if not examples:
         raise ConfigError("train_data has no examples", key="train_data")
     heldout = load_examples(eval_data) if eval_data is not None else None
-    run = _FinetuneRun(
-        run_config, EventLog(Path(out) / "events.jsonl" if out is not None else None)
-    )
-    try:
-        client, judge_client = run.clients(client, judge_client)
-        policy = build_prompt_policy(
-            run_config, client, examples=examples, separate_heldout=heldout is not None
-        )
-        rewarder = finetune_rewarder(run_config, reward, judge_client or client, judge_options)
-        async with TrainingManager(
-            run_config,
-            policy=policy,
-            rewarder=rewarder,
-            train=examples,
-            heldout=heldout,
-            on_batch_complete=on_batch_complete,
-            out=out,
-            events=run.events,
-            export_groups=export_groups,
-        ) as trainer:
-            summary = await trainer.run()
-            history = list(trainer.history)
-    except BaseException:
-        await run.aclose()
-        raise
-    run.events.close()
-    return FineTunedModel(
-        policy, run_config, clients=run.owned, rewarder=rewarder, summary=summary, history=history
-    )
+    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups)
+    return await run.train(examples, heldout, reward, client, judge_client, judge_options)
 
 
 class _FinetuneRun:
-    """The event log and the clients :func:`finetune` opened itself (the model owns them).
+    """One :func:`finetune` run: its event log, the clients it opened (the returned model
+    owns them), and the training.
 
     Attributes:
         config: the run config.
+        out: the output directory, or None.
         events: the run's event log; every client it opens writes to it.
-        owned: the clients it built, closed by :meth:`aclose` or by the returned model.
+        owned: the clients it built, closed when training fails, else by the model.
     """
 
-    def __init__(self, config: RunConfig, events: EventLog) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None,
+        on_batch_complete: Callable[[BatchMetrics], Any] | None,
+        export_groups: str | Path | None,
+    ) -> None:
         self.config = config
-        self.events = events
+        self.out = out
+        self.on_batch_complete = on_batch_complete
+        self.export_groups = export_groups
+        self.events = EventLog(Path(out) / "events.jsonl" if out is not None else None)
         self.owned: list[Client] = []
 
     def clients(
@@ -555,8 +534,47 @@ class _FinetuneRun:
             self.owned.append(judge_client)
         return client, judge_client
 
-    async def aclose(self) -> None:
-        """Close the clients it built and the event log (training failed)."""
-        for c in self.owned:
-            await c.aclose()
+    async def train(
+        self,
+        examples: list[Example],
+        heldout: list[Example] | None,
+        reward: Rewarder | RewardItem | Sequence[RewardItem] | None,
+        client: Client | None,
+        judge_client: Client | None,
+        judge_options: Mapping[str, Any] | None,
+    ) -> FineTunedModel:
+        """Build the clients, the policy and the rewards, train, and return the model (which
+        then owns the clients it was not given); on failure, close them and the event log."""
+        try:
+            client, judge_client = self.clients(client, judge_client)
+            policy = build_prompt_policy(
+                self.config, client, examples=examples, separate_heldout=heldout is not None
+            )
+            rewarder = finetune_rewarder(self.config, reward, judge_client or client, judge_options)
+            async with TrainingManager(
+                self.config,
+                policy=policy,
+                rewarder=rewarder,
+                train=examples,
+                heldout=heldout,
+                on_batch_complete=self.on_batch_complete,
+                out=self.out,
+                events=self.events,
+                export_groups=self.export_groups,
+            ) as trainer:
+                summary = await trainer.run()
+                history = list(trainer.history)
+        except BaseException:
+            for c in self.owned:
+                await c.aclose()
+            self.events.close()
+            raise
         self.events.close()
+        return FineTunedModel(
+            policy,
+            self.config,
+            clients=self.owned,
+            rewarder=rewarder,
+            summary=summary,
+            history=history,
+        )
