@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..evaluation.compare import (
     BUILTIN_METRICS,
     EndpointGenerator,
+    Generator,
     ModelComparator,
     PairwiseJudge,
     heldout_examples,
@@ -147,7 +148,7 @@ class _Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _examples(args: argparse.Namespace, a: Any, b: Any) -> list[Example]:
+def _examples(args: argparse.Namespace, a: Generator, b: Generator) -> list[Example]:
     """Blocking: the evaluation inputs from --data or a model's run config."""
     if args.data:
         exs = []
@@ -235,7 +236,7 @@ async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Client, str]:
     return client, config.reward.judge_prompt
 
 
-async def _config_rewarder(a: Any, b: Any, stack: AsyncExitStack) -> Rewarder | None:
+async def _config_rewarder(a: Generator, b: Generator, stack: AsyncExitStack) -> Rewarder | None:
     """The [reward] of B's (else A's) config unless it is a tinylm checkpoint; else None."""
     for model in (b, a):
         config: RunConfig | None = getattr(model, "run_config", None)
@@ -251,7 +252,7 @@ async def _config_rewarder(a: Any, b: Any, stack: AsyncExitStack) -> Rewarder | 
     return None
 
 
-async def _aclose(model: Any) -> None:
+async def _aclose(model: Generator) -> None:
     close = getattr(model, "aclose", None)
     if close is not None:
         await close()
