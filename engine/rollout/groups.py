@@ -293,7 +293,7 @@ class GroupRunner:
         self.events = events
         use_n = config.endpoint.use_n
         self._n_honoured = n_honoured or (lambda: use_n)
-        self.group_scoring = any(getattr(j.judge, "per_group", False) for j in rewarder.judges)
+        self.group_scoring = any(j.judge.per_group for j in rewarder.judges)
         self.completion = GroupCompletion(
             rollout, self.group_size, group_scoring=self.group_scoring
         )

@@ -196,8 +196,8 @@ def finetune_rewarder(
         items = list(reward) if isinstance(reward, list | tuple) else [reward]
     if not items:
         return build_rewarder(config, judge_client=judge_client, judge_options=judge_options)
-    functions = [f for f in items if not isinstance(getattr(f, "per_group", None), bool)]
-    judges = [j for j in items if isinstance(getattr(j, "per_group", None), bool)]
+    functions = [f for f in items if not _is_judge(f)]
+    judges = [j for j in items if _is_judge(j)]
     if config.reward.judge_prompt.strip():
         section = dataclasses.replace(config.reward, functions=(), weights=())
         options = _judge_options(config, judge_options)
@@ -207,6 +207,11 @@ def finetune_rewarder(
     return Rewarder(
         functions, judges=judges, format_failure_reward=config.reward.format_failure_reward
     )
+
+
+def _is_judge(item: object) -> bool:
+    """A judge, as the Rewarder tells one: it has a boolean ``per_group``."""
+    return isinstance(getattr(item, "per_group", None), bool)
 
 
 def task_rewarder(config: RunConfig) -> Rewarder:
