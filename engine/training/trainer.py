@@ -168,6 +168,7 @@ class TrainingManager:
         progress: evaluations, early stopping and the first steps' rewards (kept on resume).
         checkpoints: saves and restores the run's state.
         stop_reason: why the run stopped: ``steps``, ``early_stop``, ``interrupted``...
+        run_id: this process's run id (bound to every log record), once :meth:`run` started.
     """
 
     def __init__(
@@ -212,6 +213,7 @@ class TrainingManager:
         self._stop_requested: str | None = None
         self._cancel: anyio.CancelScope | None = None
         self._group_runner: GroupRunner | None = None
+        self.run_id: str | None = None
         self._started = 0.0
         self._last_step_t = 0.0
 
