@@ -16,12 +16,12 @@ import anyio
 
 from ..config.schema import config_reference
 from ..errors import EngineError, first_engine_error
-from ..evaluation.report import add_report_parser, report_command
 from ..telemetry.events import configure_logging
-from ..testing.sim import main as serve_sim_main
 from .compare import add_compare_parser, compare_command
 from .eval import add_eval_parser, eval_command
+from .report import add_report_parser, report_command
 from .run import add_run_parser, run_command
+from .serve_sim import main as serve_sim_main
 
 __all__ = ("build_parser", "main")
 
