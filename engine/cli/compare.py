@@ -60,7 +60,9 @@ Exit status: 0 done (whatever the verdict), 2 bad input.
 """
 
 
-def add_compare_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+def add_compare_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """A/B testing CLI: add the ``compare`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "compare",

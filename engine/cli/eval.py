@@ -55,7 +55,9 @@ exit status: 0 done, 2 bad input (config, data, checkpoint), 130 interrupted
 """
 
 
-def add_eval_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+def add_eval_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``python -m engine``'s subparsers."""
     p = subparsers.add_parser(
         "eval",

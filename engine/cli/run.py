@@ -55,7 +55,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+def add_run_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Add the ``run`` subcommand to ``python -m engine``'s subparsers."""
     run = subparsers.add_parser(
         "run",
