@@ -1,26 +1,26 @@
 """CPython's cyclic garbage collector, tuned so that it does not stall the event loop.
 
-At 1,000 requests in flight a client process holds some 70,000 GC-tracked objects that live
-as long as one request (aiohttp's request, response, parser, timers and coroutine frames:
-about 60 per request, 7 of them the engine's own). CPython 3.11's collector is not
-incremental: a collection scans every object of the generations it collects, and with the
-default thresholds (700, 10, 10) the youngest generation, which in steady state holds nearly
-the whole in-flight set, was collected in one go, 45-95 ms each, sometimes twice in the same
-10 ms tick (stalls of 120-150 ms; ``tests/reliability/test_soak.py`` measures this).
+With many requests in flight a client process holds tens of thousands of GC-tracked objects
+that live as long as one request (aiohttp's request, response, parser, timers and coroutine
+frames, a few of them the engine's own). CPython 3.11's collector is not incremental: a
+collection scans every object of the generations it collects, and with the default
+thresholds (700, 10, 10) the youngest generation, which in steady state holds nearly the
+whole in-flight set, is collected in one go, long enough to stall the loop for a tick or
+more. ``tests/reliability/test_soak.py`` measures this; ``tests/reliability/README.md`` has
+the figures.
 
 :func:`tune_gc` does two things:
 
 1. it collects once and **freezes** what is alive (``gc.freeze()``: modules, classes,
-   functions, the config, the model, the dataset index; about 40,000 objects), so no later
-   collection scans them again;
+   functions, the config, the model, the dataset index), so no later collection scans them
+   again;
 2. it raises the **youngest generation's threshold** from 700 to ``young_threshold``
-   (20,000). CPython counts tracked allocations minus deallocations, so the young generation
-   is collected once 20,000 more objects are alive than at the last collection: when the
-   in-flight set grows (a large batch starts) or cyclic garbage piles up. Reference counting
-   frees what the engine makes on the success path at once (measured: 0 objects of cyclic
-   garbage per 1,000 requests); faults leave a little (exception tracebacks, closed
-   transports: about 0.08 objects per request at a 1% fault rate), which collections still
-   find, only fewer of them, each no longer than before.
+   (:data:`YOUNG_THRESHOLD`). CPython counts tracked allocations minus deallocations, so the
+   young generation is collected once that many more objects are alive than at the last
+   collection: when the in-flight set grows (a large batch starts) or cyclic garbage piles
+   up. Reference counting frees what the engine makes on the success path at once; faults
+   leave a little (exception tracebacks, closed transports), which collections still find,
+   only fewer of them, each no longer than before.
 
 Only the command line calls it (``python -m engine run``, ``eval``, ``compare``), once
 everything is built and before the first request; a library user's process is left alone,

@@ -1,6 +1,7 @@
-"""A/B testing stage, command line: ``python -m engine compare --a SPEC --b SPEC ...``.
+"""Command line: ``python -m engine compare --a SPEC --b SPEC ...``, an A/B test of two models.
 
-Wired into :mod:`engine.__main__` by :func:`add_compare_parser` and :func:`compare_command`.
+Wired into :mod:`engine.cli.main` by :func:`add_compare_parser` and :func:`compare_command`;
+its clients, judges and rewarder are built by the assembly (:mod:`engine.training.assembly`).
 Progress goes to stderr, the table to stdout, and with ``--out DIR`` the whole result to
 ``DIR/comparison.json`` (which ``python -m engine report`` shows when DIR is a run directory).
 """
@@ -18,16 +19,23 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from ..config.schema import RunConfig, load_config
+from ..data.jsonl import read_jsonl
+from ..data.tasks import reward as task_reward
+from ..endpoints.client import Client
 from ..errors import ConfigError
 from ..evaluation.compare import (
     BUILTIN_METRICS,
     EndpointGenerator,
+    Generator,
     ModelComparator,
     PairwiseJudge,
     heldout_examples,
     load_generator,
 )
+from ..rewards.rewarder import Rewarder
 from ..runtime import tune_gc
+from ..training.assembly import build_judge, build_rewarder, make_client
 from ..types import Example
 
 __all__ = ("add_compare_parser", "compare_command")
@@ -52,7 +60,9 @@ Exit status: 0 done (whatever the verdict), 2 bad input.
 """
 
 
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_compare_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """A/B testing CLI: add the ``compare`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "compare",
@@ -108,9 +118,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _import_function(spec: str) -> Any:
     """``'task'`` or ``'package.module:function'`` -> the function."""
     if spec == "task":
-        from ..data.tasks import reward
-
-        return reward
+        return task_reward
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
         raise ConfigError(f"--quality {spec!r}: expected 'task' or 'module:function'")
@@ -142,11 +150,9 @@ class _Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _examples(args: argparse.Namespace, a: Any, b: Any) -> list[Example]:
+def _examples(args: argparse.Namespace, a: Generator, b: Generator) -> list[Example]:
     """Blocking: the evaluation inputs from --data or a model's run config."""
     if args.data:
-        from ..data.jsonl import read_jsonl
-
         exs = []
         for ex in read_jsonl(args.data):
             exs.append(ex)
@@ -156,9 +162,9 @@ def _examples(args: argparse.Namespace, a: Any, b: Any) -> list[Example]:
             raise ConfigError(f"{args.data}: no examples", key="--data")
         return exs
     for model in (b, a):
-        cfg = getattr(model, "run_config", None)
-        if cfg is not None:
-            return heldout_examples(cfg, args.limit)
+        config = getattr(model, "run_config", None)
+        if config is not None:
+            return heldout_examples(config, args.limit)
     raise ConfigError("no evaluation data: pass --data FILE", key="--data")
 
 
@@ -177,10 +183,8 @@ async def compare_command(args: argparse.Namespace) -> int:
         stack.push_async_callback(_aclose, b)
         examples = await anyio.to_thread.run_sync(_examples, args, a, b)
         if args.judge:
-            from ..rewards.judges import LLMJudge
-
             client, rubric = await _judge_client(args.judge, stack)
-            quality = LLMJudge(client, rubric or _QUALITY_RUBRIC, name="quality")
+            quality = build_judge(rubric or _QUALITY_RUBRIC, client, name="quality")
         if quality is None and "quality" in metrics:
             quality = await _config_rewarder(a, b, stack)
         pairwise = None
@@ -226,35 +230,31 @@ _QUALITY_RUBRIC = "Grade the response: is it correct, complete and on topic for 
 _PAIRWISE_RUBRIC = "Which response answers the input better: correct, complete, on topic?"
 
 
-async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Any, str]:
+async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Client, str]:
     """A client on a config's judge endpoint (else its endpoint), closed with ``stack``."""
-    from ..config.schema import load_config
-    from ..endpoints.client import Client
-
-    cfg = await anyio.to_thread.run_sync(load_config, path)
-    client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+    config = await anyio.to_thread.run_sync(load_config, path)
+    client = make_client(config, judge=True)
     stack.push_async_callback(client.aclose)
-    return client, cfg.reward.judge_prompt
+    return client, config.reward.judge_prompt
 
 
-async def _config_rewarder(a: Any, b: Any, stack: AsyncExitStack) -> Any:
+async def _config_rewarder(a: Generator, b: Generator, stack: AsyncExitStack) -> Rewarder | None:
     """The [reward] of B's (else A's) config unless it is a tinylm checkpoint; else None."""
     for model in (b, a):
-        cfg = getattr(model, "run_config", None)
-        if cfg is None or (cfg.policy == "tinylm" and not isinstance(model, EndpointGenerator)):
+        config: RunConfig | None = getattr(model, "run_config", None)
+        if config is None or (
+            config.policy == "tinylm" and not isinstance(model, EndpointGenerator)
+        ):
             continue
-        from ..endpoints.client import Client
-        from ..rewards.functions import build_rewarder
-
         judge_client = None
-        if cfg.reward.judge_prompt.strip():
-            judge_client = Client(cfg.judge or cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+        if config.reward.judge_prompt.strip():
+            judge_client = make_client(config, judge=True)
             stack.push_async_callback(judge_client.aclose)
-        return build_rewarder(cfg, judge_client=judge_client)
+        return build_rewarder(config, judge_client=judge_client)
     return None
 
 
-async def _aclose(model: Any) -> None:
+async def _aclose(model: Generator) -> None:
     close = getattr(model, "aclose", None)
     if close is not None:
         await close()

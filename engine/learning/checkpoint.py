@@ -1,4 +1,4 @@
-"""Checkpoint stage: atomic save and load of arrays (``.npz``) plus JSON metadata.
+"""Checkpoints: atomic save and load of arrays (``.npz``) plus JSON metadata.
 
 A checkpoint is a directory::
 
@@ -30,9 +30,11 @@ from ..errors import CheckpointError
 
 __all__ = (
     "FORMAT_VERSION",
+    "find_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_policy_checkpoint",
     "prune_checkpoints",
     "save_checkpoint",
 )
@@ -163,6 +165,32 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
             continue
         return path
     return None
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """``path`` itself when it is a checkpoint, else the latest checkpoint of the run directory
+    ``path`` (in its ``checkpoints/``), else None."""
+    p = Path(path)
+    if (p / "meta.json").exists():
+        return p
+    return latest_checkpoint(p / "checkpoints")
+
+
+def load_policy_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any], Path]:
+    """``(policy arrays, meta, checkpoint dir)`` of a trainer checkpoint, a run directory (its
+    latest checkpoint) or a saved :class:`~engine.training.finetune.FineTunedModel`.
+
+    Raises:
+        CheckpointError: nothing loadable there, or no policy state in it.
+    """
+    p = find_checkpoint(path)
+    if p is None:
+        raise CheckpointError(f"{Path(path)}: not a checkpoint, a run directory or a saved model")
+    arrays, meta = load_checkpoint(p)
+    if "policy" not in meta or "config" not in meta:
+        raise CheckpointError(f"{p}: the checkpoint holds no policy state and config")
+    policy_arrays = {k[len("policy/") :]: v for k, v in arrays.items() if k.startswith("policy/")}
+    return policy_arrays, meta, p
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:

@@ -1,4 +1,4 @@
-"""Stage: rewards (built-in functions). Cheap, deterministic reward functions named in config.
+"""The built-in reward functions: cheap, deterministic, named in config.
 
 Each is ``(example, output_text) -> float`` and compares the output with ``example.target``
 (the dataset's ``output.generated`` or ``answer``) where it needs a reference; an example
@@ -18,36 +18,33 @@ Normalization (:func:`normalize`): lower case, Unicode NFKC, whitespace collapse
 punctuation stripped from both ends, so ``" Positive."`` matches ``positive``.
 
 In config, ``[reward] functions = ["exact_match", "length_penalty"]`` names these (or any
-``module:function``); :func:`build_rewarder` turns a run config into a
-:class:`~engine.rewards.rewarder.Rewarder`, adding an LLM judge when ``judge_prompt`` is set.
+``module:function``); :func:`resolve_reward_fn` looks a name up, and the assembly
+(:func:`engine.training.assembly.build_rewarder`) turns the ``[reward]`` section into a
+:class:`~engine.rewards.rewarder.Rewarder`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import math
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..errors import ConfigError
 from ..types import Example
-
-if TYPE_CHECKING:
-    from ..config.schema import RunConfig
-    from ..endpoints.client import Client
-    from .rewarder import Rewarder
 
 __all__ = (
     "REWARD_FUNCTIONS",
-    "build_rewarder",
     "contains_answer",
     "exact_match",
     "length_penalty",
     "non_empty",
     "normalize",
     "numeric_match",
+    "resolve_reward_fn",
 )
 
 _PUNCT = " \t\n\r.,;:!?\"'`()[]{}<>*_-"
@@ -126,31 +123,37 @@ REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], float]] = MappingProxyTy
     }
 )
 """The built-in reward functions by config name (``RewardConfig.functions``); all are cheap
-and run inline. Also available as ``engine.rewards.rewarder.BUILTIN_REWARDS``."""
+enough to run inline."""
 
 
-def build_rewarder(
-    cfg: RunConfig,
-    *,
-    judge_client: Client | None = None,
-    default_functions: tuple[str, ...] = ("exact_match",),
-    judge_options: Mapping[str, Any] | None = None,
-) -> Rewarder:
-    """The run's :class:`~engine.rewards.rewarder.Rewarder` from ``[reward]``.
-
-    With neither functions nor a judge prompt configured, ``default_functions`` are used.
-    The judge, when ``judge_prompt`` is set, runs on ``judge_client`` in the judge endpoint's
-    mode (``cfg.judge``, else ``cfg.endpoint``).
+def resolve_reward_fn(
+    name: str, registry: Mapping[str, Callable[..., Any]] | None = None
+) -> Callable[..., Any]:
+    """A reward function by name: ``registry``, then :data:`REWARD_FUNCTIONS`, then a
+    ``module:function`` import path.
 
     Raises:
-        ConfigError: an unknown function, or a judge prompt without a judge client.
+        ConfigError: unknown name, or the import path does not resolve to a callable.
     """
-    from .rewarder import Rewarder
-
-    rcfg = cfg.reward
-    if not rcfg.functions and not rcfg.judge_prompt.strip():
-        rcfg = dataclasses.replace(rcfg, functions=default_functions, weights=())
-    opts = {"mode": (cfg.judge or cfg.endpoint).mode, **(judge_options or {})}
-    return Rewarder.from_config(
-        rcfg, registry=REWARD_FUNCTIONS, judge_client=judge_client, judge_options=opts
-    )
+    if registry and name in registry:
+        return registry[name]
+    if name in REWARD_FUNCTIONS:
+        return REWARD_FUNCTIONS[name]
+    if ":" not in name:
+        known = sorted({*REWARD_FUNCTIONS, *(registry or {})})
+        raise ConfigError(
+            f"unknown reward function {name!r}; known: {', '.join(known)}, or module:function",
+            key="reward.functions",
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"cannot import reward function {name!r}: {exc}", key="reward.functions"
+        ) from None
+    if not callable(obj):
+        raise ConfigError(f"{name!r} is not callable", key="reward.functions")
+    return obj

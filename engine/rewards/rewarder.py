@@ -1,10 +1,10 @@
-"""Stage: rewards. Reward functions and LLM judges, weighted and combined, a metric per part.
+"""Reward functions and LLM judges, weighted and combined, a metric per part.
 
 A reward function is ``(example, output_text) -> float``, sync or async. Sync functions run in
 a worker thread (they may be CPU-heavy) unless declared ``inline`` (trivially cheap ones, like
 the built-in task's). Judges (:mod:`engine.rewards.judges`) grade with a model, per rollout
-(:class:`~engine.rewards.judges.LLMJudge`) or per group (:class:`~engine.rewards.judges.GroupJudge`). The
-combined reward of an output ``x`` is::
+(:class:`~engine.rewards.judges.LLMJudge`) or per group
+(:class:`~engine.rewards.judges.GroupJudge`). The combined reward of an output ``x`` is::
 
     r(x) = sum_f w_f * f(x)  +  pass(x) * sum_j w_j * J_j(x)
 
@@ -20,10 +20,10 @@ the advantages mask it. It is never turned into a silent 0.0 (which would skew e
 member's advantage).
 
 Format failures are different: an output that does not parse into the module's
-:class:`~engine.endpoints.modules.Signature` (a :class:`~engine.endpoints.modules.Prediction` with ``ok=False``,
-or a text when the Rewarder has a ``signature``) is the policy's fault, so it gets a real
-reward, ``format_failure_reward`` (``RewardConfig.format_failure_reward``), no function or
-judge is called for it, and it is counted.
+:class:`~engine.endpoints.modules.Signature` (a :class:`~engine.endpoints.modules.Prediction`
+with ``ok=False``, or a text when the Rewarder has a ``signature``) is the policy's fault, so
+it gets a real reward, ``format_failure_reward`` (``RewardConfig.format_failure_reward``), no
+function or judge is called for it, and it is counted.
 
 Dynamic sampling with a gate (streaming, per group). Cheap functions run first, for the whole
 group; judges run afterwards, only where they can matter. With ``gate="name"`` (one of the
@@ -31,12 +31,11 @@ functions, e.g. a format or correctness check), a rollout whose gate value is
 ``<= gate_threshold`` is not sent to any judge: ``pass(x) = 0`` and its reward is the
 functions' part alone. This is a property of the reward definition, applied to every rollout
 the same way, so a rollout's reward never depends on its group mates. When every member of
-a group fails the gate, no judge is called for the group at all (the brief's
-``skip_judge_when="all_fail"`` is this case). Why not skip judges whenever the cheap rewards
-tie? Because with a weighted sum a judge still breaks ties, so skipping then would change the
-reward; the gate makes the skip exact instead of approximate. Judge calls avoided are counted
-in :meth:`Rewarder.stats` (``judge_calls_saved``). Judges are also not called for a rollout
-whose functions already failed (its reward is NaN either way).
+a group fails the gate, no judge is called for the group at all. Why not skip judges whenever
+the cheap rewards tie? Because with a weighted sum a judge still breaks ties, so skipping then
+would change the reward; the gate makes the skip exact instead of approximate. Judge calls
+avoided are counted in :meth:`Rewarder.statistics` (``judge_calls_saved``). Judges are also
+not called for a rollout whose functions already failed (its reward is NaN either way).
 
 Example::
 
@@ -47,40 +46,36 @@ Example::
     )
     score = await rewarder.score(example, "<answer>42</answer>")
     scores = await rewarder.score_group(example, texts, group_id="s3-g1")
+
+A Rewarder is built from a ``[reward]`` config section by the assembly
+(:func:`engine.training.assembly.build_rewarder`); this module knows no config.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
 
-from ..config.schema import RewardConfig
 from ..endpoints.modules import Prediction, Signature
-from ..errors import ConfigError
 from ..types import Example
-from .judges import GroupJudge, JudgeStats, LLMJudge, Verdict
+from .judges import JudgeStats, Verdict
 
-if TYPE_CHECKING:
-    from ..endpoints.client import Client
-
-__all__ = (  # BUILTIN_REWARDS is also importable from here (see __getattr__ below)
+__all__ = (
     "GroupJudgeLike",
     "JudgeSpec",
     "RewardFn",
     "RewardSpec",
-    "RewardStats",
+    "RewardStatistics",
     "Rewarder",
     "RolloutJudgeLike",
     "Score",
-    "resolve_reward_fn",
 )
 
 RewardFn = Callable[[Example, str], "float | Awaitable[float]"]
@@ -140,8 +135,9 @@ class JudgeSpec:
     """One judge with its weight; ``name`` defaults to the judge's own name.
 
     Attributes:
-        judge: an :class:`~engine.rewards.judges.LLMJudge` or :class:`~engine.rewards.judges.GroupJudge` (or
-            anything with ``name``, ``per_group``, ``verdicts`` and ``stats``).
+        judge: an :class:`~engine.rewards.judges.LLMJudge` or
+            :class:`~engine.rewards.judges.GroupJudge` (or anything with ``name``,
+            ``per_group``, ``verdicts`` and ``stats``).
         weight: weight in the combined reward.
         name: metric name (``reward/<name>``); None uses ``judge.name``.
     """
@@ -172,8 +168,8 @@ class Score:
 
 
 @dataclass(frozen=True, slots=True)
-class RewardStats:
-    """A snapshot of a :class:`Rewarder`'s counters (see :meth:`Rewarder.stats`).
+class RewardStatistics:
+    """A snapshot of a :class:`Rewarder`'s counters (see :meth:`Rewarder.statistics`).
 
     Attributes:
         groups: ``score_group`` calls (``score`` counts as a group of one).
@@ -197,78 +193,35 @@ class RewardStats:
     judges: Mapping[str, JudgeStats] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- built-ins
-
-
-def __getattr__(name: str) -> Any:
-    # BUILTIN_REWARDS lives in engine.rewards.functions (one definition of each built-in);
-    # loaded lazily because that module builds Rewarders from this one.
-    if name == "BUILTIN_REWARDS":
-        from .functions import REWARD_FUNCTIONS
-
-        return REWARD_FUNCTIONS
-    raise AttributeError(name)
-
-
-def _is_builtin(name: str) -> bool:
-    from .functions import REWARD_FUNCTIONS
-
-    return name in REWARD_FUNCTIONS
-
-
-def resolve_reward_fn(
-    name: str, registry: Mapping[str, Callable[..., Any]] | None = None
-) -> Callable[..., Any]:
-    """A reward function by name: ``registry``, then :data:`BUILTIN_REWARDS`, then a
-    ``module:function`` import path.
-
-    Raises:
-        ConfigError: unknown name, or the import path does not resolve to a callable.
-    """
-    from .functions import REWARD_FUNCTIONS as builtin
-
-    if registry and name in registry:
-        return registry[name]
-    if name in builtin:
-        return builtin[name]
-    if ":" not in name:
-        known = sorted({*builtin, *(registry or {})})
-        raise ConfigError(
-            f"unknown reward function {name!r}; known: {', '.join(known)}, or module:function",
-            key="reward.functions",
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"cannot import reward function {name!r}: {exc}", key="reward.functions"
-        ) from None
-    if not callable(obj):
-        raise ConfigError(f"{name!r} is not callable", key="reward.functions")
-    return obj
-
-
 # ----------------------------------------------------------------------------- rewarder
 
 
 @dataclass(slots=True)
 class _Member:
-    """Scoring state of one output of a group."""
+    """Scoring state of one output of a group.
+
+    Attributes:
+        index: its position in the texts being scored.
+        text: what functions and judges grade.
+        sample_index: its index in its group (recorded in judge events).
+        parts: each function's and judge's value so far.
+        total: the weighted sum so far.
+        errors: why parts failed.
+        feedback: judge feedback, or why judges were skipped.
+        gated: the gate kept it from the judges.
+    """
 
     index: int
-    text: str  # what functions and judges grade
-    sample_index: int  # its index in its group (recorded in judge events)
+    text: str
+    sample_index: int
     parts: dict[str, float] = field(default_factory=dict)
-    total: float = 0.0  # the functions' weighted sum so far
+    total: float = 0.0
     errors: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
-    gated: bool = False  # the gate kept it from the judges
+    gated: bool = False
 
 
-def _takes_sample_indices(judge: Any) -> bool:
+def _takes_sample_indices(judge: RolloutJudgeLike | GroupJudgeLike) -> bool:
     """Whether a per-rollout judge's ``verdicts`` takes ``sample_indices`` (read per group:
     microseconds, next to a judge's request)."""
     try:
@@ -290,6 +243,15 @@ class Rewarder:
         format_failure_reward: the reward of an output that does not parse.
         gate: name of a function that gates the judges (see the module docstring).
         gate_threshold: gate values ``<=`` this fail the gate.
+
+    Attributes:
+        specs: the reward functions, in order.
+        judges: the judges, in order.
+        signature: the parsed signature, or None.
+        grade_field: the output field graded, or None for the whole text.
+        format_failure_reward: as given.
+        gate: the function gating the judges, or None.
+        gate_threshold: as given.
 
     Raises:
         ValueError: no functions and no judges, duplicate names, an unknown gate, or a
@@ -330,16 +292,16 @@ class Rewarder:
             raise ValueError(f"gate {gate!r} is not one of the reward functions {names}")
         if not math.isfinite(format_failure_reward):
             raise ValueError("format_failure_reward must be finite")
-        self.specs = tuple(specs)  # reward functions, in order
-        self.judges = tuple(jspecs)  # judges, in order
+        self.specs = tuple(specs)
+        self.judges = tuple(jspecs)
         self.signature = None if signature is None else Signature.coerce(signature)
         if grade_field is not None and (
             self.signature is None or grade_field not in self.signature.outputs
         ):
             raise ValueError(f"grade_field {grade_field!r} is not an output of the signature")
-        self.grade_field = grade_field  # the output field graded, or None for the whole text
+        self.grade_field = grade_field
         self.format_failure_reward = float(format_failure_reward)
-        self.gate = gate  # function gating the judges, or None
+        self.gate = gate
         self.gate_threshold = float(gate_threshold)
         self._groups = 0
         self._scored = 0
@@ -349,59 +311,11 @@ class Rewarder:
         self._judge_verdicts = 0
         self._judge_calls_saved = 0
 
-    @classmethod
-    def from_config(
-        cls,
-        cfg: RewardConfig,
-        *,
-        registry: Mapping[str, Callable[..., Any]] | None = None,
-        judge_client: Client | None = None,
-        judge_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Rewarder:
-        """A Rewarder from ``[reward]`` config.
-
-        Functions are resolved by :func:`resolve_reward_fn` (``registry`` first; built-ins
-        run inline). A non-empty ``judge_prompt`` adds an :class:`~engine.rewards.judges.LLMJudge`
-        (or a :class:`~engine.rewards.judges.GroupJudge` with ``group_judge = true``) on
-        ``judge_client`` with ``judge_weight``; ``judge_options`` go to the judge's
-        constructor (``mode``, ``cache``, ``sim_marker``...). ``normalize`` is the learner's
-        business and is not read here. Other ``kwargs`` go to the constructor (``gate``...).
-
-        Raises:
-            ConfigError: an unknown function, or a judge prompt without a judge client.
-        """
-        weights = cfg.weights or (1.0,) * len(cfg.functions)
-        specs = [
-            RewardSpec(
-                name,
-                resolve_reward_fn(name, registry),
-                weight=w,
-                inline=_is_builtin(name) and not (registry and name in registry),
-            )
-            for name, w in zip(cfg.functions, weights, strict=True)
-        ]
-        judges: list[JudgeSpec] = []
-        if cfg.judge_prompt.strip():
-            if judge_client is None:
-                raise ConfigError(
-                    "reward.judge_prompt is set but no judge client was given",
-                    key="reward.judge_prompt",
-                )
-            opts = dict(judge_options or {})
-            judge: LLMJudge | GroupJudge = (
-                GroupJudge(judge_client, cfg.judge_prompt, **opts)
-                if cfg.group_judge
-                else LLMJudge(judge_client, cfg.judge_prompt, **opts)
-            )
-            judges.append(JudgeSpec(judge, cfg.judge_weight))
-        return cls(specs, judges=judges, format_failure_reward=cfg.format_failure_reward, **kwargs)
-
     # ------------------------------------------------------------------ statistics
 
-    def stats(self) -> RewardStats:
+    def statistics(self) -> RewardStatistics:
         """A frozen snapshot of the counters, with each judge's own stats."""
-        return RewardStats(
+        return RewardStatistics(
             groups=self._groups,
             scored=self._scored,
             failures=self._failures,
@@ -439,6 +353,30 @@ class Rewarder:
             )
         self._groups += 1
         out: list[Score | None] = [None] * len(texts)
+        members = self._members(texts, sample_indices, out)
+        self._scored += len(texts) - sum(1 for t in texts if t is None)
+        if self.specs:  # 1. cheap functions, every member concurrently
+            async with anyio.create_task_group() as tg:
+                for m in members:
+                    tg.start_soon(self._functions, example, m)
+        eligible = self._judge_eligible(members)
+        if eligible and self.judges:  # 2. judges, only where they can change the reward
+            self._judge_verdicts += len(eligible) * len(self.judges)
+            async with anyio.create_task_group() as tg:
+                for spec in self.judges:
+                    tg.start_soon(self._judge, spec, example, eligible, group_id)
+        for m in members:
+            out[m.index] = self._score_of(m)
+        return [s for s in out if s is not None]
+
+    def _members(
+        self,
+        texts: Sequence[str | Prediction | None],
+        sample_indices: Sequence[int] | None,
+        out: list[Score | None],
+    ) -> list[_Member]:
+        """The outputs to grade; failed generations and format failures get their Score in
+        ``out`` at once."""
         members: list[_Member] = []
         for i, item in enumerate(texts):
             if item is None:
@@ -451,15 +389,10 @@ class Rewarder:
                 continue
             index = i if sample_indices is None else sample_indices[i]
             members.append(_Member(i, graded, sample_index=index))
-        self._scored += len(texts) - sum(1 for t in texts if t is None)
+        return members
 
-        # 1. cheap functions, every member concurrently
-        if self.specs:
-            async with anyio.create_task_group() as tg:
-                for m in members:
-                    tg.start_soon(self._functions, example, m)
-
-        # 2. judges, only for members that passed the gate and have not failed
+    def _judge_eligible(self, members: list[_Member]) -> list[_Member]:
+        """The members the judges grade: not failed already, and through the gate."""
         eligible: list[_Member] = []
         for m in members:
             if m.errors:
@@ -474,20 +407,14 @@ class Rewarder:
                     )
             else:
                 eligible.append(m)
-        if eligible and self.judges:
-            self._judge_verdicts += len(eligible) * len(self.judges)
-            async with anyio.create_task_group() as tg:
-                for spec in self.judges:
-                    tg.start_soon(self._judge, spec, example, eligible, group_id)
+        return eligible
 
-        for m in members:
-            fb = "; ".join(m.feedback) or None
-            if m.errors:
-                self._failures += 1
-                out[m.index] = Score(math.nan, m.parts, "; ".join(m.errors), fb)
-            else:
-                out[m.index] = Score(m.total, m.parts, None, fb)
-        return [s for s in out if s is not None]
+    def _score_of(self, m: _Member) -> Score:
+        fb = "; ".join(m.feedback) or None
+        if m.errors:
+            self._failures += 1
+            return Score(math.nan, m.parts, "; ".join(m.errors), fb)
+        return Score(m.total, m.parts, None, fb)
 
     def _graded_text(self, item: str | Prediction) -> tuple[str, str | None]:
         """(text to grade, format problem or None)."""

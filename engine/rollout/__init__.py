@@ -1,1 +1,2 @@
-"""Rollout: one group fanned out (G samples generated and scored), and greedy evaluation."""
+"""Rollout: one group fanned out (G samples generated and scored), admitted whole by the gate
+of :mod:`~engine.rollout.admission`, and a policy's greedy evaluation on a dataset."""

@@ -1,4 +1,4 @@
-"""Stage: export. Every scored group as one JSON line, for weight trainers (TRL and similar).
+"""Every scored group as one JSON line, for weight trainers (TRL and similar).
 
 For open-weight models served by vLLM or llama.cpp, the engine can do the sampling and the
 scoring, and a weight trainer the update. ``python -m engine run --export-groups FILE`` (or
@@ -51,7 +51,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -62,6 +62,7 @@ from ..types import Group, Rollout
 __all__ = (
     "FORMAT",
     "GroupExporter",
+    "PromptedSample",
     "flatten",
     "group_record",
     "preference_pairs",
@@ -72,6 +73,18 @@ FORMAT = "grpo-engine/groups-v1"
 """The ``format`` field of every line."""
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+@runtime_checkable
+class PromptedSample(Protocol):
+    """A sample whose completion's own tokens are kept apart from the choice that drew its
+    prompt (the prompt policy's :class:`~engine.policies.prompt.PromptSample`): its
+    ``logprobs`` are the choice's, the ``completion_*`` fields the completion's."""
+
+    messages: Sequence[Mapping[str, str]] | None
+    completion_token_ids: np.ndarray | None
+    completion_logprobs: np.ndarray | None
+    completion_tokens: Sequence[str] | None
 
 
 def _list(a: Any, kind: type) -> list[Any] | None:
@@ -86,12 +99,12 @@ def _finite(x: float) -> float | None:
 
 def _sample_record(r: Rollout) -> dict[str, Any]:
     s = r.sample
-    messages = getattr(s, "messages", None)
-    prompted = getattr(s, "completion_logprobs", _MISSING) is not _MISSING
-    if prompted:  # the prompt policy: the completion's tokens are kept apart from the choice
-        token_ids = getattr(s, "completion_token_ids", None)
-        logprobs = getattr(s, "completion_logprobs", None)
-        tokens = getattr(s, "completion_tokens", None)
+    messages = None
+    if isinstance(s, PromptedSample):
+        messages = s.messages
+        token_ids = s.completion_token_ids
+        logprobs = s.completion_logprobs
+        tokens = s.completion_tokens
         choice_lp = float(s.logprobs[0]) if s.logprobs is not None and len(s.logprobs) else None
     else:  # a token-level policy: token_ids/logprobs are the completion's
         token_ids, logprobs, tokens, choice_lp = s.token_ids, s.logprobs, None, None
@@ -113,9 +126,6 @@ def _sample_record(r: Rollout) -> dict[str, Any]:
         "prompt_tokens": s.usage.prompt_tokens,
         "completion_tokens_count": s.usage.completion_tokens,
     }
-
-
-_MISSING = object()
 
 
 def group_record(group: Group, *, step: int | None = None) -> dict[str, Any]:
@@ -150,12 +160,16 @@ class GroupExporter:
             exporter.write(batch.groups, step=batch.step)   # after the learner's update
 
     Each line is written whole by one ``write`` call and flushed at every :meth:`write`.
+
+    Attributes:
+        path: the JSONL file.
+        groups: groups written by this exporter.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)  # the JSONL file
+        self.path = Path(path)
         self._fh: IO[bytes] | None = None  # opened at the first write
-        self.groups = 0  # groups written by this exporter
+        self.groups = 0
         self._closed = False
 
     def _open(self, first_step: int) -> IO[bytes]:

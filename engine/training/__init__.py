@@ -1,1 +1,8 @@
-"""Training: the one assembly point, the training manager, and ``finetune()``."""
+"""Training: the one assembly point, the training manager and its parts, and ``finetune()``.
+
+:mod:`~engine.training.assembly` builds clients, judges, rewarders and policies from a config;
+:mod:`~engine.training.trainer` runs GRPO with :mod:`~engine.training.producer` (batches ahead
+of the learner), :mod:`~engine.training.heldout` (evaluation), :mod:`~engine.training.progress`
+(early stopping), :mod:`~engine.training.checkpoints` and :mod:`~engine.training.outputs`
+(the run directory); :mod:`~engine.training.finetune` is the API for prompt fine-tuning.
+"""

@@ -1,4 +1,11 @@
-"""Assembly: turns a :class:`RunConfig` into the policy, rewards and data a run needs.
+"""Assembly: the one place a :class:`RunConfig` becomes clients, judges, rewarders and policies.
+
+``python -m engine run``, ``eval`` and ``compare`` and :func:`engine.finetune` build every part
+they need here, from a config::
+
+    async with AsyncExitStack() as stack:
+        client, judge = await open_clients(config, stack, events)
+        policy, rewarder, examples = build_components(config, client=client, judge_client=judge)
 
 The trainer calls :func:`build_components` when the caller did not pass its own parts; each
 policy kind contributes one branch here, so the trainer never names a concrete policy.
@@ -6,93 +13,49 @@ policy kind contributes one branch here, so the trainer never names a concrete p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
 
-from ..config.schema import RunConfig
+from ..config.schema import RewardConfig, RunConfig
+from ..data import datasets, tasks
+from ..endpoints.client import Client
 from ..errors import ConfigError
 from ..policies.base import Policy
-from ..rewards.rewarder import Rewarder, RewardSpec
-from ..telemetry.events import get_logger
+from ..policies.prompt import PromptPolicy
+from ..policies.tinylm import TinyLM
+from ..rewards.functions import REWARD_FUNCTIONS, resolve_reward_fn
+from ..rewards.judges import GroupJudge, LLMJudge
+from ..rewards.rewarder import GroupJudgeLike, JudgeSpec, Rewarder, RewardSpec, RolloutJudgeLike
+from ..telemetry.events import EventLog, get_logger
 from ..types import Example
 
-if TYPE_CHECKING:
-    from contextlib import AsyncExitStack
-
-    from ..endpoints.client import Client
-    from ..telemetry.events import EventLog
-
-__all__ = ("build_components", "make_client", "open_clients")
+__all__ = (
+    "PROMPT_LR_HINT",
+    "build_components",
+    "build_judge",
+    "build_prompt_policy",
+    "build_rewarder",
+    "finetune_rewarder",
+    "make_client",
+    "open_clients",
+    "rewarder_from_config",
+    "task_rewarder",
+)
 
 PROMPT_LR_HINT = 0.05
 """Below this ``optim.lr`` the prompt policy's candidate logits barely move (the engine's
 default, 0.01, suits the embedded LM); a warning says so."""
 
+SENTIMENT_INSTRUCTION = "Classify the sentiment of this review."
+"""The prompt policy's base prompt on the built-in sentiment dataset."""
 
-def build_components(
-    cfg: RunConfig,
-    policy: Policy | None = None,
-    *,
-    client: Client | None = None,
-    judge_client: Client | None = None,
-) -> tuple[Policy, Rewarder | None, list[Example] | None]:
-    """The policy (``policy`` if given), its default rewarder, and built-in examples if any.
+RewardItem = Callable[..., Any] | RewardSpec | JudgeSpec | RolloutJudgeLike | GroupJudgeLike
+"""What :func:`finetune_rewarder` accepts besides a Rewarder: a function or a judge."""
 
-    Endpoint policies (``prompt``) need ``client`` to build the policy; ``judge_client``
-    (default ``client``) serves ``reward.judge_prompt``.
-    """
-    if cfg.policy == "tinylm":
-        from ..data import tasks
-        from ..policies.tinylm import TinyLM
 
-        pol = policy or TinyLM(cfg.tinylm, seed=cfg.seed)
-        reward = Rewarder([RewardSpec(cfg.tinylm.task, tasks.reward, inline=True)])
-        examples = None
-        if not cfg.data.train:
-            examples = tasks.make_examples(cfg.tinylm, cfg.data.num_examples, cfg.seed)
-        return pol, reward, examples
-    if cfg.policy == "prompt":
-        from ..data import datasets
-        from ..policies.prompt import PromptPolicy
-        from ..rewards.functions import build_rewarder
-
-        examples = None if cfg.data.train else datasets.load("sentiment")
-        instructions = cfg.prompt.instructions
-        if not instructions and examples is not None:
-            instructions = ("Classify the sentiment of this review.",)
-        if policy is None:
-            if client is None:
-                raise ConfigError(
-                    "policy 'prompt' needs an endpoint client: pass client= (the CLI opens "
-                    "one from [endpoint]) or use engine.finetune()",
-                    key="policy",
-                )
-            if not instructions:
-                raise ConfigError(
-                    'the prompt policy needs the base prompt: prompt.instructions = ["..."]',
-                    key="prompt.instructions",
-                )
-            policy = PromptPolicy.from_config(
-                cfg, client, examples=examples, instructions=instructions
-            )
-            if cfg.optim.lr < PROMPT_LR_HINT:
-                get_logger(__name__).warning(
-                    "prompt_policy.low_lr",
-                    lr=cfg.optim.lr,
-                    hint=f"the prompt policy learns candidate logits: optim.lr below "
-                    f"{PROMPT_LR_HINT} barely moves them (0.2-0.3 is typical; the examples "
-                    "and finetune() use 0.2-0.3)",
-                )
-        judge = judge_client or client
-        reward = None
-        if judge is not None or not cfg.reward.judge_prompt.strip():
-            reward = build_rewarder(cfg, judge_client=judge)
-        return policy, reward, examples
-    if policy is None:
-        raise ConfigError(
-            f"policy {cfg.policy!r} needs an endpoint client: use engine.finetune()",
-            key="policy",
-        )
-    return policy, None, None
+# ----------------------------------------------------------------------------- clients
 
 
 def make_client(
@@ -104,8 +67,6 @@ def make_client(
     there is none), under the run's ``[limits]`` and ``[retry]``; its request events go to
     ``events``. The client is not open yet: use it as an async context manager.
     """
-    from ..endpoints.client import Client
-
     endpoint = (config.judge or config.endpoint) if judge else config.endpoint
     return Client(endpoint, limits=config.limits, retry=config.retry, events=events)
 
@@ -120,3 +81,238 @@ async def open_clients(
     if config.judge is not None:
         judge = await stack.enter_async_context(make_client(config, judge=True, events=events))
     return client, judge
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+def build_judge(
+    rubric: str, client: Client, *, group: bool = False, **options: Any
+) -> LLMJudge | GroupJudge:
+    """An LLM judge grading with ``rubric`` on ``client``: a :class:`GroupJudge` (all members
+    of a group in one call) when ``group``, else an :class:`LLMJudge`. ``options`` go to the
+    judge's constructor (``name``, ``mode``, ``cache``...)."""
+    if group:
+        return GroupJudge(client, rubric, **options)
+    return LLMJudge(client, rubric, **options)
+
+
+def rewarder_from_config(
+    reward: RewardConfig,
+    *,
+    registry: Mapping[str, Callable[..., Any]] | None = None,
+    judge_client: Client | None = None,
+    judge_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Rewarder:
+    """A Rewarder from a ``[reward]`` section.
+
+    Functions are resolved by :func:`~engine.rewards.functions.resolve_reward_fn`
+    (``registry`` first); built-ins not shadowed by ``registry`` run inline. A non-empty
+    ``judge_prompt`` adds a judge (:func:`build_judge`; a group judge with ``group_judge =
+    true``) on ``judge_client`` with ``judge_weight``; ``judge_options`` go to the judge's
+    constructor. ``normalize`` is the learner's business and is not read here. Other
+    ``kwargs`` go to the Rewarder (``gate``...).
+
+    Raises:
+        ConfigError: an unknown function, or a judge prompt without a judge client.
+    """
+    weights = reward.weights or (1.0,) * len(reward.functions)
+    specs = [
+        RewardSpec(
+            name,
+            resolve_reward_fn(name, registry),
+            weight=w,
+            inline=name in REWARD_FUNCTIONS and not (registry and name in registry),
+        )
+        for name, w in zip(reward.functions, weights, strict=True)
+    ]
+    judges: list[JudgeSpec] = []
+    if reward.judge_prompt.strip():
+        if judge_client is None:
+            raise ConfigError(
+                "reward.judge_prompt is set but no judge client was given",
+                key="reward.judge_prompt",
+            )
+        judge = build_judge(
+            reward.judge_prompt, judge_client, group=reward.group_judge, **(judge_options or {})
+        )
+        judges.append(JudgeSpec(judge, reward.judge_weight))
+    return Rewarder(
+        specs, judges=judges, format_failure_reward=reward.format_failure_reward, **kwargs
+    )
+
+
+def _judge_options(config: RunConfig, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The judge's constructor options: the judge endpoint's mode unless ``options`` say."""
+    return {"mode": (config.judge or config.endpoint).mode, **(options or {})}
+
+
+def build_rewarder(
+    config: RunConfig,
+    *,
+    judge_client: Client | None = None,
+    default_functions: tuple[str, ...] = ("exact_match",),
+    judge_options: Mapping[str, Any] | None = None,
+) -> Rewarder:
+    """The run's :class:`~engine.rewards.rewarder.Rewarder` from ``[reward]``.
+
+    With neither functions nor a judge prompt configured, ``default_functions`` are used.
+    The judge, when ``judge_prompt`` is set, runs on ``judge_client`` in the judge endpoint's
+    mode (``config.judge``, else ``config.endpoint``).
+
+    Raises:
+        ConfigError: an unknown function, or a judge prompt without a judge client.
+    """
+    reward = config.reward
+    if not reward.functions and not reward.judge_prompt.strip():
+        reward = dataclasses.replace(reward, functions=default_functions, weights=())
+    return rewarder_from_config(
+        reward,
+        registry=REWARD_FUNCTIONS,
+        judge_client=judge_client,
+        judge_options=_judge_options(config, judge_options),
+    )
+
+
+def finetune_rewarder(
+    config: RunConfig,
+    reward: Rewarder | RewardItem | Sequence[RewardItem] | None,
+    judge_client: Client | None,
+    judge_options: Mapping[str, Any] | None = None,
+) -> Rewarder:
+    """The rewards of :func:`engine.finetune`: ``reward`` (a Rewarder, or functions and judges
+    to combine), plus the judge of ``reward.judge_prompt``; none given: :func:`build_rewarder`.
+
+    Raises:
+        ValueError: a Rewarder and a ``reward.judge_prompt`` both given.
+    """
+    if isinstance(reward, Rewarder):
+        if config.reward.judge_prompt.strip():
+            raise ValueError("pass reward_prompt, or a Rewarder with its own judges, not both")
+        return reward
+    items: list[Any] = []
+    if reward is not None:
+        items = list(reward) if isinstance(reward, list | tuple) else [reward]
+    if not items:
+        return build_rewarder(config, judge_client=judge_client, judge_options=judge_options)
+    functions = [f for f in items if not _is_judge(f)]
+    judges = [j for j in items if _is_judge(j)]
+    if config.reward.judge_prompt.strip():
+        section = dataclasses.replace(config.reward, functions=(), weights=())
+        options = _judge_options(config, judge_options)
+        judges += list(
+            rewarder_from_config(section, judge_client=judge_client, judge_options=options).judges
+        )
+    return Rewarder(
+        functions, judges=judges, format_failure_reward=config.reward.format_failure_reward
+    )
+
+
+def _is_judge(item: object) -> bool:
+    """A judge, as the Rewarder tells one: it has a boolean ``per_group``."""
+    return isinstance(getattr(item, "per_group", None), bool)
+
+
+def task_rewarder(config: RunConfig) -> Rewarder:
+    """The built-in task's reward (``tinylm.task``), run inline."""
+    return Rewarder([RewardSpec(config.tinylm.task, tasks.reward, inline=True)])
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def build_prompt_policy(
+    config: RunConfig,
+    client: Client,
+    *,
+    examples: Sequence[Example] | None = None,
+    instructions: Sequence[str] | None = None,
+    separate_heldout: bool | None = None,
+) -> PromptPolicy:
+    """The prompt policy of ``config`` on ``client``, its seed demos drawn from ``examples``
+    (see :meth:`~engine.policies.prompt.PromptPolicy.from_config`)."""
+    kwargs: dict[str, Any] = {}
+    if instructions is not None:
+        kwargs["instructions"] = instructions
+    if separate_heldout is not None:
+        kwargs["separate_heldout"] = separate_heldout
+    return PromptPolicy.from_config(config, client, examples=examples, **kwargs)
+
+
+def build_components(
+    config: RunConfig,
+    policy: Policy | None = None,
+    *,
+    client: Client | None = None,
+    judge_client: Client | None = None,
+) -> tuple[Policy, Rewarder | None, list[Example] | None]:
+    """The policy (``policy`` if given), its default rewarder, and built-in examples if any.
+
+    Endpoint policies (``prompt``) need ``client`` to build the policy; ``judge_client``
+    (default ``client``) serves ``reward.judge_prompt``.
+    """
+    if config.policy == "tinylm":
+        return _tinylm_components(config, policy)
+    if config.policy == "prompt":
+        return _prompt_components(config, policy, client, judge_client or client)
+    if policy is None:
+        raise ConfigError(
+            f"policy {config.policy!r} needs an endpoint client: use engine.finetune()",
+            key="policy",
+        )
+    return policy, None, None
+
+
+def _tinylm_components(
+    config: RunConfig, policy: Policy | None
+) -> tuple[Policy, Rewarder, list[Example] | None]:
+    """The embedded LM, the task's reward, and the task's examples unless ``data.train``."""
+    policy = policy or TinyLM(config.tinylm, seed=config.seed)
+    examples = None
+    if not config.data.train:
+        examples = tasks.make_examples(config.tinylm, config.data.num_examples, config.seed)
+    return policy, task_rewarder(config), examples
+
+
+def _prompt_components(
+    config: RunConfig, policy: Policy | None, client: Client | None, judge_client: Client | None
+) -> tuple[Policy, Rewarder | None, list[Example] | None]:
+    """The prompt policy on ``client``, the ``[reward]`` rewarder (None while its judge has no
+    client), and the built-in sentiment examples unless ``data.train``."""
+    examples = None if config.data.train else datasets.load("sentiment")
+    if policy is None:
+        policy = _new_prompt_policy(config, client, examples)
+    reward = None
+    if judge_client is not None or not config.reward.judge_prompt.strip():
+        reward = build_rewarder(config, judge_client=judge_client)
+    return policy, reward, examples
+
+
+def _new_prompt_policy(
+    config: RunConfig, client: Client | None, examples: list[Example] | None
+) -> PromptPolicy:
+    instructions = config.prompt.instructions
+    if not instructions and examples is not None:
+        instructions = (SENTIMENT_INSTRUCTION,)
+    if client is None:
+        raise ConfigError(
+            "policy 'prompt' needs an endpoint client: pass client= (the CLI opens "
+            "one from [endpoint]) or use engine.finetune()",
+            key="policy",
+        )
+    if not instructions:
+        raise ConfigError(
+            'the prompt policy needs the base prompt: prompt.instructions = ["..."]',
+            key="prompt.instructions",
+        )
+    policy = build_prompt_policy(config, client, examples=examples, instructions=instructions)
+    if config.optim.lr < PROMPT_LR_HINT:
+        get_logger(__name__).warning(
+            "prompt_policy.low_lr",
+            lr=config.optim.lr,
+            hint=f"the prompt policy learns candidate logits: optim.lr below "
+            f"{PROMPT_LR_HINT} barely moves them (0.2-0.3 is typical; the examples "
+            "and finetune() use 0.2-0.3)",
+        )
+    return policy

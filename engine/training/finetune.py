@@ -1,10 +1,10 @@
-"""Stage: API (fine-tuning a model you cannot retrain). ``finetune()``, the spec's
-``createFineTunedModel``, and the :class:`FineTunedModel` it returns.
+"""Fine-tuning a model you cannot retrain: ``finetune()`` and the
+:class:`FineTunedModel` it returns.
 
 ::
 
     model = await finetune(
-        training_data,                         # the spec's TrainingExample dicts, or a JSONL path
+        training_data,                         # TrainingExample dicts, or a JSONL path
         base_prompt="Classify the sentiment of this review.",
         reward=exact_match,                    # callables (example, text) -> float, or a list
         reward_prompt=None,                    # a rubric: adds an LLM judge
@@ -27,8 +27,10 @@ generate` answers with the most probable candidate (greedy) or a sampled one.
 
 Defaults differ from the embedded LM's because a prompt policy has a handful of parameters and
 every rollout is an API call: unless ``config`` is given, a run is 20 steps of 4 prompts x 4
-rollouts at learning rate 0.2 on the candidate logits. The spec's ``learningRate: 0.001`` is
-accepted but moves a logit by about 0.001 per step: 0.05-0.5 is the useful range here.
+rollouts at learning rate 0.2 on the candidate logits. A ``learningRate`` of 0.001 is accepted
+but moves a logit by about 0.001 per step: 0.05-0.5 is the useful range here.
+
+Every client, rewarder and policy is built by the assembly (:mod:`engine.training.assembly`).
 """
 
 from __future__ import annotations
@@ -51,9 +53,22 @@ from ..config.schema import (
     to_dict,
 )
 from ..data.jsonl import parse_example, read_jsonl
+from ..endpoints.client import Client
 from ..errors import CheckpointError, ConfigError
+from ..learning.checkpoint import load_policy_checkpoint, save_checkpoint
 from ..policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
+from ..rewards.rewarder import Rewarder
+from ..rollout.evaluate import EvalResult, evaluate_policy
+from ..telemetry.events import EventLog
 from ..types import Example
+from .assembly import (
+    RewardItem,
+    build_prompt_policy,
+    build_rewarder,
+    finetune_rewarder,
+    make_client,
+)
+from .trainer import BatchMetrics, RunSummary, TrainingManager
 
 __all__ = (
     "CandidateInfo",
@@ -73,7 +88,6 @@ PROMPT_DEFAULTS: Mapping[str, Any] = {
 """Config used by :func:`finetune` when no ``config`` is given (on top of RunConfig's)."""
 
 _OPTIMIZER_ALIASES: Mapping[str, str] = {
-    # the spec's camelCase names (GRPOOptimizer / optimizerConfig)
     "learningRate": "optim.lr",
     "learning_rate": "optim.lr",
     "clipEpsilon": "grpo.epsilon",
@@ -87,7 +101,7 @@ _OPTIMIZER_ALIASES: Mapping[str, str] = {
 
 
 def load_examples(data: str | Path | Iterable[Mapping[str, Any] | Example]) -> list[Example]:
-    """Examples from a JSONL path, :class:`~engine.types.Example` objects, or the spec's
+    """Examples from a JSONL path, :class:`~engine.types.Example` objects, or
     ``TrainingExample`` dicts (``{"input": {"text": ...}, "output": {...}}``) / plain
     ``{"prompt": ..., "answer": ...}`` dicts.
 
@@ -121,8 +135,8 @@ def finetune_config(
     endpoint settings merged in.
 
     ``optimizer`` is a :class:`~engine.config.schema.GRPOConfig`, or a dict of GRPOConfig or
-    OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the spec's names
-    (``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``). ``prompt`` sets
+    OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the camelCase
+    names ``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``. ``prompt`` sets
     the prompt policy (``max_candidates``, ``max_demos``, ``propose_every``); its
     ``instructions`` join ``instructions``.
 
@@ -145,31 +159,36 @@ def finetune_config(
     if isinstance(optimizer, GRPOConfig):
         data["grpo"] = to_dict(optimizer)
     elif optimizer is not None:
-        grpo_keys = {f.name for f in dataclasses.fields(GRPOConfig)}
-        optim_keys = {f.name for f in dataclasses.fields(OptimConfig)}
-        for key, value in optimizer.items():
-            dotted = _OPTIMIZER_ALIASES.get(key)
-            if dotted is None:
-                if key == "steps":
-                    dotted = "steps"
-                elif key in grpo_keys:
-                    dotted = f"grpo.{key}"
-                elif key in optim_keys:
-                    dotted = f"optim.{key}"
-                else:
-                    raise ConfigError(
-                        "unknown optimizer setting; use GRPOConfig or OptimConfig field names, "
-                        "'steps', or learningRate/clipEpsilon/miniBatchSize/entropyCoef",
-                        path="optimizer",
-                        key=key,
-                    )
-            section, _, name = dotted.rpartition(".")
-            (data[section] if section else data)[name] = value
+        _merge_optimizer(data, optimizer)
     if isinstance(endpoint, EndpointConfig):
         data["endpoint"] = to_dict(endpoint)
     elif endpoint is not None:
         data["endpoint"] = {**data["endpoint"], **dict(endpoint)}
     return load_config(base=data)
+
+
+def _merge_optimizer(data: dict[str, Any], optimizer: Mapping[str, Any]) -> None:
+    """Set each optimizer setting in the config data ``data`` at its dotted key."""
+    grpo_keys = {f.name for f in dataclasses.fields(GRPOConfig)}
+    optim_keys = {f.name for f in dataclasses.fields(OptimConfig)}
+    for key, value in optimizer.items():
+        dotted = _OPTIMIZER_ALIASES.get(key)
+        if dotted is None:
+            if key == "steps":
+                dotted = "steps"
+            elif key in grpo_keys:
+                dotted = f"grpo.{key}"
+            elif key in optim_keys:
+                dotted = f"optim.{key}"
+            else:
+                raise ConfigError(
+                    "unknown optimizer setting; use GRPOConfig or OptimConfig field names, "
+                    "'steps', or learningRate/clipEpsilon/miniBatchSize/entropyCoef",
+                    path="optimizer",
+                    key=key,
+                )
+        section, _, name = dotted.rpartition(".")
+        (data[section] if section else data)[name] = value
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,6 +234,9 @@ class FineTunedModel:
         config: the run config it was trained with.
         summary: the training run's :class:`~engine.training.trainer.RunSummary` (None after load).
         history: the metrics of every training step (empty after load).
+
+    The training rewarder is kept for :meth:`evaluate`; the clients passed as ``clients`` are
+    the ones :meth:`aclose` closes.
     """
 
     def __init__(
@@ -222,17 +244,17 @@ class FineTunedModel:
         policy: PromptPolicy,
         config: RunConfig,
         *,
-        clients: Sequence[Any] = (),
-        rewarder: Any = None,
-        summary: Any = None,
+        clients: Sequence[Client] = (),
+        rewarder: Rewarder | None = None,
+        summary: RunSummary | None = None,
         history: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.policy = policy
         self.config = config
         self.summary = summary
         self.history = list(history)
-        self._rewarder = rewarder  # the training rewards, for evaluate()
-        self._owned = list(clients)  # clients closed by aclose()
+        self._rewarder = rewarder
+        self._owned = list(clients)
 
     # ------------------------------------------------------------------ inspection
 
@@ -279,7 +301,7 @@ class FineTunedModel:
         sample: bool = False,
         seed: int | None = None,
     ) -> str:
-        """The model's answer to ``text`` (a string, an Example, or the spec's ``{"text": ...}``).
+        """The model's answer to ``text`` (a string, an Example, or ``{"text": ...}``).
 
         Greedy by default: the most probable candidate at temperature 0. ``sample=True`` draws
         the candidate from the policy (seeded by ``seed``) at its own temperature. The answer
@@ -298,15 +320,12 @@ class FineTunedModel:
         self,
         examples: str | Path | Iterable[Mapping[str, Any] | Example],
         *,
-        rewarder: Any = None,
+        rewarder: Rewarder | None = None,
         sample: bool = False,
         concurrency: int = 16,
-    ) -> Any:
+    ) -> EvalResult:
         """Score the model on ``examples`` (default rewards: those it was trained with, or the
         config's); returns an :class:`~engine.rollout.evaluate.EvalResult`."""
-        from ..rewards.functions import build_rewarder
-        from ..rollout.evaluate import evaluate_policy
-
         rew = rewarder or self._rewarder
         if rew is None:
             rew = build_rewarder(self.config, judge_client=self.policy.client)
@@ -326,8 +345,6 @@ class FineTunedModel:
         ``python -m engine eval --checkpoint PATH`` and :meth:`load` read it; it holds data
         only (JSON and ``.npz``), never the API key.
         """
-        from ..learning.checkpoint import save_checkpoint
-
         arrays, pmeta = self.policy.state()
         meta = {
             "model": "grpo-engine/finetuned-prompt-policy",
@@ -344,7 +361,7 @@ class FineTunedModel:
         cls,
         path: str | Path,
         *,
-        client: Any = None,
+        client: Client | None = None,
         endpoint: EndpointConfig | Mapping[str, Any] | None = None,
     ) -> FineTunedModel:
         """A model saved by :meth:`save` (or a prompt-policy run's checkpoint or run dir).
@@ -358,27 +375,24 @@ class FineTunedModel:
             CheckpointError: not a prompt-policy checkpoint, or an incompatible one.
             ConfigError: the endpoint needs a key that is not set.
         """
-        from ..endpoints.client import Client
-        from ..rollout.evaluate import load_policy_checkpoint
-
         arrays, meta, _ = load_policy_checkpoint(path)
         data = dict(meta["config"])
         if isinstance(endpoint, EndpointConfig):
             data["endpoint"] = to_dict(endpoint)
         elif endpoint is not None:
             data["endpoint"] = {**data.get("endpoint", {}), **dict(endpoint)}
-        cfg = load_config(base=data)
-        if cfg.policy != "prompt":
-            raise CheckpointError(f"{path}: a {cfg.policy!r} checkpoint, not a prompt policy")
+        config = load_config(base=data)
+        if config.policy != "prompt":
+            raise CheckpointError(f"{path}: a {config.policy!r} checkpoint, not a prompt policy")
         owned = []
         if client is None:
-            client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry)
+            client = make_client(config)
             owned.append(client)
         policy = PromptPolicy(
-            client, cfg.prompt, endpoint=cfg.endpoint, candidates=[("", (), None)]
+            client, config.prompt, endpoint=config.endpoint, candidates=[("", (), None)]
         )
         policy.load_state(arrays, meta["policy"])
-        return cls(policy, cfg, clients=owned)
+        return cls(policy, config, clients=owned)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -415,81 +429,48 @@ def _as_example(text: str | Example | Mapping[str, Any]) -> Example:
 # ----------------------------------------------------------------------------- finetune
 
 
-def _rewarder(
-    cfg: RunConfig,
-    reward: Any,
-    judge_client: Any,
-    judge_options: Mapping[str, Any] | None,
-) -> Any:
-    from ..rewards.functions import build_rewarder
-    from ..rewards.rewarder import Rewarder
-
-    if isinstance(reward, Rewarder):
-        if cfg.reward.judge_prompt.strip():
-            raise ValueError("pass reward_prompt, or a Rewarder with its own judges, not both")
-        return reward
-    items: list[Any] = []
-    if reward is not None:
-        items = list(reward) if isinstance(reward, list | tuple) else [reward]
-    if not items:
-        return build_rewarder(cfg, judge_client=judge_client, judge_options=judge_options)
-    functions = [f for f in items if not isinstance(getattr(f, "per_group", None), bool)]
-    judges = [j for j in items if isinstance(getattr(j, "per_group", None), bool)]
-    if cfg.reward.judge_prompt.strip():
-        rcfg = dataclasses.replace(cfg.reward, functions=(), weights=())
-        opts = {"mode": (cfg.judge or cfg.endpoint).mode, **(judge_options or {})}
-        judges += list(
-            Rewarder.from_config(rcfg, judge_client=judge_client, judge_options=opts).judges
-        )
-    return Rewarder(
-        functions, judges=judges, format_failure_reward=cfg.reward.format_failure_reward
-    )
-
-
 async def finetune(
     train_data: str | Path | Iterable[Mapping[str, Any] | Example],
     *,
     base_prompt: str,
-    reward: Callable[..., Any] | Sequence[Any] | None = None,
+    reward: Rewarder | RewardItem | Sequence[RewardItem] | None = None,
     reward_prompt: str | None = None,
     optimizer: GRPOConfig | Mapping[str, Any] | None = None,
     endpoint: EndpointConfig | Mapping[str, Any] | None = None,
     config: RunConfig | None = None,
     eval_data: str | Path | Iterable[Mapping[str, Any] | Example] | None = None,
     out: str | Path | None = None,
-    on_batch_complete: Callable[[Any], Any] | None = None,
+    on_batch_complete: Callable[[BatchMetrics], Any] | None = None,
     instructions: Sequence[str] = (),
     prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
-    client: Any = None,
-    judge_client: Any = None,
+    client: Client | None = None,
+    judge_client: Client | None = None,
     judge_options: Mapping[str, Any] | None = None,
     export_groups: str | Path | None = None,
 ) -> FineTunedModel:
     """Fine-tune a model you cannot retrain with GRPO over prompt candidates.
 
     Args:
-        train_data: the spec's ``TrainingExample`` dicts, Examples, or a JSONL path.
+        train_data: ``TrainingExample`` dicts, Examples, or a JSONL path.
         base_prompt: the starting instruction (or a ``{text}`` template); candidate 0.
         reward: a reward function ``(example, text) -> float`` (sync or async), a judge, a
-            list of them, or a :class:`~engine.rewards.rewarder.Rewarder`. Default: ``[reward]`` from
-            the config, else ``exact_match`` against the examples' ``output.generated``.
-        reward_prompt: a rubric: adds an :class:`~engine.rewards.judges.LLMJudge` (the spec's
-            ``rewardPrompt``), on ``judge_client`` (default: the generation client).
+            list of them, or a Rewarder; default ``[reward]`` of the config, else
+            ``exact_match`` against the examples' ``output.generated``.
+        reward_prompt: a rubric: adds an LLM judge on ``judge_client``.
         optimizer: GRPO and optimizer settings (see :func:`finetune_config`).
         endpoint: the model endpoint, an EndpointConfig or a dict of its fields.
         config: a full run config instead of :data:`PROMPT_DEFAULTS`.
         eval_data: held-out examples; default: ``data.eval_fraction`` of ``train_data``.
         out: write metrics, events, checkpoints and a summary here; None writes nothing.
-        on_batch_complete: called with :class:`~engine.training.trainer.BatchMetrics` after each step.
+        on_batch_complete: called with a BatchMetrics after each step.
         instructions: more seed instructions besides the base prompt.
-        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``
-            for candidate growth by reflection); a PromptPolicyConfig or a dict.
+        prompt: prompt policy settings (``max_candidates``, ``max_demos``, ``propose_every``).
         client: generate with this client (not closed by the model); default a new one for
             ``endpoint``, owned by the returned model.
-        judge_client: judge with this client (default: the generation client, or one for
-            ``config.judge`` when set).
+        judge_client: judge with this client; default the generation client, or a new one
+            for ``config.judge`` when set.
         judge_options: options for the judge (``sim_marker=True`` for the simulated server).
-        export_groups: also write every scored group to this JSONL file (:mod:`engine.telemetry.export`).
+        export_groups: also write every scored group to this JSONL file.
 
     Returns:
         The :class:`FineTunedModel`; close it (``async with``) to close its client.
@@ -498,11 +479,7 @@ async def finetune(
         ConfigError: bad settings; DataError: bad training data; EndpointError only where the
         run cannot continue (generation failures are recorded per rollout, not raised).
     """
-    from ..endpoints.client import Client
-    from ..telemetry.events import EventLog
-    from .trainer import TrainingManager
-
-    cfg = finetune_config(
+    run_config = finetune_config(
         base_prompt=base_prompt,
         instructions=instructions,
         optimizer=optimizer,
@@ -515,38 +492,89 @@ async def finetune(
     if not examples:
         raise ConfigError("train_data has no examples", key="train_data")
     heldout = load_examples(eval_data) if eval_data is not None else None
-    events = EventLog(Path(out) / "events.jsonl" if out is not None else None)
-    owned: list[Any] = []
-    try:
+    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups)
+    return await run.train(examples, heldout, reward, client, judge_client, judge_options)
+
+
+class _FinetuneRun:
+    """One :func:`finetune` run: its event log, the clients it opened (the returned model
+    owns them), and the training.
+
+    Attributes:
+        config: the run config.
+        out: the output directory, or None.
+        events: the run's event log; every client it opens writes to it.
+        owned: the clients it built, closed when training fails, else by the model.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None,
+        on_batch_complete: Callable[[BatchMetrics], Any] | None,
+        export_groups: str | Path | None,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.on_batch_complete = on_batch_complete
+        self.export_groups = export_groups
+        self.events = EventLog(Path(out) / "events.jsonl" if out is not None else None)
+        self.owned: list[Client] = []
+
+    def clients(
+        self, client: Client | None, judge_client: Client | None
+    ) -> tuple[Client, Client | None]:
+        """The generation client (``client``, else a new one) and the judge client
+        (``judge_client``, else a new one for ``[judge]`` when set, else None)."""
         if client is None:
-            client = Client(cfg.endpoint, limits=cfg.limits, retry=cfg.retry, events=events)
-            owned.append(client)
-        if judge_client is None and cfg.judge is not None:
-            judge_client = Client(cfg.judge, limits=cfg.limits, retry=cfg.retry, events=events)
-            owned.append(judge_client)
-        policy = PromptPolicy.from_config(
-            cfg, client, examples=examples, separate_heldout=heldout is not None
-        )
-        rewarder = _rewarder(cfg, reward, judge_client or client, judge_options)
-        async with TrainingManager(
-            cfg,
-            policy=policy,
+            client = make_client(self.config, events=self.events)
+            self.owned.append(client)
+        if judge_client is None and self.config.judge is not None:
+            judge_client = make_client(self.config, judge=True, events=self.events)
+            self.owned.append(judge_client)
+        return client, judge_client
+
+    async def train(
+        self,
+        examples: list[Example],
+        heldout: list[Example] | None,
+        reward: Rewarder | RewardItem | Sequence[RewardItem] | None,
+        client: Client | None,
+        judge_client: Client | None,
+        judge_options: Mapping[str, Any] | None,
+    ) -> FineTunedModel:
+        """Build the clients, the policy and the rewards, train, and return the model (which
+        then owns the clients it was not given); on failure, close them and the event log."""
+        try:
+            client, judge_client = self.clients(client, judge_client)
+            policy = build_prompt_policy(
+                self.config, client, examples=examples, separate_heldout=heldout is not None
+            )
+            rewarder = finetune_rewarder(self.config, reward, judge_client or client, judge_options)
+            async with TrainingManager(
+                self.config,
+                policy=policy,
+                rewarder=rewarder,
+                train=examples,
+                heldout=heldout,
+                on_batch_complete=self.on_batch_complete,
+                out=self.out,
+                events=self.events,
+                export_groups=self.export_groups,
+            ) as trainer:
+                summary = await trainer.run()
+                history = list(trainer.history)
+        except BaseException:
+            for c in self.owned:
+                await c.aclose()
+            self.events.close()
+            raise
+        self.events.close()
+        return FineTunedModel(
+            policy,
+            self.config,
+            clients=self.owned,
             rewarder=rewarder,
-            train=examples,
-            heldout=heldout,
-            on_batch_complete=on_batch_complete,
-            out=out,
-            events=events,
-            export_groups=export_groups,
-        ) as trainer:
-            summary = await trainer.run()
-            history = list(trainer.history)
-    except BaseException:
-        for c in owned:
-            await c.aclose()
-        events.close()
-        raise
-    events.close()
-    return FineTunedModel(
-        policy, cfg, clients=owned, rewarder=rewarder, summary=summary, history=history
-    )
+            summary=summary,
+            history=history,
+        )

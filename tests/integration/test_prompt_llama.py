@@ -21,9 +21,9 @@ from engine.data import datasets
 from engine.data.jsonl import is_heldout
 from engine.endpoints.client import Client
 from engine.policies.prompt import PromptPolicy
-from engine.rewards.functions import build_rewarder
 from engine.rollout.evaluate import evaluate_policy
 from engine.telemetry.events import EventLog
+from engine.training.assembly import build_rewarder
 from engine.training.trainer import TrainingManager
 
 pytestmark = pytest.mark.llama

@@ -10,9 +10,11 @@ import pytest
 
 from engine.errors import CheckpointError
 from engine.learning.checkpoint import (
+    find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_policy_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -87,3 +89,22 @@ def test_latest_skips_broken_and_prune_keeps_newest(tmp_path: Path) -> None:
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 10]
     assert not (tmp_path / ".step-12.tmp-abc").exists()
     assert latest_checkpoint(tmp_path / "none") is None
+
+
+def test_find_and_load_a_policy_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint dir or a run dir (its latest checkpoint) gives the policy's arrays and
+    meta; a directory without one, or a checkpoint without policy state, is refused."""
+    run = tmp_path / "run"
+    arrays = {"policy/w": np.ones(3), "optim/m": np.zeros(3)}
+    for step in (1, 2):
+        save_checkpoint(run / "checkpoints" / f"step-{step}", arrays, {"policy": {}, "config": {}})
+    assert find_checkpoint(run) == run / "checkpoints" / "step-2"
+    assert find_checkpoint(run / "checkpoints" / "step-1") == run / "checkpoints" / "step-1"
+    assert find_checkpoint(tmp_path / "empty") is None
+    got, meta, path = load_policy_checkpoint(run)
+    assert list(got) == ["w"] and path == run / "checkpoints" / "step-2" and meta["policy"] == {}
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_policy_checkpoint(tmp_path / "empty")
+    save_checkpoint(tmp_path / "bare", arrays, {"step": 0})
+    with pytest.raises(CheckpointError, match="no policy state"):
+        load_policy_checkpoint(tmp_path / "bare")

@@ -41,9 +41,9 @@ from engine.policies.prompt import (
     render_completion,
     render_messages,
 )
-from engine.rewards.functions import build_rewarder
 from engine.telemetry.events import EventLog
 from engine.testing.sim import SimConfig, SimRequest, SimServer
+from engine.training.assembly import build_rewarder
 from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Group, Rollout, Usage
 

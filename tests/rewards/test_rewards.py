@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from engine.config.schema import EndpointConfig, RetryConfig, RewardConfig
+from engine.config.schema import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.endpoints.modules import Prediction
-from engine.errors import ConfigError
 from engine.rewards.judges import GroupJudge, LLMJudge, Verdict
-from engine.rewards.rewarder import BUILTIN_REWARDS, JudgeSpec, Rewarder, RewardSpec, Score
+from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec, Score
 from engine.telemetry.events import EventLog, read_jsonl
 from engine.testing import SimConfig, SimRequest, SimServer
 from engine.testing.adversarial import gullible_judge
@@ -101,7 +100,7 @@ async def test_raising_function_masks_only_its_rollout() -> None:
     assert math.isnan(scores[1].reward)
     assert scores[1].error == "reward 'picky' failed: RuntimeError: cannot score this"
     assert math.isnan(scores[2].reward) and scores[2].error == "generation failed"
-    s = rewarder.stats()
+    s = rewarder.statistics()
     assert (s.groups, s.scored, s.failures) == (1, 3, 1)
 
 
@@ -132,7 +131,7 @@ async def test_judge_part_weight_and_feedback() -> None:
     assert score.parts == {"len": 2.0, "quality": 0.5}
     assert score.reward == pytest.approx(0.2 + 1.0)
     assert score.feedback == "quality: 1/2 on-topic words"
-    assert rewarder.stats().judges["quality"].requests == 1
+    assert rewarder.statistics().judges["quality"].requests == 1
 
 
 async def test_malformed_judge_masks_rollout() -> None:
@@ -148,7 +147,7 @@ async def test_malformed_judge_masks_rollout() -> None:
     assert scores[0].reward == scores[2].reward == 2.0
     assert math.isnan(scores[1].reward) and math.isnan(scores[1].parts["judge"])
     assert scores[1].error is not None and "OutputParseError" in scores[1].error
-    assert rewarder.stats().failures == 1
+    assert rewarder.statistics().failures == 1
 
 
 async def test_group_judge_one_call_per_group_and_failure_masks_all() -> None:
@@ -174,7 +173,7 @@ async def test_identical_completions_judged_once() -> None:
         scores = await rewarder.score_group(EX, ["clear", "clear", "wrong", "clear"])
         assert sim.stats.judge_requests == 2
     assert [s.reward for s in scores] == [1.0, 1.0, 0.0, 1.0]
-    assert rewarder.stats().judges["judge"].deduped == 2
+    assert rewarder.statistics().judges["judge"].deduped == 2
 
 
 # ----------------------------------------------------------------------------- formats
@@ -205,7 +204,7 @@ async def test_format_failures_get_the_configured_reward() -> None:
     assert scores[0].error is None and scores[0].feedback == "format: no output fields found"
     assert scores[2].feedback is not None and scores[2].feedback.startswith("format: ")
     assert calls == ["clear"]  # the graded field, only for the parsed output
-    assert rewarder.stats().format_failures == 2
+    assert rewarder.statistics().format_failures == 2
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -224,7 +223,7 @@ async def test_gate_all_fail_calls_no_judge() -> None:
         assert sim.stats.judge_requests == 0
     assert [s.reward for s in scores] == pytest.approx([0.1, 0.2, 0.1, 0.2])
     assert all("judges skipped: gate 'fmt' = 0" in (s.feedback or "") for s in scores)
-    s = rewarder.stats()
+    s = rewarder.statistics()
     assert (s.gated, s.judge_calls_saved, s.judge_verdicts) == (4, 8, 0)
 
 
@@ -244,7 +243,7 @@ async def test_gate_is_per_rollout_and_exact() -> None:
     assert [s.reward for s in scores] == [2.0, 0.0, 1.5, 0.0]
     assert [s.reward for s in alone] == [s.reward for s in scores]
     assert "judge" not in scores[1].parts
-    assert rewarder.stats().judge_calls_saved == 4
+    assert rewarder.statistics().judge_calls_saved == 4
 
 
 async def test_failed_function_skips_judges() -> None:
@@ -261,45 +260,13 @@ async def test_failed_function_skips_judges() -> None:
         scores = await rewarder.score_group(EX, ["x marks", "clear"])
         assert sim.stats.judge_requests == 1
     assert math.isnan(scores[0].reward) and scores[1].reward == 1.0
-    assert rewarder.stats().judge_calls_saved == 1
+    assert rewarder.statistics().judge_calls_saved == 1
 
 
-# ----------------------------------------------------------------------------- config
-
-
-async def test_from_config() -> None:
-    """Functions resolve by name or import path; a judge prompt needs a judge client."""
-    cfg = RewardConfig(functions=("contains_answer", "math:fabs"), weights=(2.0, 0.0),
-                       format_failure_reward=-0.5)  # fmt: skip
-    with pytest.raises(TypeError):  # math.fabs does not take (example, text): a recorded failure
-        math.fabs(EX, "x")  # type: ignore[call-arg]
-    rewarder = Rewarder.from_config(cfg, registry={"math:fabs": lambda e, t: 0.0})
-    assert [s.name for s in rewarder.specs] == ["contains_answer", "math:fabs"]
-    assert rewarder.specs[0].inline and not rewarder.specs[1].inline
-    assert (await rewarder.score(EX, "It is CLEAR.")).reward == 2.0
-    assert rewarder.format_failure_reward == -0.5
-    with pytest.raises(ConfigError, match="unknown reward function"):
-        Rewarder.from_config(RewardConfig(functions=("nope",)))
-    with pytest.raises(ConfigError, match="cannot import"):
-        Rewarder.from_config(RewardConfig(functions=("engine.nothing:fn",)))
-    with pytest.raises(ConfigError, match="judge client"):
-        Rewarder.from_config(RewardConfig(judge_prompt=RUBRIC))
-    async with serving() as (sim, client):
-        group = Rewarder.from_config(
-            RewardConfig(judge_prompt=RUBRIC, group_judge=True, judge_weight=3.0),
-            judge_client=client,
-            judge_options={"sim_marker": True},
-        )
-        assert isinstance(group.judges[0].judge, GroupJudge)
-        assert [s.reward for s in await group.score_group(EX, ["clear", "wrong"])] == [3.0, 0.0]
-        assert sim.stats.judge_requests == 1
-    assert {"exact_match", "contains_answer", "numeric_match", "nonempty"} <= set(BUILTIN_REWARDS)
-
-
-def test_stats_is_a_frozen_snapshot() -> None:
-    """stats() returns a frozen snapshot that later scoring does not change."""
+def test_statistics_is_a_frozen_snapshot() -> None:
+    """statistics() returns a frozen snapshot that later scoring does not change."""
     rewarder = Rewarder([length])
-    s = rewarder.stats()
+    s = rewarder.statistics()
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.groups = 5  # type: ignore[misc]
     assert s.groups == 0 and s.judges == {}

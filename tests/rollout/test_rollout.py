@@ -1,4 +1,4 @@
-"""The rollout stage: whole-group admission, partial groups, stragglers, scoring overlap."""
+"""The rollout stage: groups admitted whole on a sim, partial groups, stragglers, overlap."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
 from engine.rewards.judges import Verdict
 from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
-from engine.rollout.groups import GroupGate, GroupRunner, RolloutStats, derive_rng
+from engine.rollout.groups import GroupRunner, RolloutCounters, derive_rng
 from engine.testing.sim import Faults, SimConfig, SimServer
 from engine.training.trainer import TrainingManager
 from engine.types import Example, Rollout, Sample
@@ -115,68 +115,6 @@ def rng() -> np.random.Generator:
     return np.random.default_rng([0, 1, 2])
 
 
-# ----------------------------------------------------------------------------- the gate
-
-
-async def test_gate_admits_whole_groups_in_order() -> None:
-    """A group waits until all its units fit; later groups never overtake it; units come back
-    one by one."""
-    gate = GroupGate(12)
-    a = await gate.acquire(8)
-    order: list[str] = []
-
-    async def want(name: str, cost: int) -> None:
-        t = await gate.acquire(cost)
-        order.append(name)
-        t.close()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(want, "b", 8)
-        await wait_until(lambda: gate.statistics().waiting == 1)
-        tg.start_soon(want, "c", 1)  # would fit now, but b is first in line
-        await wait_until(lambda: gate.statistics().waiting == 2)
-        a.release(3)
-        await anyio.lowlevel.checkpoint()
-        assert order == [] and gate.statistics().units == 5
-        a.release(1)  # 4 + 8 = 12 fits: b, then c
-    assert order == ["b", "c"]
-    a.close()
-    s = gate.statistics()
-    assert (s.units, s.groups, s.waiting, s.admitted, s.peak_units) == (0, 0, 0, 3, 12)
-
-
-async def test_gate_front_caps_oversize_and_cancel() -> None:
-    """Re-requests go first; a group larger than the capacity runs alone; the group cap holds;
-    a cancelled waiter leaves the queue."""
-    gate = GroupGate(4, max_groups=2)
-    big = await gate.acquire(10)  # alone in an empty gate
-    assert gate.statistics().units == 10
-    order: list[str] = []
-
-    async def want(name: str, cost: int, front: bool = False) -> None:
-        with await gate.acquire(cost, front=front):
-            order.append(name)
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(want, "new", 1)
-        await wait_until(lambda: gate.statistics().waiting == 1)
-        with anyio.CancelScope() as scope:
-            scope.cancel()
-            await gate.acquire(1)  # cancelled while waiting: must not stay queued
-        assert gate.statistics().waiting == 1
-        tg.start_soon(want, "retry", 1, True)
-        await wait_until(lambda: gate.statistics().waiting == 2)
-        big.close()
-    assert order == ["retry", "new"]
-    capped = GroupGate(None, max_groups=1)
-    t1 = await capped.acquire(1)
-    with anyio.move_on_after(0.01):
-        await capped.acquire(1)
-        pytest.fail("the group cap was not applied")
-    t1.close()
-
-
 def test_derive_rng_is_pure_and_distinct() -> None:
     """Derived generators depend only on the seed path, not on what was drawn before."""
     a, b = rng(), rng()
@@ -216,12 +154,12 @@ async def test_groups_start_whole_under_a_small_concurrency_cap() -> None:
             pol.log = []
             runner = GroupRunner.for_policy(pol, rewarder(), cfg)
             assert runner.per_member and runner.gate.capacity() == 12
-            stats = RolloutStats()
+            stats = RolloutCounters()
             exs = [Example(f"e{j}", f"item {j}") for j in range(5)]
             async with anyio.create_task_group() as tg:
                 for j, ex in enumerate(exs):
                     r = np.random.default_rng([0, 0, j])
-                    go = functools.partial(runner.run, stats=stats)
+                    go = functools.partial(runner.run, counters=stats)
                     tg.start_soon(go, pol.snapshot(0), ex, f"0-{j}", r, 0)
         starts = [eid for kind, eid in pol.log if kind == "start"]
         blocks = [set(starts[i : i + 8]) for i in range(0, len(starts), 8)]
@@ -242,13 +180,13 @@ async def test_retry_re_requests_only_the_failed_members() -> None:
     every index appears exactly once."""
     pol = Scripted(lambda k, i: None if (k == 0 and i in (1, 3)) else f"c{k}-{i}")
     runner = GroupRunner(pol, rewarder(), cfg_with(partial_group="retry", member_retries=2))
-    stats = RolloutStats()
-    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=stats)
+    stats = RolloutCounters()
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, counters=stats)
     assert group is not None and pol.calls == [4, 2]
     assert [r.index for r in group.rollouts] == [0, 1, 2, 3]
     assert [r.sample.text for r in group.rollouts] == ["c0-0", "c1-0", "c0-2", "c1-1"]
     assert all(r.ok for r in group.rollouts)
-    assert stats.metrics() == {
+    assert stats.statistics().metrics() == {
         "groups/complete": 1,
         "groups/retried": 1,
         "groups/shrunk": 0,
@@ -286,7 +224,7 @@ async def test_judges_see_each_members_index_in_its_group() -> None:
     pol = Scripted(lambda k, i: None if (k == 0 and i in (1, 3)) else f"c{k}-{i}")
     judged = Rewarder([RewardSpec("r", nonempty, inline=True)], judges=[JudgeSpec(Recording())])
     runner = GroupRunner(pol, judged, cfg_with(partial_group="retry", member_retries=2))
-    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=RolloutStats())
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, counters=RolloutCounters())
     assert group is not None
     assert seen == {r.sample.text: r.index for r in group.rollouts}
     assert seen == {"c0-0": 0, "c1-0": 1, "c0-2": 2, "c1-1": 3}
@@ -297,8 +235,8 @@ async def test_retry_also_covers_failed_scoring_then_shrinks() -> None:
     keeps its scored members (shrunk)."""
     pol = Scripted(lambda k, i: "bad-score" if (k == 0 and i == 0) or k >= 1 else f"ok{i}")
     runner = GroupRunner(pol, rewarder(), cfg_with(partial_group="retry", member_retries=2))
-    stats = RolloutStats()
-    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=stats)
+    stats = RolloutCounters()
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, counters=stats)
     assert pol.calls == [4, 1, 1]
     assert group is not None and [r.index for r in group.rollouts] == [1, 2, 3]
     assert (stats.shrunk, stats.retried, stats.rollouts_retried, stats.rollouts_failed) == (
@@ -322,8 +260,8 @@ async def test_shrink_and_drop(policy: str, fail: set[int], expect: str) -> None
     """shrink keeps the scored members if there are enough; drop drops any failed group."""
     pol = Scripted(lambda k, i: None if i in fail else f"t{i}")
     runner = GroupRunner(pol, rewarder(), cfg_with(partial_group=policy, min_group_size=2))
-    stats = RolloutStats()
-    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=stats)
+    stats = RolloutCounters()
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, counters=stats)
     assert pol.calls == [4]  # never re-requested
     counts = {"complete": stats.complete, "shrunk": stats.shrunk, "dropped": stats.dropped}
     assert counts == {k: int(k == expect) for k in counts}
@@ -389,11 +327,11 @@ async def test_oversampling_keeps_the_first_g_and_cancels_the_rest() -> None:
     pol = Scripted(lambda k, i: f"m{k}", gated=True)
     runner = GroupRunner(pol, rewarder(), cfg_with(oversample=2))
     assert runner.per_member
-    stats = RolloutStats()
+    stats = RolloutCounters()
     out: list[Any] = []
 
     async def go() -> None:
-        out.append(await runner.run(SNAP, EX, "0-0", rng(), 0, stats=stats))
+        out.append(await runner.run(SNAP, EX, "0-0", rng(), 0, counters=stats))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(go)
@@ -417,12 +355,12 @@ async def test_oversampling_on_a_sim_counts_k_stragglers_per_group() -> None:
         async with Client(endpoint, limits=LimitsConfig(max_concurrency=16)) as client:
             pol = PromptPolicy(client, PromptPolicyConfig(), instructions=["Answer."])
             runner = GroupRunner.for_policy(pol, rewarder(), cfg)
-            stats = RolloutStats()
+            stats = RolloutCounters()
             groups: list[Any] = []
 
             async def one(j: int) -> None:
                 r = np.random.default_rng([0, 0, j])
-                groups.append(await runner.run(pol.snapshot(0), EX, f"0-{j}", r, 0, stats=stats))
+                groups.append(await runner.run(pol.snapshot(0), EX, f"0-{j}", r, 0, counters=stats))
 
             async with anyio.create_task_group() as tg:
                 for j in range(6):
@@ -490,8 +428,8 @@ async def test_group_judge_scores_the_group_once_after_retries() -> None:
     rew = Rewarder(judges=[judge])  # type: ignore[list-item]
     pol = Scripted(lambda k, i: None if k == 2 else f"t{k}")  # one call per member
     runner = GroupRunner(pol, rew, cfg_with(use_n=False, member_retries=1))
-    stats = RolloutStats()
-    group = await runner.run(SNAP, EX, "0-0", rng(), 0, stats=stats)
+    stats = RolloutCounters()
+    group = await runner.run(SNAP, EX, "0-0", rng(), 0, counters=stats)
     assert group is not None and len(group.rollouts) == 4 and stats.complete == 1
     assert judge.calls == [["t0", "t1", "t3", "t4"]] and pol.calls == [1] * 5  # finishing order
     assert stats.rollouts_retried == 1

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.__main__ import _build_parser
+from engine.cli.eval import eval_command
+from engine.cli.main import build_parser
 from engine.config.schema import GRPOConfig, PromptPolicyConfig
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.learning.checkpoint import save_checkpoint
-from engine.rollout.evaluate import eval_command
 from engine.telemetry.export import read_groups
 from engine.testing.sim import SimConfig, SimRequest, SimServer
 from engine.training.finetune import FineTunedModel, finetune, finetune_config, load_examples
@@ -101,7 +101,7 @@ async def test_save_load_and_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixt
             assert loaded.best_prompt == model.best_prompt and loaded.summary is None
         data = tmp_path / "heldout.jsonl"
         data.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in TRAIN[:10]))
-        args = _build_parser().parse_args(
+        args = build_parser().parse_args(
             ["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data), "--json",
              "--quiet", "--set", f"endpoint.base_url='{sim.base_url}'",
              "--out", str(tmp_path / "rows.jsonl")]

@@ -1,0 +1,57 @@
+"""Held-out evaluation during training: greedy decoding of the policy on held-out examples.
+
+One output per example from one snapshot, scored by the run's rewarder; the mean reward is
+``eval/reward`` in metrics.jsonl. An example whose generation or scoring failed counts in
+``eval/failures`` and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import anyio
+import numpy as np
+
+from ..policies.base import Policy, PolicySnapshot
+from ..rewards.rewarder import Rewarder
+from ..types import Example
+
+__all__ = ("evaluate_heldout", "finite_mean")
+
+
+def finite_mean(xs: Sequence[float | None]) -> float:
+    """The mean of the finite values of ``xs``; NaN when there is none."""
+    vals = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+async def evaluate_heldout(
+    policy: Policy,
+    rewarder: Rewarder,
+    snap: PolicySnapshot,
+    examples: Sequence[Example],
+    seed: int,
+) -> dict[str, float | int]:
+    """``eval/reward``, ``eval/n`` and ``eval/failures`` of ``snap`` on ``examples``; example
+    ``i`` is decoded with a generator seeded by ``(seed, i)``."""
+    rewards: list[float] = [math.nan] * len(examples)
+    failures = 0
+
+    async def one(i: int, ex: Example) -> None:
+        nonlocal failures
+        try:
+            samples = await policy.generate(
+                snap, ex, 1, np.random.default_rng([seed, i]), greedy=True
+            )
+            score = await rewarder.score(ex, samples[0].text)
+            if samples[0].error or score.error:
+                failures += 1
+            rewards[i] = score.reward
+        except Exception:
+            failures += 1
+
+    async with anyio.create_task_group() as tg:
+        for i, ex in enumerate(examples):
+            tg.start_soon(one, i, ex)
+    return {"eval/reward": finite_mean(rewards), "eval/n": len(examples), "eval/failures": failures}

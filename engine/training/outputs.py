@@ -1,0 +1,93 @@
+"""The files a run writes into its output directory.
+
+::
+
+    OUT/
+      config.json      the run config
+      metrics.jsonl    one line per step (a resumed run first drops the steps it will redo)
+      events.jsonl     request and log events (written by the event log)
+      checkpoints/     step-N/ directories, the newest ``trainer.keep_checkpoints`` kept
+      summary.json     what the run did
+
+A run without an output directory (``out=None``) writes none of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config.schema import RunConfig, to_dict
+from ..telemetry.events import MetricsLog, dumps
+from ..telemetry.events import read_jsonl as read_jsonl_records
+
+__all__ = ("OUTPUT_FILES", "RunFiles")
+
+OUTPUT_FILES: Mapping[str, str] = {
+    "metrics": "metrics.jsonl",
+    "events": "events.jsonl",
+    "checkpoints": "checkpoints/",
+    "config": "config.json",
+}
+"""The files of a run directory by role, as listed in ``summary.json``."""
+
+
+class RunFiles:
+    """The output directory of one run (see the module docstring).
+
+    Attributes:
+        out: the directory, or None to write nothing.
+    """
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self._metrics: MetricsLog | None = None
+
+    @property
+    def checkpoints(self) -> Path | None:
+        """The checkpoint directory, or None."""
+        return None if self.out is None else self.out / "checkpoints"
+
+    def prepare(self, config: RunConfig, start: int) -> None:
+        """Create the directory, keep only the metrics of steps before ``start`` (no duplicate
+        steps after a crash), open metrics.jsonl and write config.json."""
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            keep = [r for r in read_jsonl_records(path) if int(r.get("step", -1)) < start]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_bytes(b"".join(dumps(r) + b"\n" for r in keep))
+            os.replace(tmp, path)
+        self._metrics = MetricsLog(path)
+        (self.out / "config.json").write_bytes(
+            orjson.dumps(to_dict(config), option=orjson.OPT_INDENT_2)
+        )
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Append one step's metrics line (fsynced)."""
+        if self._metrics is not None:
+            self._metrics.write(metrics)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """Write summary.json."""
+        if self.out is None:
+            return
+        (self.out / "summary.json").write_bytes(
+            orjson.dumps(
+                summary,
+                option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+                default=lambda o: None,
+            )
+        )
+
+    def close(self) -> None:
+        """Close metrics.jsonl; idempotent."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
