@@ -98,6 +98,7 @@ from ..config.schema import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunC
 from ..errors import CheckpointError, EngineError
 from ..telemetry.events import get_logger
 from ..types import Example, Group, Rollout, Sample, Usage
+from .arrays import ArrayPolicy
 from .base import PolicySnapshot
 
 __all__ = (
@@ -426,7 +427,7 @@ class _CandStats:
         return self.reward_sum / self.n if self.n else math.nan
 
 
-class PromptPolicy:
+class PromptPolicy(ArrayPolicy):
     """GRPO over prompt candidates for any chat/completions endpoint; see the module docstring.
 
     Example::
@@ -915,7 +916,6 @@ class PromptPolicy:
         groups: Sequence[Group],
         *,
         version: int | None = None,
-        optimizer: Any = None,
     ) -> dict[str, float]:
         """Trainer hook after the learner's update of batch ``step``: statistics and growth.
 
@@ -955,14 +955,14 @@ class PromptPolicy:
         metrics: dict[str, float] = {}
         every = self.cfg.propose_every
         if every and (step + 1) % every == 0:
-            metrics.update(await self._grow(step, v, optimizer))
+            metrics.update(await self._grow(step, v))
         probs = self.probabilities()
         metrics["prompt/candidates"] = float(len(probs))
         metrics["prompt/best_prob"] = probs[0][1]
         metrics["prompt/best_candidate"] = float(probs[0][0].id)
         return metrics
 
-    async def _grow(self, step: int, v: int, optimizer: Any) -> dict[str, float]:
+    async def _grow(self, step: int, v: int) -> dict[str, float]:
         """One growth round after version ``v`` was published (module docstring)."""
         # 1. reclaim slots no re-creatable snapshot shows any more
         freed = (self._ids >= 0) & (self._died <= v)
@@ -1013,7 +1013,7 @@ class PromptPolicy:
             self._ids[slot] = cand.id
             self._born[slot] = v + 1
             self._died[slot] = NEVER
-            _reset_moments(optimizer, slot, live)
+            _reset_moments(self.optimizer, slot, live)
             placed += 1
 
         # 4. retire the weakest beyond K - headroom (they die at v + 1); the base prompt and

@@ -389,7 +389,7 @@ class GroupRunner:
         self.member_retries = r.member_retries if r.partial_group == "retry" else 0
         self.min_group_size = min(r.min_group_size, cfg.grpo.group_size)
         self.oversample = r.oversample  # k extra members per group
-        self.embedded = bool(getattr(policy, "embedded", False))  # no endpoint, no client
+        self.embedded = policy.embedded  # no endpoint, no client
         # one request per member: needed to cancel stragglers; free when n is not used anyway
         self.per_member = r.oversample > 0 or (not self.embedded and not cfg.endpoint.use_n)
         self.gate = gate or GroupGate(None, max_groups=r.max_groups_in_flight)
@@ -406,7 +406,7 @@ class GroupRunner:
     ) -> GroupRunner:
         """A runner whose gate is sized from the policy's client: its limiter's concurrency
         limit, and whether the endpoint was found to ignore ``n``."""
-        client = None if getattr(policy, "embedded", False) else getattr(policy, "client", None)
+        client = None if policy.embedded else getattr(policy, "client", None)
         limiter = getattr(client, "limiter", None)
         capacity: Callable[[], int] | None = None
         if limiter is not None and hasattr(limiter, "statistics"):
@@ -585,7 +585,7 @@ class GroupRunner:
             self.events.emit(
                 kind="generation",
                 endpoint="embedded",
-                model=getattr(self.policy, "name", "embedded"),
+                model=self.policy.name,
                 group_id=g.group_id,
                 policy_version=g.snapshot.version,
                 status=200 if error is None else None,

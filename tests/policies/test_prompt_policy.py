@@ -29,7 +29,6 @@ from engine.config.schema import (
 from engine.endpoints.client import Choice, Client, Completion
 from engine.errors import CheckpointError, ServerError
 from engine.learning.checkpoint import load_checkpoint, save_checkpoint
-from engine.learning.optim import Adam
 from engine.policies.base import Policy
 from engine.policies.prompt import (
     Candidate,
@@ -53,7 +52,8 @@ NOKL = GRPOConfig(beta=0.0)
 
 
 class FakeClient:
-    """An in-process stand-in for engine.endpoints.client.Client: records calls, answers by a function."""
+    """An in-process stand-in for engine.endpoints.client.Client: records calls, answers by a
+    function."""
 
     def __init__(
         self,
@@ -342,7 +342,7 @@ async def test_growth_keeps_shapes_and_optimizer_consistent() -> None:
         PromptPolicyConfig(max_candidates=6, max_demos=2, propose_every=1),
         candidates=[("base", (), None), ("good", (), None), ("meh", (), None), ("bad", (), None)],
     )
-    opt = Adam(OptimConfig(lr=0.3))
+    pol.configure_optimizer(OptimConfig(lr=0.3))
     logits = pol.parameters()["logits"]
     rng = np.random.default_rng(0)
     totals: Counter[str] = Counter()
@@ -350,14 +350,14 @@ async def test_growth_keeps_shapes_and_optimizer_consistent() -> None:
         version = step + 1
         groups = _groups(pol, step, rng)
         items = [r for g in groups for r in g.rollouts]
-        _, grads = pol.loss_and_grad(items, np.array([r.advantage for r in items]), GRPOConfig())
-        opt.step(pol.parameters(), grads, 0.3)
+        adv = np.array([r.advantage for r in items])
+        pol.update(items, adv, grpo=GRPOConfig(), lr=0.3)
         visible_before = pol.snapshot(version).params["visible"].copy()
-        m = await pol.after_update(step, groups, version=version, optimizer=opt)
+        m = await pol.after_update(step, groups, version=version)
         totals.update({k: int(v) for k, v in m.items() if k.startswith("prompt/p")})
         assert m["prompt/placed"] <= m["prompt/proposed"]
         assert pol.parameters()["logits"] is logits and logits.shape == (6,)  # in place, fixed
-        arrays, _ = opt.state()
+        arrays, _ = pol.optimizer_state()
         assert arrays["m.logits"].shape == (6,)
         # snapshot `version` (already published) is unchanged by the growth
         np.testing.assert_array_equal(pol.snapshot(version).params["visible"], visible_before)

@@ -164,9 +164,9 @@ class Instrumented(TinyLM):
             self.cond.notify_all()
         return await super().generate(snapshot, example, n, rng, greedy=greedy)
 
-    def loss_and_grad(
-        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
-    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def update(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, *, grpo: GRPOConfig, lr: float
+    ) -> dict[str, float]:
         self.log.append(("update", rollouts[0].policy_version))
         if self.wait_for_next_gen:
             k = self.published  # the batch being learned from
@@ -174,7 +174,7 @@ class Instrumented(TinyLM):
                 ok = self.cond.wait_for(lambda: self.gens > (k + 1) * self.batch_size, timeout=10)
             if not ok:
                 raise AssertionError("generation of the next batch did not overlap the update")
-        return super().loss_and_grad(rollouts, advantages, cfg)
+        return super().update(rollouts, advantages, grpo=grpo, lr=lr)
 
 
 async def test_generation_overlaps_update(tmp_path: Path) -> None:
@@ -231,12 +231,12 @@ class Recorder(TinyLM):
         self.seen: list[int] = []
         self.advantages: list[float] = []
 
-    def loss_and_grad(
-        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
-    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def update(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, *, grpo: GRPOConfig, lr: float
+    ) -> dict[str, float]:
         self.seen.extend(r.policy_version for r in rollouts)
         self.advantages.extend(float(a) for a in advantages)
-        return {"policy_loss": 0.0}, {k: np.zeros_like(v) for k, v in self.parameters().items()}
+        return {"policy_loss": 0.0}
 
 
 async def test_learner_drops_and_counts_stale_groups() -> None:
