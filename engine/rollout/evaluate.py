@@ -106,8 +106,7 @@ async def evaluate_policy(
         on_result: called with ``(done_count, row)`` after each example.
     """
     if snapshot is None:
-        live = getattr(policy, "live_snapshot", None)
-        snapshot = live() if live is not None else policy.snapshot(0)
+        snapshot = policy.live_snapshot() or policy.snapshot(0)
     rows: list[dict[str, Any] | None] = [None] * len(examples)
     limiter = anyio.Semaphore(max(1, concurrency))
     done = 0
@@ -290,7 +289,7 @@ async def eval_command(args: argparse.Namespace) -> int:
         snapshot = None
         if args.checkpoint:
             policy.load_state(arrays, meta["policy"])
-            if not hasattr(policy, "live_snapshot"):
+            if policy.live_snapshot() is None:
                 snapshot = policy.snapshot(int(meta.get("step", 0)))
         progress = _Progress(len(examples), args.quiet)
         tune_gc()  # everything is built: freeze it, and collect the young generation rarely

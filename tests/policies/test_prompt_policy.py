@@ -92,7 +92,7 @@ def rollout(choice: int, old_lp: float, adv: float = 0.0, reward: float = 1.0) -
 
 
 def logp_of(policy: PromptPolicy) -> np.ndarray:
-    live = np.flatnonzero(policy._live())
+    live = np.flatnonzero(policy.table.live())
     z = policy.params["logits"][live]
     return z - np.log(np.exp(z - z.max()).sum()) - z.max()
 
@@ -361,14 +361,14 @@ async def test_growth_keeps_shapes_and_optimizer_consistent() -> None:
         assert arrays["m.logits"].shape == (6,)
         # snapshot `version` (already published) is unchanged by the growth
         np.testing.assert_array_equal(pol.snapshot(version).params["visible"], visible_before)
-        live = pol._live()
+        live = pol.table.live()
         assert live.sum() <= 6 - pol.headroom + m["prompt/placed"]
-        born_now = pol._born == version + 1
+        born_now = pol.table.born == version + 1
         assert born_now.sum() == m["prompt/placed"]
         assert np.all(arrays["m.logits"][born_now] == 0.0)  # reused slots start without momentum
         assert pol.base_id in {c.id for c, _ in pol.probabilities()}  # never pruned
     assert totals["prompt/placed"] >= 4 and totals["prompt/pruned"] >= 2
-    origins = Counter(pol.candidate(int(i)).origin for i in pol._ids if i >= 0)
+    origins = Counter(pol.candidate(int(i)).origin for i in pol.table.ids if i >= 0)
     assert origins["reflection"] >= 1 and origins["demos"] >= 1
     assert sum(p for _, p in pol.probabilities()) == pytest.approx(1.0)
 
@@ -480,7 +480,7 @@ async def test_growth_against_the_sim_adds_reflected_candidates() -> None:
                 on_batch_complete=seen.append, events=events,
             ) as tm:  # fmt: skip
                 summary = await tm.run()
-    reflected = [pol.candidate(i) for i in range(pol._next_id)]
+    reflected = [pol.candidate(i) for i in range(pol.table.next_id)]
     reflected = [c for c in reflected if c.origin == "reflection"]
     assert reflected and reflected[0].instruction.startswith("GOOD")
     assert seen[1].all["prompt/proposed"] >= 1 and seen[1].all["requests/proposal"] == 1
