@@ -197,6 +197,11 @@ class CandidateTable:
         """The candidate in ``slot``."""
         return self.registry[int(self.ids[slot])]
 
+    def most_probable(self, logits: np.ndarray) -> Candidate:
+        """The live candidate with the largest of ``logits`` (K,) (the lowest slot on ties)."""
+        live = np.flatnonzero(self.live())
+        return self.at(live[int(np.argmax(logits[live]))])
+
     def live_recipes(self) -> set[Recipe]:
         """The recipes of the live candidates."""
         return {self.registry[int(i)].recipe for i in self.ids[self.live()]}

@@ -24,14 +24,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from ...config.schema import PromptPolicyConfig
+from ...errors import EngineError
+from ...telemetry.events import get_logger
+from ...types import Group
 from ..optim import Adam
-from .candidates import Candidate, Demo
+from .candidates import Candidate, CandidateTable, Demo, Recipe
+from .sampling import CompletionClient
 
 __all__ = (
+    "CandidateGrowth",
+    "GrowthSlots",
     "best_and_worst",
     "logmeanexp",
     "parse_instruction",
@@ -42,6 +50,31 @@ __all__ = (
 
 _TAG_RE = re.compile(r"<instruction>(.*?)(?:</instruction>|\Z)", re.DOTALL | re.IGNORECASE)
 _MAX_INSTRUCTION_CHARS = 2000
+_BUFFER_CAP = 256
+"""Recent scored rollouts kept for growth."""
+
+_log = get_logger("engine.policies.prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthSlots:
+    """What a growth round changes and reads of the policy.
+
+    Attributes:
+        table: the candidates and their slots.
+        logits: (K,) the trainable logits, changed in place.
+        ref: (K,) the reference logits, changed in place.
+        optimizer: the policy's Adam, whose moments of a reused slot are reset (None: none).
+        base_id: the base prompt's candidate, never pruned.
+        proposer: the client that answers reflection requests (None: no reflection).
+    """
+
+    table: CandidateTable
+    logits: np.ndarray
+    ref: np.ndarray
+    optimizer: Adam | None
+    base_id: int
+    proposer: CompletionClient | None
 
 
 def reflection_prompt(
@@ -158,3 +191,166 @@ def reset_moments(optimizer: Adam | None, slot: int, live: np.ndarray) -> None:
     others[slot] = False
     v[slot] = float(v[others].mean()) if others.any() else 0.0
     optimizer.load_state(arrays, meta)
+
+
+class CandidateGrowth:
+    """The growth rounds of a prompt policy (module docstring): the recent scored rollouts they
+    learn from, proposals, placement into free slots and pruning, on the policy's candidate
+    table, logits and reference logits, in place.
+
+    Attributes:
+        prompt: ``propose_every``, ``max_demos`` and ``max_candidates`` are used.
+        headroom: free slots kept for the next round (one per proposal kind).
+        proposer_mode: the request shape of reflection calls.
+        seed: seeds the reflection requests.
+        buffer: the recent scored rollouts, as JSON records.
+    """
+
+    def __init__(
+        self,
+        prompt: PromptPolicyConfig,
+        *,
+        headroom: int,
+        proposer_mode: Literal["chat", "completions"],
+        seed: int,
+    ) -> None:
+        self.prompt = prompt
+        self.headroom = headroom
+        self.proposer_mode = proposer_mode
+        self.seed = seed
+        self.buffer: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> bool:
+        """Whether a growth round follows the update of batch ``step``."""
+        every = self.prompt.propose_every
+        return bool(every) and (step + 1) % every == 0
+
+    def record(self, step: int, groups: Sequence[Group], table: CandidateTable) -> None:
+        """Count each scored rollout for its candidate and keep it in the recent buffer."""
+        for g in groups:
+            for r in g.rollouts:
+                if not r.ok or r.sample.choice is None:
+                    continue
+                table.record(int(r.sample.choice), r.reward)
+                self.buffer.append(
+                    {
+                        "candidate": int(r.sample.choice),
+                        "input": g.example.text,
+                        "target": g.example.target,
+                        "output": r.sample.text,
+                        "reward": float(r.reward),
+                        "advantage": float(r.advantage) if math.isfinite(r.advantage) else 0.0,
+                        "feedback": r.feedback,
+                        "step": step,
+                    }
+                )
+        del self.buffer[: max(0, len(self.buffer) - _BUFFER_CAP)]
+
+    async def grow(self, step: int, v: int, slots: GrowthSlots) -> dict[str, float]:
+        """One growth round after version ``v`` was published; its metrics."""
+        freed = slots.table.reclaim(v)
+        slots.logits[freed] = 0.0
+        slots.ref[freed] = 0.0
+        parent = slots.table.most_probable(slots.logits)
+        proposals, errors = await self._proposals(step, parent, slots)
+        placed = self._place(proposals, parent, v, slots)
+        pruned = self._prune(v, slots)
+        _log.info("prompt.grow", step=step, proposed=len(proposals), placed=placed, pruned=pruned)
+        return {
+            "prompt/proposed": float(len(proposals)),
+            "prompt/placed": float(placed),
+            "prompt/pruned": float(pruned),
+            "prompt/propose_errors": float(errors),
+        }
+
+    async def _proposals(
+        self, step: int, parent: Candidate, slots: GrowthSlots
+    ) -> tuple[list[tuple[Recipe, str]], int]:
+        """New recipes from the recent rollouts (a reflected instruction, a demo set), each
+        with its origin; and the number of failed reflection requests."""
+        recent = [r for r in self.buffer if r["step"] > step - self.prompt.propose_every]
+        live_recipes = slots.table.live_recipes()
+        proposals: list[tuple[Recipe, str]] = []
+        errors = 0
+        best, worst = best_and_worst(recent, 3)
+        if best and worst:
+            try:
+                instruction = await self._reflect(slots.proposer, parent, best, worst, seed=step)
+            except EngineError as exc:
+                errors += 1
+                _log.warning("prompt.reflection_failed", step=step, error=str(exc))
+                instruction = None
+            if instruction is not None and instruction != parent.instruction:
+                recipe = (instruction, parent.demos, parent.temperature)
+                if recipe not in live_recipes:
+                    proposals.append((recipe, "reflection"))
+                    live_recipes.add(recipe)
+        if self.prompt.max_demos > 0:
+            demos = top_demos(recent, self.prompt.max_demos)
+            recipe = (parent.instruction, demos, parent.temperature)
+            if demos and recipe not in live_recipes:
+                proposals.append((recipe, "demos"))
+        return proposals, errors
+
+    def _place(
+        self, proposals: list[tuple[Recipe, str]], parent: Candidate, v: int, slots: GrowthSlots
+    ) -> int:
+        """Put proposals into free slots, born at ``v + 1``, with an average candidate's
+        probability and no optimizer momentum; returns how many were placed."""
+        table, theta, ref = slots.table, slots.logits, slots.ref
+        free = list(np.flatnonzero(table.ids < 0))
+        live = table.live()
+        placed = 0
+        for recipe, origin in proposals[: len(free)]:
+            slot = int(free[placed])
+            cand = table.new_candidate(recipe, origin, parent.id)
+            theta[slot] = logmeanexp(theta[live])
+            ref[slot] = logmeanexp(ref[live])
+            table.place(slot, cand, born=v + 1)
+            reset_moments(slots.optimizer, slot, live)
+            placed += 1
+        return placed
+
+    def _prune(self, v: int, slots: GrowthSlots) -> int:
+        """Retire the weakest beyond K - headroom (they die at ``v + 1``); the base prompt and
+        candidates added in this round or the previous one are kept. Returns how many."""
+        table, theta, every = slots.table, slots.logits, self.prompt.propose_every
+        live = table.live()
+        excess = int(live.sum()) - max(1, self.prompt.max_candidates - self.headroom)
+        if excess <= 0:
+            return 0
+        pruned = 0
+        order = sorted(np.flatnonzero(live), key=lambda s: (theta[s], -int(table.ids[s])))
+        for s in order:
+            if pruned >= excess:
+                break
+            if int(table.ids[s]) == slots.base_id or table.born[s] > v - every:
+                continue
+            table.died[s] = v + 1
+            pruned += 1
+        return pruned
+
+    async def _reflect(
+        self,
+        client: CompletionClient | None,
+        parent: Candidate,
+        best: Sequence[Mapping[str, Any]],
+        worst: Sequence[Mapping[str, Any]],
+        *,
+        seed: int,
+    ) -> str | None:
+        """Ask ``client`` for an improved instruction; None without a client."""
+        if client is None:
+            return None
+        prompt = reflection_prompt(parent, best, worst, mode=self.proposer_mode)
+        comp = await client.complete(
+            prompt,
+            n=1,
+            kind="proposal",
+            mode=self.proposer_mode,
+            max_tokens=256,
+            temperature=1.0,
+            stop=["</instruction>"] if self.proposer_mode == "completions" else None,
+            seed=self.seed * 1_000_003 + seed,
+        )
+        return parse_instruction(comp.choices[0].text)

@@ -39,8 +39,9 @@ How this departs from token-level GRPO (:mod:`engine.policies.tinylm`):
   candidates it has: GRPO here is a bandit learner with group-relative baselines, and the
   candidate growth is what lets it find prompts it was not given.
 
-Growth runs in :meth:`PromptPolicy.after_update`, in the learner's task, never concurrently
-with an update; it resets the optimizer moments of a reused slot itself. The learner publishes
+Growth (:class:`~.growth.CandidateGrowth`) runs in :meth:`PromptPolicy.after_update`, in the
+learner's task, never concurrently with an update; it resets the optimizer moments of a reused
+slot itself. The learner publishes
 snapshot ``V`` *before* the hook runs, so changes made after update ``V`` take effect from
 version ``V + 1``. A retired slot is reused only once no snapshot that could be re-created
 (the current version's, on resume) still shows it. Runs stay reproducible and resumable bit
@@ -64,7 +65,6 @@ import numpy as np
 from ...config.schema import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunConfig
 from ...data.jsonl import is_heldout, read_jsonl, take
 from ...errors import CheckpointError, EngineError
-from ...telemetry.events import get_logger
 from ...types import Example, Group, Rollout, Sample
 from ..arrays import ArrayPolicy
 from ..base import PolicySnapshot
@@ -77,14 +77,7 @@ from .candidates import (
     Recipe,
     make_demo_sets,
 )
-from .growth import (
-    best_and_worst,
-    logmeanexp,
-    parse_instruction,
-    reflection_prompt,
-    reset_moments,
-    top_demos,
-)
+from .growth import CandidateGrowth, GrowthSlots
 from .rendering import PromptFormat, messages_text, render_completion, render_messages
 from .sampling import CompletionClient, PromptSample, samples_of
 
@@ -93,12 +86,8 @@ if TYPE_CHECKING:
 
 __all__ = ("PromptPolicy",)
 
-_log = get_logger("engine.policies.prompt")
-
 _STATE_FORMAT = 1
 _DEFAULT_FORMAT = PromptFormat()
-_BUFFER_CAP = 256
-"""Recent scored rollouts kept for growth."""
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -205,8 +194,9 @@ class PromptPolicy(ArrayPolicy):
         self._ref = np.zeros(k)
         """(K,) reference logits (the initial distribution)."""
         self.table = CandidateTable(k)
-        self._buffer: list[dict[str, Any]] = []
-        """Recent scored rollouts, the material of growth."""
+        self.growth = CandidateGrowth(
+            prompt, headroom=self.headroom, proposer_mode=self.proposer_mode, seed=seed
+        )
         if candidates is None:
             demo_sets: list[tuple[Demo, ...]] = [()]
             demo_sets += make_demo_sets(
@@ -284,8 +274,7 @@ class PromptPolicy(ArrayPolicy):
 
     def best(self) -> Candidate:
         """The most probable live candidate (the base prompt on ties)."""
-        live = np.flatnonzero(self.table.live())
-        return self.table.at(live[int(np.argmax(self.params["logits"][live]))])
+        return self.table.most_probable(self.params["logits"])
 
     def candidate_statistics(self, cid: int) -> CandidateStatistics:
         """The scored rollouts of candidate ``cid`` since training began."""
@@ -548,142 +537,23 @@ class PromptPolicy(ArrayPolicy):
         """
         v = step + 1 if version is None else version
         self.version = v
-        self._record(step, groups)
+        self.growth.record(step, groups, self.table)
         metrics: dict[str, float] = {}
-        every = self.prompt.propose_every
-        if every and (step + 1) % every == 0:
-            metrics.update(await self._grow(step, v))
+        if self.growth.due(step):
+            slots = GrowthSlots(
+                table=self.table,
+                logits=self.params["logits"],
+                ref=self._ref,
+                optimizer=self.optimizer,
+                base_id=self.base_id,
+                proposer=self.proposer or self.client,
+            )
+            metrics.update(await self.growth.grow(step, v, slots))
         probs = self.probabilities()
         metrics["prompt/candidates"] = float(len(probs))
         metrics["prompt/best_prob"] = probs[0][1]
         metrics["prompt/best_candidate"] = float(probs[0][0].id)
         return metrics
-
-    def _record(self, step: int, groups: Sequence[Group]) -> None:
-        """Count each scored rollout for its candidate and keep it in the recent buffer."""
-        for g in groups:
-            for r in g.rollouts:
-                if not r.ok or r.sample.choice is None:
-                    continue
-                self.table.record(int(r.sample.choice), r.reward)
-                self._buffer.append(
-                    {
-                        "candidate": int(r.sample.choice),
-                        "input": g.example.text,
-                        "target": g.example.target,
-                        "output": r.sample.text,
-                        "reward": float(r.reward),
-                        "advantage": float(r.advantage) if math.isfinite(r.advantage) else 0.0,
-                        "feedback": r.feedback,
-                        "step": step,
-                    }
-                )
-        del self._buffer[: max(0, len(self._buffer) - _BUFFER_CAP)]
-
-    async def _grow(self, step: int, v: int) -> dict[str, float]:
-        """One growth round after version ``v`` was published (:mod:`.growth`)."""
-        freed = self.table.reclaim(v)
-        self.params["logits"][freed] = 0.0
-        self._ref[freed] = 0.0
-        parent = self.best()
-        proposals, errors = await self._proposals(step, parent)
-        placed = self._place(proposals, parent, v)
-        pruned = self._prune(v)
-        _log.info("prompt.grow", step=step, proposed=len(proposals), placed=placed, pruned=pruned)
-        return {
-            "prompt/proposed": float(len(proposals)),
-            "prompt/placed": float(placed),
-            "prompt/pruned": float(pruned),
-            "prompt/propose_errors": float(errors),
-        }
-
-    async def _proposals(self, step: int, parent: Candidate) -> tuple[list[Recipe], int]:
-        """New recipes from the recent rollouts: a reflected instruction, a demo set; and the
-        number of failed reflection requests."""
-        recent = [r for r in self._buffer if r["step"] > step - self.prompt.propose_every]
-        live_recipes = self.table.live_recipes()
-        proposals: list[tuple[Recipe, str]] = []
-        errors = 0
-        best, worst = best_and_worst(recent, 3)
-        if best and worst:
-            try:
-                instruction = await self._reflect(parent, best, worst, seed=step)
-            except EngineError as exc:
-                errors += 1
-                _log.warning("prompt.reflection_failed", step=step, error=str(exc))
-                instruction = None
-            if instruction is not None and instruction != parent.instruction:
-                recipe = (instruction, parent.demos, parent.temperature)
-                if recipe not in live_recipes:
-                    proposals.append((recipe, "reflection"))
-                    live_recipes.add(recipe)
-        if self.prompt.max_demos > 0:
-            demos = top_demos(recent, self.prompt.max_demos)
-            recipe = (parent.instruction, demos, parent.temperature)
-            if demos and recipe not in live_recipes:
-                proposals.append((recipe, "demos"))
-        return proposals, errors
-
-    def _place(self, proposals: list[tuple[Recipe, str]], parent: Candidate, v: int) -> int:
-        """Put proposals into free slots, born at ``v + 1``, with an average candidate's
-        probability and no optimizer momentum; returns how many were placed."""
-        free = list(np.flatnonzero(self.table.ids < 0))
-        live = self.table.live()
-        theta = self.params["logits"]
-        placed = 0
-        for recipe, origin in proposals[: len(free)]:
-            slot = int(free[placed])
-            cand = self.table.new_candidate(recipe, origin, parent.id)
-            theta[slot] = logmeanexp(theta[live])
-            self._ref[slot] = logmeanexp(self._ref[live])
-            self.table.place(slot, cand, born=v + 1)
-            reset_moments(self.optimizer, slot, live)
-            placed += 1
-        return placed
-
-    def _prune(self, v: int) -> int:
-        """Retire the weakest beyond K - headroom (they die at ``v + 1``); the base prompt and
-        candidates added in this round or the previous one are kept. Returns how many."""
-        table, theta, every = self.table, self.params["logits"], self.prompt.propose_every
-        live = table.live()
-        excess = int(live.sum()) - max(1, self.prompt.max_candidates - self.headroom)
-        pruned = 0
-        if excess <= 0:
-            return 0
-        order = sorted(np.flatnonzero(live), key=lambda s: (theta[s], -int(table.ids[s])))
-        for s in order:
-            if pruned >= excess:
-                break
-            if int(table.ids[s]) == self.base_id or table.born[s] > v - every:
-                continue
-            table.died[s] = v + 1
-            pruned += 1
-        return pruned
-
-    async def _reflect(
-        self,
-        parent: Candidate,
-        best: Sequence[Mapping[str, Any]],
-        worst: Sequence[Mapping[str, Any]],
-        *,
-        seed: int,
-    ) -> str | None:
-        """Ask the proposer (or the client) for an improved instruction; None without one."""
-        client = self.proposer or self.client
-        if client is None:
-            return None
-        prompt = reflection_prompt(parent, best, worst, mode=self.proposer_mode)
-        comp = await client.complete(
-            prompt,
-            n=1,
-            kind="proposal",
-            mode=self.proposer_mode,
-            max_tokens=256,
-            temperature=1.0,
-            stop=["</instruction>"] if self.proposer_mode == "completions" else None,
-            seed=self.seed * 1_000_003 + seed,
-        )
-        return parse_instruction(comp.choices[0].text)
 
     # ------------------------------------------------------------------ state
 
@@ -707,7 +577,7 @@ class PromptPolicy(ArrayPolicy):
             "base_id": self.base_id,
             "candidates": registry["candidates"],
             "stats": registry["stats"],
-            "buffer": list(self._buffer),
+            "buffer": list(self.growth.buffer),
         }
         return arrays, meta
 
@@ -736,8 +606,8 @@ class PromptPolicy(ArrayPolicy):
             raise CheckpointError(f"prompt policy state is incomplete: {exc!r}") from None
         self.table.load(new, meta)
         self.params["logits"][...] = new["params/logits"]
-        self._ref = new["ref/logits"]
-        self._buffer, self.base_id, self.version = buffer, base_id, version
+        self._ref[...] = new["ref/logits"]
+        self.growth.buffer, self.base_id, self.version = buffer, base_id, version
 
 
 def _checked_arrays(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
