@@ -167,12 +167,12 @@ def grpo_objective(
     entropy: np.ndarray | None = None,
     mask: np.ndarray | None = None,
 ) -> GRPOTerms:
-    """The GRPO loss terms of a mini-batch (module docstring).
+    """The GRPO loss terms of a mini-batch (module docstring), from which
+    :attr:`GRPOTerms.dloss_dlogp` and :meth:`GRPOTerms.metrics` come.
 
     Args:
-        new_logp: log-probability of each action under the policy being trained.
-        old_logp: under the behaviour policy that generated it (same shape).
-        ref_logp: under the reference policy (same shape).
+        new_logp, old_logp, ref_logp: the log-probability of each action under the policy
+            being trained, the behaviour policy that generated it and the reference policy.
         advantages: the advantage of each action, or anything that broadcasts to it (a
             rollout's advantage applies to each of its actions: ``(N, 1)`` for padded inputs).
         weights: the aggregation weight of each action (broadcasts like ``advantages``);
@@ -180,22 +180,17 @@ def grpo_objective(
         grpo: ``epsilon``, ``epsilon_high``, ``beta`` and ``entropy_coef`` are used.
         entropy: the policy's entropy at each action, or None for no entropy term.
         mask: boolean, the actions that count (padded inputs), or None for all.
-
-    Returns:
-        The terms, :attr:`GRPOTerms.dloss_dlogp` and :meth:`GRPOTerms.metrics`.
     """
-    if mask is not None:
-        new_logp, old_logp, ref_logp = (
-            np.where(mask, a, 0.0) for a in (new_logp, old_logp, ref_logp)
+    if mask is not None:  # padded entries: ratio 1, KL 0, weight 0, whatever they held
+        new_logp, old_logp, ref_logp, weights = (
+            np.where(mask, a, 0.0) for a in (new_logp, old_logp, ref_logp, weights)
         )
-        weights = np.where(mask, weights, 0.0)
     adv = advantages
-    eps_low = grpo.epsilon
     eps_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
     logratio = new_logp - old_logp
     ratio = np.exp(logratio)
     pg_loss1 = -adv * ratio
-    pg_loss2 = -adv * np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    pg_loss2 = -adv * np.clip(ratio, 1.0 - grpo.epsilon, 1.0 + eps_high)
     pg_loss = np.maximum(pg_loss1, pg_loss2)
     clipped = pg_loss2 > pg_loss1
     d_ref = ref_logp - new_logp

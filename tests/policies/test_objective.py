@@ -111,7 +111,7 @@ def test_padded_with_mask_equals_flat() -> None:
     for k, v in flat.metrics().items():
         assert padded.metrics()[k] == pytest.approx(v, rel=1e-12), k
     np.testing.assert_allclose(padded.dloss_dlogp[mask], flat.dloss_dlogp, rtol=1e-12)
-    assert np.all(padded.dloss_dlogp[~mask] == 0.0)
+    assert np.all(padded.dloss_dlogp[~mask] == 0.0) and np.all(padded.dloss_t_dlogp[~mask] == 0.0)
     assert np.all(padded.dloss_dentropy[~mask] == 0.0)
 
 

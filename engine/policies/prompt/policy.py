@@ -41,11 +41,10 @@ How this departs from token-level GRPO (:mod:`engine.policies.tinylm`):
 
 Growth (:class:`~.growth.CandidateGrowth`) runs in :meth:`PromptPolicy.after_update`, in the
 learner's task, never concurrently with an update; it resets the optimizer moments of a reused
-slot itself. The learner publishes
-snapshot ``V`` *before* the hook runs, so changes made after update ``V`` take effect from
-version ``V + 1``. A retired slot is reused only once no snapshot that could be re-created
-(the current version's, on resume) still shows it. Runs stay reproducible and resumable bit
-for bit.
+slot itself. The learner publishes snapshot ``V`` *before* the hook runs, so changes made
+after update ``V`` take effect from version ``V + 1``. A retired slot is reused only once no
+snapshot that could be re-created (the current version's, on resume) still shows it. Runs stay
+reproducible and resumable bit for bit.
 
 State (:meth:`PromptPolicy.state`) is data: the logits, slot ids/born/died and reference logits
 as arrays; candidate texts, per-candidate statistics and the recent-rollout buffer as JSON.
