@@ -31,14 +31,8 @@ from engine.errors import CheckpointError, ServerError
 from engine.learning.checkpoint import load_checkpoint, save_checkpoint
 from engine.policies.base import Policy
 from engine.policies.prompt import (
-    Candidate,
-    Demo,
     PromptPolicy,
     PromptSample,
-    make_demo_sets,
-    parse_instruction,
-    render_completion,
-    render_messages,
 )
 from engine.rewards.functions import build_rewarder
 from engine.telemetry.events import EventLog
@@ -258,32 +252,6 @@ async def test_failed_requests_give_error_samples() -> None:
     assert all(s.error == "no client" for s in samples)
 
 
-def test_rendering_completions_chat_and_templates() -> None:
-    """Completions: instruction, demos, input, ending at the answer; chat: system + turns."""
-    c = Candidate(0, "Label it.", (Demo("good", "positive"), Demo("bad", "negative")))
-    text = render_completion(c, Example("e", "meh"))
-    assert text == (
-        "Label it.\n\nInput: good\nOutput: positive\n\nInput: bad\nOutput: negative"
-        "\n\nInput: meh\nOutput:"
-    )
-    msgs = render_messages(c, Example("e", "meh"))
-    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert msgs[-1]["content"] == "meh"
-    t = Candidate(1, "Q: {text}\nA:", (Demo("2+2", "4"),))
-    assert render_completion(t, Example("e", "3+3")) == "Q: 2+2\nA: 4\n\nQ: 3+3\nA:"
-    assert render_messages(t, Example("e", "3+3"))[-1]["content"] == "Q: 3+3\nA:"
-    assert render_completion(Candidate(2, "Use {json} braces."), "x").startswith("Use {json}")
-
-
-def test_demo_sets_are_label_balanced() -> None:
-    """Seed demo sets alternate targets instead of repeating one label."""
-    pool = [Example(f"p{i}", f"t{i}", target="positive") for i in range(20)]
-    pool += [Example("n0", "bad", target="negative"), Example("n1", "worse", target="negative")]
-    sets = make_demo_sets(pool, 2, 4, np.random.default_rng(0))
-    for s in sets:
-        assert Counter(d.output for d in s) == {"positive": 2, "negative": 2}
-
-
 def test_seed_candidates_put_the_base_prompt_first() -> None:
     """Candidate 0 is the base prompt, zero-shot; the product fills up to max_candidates."""
     pool = [Example(f"e{i}", f"t{i}", target=str(i % 2)) for i in range(10)]
@@ -298,13 +266,6 @@ def test_seed_candidates_put_the_base_prompt_first() -> None:
     assert {(c.instruction, len(c.demos)) for c in cands} == {
         ("base", 0), ("other", 0), ("base", 2), ("other", 2)
     }  # fmt: skip
-
-
-def test_parse_instruction() -> None:
-    """Reflection answers: between tags, or the whole text; empty answers are rejected."""
-    assert parse_instruction("Sure! <instruction>Be brief.</instruction>") == "Be brief."
-    assert parse_instruction(' "Answer in one word."</instruction> junk') == "Answer in one word."
-    assert parse_instruction("<instruction>  </instruction>") is None
 
 
 # ----------------------------------------------------------------------------- growth and state
@@ -533,7 +494,7 @@ async def test_resume_with_growth_continues_exactly(tmp_path: Path) -> None:
 
 def test_cli_runs_the_local_example_against_the_sim(tmp_path: Path) -> None:
     """``python -m engine run --config examples/local.toml`` works with the prompt policy."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     sim = subprocess.Popen(
         [sys.executable, "-m", "engine.testing.sim", "--port", "0"],
         stdout=subprocess.PIPE,
