@@ -6,8 +6,8 @@ The learner receives scored batches (in step order) and, for each one:
 2. computes group-relative advantages over the (B, G) reward array
    (:mod:`engine.learning.advantages`);
 3. splits the surviving groups into mini-batches of ``mini_batch_size`` groups and, for
-   ``epochs`` passes, takes one optimizer step per mini-batch on the GRPO loss;
-   (the policy takes the step: :meth:`~engine.policies.base.Policy.update`);
+   ``epochs`` passes, asks the policy for one optimizer step per mini-batch on the GRPO loss
+   at the scheduled learning rate (:meth:`~engine.policies.base.Policy.update`);
 4. bumps the policy version and publishes a frozen snapshot for generation.
 
 Steps 2-3 run in a worker thread, so the event loop keeps generating the next batch. Only this
@@ -47,7 +47,14 @@ def snapshot_version_for(step: int, max_staleness: int) -> int:
 
 @dataclass(slots=True)
 class ScoredBatch:
-    """All groups of one sampler batch, scored, ready for the learner."""
+    """All groups of one sampler batch, scored, ready for the learner.
+
+    Attributes:
+        step: the batch index.
+        groups: its groups, in sampler order.
+        gen_time: seconds the batch took to generate and score.
+        stats: the batch's group counters (:mod:`engine.rollout.groups`), for the step's line.
+    """
 
     step: int
     groups: list[Group]

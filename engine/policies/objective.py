@@ -37,7 +37,8 @@ The derivative of the loss with respect to each action's new log-probability is 
     d loss   / d logp_new = w_t * d loss_t / d logp_new
 
 A policy backpropagates it (and ``d loss / d H_t = -entropy_coef * w_t``) through its own
-parameters only.
+parameters only. The weights are constants of the loss, so any per-action constant factor
+(such as a truncated importance weight between two engines' log-probabilities) folds into them.
 
 This is numpy, and it is the reference for other array libraries: a torch policy computes the
 same formulas with autograd and is tested against :func:`grpo_objective` on the same numbers
