@@ -18,7 +18,7 @@ Lifecycle, as driven by :mod:`engine.learning.learner` and the trainer::
 The learner owns what is not the policy's: staleness, advantages, versions, the snapshots
 generation may still ask for, and the learning-rate schedule.
 
-Members with a default here (``embedded``, :meth:`Policy.after_update`,
+Members with a default here (``embedded``, ``client``, :meth:`Policy.after_update`,
 :meth:`Policy.live_snapshot`) are inherited by a policy that subclasses :class:`Policy`.
 """
 
@@ -26,14 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..config.schema import GRPOConfig, OptimConfig
 from ..types import Example, Group, Rollout, Sample
 
-__all__ = ("Policy", "PolicySnapshot")
+if TYPE_CHECKING:
+    from ..endpoints.client import Completion
+
+__all__ = ("CompletionClient", "Policy", "PolicySnapshot")
+
+
+class CompletionClient(Protocol):
+    """What a policy needs of :class:`engine.endpoints.client.Client`."""
+
+    async def complete(
+        self, prompt: str | Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> Completion: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +63,13 @@ class Policy(Protocol):
         name: the policy kind (``tinylm``, ``prompt``), checked by checkpoints.
         embedded: generation runs in-process; the rollout stage then records one request
             event per group itself (an endpoint policy's client records its own).
+        client: the endpoint client generation goes through (the rollout stage sizes its
+            admission gate from its limits); None for in-process generation.
     """
 
     name: str
     embedded: bool = False
+    client: CompletionClient | None = None
 
     def snapshot(self, version: int) -> PolicySnapshot:
         """A frozen copy of the current parameters, labelled with ``version``."""

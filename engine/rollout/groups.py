@@ -406,7 +406,7 @@ class GroupRunner:
     ) -> GroupRunner:
         """A runner whose gate is sized from the policy's client: its limiter's concurrency
         limit, and whether the endpoint was found to ignore ``n``."""
-        client = None if policy.embedded else getattr(policy, "client", None)
+        client = None if policy.embedded else policy.client
         limiter = getattr(client, "limiter", None)
         capacity: Callable[[], int] | None = None
         if limiter is not None and hasattr(limiter, "statistics"):

@@ -4,11 +4,12 @@ request returns (:mod:`.sampling`) and how candidates grow (:mod:`.growth`)."""
 
 from __future__ import annotations
 
+from ..base import CompletionClient
 from .candidates import Candidate, CandidateStatistics, Demo, make_demo_sets
 from .growth import parse_instruction, reflection_prompt
 from .policy import PromptPolicy
 from .rendering import PromptFormat, render_completion, render_messages
-from .sampling import CompletionClient, PromptSample
+from .sampling import PromptSample
 
 __all__ = (
     "Candidate",

@@ -33,9 +33,9 @@ from ...config.schema import PromptPolicyConfig
 from ...errors import EngineError
 from ...telemetry.events import get_logger
 from ...types import Group
+from ..base import CompletionClient
 from ..optim import Adam
 from .candidates import Candidate, CandidateTable, Demo, Recipe
-from .sampling import CompletionClient
 
 __all__ = (
     "CandidateGrowth",

@@ -66,7 +66,7 @@ from ...data.jsonl import is_heldout, read_jsonl, take
 from ...errors import CheckpointError, EngineError
 from ...types import Example, Group, Rollout, Sample
 from ..arrays import ArrayPolicy
-from ..base import PolicySnapshot
+from ..base import CompletionClient, PolicySnapshot
 from ..objective import grpo_objective
 from .candidates import (
     Candidate,
@@ -78,7 +78,7 @@ from .candidates import (
 )
 from .growth import CandidateGrowth, GrowthSlots
 from .rendering import PromptFormat, messages_text, render_completion, render_messages
-from .sampling import CompletionClient, PromptSample, samples_of
+from .sampling import PromptSample, samples_of
 
 if TYPE_CHECKING:
     from ...endpoints.client import Completion

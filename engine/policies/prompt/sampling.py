@@ -3,9 +3,9 @@ the candidate drawn, its behaviour log-probability and the request's share of us
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from ...types import Sample, Usage
 if TYPE_CHECKING:
     from ...endpoints.client import Completion
 
-__all__ = ("CompletionClient", "PromptSample", "samples_of", "split_usage")
+__all__ = ("PromptSample", "samples_of", "split_usage")
 
 
 @dataclass(slots=True)
@@ -38,14 +38,6 @@ class PromptSample(Sample):
     completion_token_ids: np.ndarray | None = None
     completion_logprobs: np.ndarray | None = None
     completion_tokens: tuple[str, ...] | None = None
-
-
-class CompletionClient(Protocol):
-    """What the policy needs of :class:`engine.endpoints.client.Client`."""
-
-    async def complete(
-        self, prompt: str | Sequence[Mapping[str, Any]], **kwargs: Any
-    ) -> Completion: ...
 
 
 def split_usage(total: Usage, k: int) -> list[Usage]:
