@@ -57,7 +57,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it (imported on first attribute access)
 _LAZY: dict[str, str] = {
-    "Adam": "learning.optim",
+    "Adam": "policies.optim",
     "Advantages": "learning.advantages",
     "BatchMetrics": "training.trainer",
     "Client": "endpoints.client",
@@ -174,8 +174,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from .learning.advantages import Advantages, group_advantages
     from .learning.checkpoint import load_checkpoint, save_checkpoint
     from .learning.learner import Learner
-    from .learning.optim import Adam
     from .policies.base import Policy, PolicySnapshot
+    from .policies.optim import Adam
     from .policies.prompt import PromptPolicy
     from .policies.tinylm import TinyLM
     from .rewards.judges import GroupJudge, LLMJudge

@@ -194,7 +194,7 @@ def _restore(
     """Load a checkpoint's state into ``policy``; the snapshot to evaluate (None: the policy's
     live one)."""
     policy.load_state(arrays, meta["policy"])
-    if not hasattr(policy, "live_snapshot"):
+    if policy.live_snapshot() is None:
         return policy.snapshot(int(meta.get("step", 0)))
     return None
 

@@ -1,11 +1,13 @@
-"""Learner stage: the optimizer actor, sole owner of the policy parameters.
+"""Learner stage: the optimizer actor, the only one that updates the policy.
 
 The learner receives scored batches (in step order) and, for each one:
 
 1. drops groups that are too stale (``version - group.policy_version > max_staleness``), counted;
-2. computes group-relative advantages over the (B, G) reward array (:mod:`engine.learning.advantages`);
+2. computes group-relative advantages over the (B, G) reward array
+   (:mod:`engine.learning.advantages`);
 3. splits the surviving groups into mini-batches of ``mini_batch_size`` groups and, for
-   ``epochs`` passes, takes one optimizer step per mini-batch on the GRPO loss;
+   ``epochs`` passes, asks the policy for one optimizer step per mini-batch on the GRPO loss
+   at the scheduled learning rate (:meth:`~engine.policies.base.Policy.update`);
 4. bumps the policy version and publishes a frozen snapshot for generation.
 
 Steps 2-3 run in a worker thread, so the event loop keeps generating the next batch. Only this
@@ -33,7 +35,7 @@ from ..errors import CheckpointError
 from ..policies.base import Policy, PolicySnapshot
 from ..types import Group, Rollout
 from .advantages import RunningNorm, group_advantages
-from .optim import Adam, lr_at
+from .schedule import lr_at
 
 __all__ = ("Learner", "ScoredBatch", "snapshot_version_for")
 
@@ -45,7 +47,14 @@ def snapshot_version_for(step: int, max_staleness: int) -> int:
 
 @dataclass(slots=True)
 class ScoredBatch:
-    """All groups of one sampler batch, scored, ready for the learner."""
+    """All groups of one sampler batch, scored, ready for the learner.
+
+    Attributes:
+        step: the batch index.
+        groups: its groups, in sampler order.
+        gen_time: seconds the batch took to generate and score.
+        stats: the batch's group counters (:mod:`engine.rollout.groups`), for the step's line.
+    """
 
     step: int
     groups: list[Group]
@@ -62,33 +71,56 @@ def _rewards_matrix(groups: Sequence[Group]) -> np.ndarray:
     return out
 
 
+def _mini_batches(
+    groups: Sequence[Group], mini_batch_size: int
+) -> list[tuple[list[Rollout], np.ndarray]]:
+    """Mini-batches of whole groups: the rollouts with a finite advantage and those advantages."""
+    chunks: list[tuple[list[Rollout], np.ndarray]] = []
+    for start in range(0, len(groups), mini_batch_size):
+        items = [
+            r
+            for g in groups[start : start + mini_batch_size]
+            for r in g.rollouts
+            if r.ok and math.isfinite(r.advantage)
+        ]
+        if items:
+            chunks.append((items, np.array([r.advantage for r in items])))
+    return chunks
+
+
 class Learner:
     """The optimizer actor; see the module docstring.
 
     Example::
 
-        learner = Learner(policy, cfg, total_steps=cfg.steps)
+        learner = Learner(policy, config, total_steps=config.steps)
         snap = await learner.snapshot_at(0)          # generation side
         metrics = await learner.update(scored_batch) # learner side, in batch order
+
+    The policy takes each optimizer step itself (:meth:`Policy.update`); the learner gives it
+    the run's optimizer settings once, here, and each step's learning rate.
+
+    Attributes:
+        policy: the policy; only this actor updates it.
+        config: the run config (``grpo``, ``optim``, ``reward.normalize``).
+        total_steps: the run's length, for the learning-rate schedule.
+        version: the policy version, the number of batches applied.
+        stale_dropped: groups dropped for staleness, in total.
+        norm: the running reward scale when ``reward.normalize`` is set, else None.
     """
 
-    def __init__(
-        self,
-        policy: Policy,
-        cfg: RunConfig,
-        *,
-        total_steps: int,
-        optimizer: Adam | None = None,
-    ) -> None:
-        self.policy = policy  # owned: only this actor mutates its parameters
-        self.cfg = cfg  # run config (grpo, optim)
-        self.total_steps = total_steps  # for the learning-rate schedule
-        self.optimizer = optimizer or Adam(cfg.optim)  # Adam(W) state
-        self.version = 0  # policy version: number of updates applied
-        self.stale_dropped = 0  # groups dropped for staleness, in total
-        self.norm = RunningNorm() if cfg.reward.normalize else None  # automatic reward scaling
-        self._snapshots: dict[int, PolicySnapshot] = {}  # versions generation may still ask for
-        self._published = anyio.Event()  # set when a new version is published
+    def __init__(self, policy: Policy, config: RunConfig, *, total_steps: int) -> None:
+        self.policy = policy
+        self.config = config
+        self.total_steps = total_steps
+        policy.configure_optimizer(config.optim)
+        self.version = 0
+        self.stale_dropped = 0
+        self.norm = RunningNorm() if config.reward.normalize else None
+        self._snapshots: dict[int, PolicySnapshot] = {}
+        """The versions generation may still ask for."""
+        self._published = anyio.Event()
+        """Set when a new version is published."""
         self.publish()
 
     # ----------------------------------------------------------------------- snapshots
@@ -96,7 +128,7 @@ class Learner:
     def publish(self) -> None:
         """Freeze the current parameters as ``self.version`` and wake waiting generators."""
         self._snapshots[self.version] = self.policy.snapshot(self.version)
-        oldest = self.version - self.cfg.grpo.max_staleness
+        oldest = self.version - self.config.grpo.max_staleness
         for v in [v for v in self._snapshots if v < oldest]:
             del self._snapshots[v]
         self._published.set()
@@ -117,14 +149,14 @@ class Learner:
 
     async def update(self, batch: ScoredBatch) -> dict[str, Any]:
         """Apply one batch: advantages, epochs x mini-batches of optimizer steps, new version."""
-        s = self.cfg.grpo.max_staleness
+        s = self.config.grpo.max_staleness
         fresh = []
         for g in batch.groups:
             if self.version - g.policy_version > s:
                 self.stale_dropped += 1
             else:
                 fresh.append(g)
-        lr = lr_at(batch.step, self.cfg.optim, self.total_steps)
+        lr = lr_at(batch.step, self.config.optim, self.total_steps)
         metrics = await anyio.to_thread.run_sync(self._update_sync, fresh, lr)
         metrics["stale_dropped"] = self.stale_dropped
         self.version += 1
@@ -133,11 +165,18 @@ class Learner:
         return metrics
 
     def _update_sync(self, groups: list[Group], lr: float) -> dict[str, Any]:
-        g_cfg = self.cfg.grpo
         metrics: dict[str, Any] = {"lr": lr, "groups": len(groups)}
         if not groups:
             metrics.update(reward=math.nan, reward_std=math.nan, frac_reward_zero_std=math.nan)
             return metrics
+        metrics.update(self._assign_advantages(groups))
+        metrics.update(self._optimize(groups, lr))
+        return metrics
+
+    def _assign_advantages(self, groups: list[Group]) -> dict[str, Any]:
+        """Set each rollout's group-relative advantage; the batch's reward metrics."""
+        grpo = self.config.grpo
+        metrics: dict[str, Any] = {}
         rewards = _rewards_matrix(groups)  # (B, G)
         valid = np.isfinite(rewards)
         metrics["reward"] = float(np.nanmean(rewards)) if valid.any() else math.nan
@@ -148,9 +187,9 @@ class Learner:
             rewards = np.where(valid, self.norm.normalize(rewards), np.nan)
         adv = group_advantages(
             rewards,
-            scale=g_cfg.scale_rewards,
-            leave_one_out=g_cfg.leave_one_out,
-            drop_zero_std=g_cfg.drop_zero_std,
+            scale=grpo.scale_rewards,
+            leave_one_out=grpo.leave_one_out,
+            drop_zero_std=grpo.drop_zero_std,
         )
         raw = _rewards_matrix(groups)
         rows = np.isfinite(raw).sum(axis=1) >= 2  # groups with two or more scored members
@@ -162,31 +201,21 @@ class Learner:
         for i, g in enumerate(groups):
             for j, r in enumerate(g.rollouts):
                 r.advantage = float(adv.values[i, j])
+        return metrics
 
-        # Mini-batches of whole groups; each rollout with a finite advantage takes part.
-        chunks: list[tuple[list[Rollout], np.ndarray]] = []
-        mb = g_cfg.mini_batch_size
-        for start in range(0, len(groups), mb):
-            items = [
-                r
-                for g in groups[start : start + mb]
-                for r in g.rollouts
-                if r.ok and math.isfinite(r.advantage)
-            ]
-            if items:
-                chunks.append((items, np.array([r.advantage for r in items])))
+    def _optimize(self, groups: list[Group], lr: float) -> dict[str, Any]:
+        """``epochs`` passes over the mini-batches, one policy update each; mean metrics."""
+        grpo = self.config.grpo
+        chunks = _mini_batches(groups, grpo.mini_batch_size)
         sums: dict[str, float] = {}
         n_steps = 0
-        params = self.policy.parameters()
-        for _epoch in range(g_cfg.epochs):
+        for _epoch in range(grpo.epochs):
             for items, a in chunks:
-                m, grads = self.policy.loss_and_grad(items, a, g_cfg)
-                m.update(self.optimizer.step(params, grads, lr))
+                m = self.policy.update(items, a, grpo=grpo, lr=lr)
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_steps += 1
-        for k, v in sums.items():
-            metrics[k] = v / n_steps
+        metrics: dict[str, Any] = {k: v / n_steps for k, v in sums.items()}
         metrics["optimizer_steps"] = n_steps
         return metrics
 
@@ -197,7 +226,7 @@ class Learner:
         arrays: dict[str, np.ndarray] = {}
         p_arrays, p_meta = self.policy.state()
         arrays.update({f"policy/{k}": v for k, v in p_arrays.items()})
-        o_arrays, o_meta = self.optimizer.state()
+        o_arrays, o_meta = self.policy.optimizer_state()
         arrays.update({f"optim/{k}": v for k, v in o_arrays.items()})
         for v, snap in self._snapshots.items():
             if v != self.version:
@@ -220,7 +249,7 @@ class Learner:
 
         try:
             self.policy.load_state(sub("policy/"), meta["policy"])
-            self.optimizer.load_state(sub("optim/"), meta["optim"])
+            self.policy.load_optimizer_state(sub("optim/"), meta["optim"])
             self.version = int(meta["version"])
             self.stale_dropped = int(meta["stale_dropped"])
             snap_versions = [int(v) for v in meta["snapshots"]]

@@ -1,41 +1,50 @@
 """The ``Policy`` protocol: the only surface the trainer and the learner see of a policy.
 
-A policy owns trainable parameters (numpy arrays, updated in place by the learner's
-optimizer), can freeze them into an immutable :class:`PolicySnapshot` that generation uses,
-generates samples for one prompt from a snapshot, and computes the GRPO loss and its gradient
-for a list of rollouts with advantages. Its whole state goes to and from plain arrays and JSON
-data, so checkpoints never hold code.
+A policy owns its trainable parameters and its optimizer, can freeze its parameters into an
+immutable :class:`PolicySnapshot` that generation uses, generates samples for one prompt from a
+snapshot, and takes an optimizer step on the GRPO loss (:mod:`engine.policies.objective`) of a
+mini-batch of rollouts with advantages. Its whole state, optimizer included, goes to and from
+plain arrays and JSON data, so checkpoints never hold code.
 
-Lifecycle, as driven by :mod:`engine.learning.learner`::
+Lifecycle, as driven by :mod:`engine.learning.learner` and the trainer::
 
+    policy.configure_optimizer(config.optim)             # once, by the learner
     snap = policy.snapshot(version=0)                    # generation uses snapshots only
     samples = await policy.generate(snap, example, n=G, rng=rng)
     ...  # rewards, advantages
-    metrics, grads = policy.loss_and_grad(rollouts, advantages, grpo_cfg)   # worker thread
-    optimizer.step(policy.parameters(), grads)                             # in place
+    metrics = policy.update(rollouts, advantages, grpo=grpo, lr=lr)  # worker thread
+    extra = await policy.after_update(step, groups, version=v)        # learner's task
 
-Optional extras a policy may define (the trainer looks them up with ``getattr``):
+The learner owns what is not the policy's: staleness, advantages, versions, the snapshots
+generation may still ask for, and the learning-rate schedule.
 
-- ``embedded: bool``: generation runs in-process; the trainer then records one request event
-  per group itself (an HTTP policy's client records its own).
-- ``async after_update(step, groups, *, version, optimizer) -> dict | None``: called in the
-  learner's task after each update (no race with parameter updates); the prompt policy grows
-  and prunes its candidates here; returned metrics join the step's metrics line.
-- ``live_snapshot()``: a snapshot of the current parameters for serving outside training.
+Members with a default here (``embedded``, ``client``, :meth:`Policy.after_update`,
+:meth:`Policy.live_snapshot`) are inherited by a policy that subclasses :class:`Policy`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..config.schema import GRPOConfig
-from ..types import Example, Rollout, Sample
+from ..config.schema import GRPOConfig, OptimConfig
+from ..types import Example, Group, Rollout, Sample
 
-__all__ = ("Policy", "PolicySnapshot")
+if TYPE_CHECKING:
+    from ..endpoints.client import Completion
+
+__all__ = ("CompletionClient", "Policy", "PolicySnapshot")
+
+
+class CompletionClient(Protocol):
+    """What a policy needs of :class:`engine.endpoints.client.Client`."""
+
+    async def complete(
+        self, prompt: str | Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> Completion: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +57,29 @@ class PolicySnapshot:
 
 @runtime_checkable
 class Policy(Protocol):
-    """What a trainable policy provides. See the module docstring for the lifecycle."""
+    """What a trainable policy provides. See the module docstring for the lifecycle.
+
+    Attributes:
+        name: the policy kind (``tinylm``, ``prompt``), checked by checkpoints.
+        embedded: generation runs in-process; the rollout stage then records one request
+            event per group itself (an endpoint policy's client records its own).
+        client: the endpoint client generation goes through (the rollout stage sizes its
+            admission gate from its limits); None for in-process generation.
+    """
 
     name: str
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The live trainable arrays; the optimizer updates them in place."""
-        ...
+    embedded: bool = False
+    client: CompletionClient | None = None
 
     def snapshot(self, version: int) -> PolicySnapshot:
         """A frozen copy of the current parameters, labelled with ``version``."""
         ...
+
+    def live_snapshot(self) -> PolicySnapshot | None:
+        """The policy as it is now, where that differs from every snapshot the learner
+        published (the prompt policy's candidates added after an update); None when the
+        learner's snapshots are the whole story (the default)."""
+        return None
 
     async def generate(
         self,
@@ -76,21 +97,46 @@ class Policy(Protocol):
         """
         ...
 
-    def loss_and_grad(
-        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
-    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """GRPO loss metrics and the gradient of the loss for each parameter.
+    def configure_optimizer(self, optim: OptimConfig) -> None:
+        """Create the optimizer :meth:`update` steps with, from the run's hyperparameters."""
+        ...
+
+    def update(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, *, grpo: GRPOConfig, lr: float
+    ) -> dict[str, float]:
+        """One optimizer step on the GRPO loss of a mini-batch: loss, gradient, step.
 
         ``advantages`` has shape (N,) aligned with ``rollouts``; every rollout is valid (failed
-        ones were filtered by the learner). Runs in a worker thread; must not mutate parameters.
-        Metrics include at least ``policy_loss``, ``kl``, ``entropy``, ``clip_ratio``.
+        ones were filtered by the learner). ``lr`` is this step's learning rate. Runs in a
+        worker thread, never concurrently with :meth:`generate`'s use of parameters (those read
+        snapshots) or with :meth:`after_update`. Returns the metrics of the step: at least
+        ``policy_loss``, ``kl``, ``entropy``, ``clip_ratio`` and ``grad_norm``.
         """
         ...
 
+    async def after_update(
+        self, step: int, groups: Sequence[Group], *, version: int
+    ) -> dict[str, float]:
+        """Called in the learner's task after the update of batch ``step`` was published as
+        ``version`` (so never concurrently with :meth:`update`). Returns metrics for the
+        step's line; the default does nothing."""
+        return {}
+
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Everything needed to restore the policy: arrays and JSON-able metadata."""
+        """Everything needed to restore the policy but its optimizer: arrays and JSON data."""
         ...
 
     def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Restore from :meth:`state` output; raises CheckpointError when incompatible."""
+        ...
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The optimizer's state as arrays and JSON data (empty before the first step)."""
+        ...
+
+    def load_optimizer_state(
+        self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> None:
+        """Restore :meth:`optimizer_state` output, after :meth:`configure_optimizer`; the
+        next :meth:`update` continues exactly; raises CheckpointError when incompatible."""
         ...

@@ -1,7 +1,7 @@
 """The embedded policy: a small causal numpy LM, trained by token-level GRPO with exact gradients.
 
 Model (a fixed-window neural LM in the style of Bengio et al. 2003). The next token after
-position t is predicted from the ``C = cfg.context`` tokens before it (left-padded with
+position t is predicted from the ``C = tinylm.context`` tokens before it (left-padded with
 ``<pad>``)::
 
     x      = concat(embed[tok[t-C+1]], ..., embed[tok[t]])      # (C*E,)
@@ -14,38 +14,18 @@ output layer covers the completion vocabulary only (digits and ``<eos>``). A seq
 ``<bos> d1 .. dL <sep> c1 .. cK <eos>``: the model conditions on the prompt and on the
 completion so far, at most ``L + 1`` completion tokens are generated.
 
-Loss (token-level GRPO, as in DeepSeekMath 2024 with the aggregation options of DAPO and
-Dr. GRPO). For completion token t of rollout i with advantage ``A_i``::
-
-    logratio  = logp_new - logp_old           # logp_old: Sample.logprobs of the behaviour policy
-    ratio     = exp(logratio)
-    pg_loss1  = -A_i * ratio
-    pg_loss2  = -A_i * clip(ratio, 1 - epsilon, 1 + (epsilon_high or epsilon))
-    pg_loss   = max(pg_loss1, pg_loss2)       # the PPO/GRPO pessimistic clipped surrogate
-    kl        = exp(logp_ref - logp_new) - (logp_ref - logp_new) - 1     # k3 estimator
-    loss_t    = pg_loss + beta * kl - entropy_coef * H(p_new at t)
-
-All log-probabilities are of the *sampling* distribution ``softmax(logits / temperature)``,
-the same one :meth:`TinyLM.generate` reports, so ``ratio == 1`` exactly when the parameters
-have not moved. ``H`` is the exact entropy of the full next-token distribution (not a
+Loss: token-level GRPO (:mod:`engine.policies.objective`, which states the formulas, the
+aggregations and how they depart from the papers), one action per completion token. All
+log-probabilities are of the *sampling* distribution ``softmax(logits / temperature)``, the
+same one :meth:`TinyLM.generate` reports, so ``ratio == 1`` exactly when the parameters have
+not moved. The entropy is the exact entropy of the full next-token distribution (not a
 one-sample estimate) and is differentiated exactly. The reference policy is a frozen copy of
-the initial parameters. Aggregation (``GRPOConfig.loss_type``), with N rollouts, T_i
-completion tokens in rollout i and ``T_max = prompt_len + 1`` the generation cap:
-
-* ``grpo``: mean over the tokens of each sequence, then mean over sequences (DeepSeekMath).
-* ``dapo``: sum over all tokens / total token count (DAPO's token-level mean).
-* ``dr_grpo``: sum over all tokens / (N * T_max), a fixed normalizer (Dr. GRPO).
-
-What is and is not as in the papers: the KL is a penalty in the loss with the k3 estimator
-(DeepSeekMath), not a reward shaping term; clip-higher is DAPO's decoupled ``epsilon_high``;
-advantages come from the caller (group-relative, with or without std scaling), the loss only
-uses them. There is no value function and no value loss: GRPO has none. DAPO's dynamic
-sampling and overlong shaping are not here (the learner may drop zero-std groups); the
-entropy bonus is an addition none of the three papers uses (0 disables it).
+the initial parameters; ``T_max = prompt_len + 1``, the generation cap, is the ``dr_grpo``
+normalizer.
 
 Gradients are computed by hand (backpropagation through the two layers and the embedding
 gather), in float64, over all tokens of all rollouts in one batched pass; they are checked
-against finite differences in ``tests/test_tinylm.py``.
+against finite differences in ``tests/policies/test_tinylm.py``.
 """
 
 from __future__ import annotations
@@ -54,6 +34,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -64,7 +45,9 @@ from ..config.schema import GRPOConfig, TinyLMConfig
 from ..data.tasks import TaskTokenizer
 from ..errors import CheckpointError
 from ..types import Example, Rollout, Sample, Usage
+from .arrays import ArrayPolicy
 from .base import PolicySnapshot
+from .objective import GRPOTerms, grpo_objective, sequence_weights
 
 __all__ = ("TinyLM",)
 
@@ -99,7 +82,30 @@ def _forward(
     return x, h, logits
 
 
-class TinyLM:
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """The forward pass over M tokens that the backward pass reuses.
+
+    Attributes:
+        x: (M, C*E) the concatenated window embeddings.
+        h: (M, H) the hidden activations.
+        logp_all: (M, V) log-probabilities of every output token.
+        p_all: (M, V) their probabilities.
+        new_lp: (M,) log-probability of each sampled token.
+        ref_lp: (M,) the same under the reference parameters.
+        entropy: (M,) entropy of each next-token distribution.
+    """
+
+    x: np.ndarray
+    h: np.ndarray
+    logp_all: np.ndarray
+    p_all: np.ndarray
+    new_lp: np.ndarray
+    ref_lp: np.ndarray
+    entropy: np.ndarray
+
+
+class TinyLM(ArrayPolicy):
     """A small causal LM over the built-in task's tokens, trained by token-level GRPO.
 
     Example::
@@ -107,35 +113,42 @@ class TinyLM:
         policy = TinyLM(TinyLMConfig(), seed=0)
         snap = policy.snapshot(version=0)
         samples = await policy.generate(snap, example, n=8, rng=np.random.default_rng(0))
-        metrics, grads = policy.loss_and_grad(rollouts, advantages, GRPOConfig())
+        policy.configure_optimizer(OptimConfig())
+        metrics = policy.update(rollouts, advantages, grpo=GRPOConfig(), lr=0.01)
 
     See the module docstring for the model and the exact loss. The window must reach back to
     the first prompt digit while the last answer digit is predicted, so the tasks are solvable
-    only with ``context >= 2 * prompt_len`` (the defaults: 8 and 4).
+    only with ``context >= 2 * prompt_len`` (the defaults: 8 and 4). Every matrix here is
+    small, so a multi-threaded BLAS only adds thread hand-offs (:mod:`engine._blas`).
 
-    Speed: every matrix here is small, so a multi-threaded BLAS only adds thread hand-offs;
-    on 2 busy cores ``OPENBLAS_NUM_THREADS=1`` made a default run about 6x faster.
+    Attributes:
+        tinylm: the model's configuration.
+        tokenizer: the task tokenizer (input and output vocabularies).
+        max_new_tokens: the generation cap, ``prompt_len`` answer digits plus ``<eos>``; the
+            ``dr_grpo`` normalizer.
+        params: the live parameters ``embed`` (V_in, E), ``W1`` (C*E, H), ``b1`` (H,),
+            ``W2`` (H, V_out) and ``b2`` (V_out,).
     """
 
     name = "tinylm"
-    embedded = True  # generates in-process: the trainer accounts its calls as requests
+    embedded = True
 
-    def __init__(self, cfg: TinyLMConfig, *, seed: int) -> None:
-        self.cfg = cfg
-        self.tokenizer = TaskTokenizer(cfg.vocab_digits)
-        self.max_new_tokens = cfg.prompt_len + 1
-        """Generation cap: ``prompt_len`` answer digits plus ``<eos>``; the dr_grpo normalizer."""
+    def __init__(self, tinylm: TinyLMConfig, *, seed: int) -> None:
+        self.tinylm = tinylm
+        self.tokenizer = TaskTokenizer(tinylm.vocab_digits)
+        self.max_new_tokens = tinylm.prompt_len + 1
         rng = np.random.default_rng(seed)
         v_in, v_out = self.tokenizer.vocab_size, self.tokenizer.num_outputs
-        c, e, hid, s = cfg.context, cfg.embed_dim, cfg.hidden, cfg.init_scale
+        c, e, hid, s = tinylm.context, tinylm.embed_dim, tinylm.hidden, tinylm.init_scale
         self.params: dict[str, np.ndarray] = {
-            "embed": rng.normal(0.0, s, size=(v_in, e)),  # (V_in, E)
-            "W1": rng.normal(0.0, s, size=(c * e, hid)),  # (C*E, H)
-            "b1": np.zeros(hid),  # (H,)
-            "W2": np.zeros((hid, v_out)),  # (H, V_out)
-            "b2": np.zeros(v_out),  # (V_out,)
+            "embed": rng.normal(0.0, s, size=(v_in, e)),
+            "W1": rng.normal(0.0, s, size=(c * e, hid)),
+            "b1": np.zeros(hid),
+            "W2": np.zeros((hid, v_out)),
+            "b2": np.zeros(v_out),
         }
-        self._ref = self._frozen(self.params)  # the KL reference: the initial parameters
+        self._ref = self._frozen(self.params)
+        """The KL reference: the initial parameters."""
 
     # ------------------------------------------------------------------ parameters and state
 
@@ -163,7 +176,7 @@ class TinyLM:
         meta = {
             "policy": self.name,
             "format": _STATE_FORMAT,
-            "config": dataclasses.asdict(self.cfg),
+            "config": dataclasses.asdict(self.tinylm),
             "vocab": self.tokenizer.vocab(),
         }
         return arrays, meta
@@ -184,7 +197,7 @@ class TinyLM:
         if not isinstance(saved, Mapping):
             raise CheckpointError("checkpoint meta has no tinylm config")
         for f in _ARCH_FIELDS:
-            mine = getattr(self.cfg, f)
+            mine = getattr(self.tinylm, f)
             if saved.get(f) != mine:
                 raise CheckpointError(
                     f"checkpoint has tinylm.{f}={saved.get(f)!r}, this policy has {mine!r}"
@@ -218,7 +231,7 @@ class TinyLM:
         *,
         greedy: bool = False,
     ) -> list[Sample]:
-        """Sample ``n`` completions of ``example`` from ``snapshot`` at ``cfg.temperature``.
+        """Sample ``n`` completions of ``example`` from ``snapshot`` at ``tinylm.temperature``.
 
         The numpy work runs in a worker thread. ``logprobs`` are those of the sampled tokens
         under ``softmax(logits / temperature)`` (also when ``greedy``, which takes the argmax).
@@ -259,7 +272,7 @@ class TinyLM:
         greedy: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Vectorized sampling of n sequences; returns tokens, logprobs (n, T), lengths, stopped."""
-        c, p = self.cfg.context, len(prompt_ids)
+        c, p = self.tinylm.context, len(prompt_ids)
         t_max = p - 2 + 1  # as many answer digits as prompt digits, plus <eos>
         eos, pad = self.tokenizer.eos, self.tokenizer.pad
         rows = np.full((n, c + p + t_max), pad, dtype=np.int64)  # (n, C + P + T)
@@ -274,7 +287,7 @@ class TinyLM:
                 break
             windows = rows[idx, p + t : p + t + c]  # (m, C): the C tokens before position t
             _, _, logits = _forward(params, windows)
-            logp = _log_softmax(logits / self.cfg.temperature)  # (m, V_out)
+            logp = _log_softmax(logits / self.tinylm.temperature)  # (m, V_out)
             if greedy:
                 tok = logp.argmax(axis=-1)
             else:
@@ -299,7 +312,7 @@ class TinyLM:
         Returns windows (M, C), actions (M,), old logprobs (M,), the rollout index of each
         token (M,) and the completion lengths (N,).
         """
-        c, pad = self.cfg.context, self.tokenizer.pad
+        c, pad = self.tinylm.context, self.tokenizer.pad
         n = len(rollouts)
         prompts, comps, olds = [], [], []
         for r in rollouts:
@@ -326,21 +339,19 @@ class TinyLM:
         return windows, actions, old_lp, seq, t_len
 
     def loss_and_grad(
-        self, rollouts: Sequence[Rollout], advantages: np.ndarray, cfg: GRPOConfig
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, grpo: GRPOConfig
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Token-level GRPO loss (module docstring) and its exact gradient for each parameter.
+        """Token-level GRPO loss (:mod:`engine.policies.objective`) and its exact gradient.
 
         Args:
             rollouts: N rollouts with ``token_ids``, ``prompt_ids`` and behaviour ``logprobs``.
             advantages: (N,) one advantage per rollout, applied to each of its tokens.
-            cfg: epsilon, epsilon_high, beta, entropy_coef and loss_type are used.
+            grpo: epsilon, epsilon_high, beta, entropy_coef and loss_type are used.
 
         Returns:
-            metrics: ``loss`` (total), ``policy_loss`` (the clipped surrogate, same
-            aggregation), ``kl`` (mean k3 per token), ``entropy`` (mean per token),
-            ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high`` (fractions of tokens where
-            the clipped branch is active), ``approx_kl`` (mean of (ratio - 1) - logratio, old
-            vs new), ``ratio_mean``, ``tokens``; grads: same keys and shapes as the parameters.
+            metrics: those of :meth:`GRPOTerms.metrics` (``loss``, ``policy_loss``, ``kl``,
+            ``entropy``, ``clip_ratio`` and its ``/low`` and ``/high`` parts, ``approx_kl``,
+            ``ratio_mean``, ``tokens``); grads: same keys and shapes as the parameters.
         """
         n = len(rollouts)
         adv_seq = np.asarray(advantages, dtype=np.float64).reshape(-1)  # (N,)
@@ -349,78 +360,57 @@ class TinyLM:
         if n == 0:
             raise ValueError("loss_and_grad needs at least one rollout")
         windows, actions, old_lp, seq, t_len = self._token_batch(rollouts)
-        m = actions.size
-        tau = self.cfg.temperature
-        params = self.params
-        rows = np.arange(m)
-
-        # forward: new policy (with activations for backward) and frozen reference
-        x, h, logits = _forward(params, windows)  # (M, C*E), (M, H), (M, V)
-        logp_all = _log_softmax(logits / tau)  # (M, V)
-        p_all = np.exp(logp_all)  # (M, V)
-        new_lp = logp_all[rows, actions]  # (M,)
-        ref_lp = _log_softmax(_forward(self._ref, windows)[2] / tau)[rows, actions]  # (M,)
-
-        # per-token terms
-        adv = adv_seq[seq]  # (M,)
-        eps_low = cfg.epsilon
-        eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
-        logratio = new_lp - old_lp  # (M,)
-        ratio = np.exp(logratio)  # (M,)
-        pg_loss1 = -adv * ratio  # (M,)
-        pg_loss2 = -adv * np.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (M,)
-        pg_loss = np.maximum(pg_loss1, pg_loss2)  # (M,)
-        clipped = pg_loss2 > pg_loss1  # (M,) the constant (clipped) branch is active
-        clip_low = clipped & (adv < 0)  # ratio < 1 - eps_low
-        clip_high = clipped & (adv > 0)  # ratio > 1 + eps_high
-        d_ref = ref_lp - new_lp  # (M,)
-        kl = np.exp(d_ref) - d_ref - 1.0  # (M,) k3
-        entropy = -(p_all * logp_all).sum(axis=-1)  # (M,)
-        tok_loss = pg_loss + cfg.beta * kl - cfg.entropy_coef * entropy  # (M,)
-
-        # aggregation weights: loss = sum_k w_k * tok_loss_k
-        if cfg.loss_type == "grpo":
-            w = 1.0 / (n * t_len[seq])
-        elif cfg.loss_type == "dapo":
-            w = np.full(m, 1.0 / m)
-        elif cfg.loss_type == "dr_grpo":
-            w = np.full(m, 1.0 / (n * max(self.max_new_tokens, int(t_len.max()))))
-        else:
-            raise ValueError(f"unknown loss_type {cfg.loss_type!r}")
-
-        # backward to z = logits / tau. d logp[a] / dz = onehot(a) - p;
-        # d H / dz = -p * (logp + H).
-        g_lp = np.where(clipped, 0.0, -adv * ratio) + cfg.beta * (1.0 - np.exp(d_ref))  # (M,)
-        dz = -g_lp[:, None] * p_all  # (M, V)
-        dz[rows, actions] += g_lp
-        dz += cfg.entropy_coef * p_all * (logp_all + entropy[:, None])
-        dlogits = dz * (w / tau)[:, None]  # (M, V)
-
-        grads = {
-            "W2": h.T @ dlogits,  # (H, V)
-            "b2": dlogits.sum(axis=0),  # (V,)
-        }
-        dpre = (dlogits @ params["W2"].T) * (1.0 - h * h)  # (M, H)
-        grads["W1"] = x.T @ dpre  # (C*E, H)
-        grads["b1"] = dpre.sum(axis=0)  # (H,)
-        dx = (dpre @ params["W1"].T).reshape(m * self.cfg.context, -1)  # (M*C, E)
-        d_embed = np.zeros_like(params["embed"])  # (V_in, E)
-        np.add.at(d_embed, windows.reshape(-1), dx)
-        grads["embed"] = d_embed
-        grads = {k: grads[k] for k in _PARAM_NAMES}
-
-        metrics = {
-            "loss": float(w @ tok_loss),
-            "policy_loss": float(w @ pg_loss),
-            "kl": float(kl.mean()),
-            "entropy": float(entropy.mean()),
-            "clip_ratio": float(clipped.mean()),
-            "clip_ratio/low": float(clip_low.mean()),
-            "clip_ratio/high": float(clip_high.mean()),
-            "approx_kl": float(((ratio - 1.0) - logratio).mean()),
-            "ratio_mean": float(ratio.mean()),
-            "tokens": float(m),
-        }
+        fwd = self._loss_forward(windows, actions)
+        weights = sequence_weights(t_len, grpo.loss_type, max_tokens=self.max_new_tokens)
+        terms = grpo_objective(
+            fwd.new_lp, old_lp, fwd.ref_lp, adv_seq[seq], weights[seq], grpo, entropy=fwd.entropy
+        )
+        grads = self._backward(fwd, windows, actions, terms)
+        metrics = terms.metrics()
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite GRPO metrics: {metrics}")
         return metrics, grads
+
+    def _loss_forward(self, windows: np.ndarray, actions: np.ndarray) -> _Forward:
+        """The new policy's activations and log-probabilities of ``actions``, and the frozen
+        reference's."""
+        rows = np.arange(actions.size)
+        tau = self.tinylm.temperature
+        x, h, logits = _forward(self.params, windows)  # (M, C*E), (M, H), (M, V)
+        logp_all = _log_softmax(logits / tau)  # (M, V)
+        p_all = np.exp(logp_all)  # (M, V)
+        ref_lp = _log_softmax(_forward(self._ref, windows)[2] / tau)[rows, actions]  # (M,)
+        return _Forward(
+            x=x,
+            h=h,
+            logp_all=logp_all,
+            p_all=p_all,
+            new_lp=logp_all[rows, actions],
+            ref_lp=ref_lp,
+            entropy=-(p_all * logp_all).sum(axis=-1),
+        )
+
+    def _backward(
+        self, fwd: _Forward, windows: np.ndarray, actions: np.ndarray, terms: GRPOTerms
+    ) -> dict[str, np.ndarray]:
+        """The gradient of the loss for each parameter, from ``d loss / d logp`` and
+        ``d loss / d H`` of each token, through z = logits / tau, the two layers and the
+        embedding gather. ``d logp[a] / dz = onehot(a) - p``; ``d H / dz = -p * (logp + H)``."""
+        params, m = self.params, actions.size
+        g_lp = terms.dloss_t_dlogp  # (M,) before the aggregation weights
+        dz = -g_lp[:, None] * fwd.p_all  # (M, V)
+        dz[np.arange(m), actions] += g_lp
+        dz += terms.entropy_coef * fwd.p_all * (fwd.logp_all + fwd.entropy[:, None])
+        dlogits = dz * (terms.weights / self.tinylm.temperature)[:, None]  # (M, V)
+        grads = {
+            "W2": fwd.h.T @ dlogits,  # (H, V)
+            "b2": dlogits.sum(axis=0),  # (V,)
+        }
+        dpre = (dlogits @ params["W2"].T) * (1.0 - fwd.h * fwd.h)  # (M, H)
+        grads["W1"] = fwd.x.T @ dpre  # (C*E, H)
+        grads["b1"] = dpre.sum(axis=0)  # (H,)
+        dx = (dpre @ params["W1"].T).reshape(m * self.tinylm.context, -1)  # (M*C, E)
+        d_embed = np.zeros_like(params["embed"])  # (V_in, E)
+        np.add.at(d_embed, windows.reshape(-1), dx)
+        grads["embed"] = d_embed
+        return {k: grads[k] for k in _PARAM_NAMES}

@@ -89,8 +89,7 @@ async def evaluate_policy(
         on_result: called with ``(done_count, row)`` after each example.
     """
     if snapshot is None:
-        live = getattr(policy, "live_snapshot", None)
-        snapshot = live() if live is not None else policy.snapshot(0)
+        snapshot = policy.live_snapshot() or policy.snapshot(0)
     snap: PolicySnapshot = snapshot
     rows: list[dict[str, Any] | None] = [None] * len(examples)
     limiter = anyio.Semaphore(max(1, concurrency))

@@ -285,7 +285,7 @@ class GroupRunner:
         self.rewarder = rewarder
         self.group_size = config.grpo.group_size
         self.oversample = rollout.oversample
-        self.embedded = bool(getattr(policy, "embedded", False))
+        self.embedded = policy.embedded
         self.per_member = rollout.oversample > 0 or (
             not self.embedded and not config.endpoint.use_n
         )
@@ -309,7 +309,7 @@ class GroupRunner:
     ) -> GroupRunner:
         """A runner whose gate is sized from the policy's client: its limiter's concurrency
         limit, and whether the endpoint was found to ignore ``n``."""
-        client = None if getattr(policy, "embedded", False) else getattr(policy, "client", None)
+        client = None if policy.embedded else policy.client
         capacity: Callable[[], int] | None = None
         n_honoured: Callable[[], bool] = lambda: config.endpoint.use_n  # noqa: E731
         if isinstance(client, Client):
@@ -458,7 +458,7 @@ class GroupRunner:
         self.events.emit(
             kind="generation",
             endpoint="embedded",
-            model=getattr(self.policy, "name", "embedded"),
+            model=self.policy.name,
             group_id=g.group_id,
             policy_version=g.snapshot.version,
             status=200 if error is None else None,

@@ -374,12 +374,8 @@ class TrainingManager:
     async def _after_step(self, batch: ScoredBatch, m: dict[str, Any]) -> None:
         step = batch.step
         m = {"step": step, **m}
-        hook = getattr(self.policy, "after_update", None)
-        if hook is not None:  # e.g. prompt candidate growth; in the learner's task: no races
-            extra = await hook(
-                step, batch.groups, version=self.learner.version, optimizer=self.learner.optimizer
-            )
-            m.update(extra or {})
+        # e.g. prompt candidate growth; in the learner's task, so no race with the update
+        m.update(await self.policy.after_update(step, batch.groups, version=self.learner.version))
         if self.exporter is not None:  # advantages are set on the rollouts by now
             self.exporter.write(batch.groups, step=step)
         self._step_metrics(batch, m)

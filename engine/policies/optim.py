@@ -1,8 +1,9 @@
-"""Optimizer math for the learner stage: Adam(W), global gradient-norm clipping, lr schedules.
+"""The numpy policies' optimizer: Adam(W) with global gradient-norm clipping.
 
 Pure numpy and deterministic: the same parameters, gradients and learning rates give bit-for-bit
-the same result. Parameters are a flat ``dict[str, np.ndarray]`` owned by the learner and are
-updated in place; moments are float64 whatever the parameters' float dtype.
+the same result. Parameters are a flat ``dict[str, np.ndarray]`` owned by the policy and are
+updated in place; moments are float64 whatever the parameters' float dtype. The learning rate
+of each step comes from the learner's schedule (:func:`engine.learning.schedule.lr_at`).
 
 Adam follows Kingma & Ba (2015), Algorithm 1, with bias-corrected moments::
 
@@ -18,9 +19,9 @@ gradients are clipped to a global L2 norm of ``max_grad_norm`` (``clip_grad_norm
 
 Example::
 
-    opt = Adam(cfg.optim)
+    opt = Adam(config.optim)
     for step in range(total_steps):
-        stats = opt.step(params, grads(params), lr=lr_at(step, cfg.optim, total_steps))
+        stats = opt.step(params, grads(params), lr=lr_at(step, config.optim, total_steps))
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 from ..config.schema import OptimConfig
 from ..errors import CheckpointError
 
-__all__ = ("Adam", "clip_grad_norm", "lr_at")
+__all__ = ("Adam", "clip_grad_norm")
 
 
 def _global_norm(arrays: Mapping[str, np.ndarray]) -> float:
@@ -69,42 +70,6 @@ def clip_grad_norm(
     return {name: g * coef for name, g in grads.items()}, norm
 
 
-def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """The learning rate of optimizer update ``step`` (0-based) out of ``total_steps``.
-
-    - Warm-up, ``step < warmup_steps``: ``lr * (step + 1) / warmup_steps``, so the first update
-      already moves and update ``warmup_steps - 1`` reaches ``lr``.
-    - Then ``constant``: ``lr``.
-    - ``cosine``: ``lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2``,
-      ``linear``: ``lr - (lr - lr_min) * p``, where ``lr_min = lr * min_lr_ratio`` and
-      ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` is clamped to [0, 1]: the
-      rate is ``lr`` right after warm-up and reaches ``lr_min`` at ``step == total_steps``
-      (and stays there beyond).
-
-    Raises:
-        ValueError: negative ``step``, or a decaying schedule with
-            ``total_steps <= warmup_steps``.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0; got {step}")
-    lr, warmup = cfg.lr, cfg.warmup_steps
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return lr
-    if total_steps <= warmup:
-        raise ValueError(
-            f"a {cfg.schedule} schedule needs total_steps ({total_steps}) > warmup_steps ({warmup})"
-        )
-    lr_min = lr * cfg.min_lr_ratio
-    p = min(1.0, (step - warmup) / (total_steps - warmup))
-    if cfg.schedule == "cosine":
-        return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
-    if cfg.schedule == "linear":
-        return lr - (lr - lr_min) * p
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
-
-
 class Adam:
     """Adam / AdamW (decoupled weight decay), with global gradient-norm clipping.
 
@@ -114,23 +79,30 @@ class Adam:
         stats = opt.step(params, grads, lr=1e-3)   # params updated in place
         stats["grad_norm"], stats["update_norm"]
         arrays, meta = opt.state()                 # m.<name>, v.<name> arrays + {"t": t}
-        opt2 = Adam(cfg)
+        opt2 = Adam(optim)
         opt2.load_state(arrays, meta)              # continues exactly where opt left off
 
     The moments are created at the first step (or by :meth:`load_state`) with the names and
     shapes of the parameters; every later step must pass the same names and shapes.
+
+    Attributes:
+        optim: the hyperparameters; the learning rate comes with each :meth:`step`.
+        t: optimizer steps taken (Kingma & Ba's t).
     """
 
-    def __init__(self, cfg: OptimConfig) -> None:
-        if not (0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0):
+    def __init__(self, optim: OptimConfig) -> None:
+        if not (0.0 <= optim.beta1 < 1.0 and 0.0 <= optim.beta2 < 1.0):
             raise ValueError(
-                f"Adam needs 0 <= beta1, beta2 < 1; got beta1={cfg.beta1}, beta2={cfg.beta2}"
+                f"Adam needs 0 <= beta1, beta2 < 1; got beta1={optim.beta1}, beta2={optim.beta2}"
             )
-        self.cfg = cfg  # hyperparameters; lr comes from each step() call
-        self.t: int = 0  # optimizer steps taken (Kingma & Ba's t)
-        self._m: dict[str, np.ndarray] = {}  # first moments, float64, by parameter name
-        self._v: dict[str, np.ndarray] = {}  # second moments, float64, by parameter name
-        self._from_checkpoint = False  # moments came from load_state (mismatch = CheckpointError)
+        self.optim = optim
+        self.t: int = 0
+        self._m: dict[str, np.ndarray] = {}
+        """First moments, float64, by parameter name."""
+        self._v: dict[str, np.ndarray] = {}
+        """Second moments, float64, by parameter name."""
+        self._from_checkpoint = False
+        """The moments came from :meth:`load_state`: a mismatch is then a CheckpointError."""
 
     def step(
         self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float
@@ -150,7 +122,7 @@ class Adam:
         if not (lr >= 0.0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
         self._check_params(params, grads)
-        grads, grad_norm = clip_grad_norm(grads, self.cfg.max_grad_norm)
+        grads, grad_norm = clip_grad_norm(grads, self.optim.max_grad_norm)
         if not math.isfinite(grad_norm):
             bad = sorted(k for k, g in grads.items() if not np.isfinite(g).all())
             where = f"non-finite entries in {bad}" if bad else "overflow of the sum of squares"
@@ -160,7 +132,8 @@ class Adam:
             self._v = {k: np.zeros(p.shape, dtype=np.float64) for k, p in params.items()}
 
         self.t += 1
-        beta1, beta2, eps, wd = self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.weight_decay
+        o = self.optim
+        beta1, beta2, eps, wd = o.beta1, o.beta2, o.eps, o.weight_decay
         bias1 = 1.0 - beta1**self.t  # bias corrections (Kingma & Ba, Algorithm 1)
         bias2 = 1.0 - beta2**self.t
         update_sq = 0.0
@@ -181,7 +154,7 @@ class Adam:
             update_sq += float(np.dot(delta.ravel(), delta.ravel()))
         return {
             "grad_norm": grad_norm,
-            "grad_norm_clipped": min(grad_norm, self.cfg.max_grad_norm or math.inf),
+            "grad_norm_clipped": min(grad_norm, self.optim.max_grad_norm or math.inf),
             "update_norm": math.sqrt(update_sq),
         }
 
