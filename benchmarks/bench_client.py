@@ -1,4 +1,5 @@
-"""Benchmark (endpoint client stage): engine.endpoints.client.Client against the openai SDK and bare aiohttp.
+"""Benchmark: the endpoint client (engine.endpoints.client.Client) against the openai SDK and
+bare aiohttp.
 
 Starts the simulated server in a separate process (``python -m engine serve-sim --port 0
 --latency 0.05``; a minimal aiohttp server of this file's own when the sim is not importable),
@@ -46,7 +47,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.telemetry.events import EventLog
 

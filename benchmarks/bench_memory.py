@@ -71,7 +71,7 @@ def peak_rss_kib() -> tuple[int, int | None]:
 
 async def child_run(args: argparse.Namespace) -> dict[str, object]:
     """One epoch over ``args.data`` with the prompt policy; returns what the parent prints."""
-    from engine.config.schema import load_config
+    from engine.config.loading import load_config
     from engine.endpoints.client import Client
     from engine.telemetry.events import EventLog
     from engine.training.assembly import build_components

@@ -19,7 +19,8 @@ trains the prompt policy (completions mode) with an LLM judge reward
   :class:`~engine.rewards.rewarder.Rewarder`, :class:`~engine.learning.learner.Learner` and
   :class:`~engine.data.jsonl.GroupSampler`; only the orchestration differs.
 
-Limits: by default one :class:`~engine.endpoints.limits.Limiter` of ``--concurrency`` (32) is shared by
+Limits: by default one :class:`~engine.endpoints.limits.Limiter` of ``--concurrency`` (32) is
+shared by
 the generation and the judge client (one account's concurrency); ``--limits separate`` gives
 each endpoint its own (what ``python -m engine run`` does when ``[judge]`` names another
 endpoint). Utilization is the busy fraction of the allowed concurrency over the arm's wall time,
@@ -60,7 +61,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config.schema import (
+from engine.config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -72,13 +73,14 @@ from engine.config.schema import (
     TrainerConfig,
 )
 from engine.data import datasets
-from engine.data.jsonl import GroupSampler, as_source
+from engine.data.sampler import GroupSampler, as_source
 from engine.endpoints.client import Client
 from engine.endpoints.limits import Limiter
 from engine.learning.learner import Learner, ScoredBatch
 from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
-from engine.rewards.judges import JudgeCache, LLMJudge
+from engine.rewards.judge_cache import JudgeCache
+from engine.rewards.judges import LLMJudge
 from engine.rewards.rewarder import JudgeSpec, Rewarder
 from engine.telemetry.events import EventLog
 from engine.training.trainer import TrainingManager
@@ -163,7 +165,7 @@ async def parts(cfg: RunConfig, examples: list[Example], *, shared: bool) -> Any
             Client(cfg.judge, limits=limits, retry=cfg.retry, events=events)
         )
         policy = PromptPolicy.from_config(cfg, gen, examples=examples)
-        llm = LLMJudge(judge, RUBRIC, sim_marker=True, cache=JudgeCache())
+        llm = LLMJudge(judge, RUBRIC, cache=JudgeCache())
         yield Parts(gen, judge, policy, Rewarder(judges=[JudgeSpec(llm)]), events)
 
 

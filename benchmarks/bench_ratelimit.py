@@ -4,7 +4,8 @@ For each client a fresh simulated server is started in its own process
 (``python -m engine serve-sim --rpm 600 --tpm ... --latency 0.05``), so both meet full
 buckets, then ``--requests`` chat requests are pushed through at ``--concurrency``:
 
-- ``engine``: :class:`engine.endpoints.client.Client` with limits set to the server's (``rpm``, ``tpm``),
+- ``engine``: :class:`engine.endpoints.client.Client` with limits set to the server's
+  (``rpm``, ``tpm``),
   its retries and the shared 429 gate;
 - ``openai``: ``openai.AsyncOpenAI`` with its own retries (``max_retries`` default, 2).
 
@@ -41,7 +42,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.telemetry.events import EventLog
 

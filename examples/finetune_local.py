@@ -18,7 +18,7 @@ import os
 import sys
 
 from engine.data import datasets
-from engine.data.jsonl import is_heldout
+from engine.data.sampler import is_heldout
 from engine.training.finetune import finetune
 
 BASE_URL = os.environ.get("LLAMA_BASE_URL", "http://127.0.0.1:8080/v1")

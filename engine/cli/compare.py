@@ -19,7 +19,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ..config.schema import RunConfig, load_config
+from ..config.loading import load_config
+from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.tasks import reward as task_reward
 from ..endpoints.client import Client

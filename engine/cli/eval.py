@@ -32,8 +32,10 @@ import anyio.to_thread
 import numpy as np
 import orjson
 
-from ..config.schema import RunConfig, load_config
-from ..data.jsonl import read_jsonl, take
+from ..config.loading import load_config
+from ..config.sections import RunConfig
+from ..data.jsonl import read_jsonl
+from ..data.sampler import take
 from ..errors import ConfigError
 from ..learning.checkpoint import load_policy_checkpoint
 from ..policies.base import Policy, PolicySnapshot

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import anyio
 
-from ..config.schema import config_reference
+from ..config.reference import config_reference
 from ..errors import EngineError, first_engine_error
-from ..telemetry.events import configure_logging
+from ..telemetry.logs import configure_logging
 from .compare import add_compare_parser, compare_command
 from .eval import add_eval_parser, eval_command
 from .report import add_report_parser, report_command

@@ -17,9 +17,11 @@ from typing import Any
 
 import anyio
 
-from ..config.schema import RunConfig, load_config
+from ..config.loading import load_config
+from ..config.sections import RunConfig
 from ..runtime import tune_gc
-from ..telemetry.events import EventLog, attach_event_log
+from ..telemetry.events import EventLog
+from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
 from ..training.assembly import build_components, open_clients
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager

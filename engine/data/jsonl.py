@@ -21,12 +21,6 @@ import orjson
 
 from ..errors import DataError
 from ..types import Example
-from .sampler import Batch as Batch  # relayout: re-export
-from .sampler import GroupSampler as GroupSampler  # relayout: re-export
-from .sampler import as_source as as_source  # relayout: re-export
-from .sampler import is_heldout as is_heldout  # relayout: re-export
-from .sampler import split_source as split_source  # relayout: re-export
-from .sampler import take as take  # relayout: re-export
 
 __all__ = ("parse_example", "read_jsonl")
 

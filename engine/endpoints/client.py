@@ -62,18 +62,18 @@ from typing import Any, Literal
 import structlog
 from yarl import URL
 
-from ..config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from ..config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from ..errors import (
     ClientClosedError,
     ConfigError,
     DeadlineExceeded,
     EndpointError,
 )
-from ..telemetry.events import EventLog, get_logger
+from ..telemetry.events import EventLog
+from ..telemetry.logs import get_logger
 from .attempts import AttemptEvents, AttemptRunner, CallContext
 from .fanout import ChoiceCaps, chunks, merge
 from .limits import Limiter, LimiterProtocol, LimiterStatistics
-from .parsing import Choice as Choice  # relayout: re-export
 from .parsing import Completion, Failure, Result, parse_response
 from .payload import Prompt, build_body, encode, estimate_tokens, prompt_chars
 from .providers import ResolvedEndpoint, resolve_endpoint
@@ -83,8 +83,6 @@ from .transport import Transport
 
 __all__ = ("Client", "ClientStatistics")
 
-_Failure = Failure  # relayout: re-export
-_Result = Result  # relayout: re-export
 
 _log = get_logger("engine.endpoints.client")
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self
 
 from aiolimiter import AsyncLimiter
 
-from ..config.schema import LimitsConfig
+from ..config.sections import LimitsConfig
 from ..errors import ClientClosedError
 from .budget import TokenBudget
 from .gate import RateLimitGate

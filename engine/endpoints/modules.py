@@ -43,7 +43,6 @@ from .client import Client
 from .parsing import Completion
 from .payload import Prompt
 from .signatures import Signature, json_response_format
-from .signatures import find_json_object as find_json_object  # relayout: re-export
 
 __all__ = ("ModuleStatistics", "PredictModule", "Prediction", "Template")
 

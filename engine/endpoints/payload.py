@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ..config.schema import EndpointConfig
+from ..config.sections import EndpointConfig
 from .parsing import Choice, text_of
 
 __all__ = ("Prompt", "build_body", "encode", "estimate_tokens", "prompt_chars", "settle_estimate")

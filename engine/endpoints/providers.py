@@ -1,6 +1,6 @@
 """Endpoint stage: provider presets (OpenRouter, OpenAI, a local server) applied to a config.
 
-:func:`resolve_endpoint` turns an :class:`~engine.config.schema.EndpointConfig` into a
+:func:`resolve_endpoint` turns an :class:`~engine.config.sections.EndpointConfig` into a
 :class:`ResolvedEndpoint`: the base URL, the model, the name of the variable holding the key
 and the headers a provider wants. The key itself is read by the client, never stored here.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..config.schema import EndpointConfig
+from ..config.sections import EndpointConfig
 from ..errors import ConfigError
 from .redaction import strip_url
 

@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ..config.schema import RunConfig
+from ..config.sections import RunConfig
 from ..errors import CheckpointError
 from ..policies.base import Policy, PolicySnapshot
 from ..types import Group, Rollout
@@ -53,13 +53,14 @@ class ScoredBatch:
         step: the batch index.
         groups: its groups, in sampler order.
         gen_time: seconds the batch took to generate and score.
-        stats: the batch's group counters (:mod:`engine.rollout.groups`), for the step's line.
+        rollout_metrics: the batch's group counters (:mod:`engine.rollout.groups`), for the
+            step's metrics line.
     """
 
     step: int
     groups: list[Group]
     gen_time: float = 0.0
-    stats: dict[str, float] = field(default_factory=dict)
+    rollout_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _rewards_matrix(groups: Sequence[Group]) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..config.schema import OptimConfig
+from ..config.sections import OptimConfig
 
 __all__ = ("lr_at",)
 

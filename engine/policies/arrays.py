@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config.schema import GRPOConfig, OptimConfig
+from ..config.sections import GRPOConfig, OptimConfig
 from ..types import Rollout
 from .base import Policy
 from .optim import Adam

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..config.schema import GRPOConfig, OptimConfig
+from ..config.sections import GRPOConfig, OptimConfig
 from ..types import Example, Group, Rollout, Sample
 
 if TYPE_CHECKING:
-    from ..endpoints.client import Completion
+    from ..endpoints.parsing import Completion
 
 __all__ = ("CompletionClient", "Policy", "PolicySnapshot")
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config.schema import GRPOConfig
+from ..config.sections import GRPOConfig
 
 __all__ = ("GRPOTerms", "grpo_objective", "sequence_weights")
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config.schema import OptimConfig
+from ..config.sections import OptimConfig
 from ..errors import CheckpointError
 
 __all__ = ("Adam", "clip_grad_norm")

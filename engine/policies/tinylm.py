@@ -41,7 +41,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from ..config.schema import GRPOConfig, TinyLMConfig
+from ..config.sections import GRPOConfig, TinyLMConfig
 from ..data.tasks import TaskTokenizer
 from ..errors import CheckpointError
 from ..types import Example, Rollout, Sample, Usage

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import orjson
 
-from ..endpoints.modules import json_response_format
+from ..endpoints.signatures import json_response_format
 from ..errors import EndpointError, OutputParseError, RequestRejected, RewardError
 from ..types import Example
 from .judge_cache import JudgeCache, SingleFlight, content_key
@@ -58,7 +58,8 @@ from .verdicts import (
 )
 
 if TYPE_CHECKING:
-    from ..endpoints.client import Client, Completion
+    from ..endpoints.client import Client
+    from ..endpoints.parsing import Completion
 
 __all__ = ("GroupJudge", "JudgeStatistics", "LLMJudge")
 
@@ -97,9 +98,6 @@ class JudgeStatistics:
     prompt_tokens: int
     completion_tokens: int
     latency_mean: float
-
-
-JudgeStats = JudgeStatistics  # relayout: re-export
 
 
 def _task_of(example: Example | str) -> tuple[str, str | None]:
@@ -185,8 +183,6 @@ class _JudgeBase:
             completion_tokens=self._completion_tokens,
             latency_mean=self._latency / self._requests if self._requests else 0.0,
         )
-
-    stats = statistics  # relayout: re-export
 
     def _model(self) -> str:
         return self.client.endpoint.model
@@ -349,7 +345,6 @@ class LLMJudge(_JudgeBase):
         json_mode: bool | None = None,
         renderer: PromptRenderer = HARDENED,
         include_reference: bool = True,
-        sim_marker: bool = False,  # relayout: ignored; remove once no caller passes it
     ) -> None:
         super().__init__(
             client,
@@ -494,7 +489,6 @@ class GroupJudge(_JudgeBase):
         json_mode: bool | None = None,
         renderer: PromptRenderer = HARDENED,
         include_reference: bool = True,
-        sim_marker: bool = False,  # relayout: ignored; remove once no caller passes it
     ) -> None:
         super().__init__(
             client,

@@ -63,9 +63,11 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from ..endpoints.modules import Prediction, Signature
+from ..endpoints.modules import Prediction
+from ..endpoints.signatures import Signature
 from ..types import Example
-from .judges import JudgeStats, Verdict
+from .judges import JudgeStatistics
+from .verdicts import Verdict
 
 __all__ = (
     "GroupJudgeLike",
@@ -113,7 +115,7 @@ class RolloutJudgeLike(Protocol):
         self, example: Example, texts: Sequence[str], *, group_id: str | None = None
     ) -> list[Verdict | Exception]: ...
 
-    def stats(self) -> JudgeStats: ...
+    def stats(self) -> JudgeStatistics: ...
 
 
 @runtime_checkable
@@ -127,7 +129,7 @@ class GroupJudgeLike(Protocol):
         self, example: Example, texts: Sequence[str], *, group_id: str | None = None
     ) -> list[Verdict]: ...
 
-    def stats(self) -> JudgeStats: ...
+    def stats(self) -> JudgeStatistics: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ class RewardStatistics:
         judge_verdicts: verdicts asked of judges (before their caches and dedupe).
         judge_calls_saved: verdicts not asked because the gate or an earlier failure decided
             the reward already (one per judge per output).
-        judges: each judge's own :class:`~engine.rewards.judges.JudgeStats` (cache hits, dedupe...).
+        judges: each judge's own :class:`~engine.rewards.judges.JudgeStatistics` (cache hits,
+            dedupe...).
     """
 
     groups: int
@@ -190,7 +193,7 @@ class RewardStatistics:
     gated: int
     judge_verdicts: int
     judge_calls_saved: int
-    judges: Mapping[str, JudgeStats] = field(default_factory=dict)
+    judges: Mapping[str, JudgeStatistics] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- rewarder
@@ -323,7 +326,7 @@ class Rewarder:
             gated=self._gated,
             judge_verdicts=self._judge_verdicts,
             judge_calls_saved=self._judge_calls_saved,
-            judges=MappingProxyType({j.key: j.judge.stats() for j in self.judges}),
+            judges=MappingProxyType({j.key: j.judge.statistics() for j in self.judges}),
         )
 
     # ------------------------------------------------------------------ scoring

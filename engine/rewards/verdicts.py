@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..endpoints.modules import find_json_object
+from ..endpoints.signatures import find_json_object
 from ..errors import OutputParseError
 
 __all__ = (

@@ -67,11 +67,12 @@ import anyio
 import numpy as np
 import structlog
 
-from ..config.schema import RolloutConfig, RunConfig
+from ..config.sections import RolloutConfig, RunConfig
 from ..endpoints.client import Client
 from ..policies.base import Policy, PolicySnapshot
 from ..rewards.rewarder import Rewarder, Score
-from ..telemetry.events import EventLog, get_logger
+from ..telemetry.events import EventLog
+from ..telemetry.logs import get_logger
 from ..types import Example, Group, Rollout, Sample
 from .admission import GroupGate
 

@@ -21,12 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .logs import attach_event_log as attach_event_log  # relayout: re-export
-from .logs import configure_logging as configure_logging  # relayout: re-export
-from .logs import get_logger as get_logger  # relayout: re-export
-from .records import JsonlWriter
-from .records import dumps as dumps  # relayout: re-export
-from .records import read_records as read_jsonl  # noqa: F401  # relayout: re-export
+from .records import JsonlWriter, dumps
 
 __all__ = ("EventLog", "MetricsLog", "RequestStatistics", "RequestTally")
 
@@ -192,8 +187,6 @@ class EventLog:
         self._by_step: dict[int, RequestTally] = {}
         self.count = 0
 
-    stats = property(lambda self: self._unstepped)  # relayout: re-export
-
     @property
     def path(self) -> Path | None:
         """The events file, or None when only statistics are kept."""
@@ -233,8 +226,6 @@ class EventLog:
         statistics = merged.statistics()
         merged.reset()
         return statistics.metrics()
-
-    step_stats = step_metrics  # relayout: re-export
 
     def log(self, **fields: Any) -> None:
         """Record a log line (``kind="log"``); it is not a request and not counted as one."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from ..config.schema import RewardConfig, RunConfig
+from ..config.sections import RewardConfig, RunConfig
 from ..data import datasets, tasks
 from ..endpoints.client import Client
 from ..errors import ConfigError
@@ -28,7 +28,8 @@ from ..policies.tinylm import TinyLM
 from ..rewards.functions import REWARD_FUNCTIONS, resolve_reward_fn
 from ..rewards.judges import GroupJudge, LLMJudge
 from ..rewards.rewarder import GroupJudgeLike, JudgeSpec, Rewarder, RewardSpec, RolloutJudgeLike
-from ..telemetry.events import EventLog, get_logger
+from ..telemetry.events import EventLog
+from ..telemetry.logs import get_logger
 from ..types import Example
 
 __all__ = (

@@ -13,11 +13,12 @@ from typing import Any
 
 import anyio
 
-from ..config.schema import RunConfig, to_dict
+from ..config.loading import to_dict
+from ..config.sections import RunConfig
 from ..errors import CheckpointError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner
-from ..telemetry.events import get_logger
+from ..telemetry.logs import get_logger
 from .progress import RunProgress
 
 __all__ = ("COMPATIBLE_KEYS", "RunCheckpoints", "check_compatible")

@@ -43,15 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config.schema import (
-    EndpointConfig,
-    GRPOConfig,
-    OptimConfig,
-    PromptPolicyConfig,
-    RunConfig,
-    load_config,
-    to_dict,
-)
+from ..config.loading import load_config, to_dict
+from ..config.sections import EndpointConfig, GRPOConfig, OptimConfig, PromptPolicyConfig, RunConfig
 from ..data.jsonl import parse_example, read_jsonl
 from ..endpoints.client import Client
 from ..errors import CheckpointError, ConfigError
@@ -134,7 +127,7 @@ def finetune_config(
     prompt policy, the base prompt first among the instructions, and the optimizer and
     endpoint settings merged in.
 
-    ``optimizer`` is a :class:`~engine.config.schema.GRPOConfig`, or a dict of GRPOConfig or
+    ``optimizer`` is a :class:`~engine.config.sections.GRPOConfig`, or a dict of GRPOConfig or
     OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the camelCase
     names ``learningRate``, ``clipEpsilon``, ``miniBatchSize``, ``entropyCoef``. ``prompt`` sets
     the prompt policy (``max_candidates``, ``max_demos``, ``propose_every``); its
@@ -277,7 +270,8 @@ class FineTunedModel:
         """Every live candidate with its probability, most probable first."""
         out = []
         for cand, prob in self.policy.probabilities():
-            n, mean = self.policy.candidate_stats(cand.id)
+            statistics = self.policy.candidate_statistics(cand.id)
+            n, mean = statistics.n, statistics.mean_reward
             out.append(
                 CandidateInfo(
                     cand.id,
@@ -469,7 +463,7 @@ async def finetune(
             ``endpoint``, owned by the returned model.
         judge_client: judge with this client; default the generation client, or a new one
             for ``config.judge`` when set.
-        judge_options: options for the judge (``sim_marker=True`` for the simulated server).
+        judge_options: options for the judge (passed to its constructor).
         export_groups: also write every scored group to this JSONL file.
 
     Returns:

@@ -21,9 +21,11 @@ from typing import Any
 
 import orjson
 
-from ..config.schema import RunConfig, to_dict
-from ..telemetry.events import MetricsLog, dumps
-from ..telemetry.events import read_jsonl as read_jsonl_records
+from ..config.loading import to_dict
+from ..config.sections import RunConfig
+from ..telemetry.events import MetricsLog
+from ..telemetry.records import dumps
+from ..telemetry.records import read_records as read_jsonl_records
 
 __all__ = ("OUTPUT_FILES", "RunFiles")
 

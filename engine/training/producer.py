@@ -16,8 +16,8 @@ import anyio
 import numpy as np
 from anyio.abc import ObjectSendStream
 
-from ..config.schema import RunConfig
-from ..data.jsonl import Batch, GroupSampler
+from ..config.sections import RunConfig
+from ..data.sampler import Batch, GroupSampler
 from ..learning.learner import Learner, ScoredBatch, snapshot_version_for
 from ..policies.base import PolicySnapshot
 from ..rollout.groups import RolloutCounters
@@ -54,7 +54,7 @@ class BatchProducer:
 
     async def run_batch(self, batch: Batch) -> ScoredBatch:
         """Every group of one batch, concurrently; the groups' counters (``groups/*``,
-        ``rollouts/*``) travel in ``ScoredBatch.stats``."""
+        ``rollouts/*``) travel in ``ScoredBatch.rollout_metrics``."""
         version = snapshot_version_for(batch.step, self.max_staleness)
         snap = await self.learner.snapshot_at(version)
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ class BatchProducer:
             batch.step,
             [g for g in groups if g is not None],
             gen_time=time.perf_counter() - t0,
-            stats=dict(counters.statistics().metrics()),
+            rollout_metrics=dict(counters.statistics().metrics()),
         )
 
     async def produce(self, send: ObjectSendStream[ScoredBatch], start: int) -> None:

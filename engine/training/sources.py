@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..config.schema import RunConfig
-from ..data.jsonl import as_source, read_jsonl, split_source, take
+from ..config.sections import RunConfig
+from ..data.jsonl import read_jsonl
+from ..data.sampler import as_source, split_source, take
 from ..errors import ConfigError
 from ..types import Example
 

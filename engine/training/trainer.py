@@ -41,16 +41,17 @@ import numpy as np
 import structlog
 from anyio.abc import ObjectReceiveStream
 
-from ..config.schema import RunConfig
-from ..data.jsonl import GroupSampler
+from ..config.sections import RunConfig
+from ..data.sampler import GroupSampler
 from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner, ScoredBatch
 from ..policies.base import Policy, PolicySnapshot
 from ..rewards.rewarder import Rewarder
 from ..rollout.groups import GroupRunner, RolloutCounters
-from ..telemetry.events import EventLog, get_logger
+from ..telemetry.events import EventLog
 from ..telemetry.export import GroupExporter
+from ..telemetry.logs import get_logger
 from ..telemetry.monitor import convergence
 from ..types import Example, Group
 from .assembly import build_components
@@ -398,9 +399,9 @@ class TrainingManager:
         m["step_time"] = time.perf_counter() - self._last_step_t
         self._last_step_t = time.perf_counter()
         m["gen_time"] = batch.gen_time
-        m.update(batch.stats)
+        m.update(batch.rollout_metrics)
         self.events.flush()
-        m.update(self.events.step_stats(batch.step))
+        m.update(self.events.step_metrics(batch.step))
         m.setdefault("kl", math.nan)
 
     async def _eval_done(self, step: int, ev: dict[str, Any]) -> None:

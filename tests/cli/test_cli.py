@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from engine.__main__ import main
-from engine.telemetry.events import read_jsonl
+from engine.telemetry.records import read_records
 
 SMALL = [
     "--set",
@@ -41,7 +41,7 @@ def test_run_small(tmp_path: Path) -> None:
     assert "step    3/3" in proc.stderr  # progress lines
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["steps_done"] == 3 and summary["stop_reason"] == "steps"
-    assert len(list(read_jsonl(out / "metrics.jsonl"))) == 3
+    assert len(list(read_records(out / "metrics.jsonl"))) == 3
     assert (out / "checkpoints" / "step-3" / "meta.json").exists()
 
 
@@ -124,7 +124,7 @@ def test_sigint_stops_with_checkpoint_and_resume(tmp_path: Path) -> None:
         str(out),
     )
     assert proc2.returncode == 0, proc2.stderr
-    steps = [r["step"] for r in read_jsonl(metrics)]
+    steps = [r["step"] for r in read_records(metrics)]
     assert steps == list(range(done + 2))
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 import engine.endpoints.fanout
 import engine.endpoints.transport
-from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from engine.endpoints.client import Client, ClientStatistics
 from engine.endpoints.limits import Limiter
 from engine.errors import (
@@ -33,7 +33,8 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.telemetry.events import EventLog, read_jsonl
+from engine.telemetry.events import EventLog
+from engine.telemetry.records import read_records
 from engine.testing.sim import Faults, SimConfig, SimServer
 from tests.scripted import (
     CHAT,
@@ -492,7 +493,7 @@ async def test_one_event_per_attempt(server: Scripted, tmp_path: Path) -> None:
             "secret prompt text", kind="judge", group_id="g7", sample_index=3, policy_version=2
         )
     events.close()
-    lines = list(read_jsonl(tmp_path / "events.jsonl"))
+    lines = list(read_records(tmp_path / "events.jsonl"))
     assert len(lines) == 2
     fail, ok = lines
     for ev in lines:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from engine.config.schema import LimitsConfig, load_config
+from engine.config.loading import load_config
+from engine.config.sections import LimitsConfig
 from engine.endpoints.budget import TokenBudget
 from engine.endpoints.limits import Limiter, LimiterStatistics, Permit
 from engine.errors import ClientClosedError, ConfigError

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from engine.config.schema import EndpointConfig, RetryConfig
+from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.endpoints.modules import Prediction, PredictModule
 from engine.errors import ServerError

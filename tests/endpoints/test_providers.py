@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config.schema import EndpointConfig
+from engine.config.sections import EndpointConfig
 from engine.endpoints.providers import resolve_endpoint
 from engine.errors import ConfigError
 

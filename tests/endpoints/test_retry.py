@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.endpoints.limits import Limiter
 from engine.endpoints.retry import (

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import orjson
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.evaluation.compare import compare_scores
 from engine.telemetry.monitor import convergence
 from engine.training.trainer import TrainingManager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.data.tasks import reward as task_reward
 from engine.evaluation.compare import (
     ModelComparator,
@@ -45,7 +45,7 @@ async def test_text_model_adapter_passes_seed_and_sample() -> None:
 
 async def test_policy_adapter_wraps_a_live_policy() -> None:
     """An engine policy object is compared directly (its current parameters)."""
-    from engine.config.schema import TinyLMConfig
+    from engine.config.sections import TinyLMConfig
     from engine.data.tasks import make_examples
     from engine.policies.tinylm import TinyLM
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.errors import CheckpointError, ConfigError
 from engine.evaluation.compare import ModelComparator, heldout_examples, load_generator
 from engine.policies.prompt import PromptPolicy
@@ -17,7 +17,7 @@ from tests.evaluation.runs import good_share
 
 def test_heldout_examples_follow_the_trainer_split(tmp_path: Path) -> None:
     """Held-out inputs: the task split (tinylm), the sentiment split (prompt), data.eval."""
-    from engine.data.jsonl import is_heldout
+    from engine.data.sampler import is_heldout
 
     tiny = load_config(None, ["data.num_examples=300"])
     held = heldout_examples(tiny)
@@ -77,7 +77,7 @@ async def test_prompt_policy_checkpoint_against_sim(tmp_path: Path) -> None:
     """A prompt-policy checkpoint loads on its endpoint; '#ref' is its initial distribution."""
     # B's logits favour an instruction full of words the simulated model then prefers, so B's
     # answers use more of them than A's (the uniform initial distribution).
-    from engine.config.schema import to_dict
+    from engine.config.loading import to_dict
     from engine.endpoints.client import Client
     from engine.learning.checkpoint import save_checkpoint
     from engine.testing.sim import SimConfig, SimServer

@@ -14,7 +14,7 @@ import anyio
 import orjson
 import pytest
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.evaluation.report import load_run, render_report, write_report
 from engine.training.trainer import TrainingManager
 from tests.evaluation.runs import ALL_CHARTS, STEPS, write_synthetic_run

@@ -15,7 +15,7 @@ from engine.types import Example
 
 async def test_pairwise_llm_judge_against_sim() -> None:
     """PairwiseJudge (a GroupJudge of two) prefers the sim judge's higher-scored text."""
-    from engine.config.schema import EndpointConfig
+    from engine.config.sections import EndpointConfig
     from engine.endpoints.client import Client
     from engine.evaluation.compare import PairwiseJudge
     from engine.testing.sim import GOOD_WORDS, SimConfig, SimServer
@@ -25,7 +25,7 @@ async def test_pairwise_llm_judge_against_sim() -> None:
         SimServer(SimConfig(latency=0.0)) as sim,
         Client(EndpointConfig(base_url=sim.base_url, model="sim")) as client,
     ):
-        judge = PairwiseJudge(client, sim_marker=True)
+        judge = PairwiseJudge(client)
         ex = Example(id="x", text="say something")
         assert await judge(ex, good, "zzz qqq") == 1.0
         assert await judge(ex, "zzz qqq", good) == 0.0

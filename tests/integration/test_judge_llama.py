@@ -36,7 +36,7 @@ import os
 
 import pytest
 
-from engine.config.schema import EndpointConfig, LimitsConfig
+from engine.config.sections import EndpointConfig, LimitsConfig
 from engine.endpoints.client import Client
 from engine.rewards.judge_prompts import HARDENED, PromptRenderer
 from engine.rewards.judges import LLMJudge

@@ -31,9 +31,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.config.schema import EndpointConfig, LimitsConfig
+from engine.config.sections import EndpointConfig, LimitsConfig
 from engine.endpoints.client import Client
-from engine.telemetry.events import EventLog, read_jsonl
+from engine.telemetry.events import EventLog
+from engine.telemetry.records import read_records
 
 pytestmark = pytest.mark.llama
 
@@ -105,7 +106,7 @@ async def test_n_is_fanned_out(llama_base_url: str, llama_model: str, tmp_path: 
     # so the second call fans out at once: three requests of n=1, none asking n=3 again
     assert after_second.fanned_out == 2
     assert after_second.requests - after_first.requests == 3
-    asked = [event["n"] for event in read_jsonl(tmp_path / "events.jsonl")]
+    asked = [event["n"] for event in read_records(tmp_path / "events.jsonl")]
     assert asked == [1, 3, 1, 1, 1, 1, 1]  # single; n=3 then two fanned out; three at once
 
 

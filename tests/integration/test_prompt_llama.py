@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.data import datasets
-from engine.data.jsonl import is_heldout
+from engine.data.sampler import is_heldout
 from engine.endpoints.client import Client
 from engine.policies.prompt import PromptPolicy
 from engine.rollout.evaluate import evaluate_policy

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config.schema import GRPOConfig, RunConfig, load_config
+from engine.config.loading import load_config
+from engine.config.sections import GRPOConfig, RunConfig
 from engine.learning.learner import Learner, ScoredBatch
 from engine.learning.schedule import lr_at
 from engine.policies.tinylm import TinyLM

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine.config.schema import OptimConfig
+from engine.config.sections import OptimConfig
 from engine.learning.schedule import lr_at
 
 # ----------------------------------------------------------------------------- schedules

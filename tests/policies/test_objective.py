@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.config.schema import GRPOConfig
+from engine.config.sections import GRPOConfig
 from engine.policies.objective import grpo_objective, sequence_weights
 
 

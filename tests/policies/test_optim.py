@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.config.schema import OptimConfig
+from engine.config.sections import OptimConfig
 from engine.errors import CheckpointError
 from engine.learning.schedule import lr_at
 from engine.policies.optim import Adam, clip_grad_norm

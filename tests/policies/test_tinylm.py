@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from engine.config.schema import GRPOConfig, TinyLMConfig
+from engine.config.sections import GRPOConfig, TinyLMConfig
 from engine.data.tasks import make_examples, reward
 from engine.errors import CheckpointError
 from engine.policies.base import Policy

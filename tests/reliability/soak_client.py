@@ -2,10 +2,10 @@
 
 ``python -m tests.reliability.soak_client URL TOTAL EVENTS`` sends ``CALLERS`` warm-up requests
 and then ``TOTAL`` more to the simulated server at ``URL`` with ``CALLERS`` concurrent callers
-through one :class:`~engine.endpoints.client.Client`, measures this process (resident memory, open file
-descriptors, asyncio tasks, event-loop lag) and prints the figures as one JSON line. A process
-of its own, so that what is measured is the engine as ``python -m engine`` runs it, not a test
-runner's heap of test modules and plugins: it tunes the garbage collector as the CLI does
+through one :class:`~engine.endpoints.client.Client`, measures this process (resident memory,
+open file descriptors, asyncio tasks, event-loop lag) and prints the figures as one JSON line.
+A process of its own, so that what is measured is the engine as ``python -m engine`` runs it,
+not a test runner's heap of test modules and plugins: it tunes the garbage collector as the CLI does
 (:func:`engine.runtime.tune_gc`), unless ``ENGINE_SOAK_GC=off`` (CPython's defaults, for
 comparison) or ``ENGINE_SOAK_GC=N`` (young threshold ``N``).
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from engine.config.schema import EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import EndpointConfig, LimitsConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.runtime import YOUNG_THRESHOLD, tune_gc
 from engine.telemetry.events import EventLog
@@ -131,7 +131,7 @@ async def callers(client: Client, soak: Soak, total: int, events: EventLog) -> N
             if soak.requests == CALLERS:
                 soak.warm.set()
             if soak.requests % 5000 == 0:  # as the trainer does at each step
-                events.step_stats(i // 1000)
+                events.step_metrics(i // 1000)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(CALLERS):

@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from engine.config.schema import (
+from engine.config.loading import load_config
+from engine.config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -37,12 +38,12 @@ from engine.config.schema import (
     RunConfig,
     TinyLMConfig,
     TrainerConfig,
-    load_config,
 )
 from engine.data.jsonl import parse_example, read_jsonl
-from engine.endpoints.client import Client, Completion, _Failure, _Result
+from engine.endpoints.client import Client
+from engine.endpoints.parsing import Completion, Failure, Result
 from engine.errors import ConfigError, DataError, EndpointError, OutputParseError
-from engine.rewards.judges import parse_group_verdict, parse_verdict
+from engine.rewards.verdicts import parse_group_verdict, parse_verdict
 from engine.types import Example
 
 EXAMPLES = int(os.environ.get("ENGINE_RELIABILITY_EXAMPLES", "60"))
@@ -402,13 +403,13 @@ def test_response_parser_returns_result_or_endpoint_error(
     """Any HTTP response classifies as a result or an EndpointError; nothing else escapes."""
     headers = CIMultiDict({"x-request-id": request_id} if request_id is not None else {})
     out = parser_client()._parse(body, status, headers, n, 1, "/v1/chat/completions")
-    if isinstance(out, _Result):
+    if isinstance(out, Result):
         assert 200 <= status < 300 and out.choices
         assert all(isinstance(c.text, str) for c in out.choices)
         assert [c.index for c in out.choices] == list(range(len(out.choices)))
         Completion(out.choices, out.usage, out.id, out.model, 0.0, 1, 1)
     else:
-        assert isinstance(out, _Failure) and isinstance(out.error, EndpointError)
+        assert isinstance(out, Failure) and isinstance(out.error, EndpointError)
         one_line(out.error)
         assert "sk-PARSER-KEY" not in str(out.error)
 

@@ -259,15 +259,15 @@ async def test_signal_with_requests_in_flight(
 
         def running() -> bool:
             assert proc.returncode is None, "the run ended early"
-            return metrics.exists() and metrics.stat().st_size > 0 and sim.stats.in_flight > 0
+            return metrics.exists() and metrics.stat().st_size > 0 and sim.counters.in_flight > 0
 
         await eventually(running)
-        in_flight = sim.stats.in_flight
+        in_flight = sim.counters.in_flight
         t0 = time.monotonic()
         proc.send_signal(signum)
         done = await finish(proc, 60)
         elapsed = time.monotonic() - t0
-        await eventually(lambda: sim.stats.in_flight == 0, 5)  # it sees the connections close
+        await eventually(lambda: sim.counters.in_flight == 0, 5)  # it sees the connections close
         stats = sim.statistics()
     assert done.returncode == status, done.err[-3000:]
     assert elapsed < LATENCY * 0.75, f"took {elapsed:.2f} s: in-flight requests were awaited"

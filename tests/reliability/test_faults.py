@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from engine.config.schema import EndpointConfig, RetryConfig
+from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.errors import ServerError
 from engine.telemetry.events import EventLog
@@ -195,7 +195,7 @@ async def test_cancelled_attempts_are_recorded(tmp_path: Path) -> None:
         async with Client(endpoint, retry=RetryConfig(max_attempts=1), events=events) as client:
             with pytest.raises(ServerError):
                 await client.complete("fan me out", n=3, seed=100, group_id="0-0")
-        await eventually(lambda: sim.stats.in_flight == 0, 5)
+        await eventually(lambda: sim.counters.in_flight == 0, 5)
         stats = sim.statistics()
     events.close()
     evs = jsonl_records(tmp_path / "events.jsonl")

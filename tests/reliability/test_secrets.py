@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from engine.config.schema import EndpointConfig, RetryConfig
+from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.errors import AuthenticationError, ConfigError, EndpointError
 from engine.telemetry.events import EventLog
@@ -125,7 +125,7 @@ async def test_full_run_writes_and_prints_no_key(tmp_path: Path) -> None:
         metrics = out / "metrics.jsonl"
         await eventually(lambda: metrics.exists() and metrics.stat().st_size > 0)
         sim.reconfigure(api_key="sk-some-other-key")  # the key is refused for a while: 401s
-        await eventually(lambda: sim.stats.by_status[401] >= 5)
+        await eventually(lambda: sim.counters.by_status[401] >= 5)
         sim.reconfigure(api_key=KEY)
         done = await finish(proc, 300)
         stats = sim.statistics()

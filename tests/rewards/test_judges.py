@@ -11,7 +11,7 @@ import anyio
 import orjson
 import pytest
 
-from engine.config.schema import EndpointConfig, RetryConfig
+from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.errors import OutputParseError
 from engine.rewards.judge_cache import JudgeCache
@@ -96,8 +96,8 @@ async def test_verdict_over_http_with_events() -> None:
         v = await judge.verdict(EXAMPLE, "a clear and correct answer")
         assert v == Verdict(0.4, "2/5 on-topic words", v.raw)
         assert await judge(EXAMPLE, "wrong") == 0.0
-        assert sim.stats.judge_requests == 2
-    assert events.stats.by_kind["judge"] == 2
+        assert sim.counters.judge_requests == 2
+    assert events.statistics().requests_by_kind["judge"] == 2
     stats = judge.statistics()
     assert (stats.requests, stats.verdicts, stats.parse_failures) == (2, 2, 0)
     assert stats.prompt_tokens > 0 and stats.completion_tokens > 0
@@ -173,7 +173,7 @@ async def test_cache_hits_skip_requests() -> None:
         other = await LLMJudge(client, RUBRIC, cache=cache).verdict(EXAMPLE, "clear")
         different_rubric = LLMJudge(client, RUBRIC + " Be harsh.", cache=cache)
         await different_rubric.verdict(EXAMPLE, "clear")
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
     assert not first.cached and again.cached and other.cached
     assert again.score == first.score
     assert judge.statistics().cache_hits == 1 and judge.statistics().calls_saved == 1
@@ -186,7 +186,7 @@ async def test_cache_disabled() -> None:
         judge = LLMJudge(client, RUBRIC, cache=False)
         await judge.verdict(EXAMPLE, "clear")
         await judge.verdict(EXAMPLE, "clear")
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
 
 
 async def test_in_group_dedupe() -> None:
@@ -195,7 +195,7 @@ async def test_in_group_dedupe() -> None:
         judge = LLMJudge(client, RUBRIC, cache=False)
         texts = ["clear", "wrong", "clear", "clear", "wrong", "concise answer"]
         out = await judge.verdicts(EXAMPLE, texts)
-        assert sim.stats.judge_requests == 3
+        assert sim.counters.judge_requests == 3
     assert [v.score for v in out if isinstance(v, Verdict)] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.5]
     assert [v.cached for v in out if isinstance(v, Verdict)] == [0, 0, 1, 1, 1, 0]
     assert judge.statistics().deduped == 3 and judge.statistics().verdicts == 6
@@ -213,7 +213,7 @@ async def test_concurrent_identical_calls_share_one_request() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(one)
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert scores == [1.0] * 5
     assert judge.statistics().deduped == 4
 
@@ -250,7 +250,7 @@ async def test_group_judge_shuffles_and_maps_back() -> None:
             verdicts = await judge.verdicts(EXAMPLE, texts)
             assert [v.score for v in verdicts] == expected
             assert judge.permutation(EXAMPLE, texts) == judge.permutation(EXAMPLE, texts)
-        assert sim.stats.judge_requests == 8
+        assert sim.counters.judge_requests == 8
     assert all(sorted(o) == sorted(texts) for o in orders)
     assert len(set(orders)) > 1  # the seeds gave different orders
     assert any(o != tuple(texts) for o in orders)
@@ -268,7 +268,7 @@ async def test_group_judge_dedupes_and_caches_the_set() -> None:
         judge = GroupJudge(client, RUBRIC)
         a = await judge(EXAMPLE, ["clear", "wrong", "clear", "wrong"])
         b = await judge(EXAMPLE, ["wrong", "clear"])
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert len(shown[0]) == 2
     assert a == [1.0, 0.0, 1.0, 0.0] and b == [0.0, 1.0]
     s = judge.statistics()

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from engine.config.schema import EndpointConfig, RetryConfig
+from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.endpoints.modules import Prediction
-from engine.rewards.judges import GroupJudge, LLMJudge, Verdict
+from engine.rewards.judges import GroupJudge, LLMJudge
 from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec, Score
-from engine.telemetry.events import EventLog, read_jsonl
+from engine.rewards.verdicts import Verdict
+from engine.telemetry.events import EventLog
+from engine.telemetry.records import read_records
 from engine.testing import SimConfig, SimRequest, SimServer
 from engine.testing.adversarial import gullible_judge
 from engine.types import Example
@@ -124,7 +126,7 @@ def test_construction_errors() -> None:
 async def test_judge_part_weight_and_feedback() -> None:
     """A judge adds its weighted score as a part and its feedback to Score.feedback."""
     async with serving() as (_, client):
-        judge = LLMJudge(client, RUBRIC, name="quality", sim_marker=True)
+        judge = LLMJudge(client, RUBRIC, name="quality")
         rewarder = Rewarder([RewardSpec("len", length, 0.1, inline=True)],
                             judges=[JudgeSpec(judge, weight=2.0)])  # fmt: skip
         score = await rewarder.score(EX, "clear wrong")
@@ -142,7 +144,7 @@ async def test_malformed_judge_masks_rollout() -> None:
 
     async with serving(judge_fn) as (_, client):
         rewarder = Rewarder([RewardSpec("len", length, inline=True)],
-                            judges=[LLMJudge(client, RUBRIC, sim_marker=True)])  # fmt: skip
+                            judges=[LLMJudge(client, RUBRIC)])  # fmt: skip
         scores = await rewarder.score_group(EX, ["clear", "poison pill", "clear"])
     assert scores[0].reward == scores[2].reward == 2.0
     assert math.isnan(scores[1].reward) and math.isnan(scores[1].parts["judge"])
@@ -154,13 +156,13 @@ async def test_group_judge_one_call_per_group_and_failure_masks_all() -> None:
     """A group judge scores the group in one request; a bad reply masks every judged member."""
     replies = iter(['{"scores": [1]}', '{"scores": [1]}'])
     async with serving(lambda req: next(replies)) as (sim, client):
-        gj = GroupJudge(client, RUBRIC, sim_marker=True, cache=False)
+        gj = GroupJudge(client, RUBRIC, cache=False)
         rewarder = Rewarder(judges=[gj])
         ok = await rewarder.score_group(EX, ["same", "same"])  # deduped: one candidate shown
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
         assert [s.reward for s in ok] == [1.0, 1.0]
         bad = await rewarder.score_group(EX, ["a", "b", None])  # 2 shown, 1 score back
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
     assert all(math.isnan(s.reward) for s in bad)
     assert bad[0].error is not None and "group_judge" in bad[0].error
     assert bad[2].error == "generation failed"
@@ -169,9 +171,9 @@ async def test_group_judge_one_call_per_group_and_failure_masks_all() -> None:
 async def test_identical_completions_judged_once() -> None:
     """Identical completions of a group cost one judge request each."""
     async with serving() as (sim, client):
-        rewarder = Rewarder(judges=[LLMJudge(client, RUBRIC, sim_marker=True, cache=False)])
+        rewarder = Rewarder(judges=[LLMJudge(client, RUBRIC, cache=False)])
         scores = await rewarder.score_group(EX, ["clear", "clear", "wrong", "clear"])
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
     assert [s.reward for s in scores] == [1.0, 1.0, 0.0, 1.0]
     assert rewarder.statistics().judges["judge"].deduped == 2
 
@@ -190,7 +192,7 @@ async def test_format_failures_get_the_configured_reward() -> None:
     async with serving() as (sim, client):
         rewarder = Rewarder(
             [RewardSpec("c", counted, inline=True)],
-            judges=[LLMJudge(client, RUBRIC, sim_marker=True)],
+            judges=[LLMJudge(client, RUBRIC)],
             signature={"output": {"generated": "string", "quality": "number"}},
             grade_field="generated",
             format_failure_reward=-1.0,
@@ -199,7 +201,7 @@ async def test_format_failures_get_the_configured_reward() -> None:
         scores = await rewarder.score_group(
             EX, [bad, '{"generated": "clear", "quality": 1}', "not json", None]
         )
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert [s.reward for s in scores[:3]] == [-1.0, 2.0, -1.0]
     assert scores[0].error is None and scores[0].feedback == "format: no output fields found"
     assert scores[2].feedback is not None and scores[2].feedback.startswith("format: ")
@@ -215,12 +217,12 @@ async def test_gate_all_fail_calls_no_judge() -> None:
     async with serving() as (sim, client):
         rewarder = Rewarder(
             [RewardSpec("fmt", has_clear, inline=True), RewardSpec("len", length, 0.1, True)],
-            judges=[LLMJudge(client, RUBRIC, sim_marker=True),
-                    GroupJudge(client, RUBRIC, sim_marker=True)],
+            judges=[LLMJudge(client, RUBRIC),
+                    GroupJudge(client, RUBRIC)],
             gate="fmt",
         )  # fmt: skip
         scores = await rewarder.score_group(EX, ["wrong", "bad answer", "no", "nope nope"])
-        assert sim.stats.judge_requests == 0
+        assert sim.counters.judge_requests == 0
     assert [s.reward for s in scores] == pytest.approx([0.1, 0.2, 0.1, 0.2])
     assert all("judges skipped: gate 'fmt' = 0" in (s.feedback or "") for s in scores)
     s = rewarder.statistics()
@@ -232,12 +234,12 @@ async def test_gate_is_per_rollout_and_exact() -> None:
     async with serving() as (sim, client):
         rewarder = Rewarder(
             [RewardSpec("fmt", has_clear, inline=True)],
-            judges=[LLMJudge(client, RUBRIC, sim_marker=True, cache=False)],
+            judges=[LLMJudge(client, RUBRIC, cache=False)],
             gate="fmt",
         )
         texts = ["clear", "wrong", "clear wrong", "nothing"]
         scores = await rewarder.score_group(EX, texts)
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
         # the same output gets the same reward whatever its group mates are
         alone = [await rewarder.score(EX, t) for t in texts]
     assert [s.reward for s in scores] == [2.0, 0.0, 1.5, 0.0]
@@ -256,9 +258,9 @@ async def test_failed_function_skips_judges() -> None:
 
     async with serving() as (sim, client):
         rewarder = Rewarder([RewardSpec("f", fails_on_x, inline=True)],
-                            judges=[LLMJudge(client, RUBRIC, sim_marker=True)])  # fmt: skip
+                            judges=[LLMJudge(client, RUBRIC)])  # fmt: skip
         scores = await rewarder.score_group(EX, ["x marks", "clear"])
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert math.isnan(scores[0].reward) and scores[1].reward == 1.0
     assert rewarder.statistics().judge_calls_saved == 1
 
@@ -281,14 +283,14 @@ async def test_judge_events_carry_each_outputs_index_in_its_group(tmp_path: Path
             EndpointConfig(base_url=sim.base_url, model="judge", timeout=5.0), events=events
         )
         async with client:
-            rewarder = Rewarder(judges=[LLMJudge(client, RUBRIC, sim_marker=True, cache=False)])
+            rewarder = Rewarder(judges=[LLMJudge(client, RUBRIC, cache=False)])
             await rewarder.score_group(EX, ["clear", "wrong"], group_id="g1", sample_indices=[4, 6])
             await rewarder.score_group(EX, ["x", None, "clear"], group_id="g2")
             with pytest.raises(ValueError, match="sample_indices"):
                 await rewarder.score_group(EX, ["a", "b"], sample_indices=[1])
     events.close()
     seen = sorted(
-        (e["group_id"], e["sample_index"]) for e in read_jsonl(tmp_path / "events.jsonl")
+        (e["group_id"], e["sample_index"]) for e in read_records(tmp_path / "events.jsonl")
         if e.get("kind") == "judge"
     )  # fmt: skip
     assert seen == [("g1", 4), ("g1", 6), ("g2", 0), ("g2", 2)]

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.data import tasks
 from engine.policies.base import PolicySnapshot
 from engine.policies.tinylm import TinyLM

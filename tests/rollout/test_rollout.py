@@ -12,7 +12,8 @@ import anyio.lowlevel
 import numpy as np
 import pytest
 
-from engine.config.schema import (
+from engine.config.loading import load_config
+from engine.config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -22,13 +23,12 @@ from engine.config.schema import (
     RolloutConfig,
     RunConfig,
     TrainerConfig,
-    load_config,
 )
 from engine.endpoints.client import Client
 from engine.policies.base import PolicySnapshot
 from engine.policies.prompt import PromptPolicy
-from engine.rewards.judges import Verdict
 from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
+from engine.rewards.verdicts import Verdict
 from engine.rollout.groups import GroupRunner, RolloutCounters, derive_rng
 from engine.testing.sim import Faults, SimConfig, SimServer
 from engine.training.trainer import TrainingManager
@@ -168,7 +168,7 @@ async def test_groups_start_whole_under_a_small_concurrency_cap() -> None:
         for kind, _ in pol.log:
             in_flight += 1 if kind == "start" else -1
             peak = max(peak, in_flight)
-        assert peak <= 12 and sim.stats.max_in_flight <= 12
+        assert peak <= 12 and sim.counters.max_in_flight <= 12
         assert stats.complete == 5 and runner.gate.statistics().peak_units <= 12
 
 
@@ -304,7 +304,9 @@ async def test_faulty_sim_every_group_is_counted_once(tmp_path: Any) -> None:
 
                 tm.learner.update = spy  # type: ignore[method-assign]
                 await tm.run()
-    assert sim.stats.by_status[500] + sim.stats.by_status[502] + sim.stats.by_status[503] > 0
+    assert (
+        sim.counters.by_status[500] + sim.counters.by_status[502] + sim.counters.by_status[503] > 0
+    )
     total = {"complete": 0, "shrunk": 0, "dropped": 0, "retried": 0}
     for m in tm.history:
         ends = m["groups/complete"] + m["groups/shrunk"] + m["groups/dropped"]
@@ -367,7 +369,7 @@ async def test_oversampling_on_a_sim_counts_k_stragglers_per_group() -> None:
                     tg.start_soon(one, j)
     assert stats.complete == 6 and stats.cancelled_stragglers == 12
     assert all(len(g.rollouts) == 4 for g in groups)
-    assert sim.stats.requests == 6 * 6
+    assert sim.counters.requests == 6 * 6
 
 
 # ----------------------------------------------------------------------------- overlap
@@ -412,7 +414,7 @@ class GroupJudgeStub:
     async def verdicts(
         self, example: Example, texts: Sequence[str], *, group_id: str | None = None
     ) -> list[Any]:
-        from engine.rewards.judges import Verdict
+        from engine.rewards.verdicts import Verdict
 
         self.calls.append(list(texts))
         return [Verdict(len(t) / 10, None, "") for t in texts]

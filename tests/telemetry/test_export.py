@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config.schema import load_config
+from engine.config.loading import load_config
 from engine.errors import DataError
 from engine.policies.prompt import PromptSample
 from engine.telemetry.export import (

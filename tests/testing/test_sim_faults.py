@@ -21,7 +21,7 @@ async def test_fault_rate_limit_has_parseable_retry_headers() -> None:
     """A rate_limit fault is a 429 with retry-after, retry-after-ms and reset headers."""
     async with serving(SimConfig(faults=Faults(rate_limit=1.0, retry_after=0.25))) as (sim, s):
         status, headers, body = await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["rate_limit"] == 1
+        assert sim.counters.faults["rate_limit"] == 1
     assert status == 429
     assert body["error"]["code"] == "rate_limit_exceeded"
     assert int(headers["retry-after"]) == 1  # whole seconds, rounded up
@@ -34,7 +34,7 @@ async def test_fault_rate_limit_bare_has_no_headers() -> None:
     """A rate_limit_bare fault is a 429 without any retry or rate-limit header."""
     async with serving(SimConfig(faults=Faults(rate_limit_bare=1.0))) as (sim, s):
         status, headers, _ = await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["rate_limit_bare"] == 1
+        assert sim.counters.faults["rate_limit_bare"] == 1
     assert status == 429
     assert not [h for h in headers if h.lower().startswith(("retry-after", "x-ratelimit"))]
 
@@ -43,7 +43,7 @@ async def test_fault_rate_limit_junk_headers() -> None:
     """A rate_limit_junk fault is a 429 whose retry headers are junk."""
     async with serving(SimConfig(faults=Faults(rate_limit_junk=1.0))) as (sim, s):
         status, headers, _ = await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["rate_limit_junk"] == 1
+        assert sim.counters.faults["rate_limit_junk"] == 1
     assert status == 429
     assert headers["retry-after"] == "-1"
     assert headers["x-ratelimit-reset-requests"] == "-1"
@@ -53,8 +53,8 @@ async def test_fault_server_error_cycles_500_502_503() -> None:
     """server_error faults answer 500, 502 (an HTML page) and 503 in turn."""
     async with serving(SimConfig(faults=Faults(server_error=1.0))) as (sim, s):
         results = [await post(s, f"{sim.base_url}/chat/completions", CHAT) for _ in range(3)]
-        assert sim.stats.faults["server_error"] == 3
-        assert sim.stats.by_status == {500: 1, 502: 1, 503: 1}
+        assert sim.counters.faults["server_error"] == 3
+        assert sim.counters.by_status == {500: 1, 502: 1, 503: 1}
     assert [r[0] for r in results] == [500, 502, 503]
     assert results[1][1]["Content-Type"].startswith("text/html")
     assert results[0][2]["error"]["type"] == "server_error"
@@ -64,7 +64,7 @@ async def test_fault_overloaded_is_529() -> None:
     """An overloaded fault is a 529 with an overloaded_error body."""
     async with serving(SimConfig(faults=Faults(overloaded=1.0))) as (sim, s):
         status, _, body = await post(s, f"{sim.base_url}/completions", COMPLETION)
-        assert sim.stats.faults["overloaded"] == 1
+        assert sim.counters.faults["overloaded"] == 1
     assert status == 529
     assert body["error"]["type"] == "overloaded_error"
 
@@ -74,8 +74,8 @@ async def test_fault_reset_disconnects() -> None:
     async with serving(SimConfig(faults=Faults(reset=1.0))) as (sim, s):
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["reset"] == 1
-        assert sim.stats.by_status == {}
+        assert sim.counters.faults["reset"] == 1
+        assert sim.counters.by_status == {}
 
 
 async def test_reset_on_reused_connection() -> None:
@@ -86,7 +86,7 @@ async def test_reset_on_reused_connection() -> None:
         sim.set_faults(reset=1.0)
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.connections == 1  # the failing request reused the first connection
+        assert sim.counters.connections == 1  # the failing request reused the first connection
 
 
 async def test_fault_timeout_hangs_past_client_timeout() -> None:
@@ -99,13 +99,13 @@ async def test_fault_timeout_hangs_past_client_timeout() -> None:
                 timeout=aiohttp.ClientTimeout(total=0.05),
             ) as resp:
                 await resp.read()
-        assert sim.stats.faults["timeout"] == 1
+        assert sim.counters.faults["timeout"] == 1
         for _ in range(100):
-            if sim.stats.cancelled:
+            if sim.counters.cancelled:
                 break
             await asyncio.sleep(0.01)
-        assert sim.stats.cancelled == 1
-        assert sim.stats.in_flight == 0
+        assert sim.counters.cancelled == 1
+        assert sim.counters.in_flight == 0
 
 
 async def test_fault_timeout_then_answers() -> None:
@@ -121,7 +121,7 @@ async def test_fault_malformed_is_invalid_json() -> None:
     """A malformed fault is a 200 application/json whose body does not parse."""
     async with serving(SimConfig(faults=Faults(malformed=1.0))) as (sim, s):
         status, headers, body = await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["malformed"] == 1
+        assert sim.counters.faults["malformed"] == 1
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     assert isinstance(body, bytes)
@@ -134,7 +134,7 @@ async def test_fault_truncated_alternates_partial_json_and_short_body() -> None:
         assert status == 200 and isinstance(body, bytes) and body.startswith(b'{"id"')
         with pytest.raises(aiohttp.ClientPayloadError):
             await post(s, f"{sim.base_url}/chat/completions", CHAT)
-        assert sim.stats.faults["truncated"] == 2
+        assert sim.counters.faults["truncated"] == 2
 
 
 async def test_fault_error_200_alternates_error_body_and_error_choices() -> None:
@@ -142,7 +142,7 @@ async def test_fault_error_200_alternates_error_body_and_error_choices() -> None
     async with serving(SimConfig(faults=Faults(error_200=1.0))) as (sim, s):
         s1, _, first = await post(s, f"{sim.base_url}/chat/completions", {**CHAT, "n": 2})
         s2, _, second = await post(s, f"{sim.base_url}/chat/completions", {**CHAT, "n": 2})
-        assert sim.stats.faults["error_200"] == 2
+        assert sim.counters.faults["error_200"] == 2
     assert s1 == s2 == 200
     assert "choices" not in first and first["error"]["message"]
     assert [c["finish_reason"] for c in second["choices"]] == ["error", "error"]
@@ -154,7 +154,7 @@ async def test_fault_short_n() -> None:
     async with serving(SimConfig(faults=Faults(short_n=1.0))) as (sim, s):
         _, _, four = await post(s, f"{sim.base_url}/chat/completions", {**CHAT, "n": 4})
         _, _, one = await post(s, f"{sim.base_url}/completions", COMPLETION)
-        assert sim.stats.faults["short_n"] == 2
+        assert sim.counters.faults["short_n"] == 2
     assert len(four["choices"]) == 2
     assert one["choices"] == []
 
@@ -166,7 +166,7 @@ async def test_every_fault_kind_is_counted() -> None:
         async with serving(SimConfig(faults=faults)) as (sim, s):
             with contextlib.suppress(aiohttp.ClientError):
                 await post(s, f"{sim.base_url}/chat/completions", CHAT)
-            assert sim.stats.faults == {kind: 1}, kind
+            assert sim.counters.faults == {kind: 1}, kind
 
 
 async def test_fault_mix_is_seeded() -> None:

@@ -24,7 +24,7 @@ async def test_rpm_enforced_with_parseable_headers() -> None:
         assert int(headers["retry-after"]) == 20
         assert parse_duration(headers["x-ratelimit-reset-requests"]) == 60.0
         assert headers["x-ratelimit-reset-requests"] == "1m0s"
-        assert sim.stats.rate_limited == 1
+        assert sim.counters.rate_limited == 1
         clock.now += 19.9
         assert (await post(s, url, CHAT))[0] == 429
         clock.now += 0.1

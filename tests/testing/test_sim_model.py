@@ -162,7 +162,7 @@ async def test_default_judge_scores_candidate() -> None:
     prompt = f"{JUDGE_MARKER} Rate it.\n<<CANDIDATE>>clear and precise answer<</CANDIDATE>>"
     async with serving() as (sim, s):
         _, _, out = await post(s, f"{sim.base_url}/completions", {"model": "j", "prompt": prompt})
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     verdict = orjson.loads(out["choices"][0]["text"])
     assert verdict["score"] == 0.5
     assert verdict["feedback"] == "2/4 on-topic words"
@@ -194,7 +194,7 @@ async def test_judge_call_recognised_by_its_reply_format() -> None:
         completion = {"model": "j", "prompt": f'{system}\n\n{user}\n\nVerdict: {{"score": '}
         await post(s, f"{sim.base_url}/completions", completion)
         await post(s, f"{sim.base_url}/chat/completions", CHAT)  # an ordinary prompt
-        assert sim.stats.judge_requests == 2
+        assert sim.counters.judge_requests == 2
     verdict = orjson.loads(out["choices"][0]["message"]["content"])
     assert verdict["scores"] == [0.5, 0.0]
 
@@ -217,7 +217,7 @@ async def test_judge_call_recognised_by_its_response_format() -> None:
         url = f"{sim.base_url}/chat/completions"
         _, _, out = await post(s, url, {**CHAT, "response_format": schema("scores")})
         await post(s, url, {**CHAT, "response_format": schema("answer")})
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert seen == [True]
     assert out["choices"][0]["message"]["content"] == '{"score": 1}'
 

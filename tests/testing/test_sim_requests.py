@@ -86,8 +86,8 @@ async def test_bad_requests_get_400(path: str, body: Any, param: str | None) -> 
     """Malformed requests are rejected with an OpenAI-style 400 naming the parameter."""
     async with serving() as (sim, s):
         status, _, out = await post(s, f"{sim.base_url}/{path}", body)
-        assert sim.stats.by_status == {400: 1}
-        assert sim.stats.faults == {}
+        assert sim.counters.by_status == {400: 1}
+        assert sim.counters.faults == {}
     assert status == 400
     error = out["error"]
     assert error["type"] == "invalid_request_error"

@@ -39,7 +39,7 @@ async def test_custom_model_and_its_failure() -> None:
         status, _, err = await post(
             s, f"{sim.base_url}/completions", {"model": "m", "prompt": "boom"}
         )
-        assert sim.stats.model_errors == 1
+        assert sim.counters.model_errors == 1
     assert [c["text"] for c in ok["choices"]] == [
         "echo 0 Once upon a time",
         "echo 1 Once upon a time",
@@ -90,10 +90,10 @@ async def test_idle_keepalive_connections_are_closed() -> None:
         url = f"{sim.base_url}/completions"
         await post(s, url, COMPLETION)
         await post(s, url, COMPLETION)
-        assert sim.stats.connections == 1
+        assert sim.counters.connections == 1
         await asyncio.sleep(0.3)
         assert (await post(s, url, COMPLETION))[0] == 200
-        assert sim.stats.connections == 2
+        assert sim.counters.connections == 2
 
 
 async def test_reconfigure_while_serving() -> None:
@@ -117,7 +117,7 @@ async def test_statistics_is_a_frozen_snapshot() -> None:
         await post(s, f"{sim.base_url}/completions", COMPLETION)
         snapshot = sim.statistics()
         await post(s, f"{sim.base_url}/completions", COMPLETION)
-        assert (snapshot.requests, sim.stats.requests) == (1, 2)
-        assert snapshot.by_status[200] == 1 and sim.stats.by_status[200] == 2
+        assert (snapshot.requests, sim.counters.requests) == (1, 2)
+        assert snapshot.by_status[200] == 1 and sim.counters.by_status[200] == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         snapshot.requests = 5  # type: ignore[misc]

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from engine.config.schema import EndpointConfig, RetryConfig, RewardConfig, load_config
+from engine.config.loading import load_config
+from engine.config.sections import EndpointConfig, RetryConfig, RewardConfig
 from engine.endpoints.client import Client
 from engine.errors import ConfigError
 from engine.rewards.functions import REWARD_FUNCTIONS
@@ -58,11 +59,10 @@ async def test_rewarder_from_config() -> None:
         group = rewarder_from_config(
             RewardConfig(judge_prompt=RUBRIC, group_judge=True, judge_weight=3.0),
             judge_client=client,
-            judge_options={"sim_marker": True},
         )
         assert isinstance(group.judges[0].judge, GroupJudge)
         assert [s.reward for s in await group.score_group(EX, ["clear", "wrong"])] == [3.0, 0.0]
-        assert sim.stats.judge_requests == 1
+        assert sim.counters.judge_requests == 1
     assert {"exact_match", "contains_answer", "numeric_match", "nonempty"} <= set(REWARD_FUNCTIONS)
 
 

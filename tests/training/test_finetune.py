@@ -11,7 +11,7 @@ import pytest
 
 from engine.cli.eval import eval_command
 from engine.cli.main import build_parser
-from engine.config.schema import GRPOConfig, PromptPolicyConfig
+from engine.config.sections import GRPOConfig, PromptPolicyConfig
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.learning.checkpoint import save_checkpoint
 from engine.telemetry.export import read_groups
@@ -135,7 +135,6 @@ async def test_reward_prompt_adds_a_judge(tmp_path: Path) -> None:
             reward_prompt="Is the label right?",
             optimizer={"steps": 2},
             endpoint=endpoint(sim),
-            judge_options={"sim_marker": True},
             export_groups=tmp_path / "groups.jsonl",
         ) as model,
     ):

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config.schema import GRPOConfig, RunConfig, load_config
+from engine.config.loading import load_config
+from engine.config.sections import GRPOConfig, RunConfig
 from engine.errors import CheckpointError
 from engine.learning.learner import ScoredBatch
 from engine.policies.base import PolicySnapshot
 from engine.policies.tinylm import TinyLM
-from engine.telemetry.events import read_jsonl
+from engine.telemetry.records import read_records
 from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Rollout, Sample
 
@@ -48,7 +49,7 @@ async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
     assert all(m.value_loss is None for m in seen)  # GRPO has no value function
     assert all(math.isfinite(m.avg_reward) and math.isfinite(m.policy_loss) for m in seen)
     assert evals == [1, 3, 5]
-    rows = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    rows = list(read_records(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in rows] == list(range(6))
     for key in (
         "reward",
@@ -76,7 +77,7 @@ async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
     ]
     assert summary.steps_done == 6 and summary.stop_reason == "steps"
     assert (tmp_path / "summary.json").exists()
-    assert sum(1 for _ in read_jsonl(tmp_path / "events.jsonl")) == 6 * 4
+    assert sum(1 for _ in read_records(tmp_path / "events.jsonl")) == 6 * 4
 
 
 async def test_resume_continues_exactly(tmp_path: Path) -> None:
@@ -101,10 +102,10 @@ async def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert set(resumed) == set(straight)
     for k in straight:
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
-    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    steps = [r["step"] for r in read_records(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(6))  # no duplicate or missing steps
-    ra = [r["reward"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")]
-    rb = [r["reward"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    ra = [r["reward"] for r in read_records(tmp_path / "a" / "metrics.jsonl")]
+    rb = [r["reward"] for r in read_records(tmp_path / "b" / "metrics.jsonl")]
     assert ra == rb
 
 
@@ -213,5 +214,5 @@ async def test_request_metrics_are_per_step(tmp_path: Path) -> None:
     cfg = small("trainer.eval_every=0")
     async with TrainingManager(cfg, out=tmp_path) as tm:
         await tm.run()
-    rows = list(read_jsonl(tmp_path / "metrics.jsonl"))
+    rows = list(read_records(tmp_path / "metrics.jsonl"))
     assert [r["requests/total"] for r in rows] == [cfg.data.batch_size] * cfg.steps

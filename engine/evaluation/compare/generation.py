@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import numpy as np
 
-from ...config.schema import RunConfig
+from ...config.sections import RunConfig
 from ...endpoints.client import Client
 from ...errors import EngineError
 from ...policies.base import PolicySnapshot

@@ -20,9 +20,11 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ...config.schema import RunConfig, load_config
+from ...config.loading import load_config
+from ...config.sections import RunConfig
 from ...data import datasets
-from ...data.jsonl import as_source, read_jsonl, split_source
+from ...data.jsonl import read_jsonl
+from ...data.sampler import as_source, split_source
 from ...data.tasks import make_examples
 from ...endpoints.client import Client
 from ...errors import CheckpointError, ConfigError

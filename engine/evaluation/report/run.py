@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ...errors import DataError
-from ...telemetry.events import read_jsonl
+from ...telemetry.records import read_records
 from .charts import finite
 
 __all__ = ("RunData", "load_run")
@@ -78,7 +78,7 @@ def load_run(run_dir: str | Path) -> RunData:
     rows: list[dict[str, Any]] = []
     if mpath.is_file():
         try:
-            rows = list(read_jsonl(mpath))
+            rows = list(read_records(mpath))
         except orjson.JSONDecodeError as exc:
             raise DataError(f"invalid JSON line: {exc}", path=str(mpath)) from None
     summary = _load_json(d / "summary.json")

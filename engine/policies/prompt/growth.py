@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ...config.schema import PromptPolicyConfig
+from ...config.sections import PromptPolicyConfig
 from ...errors import EngineError
-from ...telemetry.events import get_logger
+from ...telemetry.logs import get_logger
 from ...types import Group
 from ..base import CompletionClient
 from ..optim import Adam

@@ -61,8 +61,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import numpy as np
 
-from ...config.schema import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunConfig
-from ...data.jsonl import is_heldout, read_jsonl, take
+from ...config.sections import EndpointConfig, GRPOConfig, PromptPolicyConfig, RunConfig
+from ...data.jsonl import read_jsonl
+from ...data.sampler import is_heldout, take
 from ...errors import CheckpointError, EngineError
 from ...types import Example, Group, Rollout, Sample
 from ..arrays import ArrayPolicy
@@ -81,7 +82,7 @@ from .rendering import PromptFormat, messages_text, render_completion, render_me
 from .sampling import PromptSample, samples_of
 
 if TYPE_CHECKING:
-    from ...endpoints.client import Completion
+    from ...endpoints.parsing import Completion
 
 __all__ = ("PromptPolicy",)
 
@@ -278,11 +279,6 @@ class PromptPolicy(ArrayPolicy):
     def candidate_statistics(self, cid: int) -> CandidateStatistics:
         """The scored rollouts of candidate ``cid`` since training began."""
         return self.table.statistics.get(cid, CandidateStatistics())
-
-    def candidate_stats(self, cid: int) -> tuple[int, float]:  # relayout: re-export
-        """(rollouts scored, mean reward) of candidate ``cid``: :meth:`candidate_statistics`."""
-        st = self.candidate_statistics(cid)
-        return st.n, st.mean_reward
 
     def render(self, candidate: Candidate, example: Example | str) -> str | list[dict[str, str]]:
         """The request for ``example`` under ``candidate`` in this policy's mode."""

@@ -12,7 +12,7 @@ import numpy as np
 from ...types import Sample, Usage
 
 if TYPE_CHECKING:
-    from ...endpoints.client import Completion
+    from ...endpoints.parsing import Completion
 
 __all__ = ("PromptSample", "samples_of", "split_usage")
 

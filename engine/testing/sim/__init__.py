@@ -9,7 +9,7 @@ Used by the engine's unit tests, by the benchmarks, and by users' own tests::
                 json={"model": "sim", "messages": [{"role": "user", "content": "hi"}], "n": 4},
             ) as resp:
                 body = await resp.json()
-        print(sim.stats.by_status, sim.stats.faults)
+        print(sim.counters.by_status, sim.counters.faults)
 
 Or in its own process (for benchmarks): ``python -m engine serve-sim --port 0 --rpm 600``
 prints the base URL on its first stdout line and serves until SIGINT/SIGTERM

@@ -35,7 +35,7 @@ class SimServer:
         config: the current settings; replaced whole by :meth:`reconfigure`.
         host: the interface to bind.
         port: the requested port; the bound one once started.
-        stats: the live counters; :meth:`statistics` returns a frozen, consistent copy.
+        counters: the live counters; :meth:`statistics` returns a frozen, consistent copy.
     """
 
     def __init__(
@@ -49,10 +49,10 @@ class SimServer:
         self.config = config
         self.host = host
         self.port = port
-        self.stats = SimCounters()
+        self.counters = SimCounters()
         self._clock = clock
-        self._pipeline = GenerationPipeline(config, self.stats, clock)
-        self._peers: set[object] = set()  # peer addresses seen, for stats.connections
+        self._pipeline = GenerationPipeline(config, self.counters, clock)
+        self._peers: set[object] = set()  # peer addresses seen, for counters.connections
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._created = int(time.time())  # "created" of the listed models
@@ -92,7 +92,7 @@ class SimServer:
         self.port = runner.addresses[0][1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._base_url = f"http://{host}:{self.port}/v1"
-        self.stats.started_at = self.stats.updated_at = self._clock()
+        self.counters.started_at = self.counters.updated_at = self._clock()
         return self._base_url
 
     async def close(self) -> None:
@@ -127,13 +127,13 @@ class SimServer:
 
     def statistics(self) -> SimStatistics:
         """A frozen copy of the counters with the busy-time integrals brought up to now."""
-        self.stats.integrate(self._clock())
-        return self.stats.snapshot()
+        self.counters.integrate(self._clock())
+        return self.counters.snapshot()
 
     # -- accounting -----------------------------------------------------------------------
 
     def _count(self, request: web.Request) -> None:
-        s = self.stats
+        s = self.counters
         s.requests += 1
         s.by_endpoint[request.path] += 1
         transport = request.transport
@@ -148,14 +148,14 @@ class SimServer:
         return key is None or request.headers.get("Authorization") == f"Bearer {key}"
 
     def _respond(self, response: web.StreamResponse) -> web.StreamResponse:
-        self.stats.by_status[response.status] += 1
+        self.counters.by_status[response.status] += 1
         return response
 
     # -- simple endpoints -----------------------------------------------------------------
 
     async def _health(self, request: web.Request) -> web.Response:
         self._count(request)
-        self.stats.by_status[200] += 1
+        self.counters.by_status[200] += 1
         return web.Response(body=b'{"status":"ok"}', headers=JSON_HEADERS)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -184,7 +184,7 @@ class SimServer:
     async def _generation(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         """One generation request, counted in flight while it is handled."""
         self._count(request)
-        s = self.stats
+        s = self.counters
         s.integrate(self._clock())
         s.in_flight += 1
         s.max_in_flight = max(s.max_in_flight, s.in_flight)

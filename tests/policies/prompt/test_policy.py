@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.config.schema import (
+from engine.config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
@@ -26,7 +26,8 @@ from engine.config.schema import (
     RunConfig,
     TrainerConfig,
 )
-from engine.endpoints.client import Choice, Client, Completion
+from engine.endpoints.client import Client
+from engine.endpoints.parsing import Choice, Completion
 from engine.errors import CheckpointError, ServerError
 from engine.learning.checkpoint import load_checkpoint, save_checkpoint
 from engine.policies.base import Policy
@@ -543,7 +544,7 @@ def test_a_learning_rate_too_low_for_the_prompt_policy_is_warned(lr: float, warn
     """build_components warns when the prompt policy gets the embedded LM's learning rate."""
     import structlog
 
-    from engine.config.schema import load_config
+    from engine.config.loading import load_config
     from engine.training.assembly import build_components
 
     cfg = load_config(None, ["policy='prompt'", f"optim.lr={lr}"])
