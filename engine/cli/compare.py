@@ -20,7 +20,6 @@ import anyio
 import anyio.to_thread
 
 from ..config.loading import load_config
-from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.tasks import reward as task_reward
 from ..endpoints.client import Client
@@ -34,6 +33,7 @@ from ..evaluation.compare import (
     heldout_examples,
     load_generator,
 )
+from ..evaluation.compare.generation import Closeable, Configured
 from ..rewards.rewarder import Rewarder
 from ..runtime import tune_gc
 from ..training.assembly import build_judge, build_rewarder, make_client
@@ -163,9 +163,8 @@ def _examples(args: argparse.Namespace, a: Generator, b: Generator) -> list[Exam
             raise ConfigError(f"{args.data}: no examples", key="--data")
         return exs
     for model in (b, a):
-        config = getattr(model, "run_config", None)
-        if config is not None:
-            return heldout_examples(config, args.limit)
+        if isinstance(model, Configured) and model.run_config is not None:
+            return heldout_examples(model.run_config, args.limit)
     raise ConfigError("no evaluation data: pass --data FILE", key="--data")
 
 
@@ -242,7 +241,7 @@ async def _judge_client(path: str, stack: AsyncExitStack) -> tuple[Client, str]:
 async def _config_rewarder(a: Generator, b: Generator, stack: AsyncExitStack) -> Rewarder | None:
     """The [reward] of B's (else A's) config unless it is a tinylm checkpoint; else None."""
     for model in (b, a):
-        config: RunConfig | None = getattr(model, "run_config", None)
+        config = model.run_config if isinstance(model, Configured) else None
         if config is None or (
             config.policy == "tinylm" and not isinstance(model, EndpointGenerator)
         ):
@@ -256,6 +255,5 @@ async def _config_rewarder(a: Generator, b: Generator, stack: AsyncExitStack) ->
 
 
 async def _aclose(model: Generator) -> None:
-    close = getattr(model, "aclose", None)
-    if close is not None:
-        await close()
+    if isinstance(model, Closeable):
+        await model.aclose()

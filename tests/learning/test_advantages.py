@@ -175,7 +175,9 @@ def reward_arrays(draw: st.DrawFn) -> np.ndarray:
     elements = (
         st.integers(-3, 3).map(float)
         if coarse
-        else st.floats(-100.0, 100.0, allow_nan=False, allow_subnormal=False)
+        # below 1e-100 a reward is 0: squared deviations of rewards ~1e-159 apart underflow
+        # to subnormals, where no float computation keeps 9 digits (found by Hypothesis)
+        else st.floats(-100.0, 100.0, allow_nan=False).map(lambda x: 0.0 if abs(x) < 1e-100 else x)
     )
     r = draw(hnp.arrays(np.float64, (B, G), elements=elements))
     mask = draw(hnp.arrays(np.bool_, (B, G)))
