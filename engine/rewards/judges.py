@@ -128,14 +128,14 @@ class _JudgeBase:
         client: Client,
         rubric: str,
         *,
-        name: str,
-        mode: Mode,
-        max_tokens: int | None,
-        temperature: float,
-        cache: JudgeCache | Literal[False] | None,
-        json_mode: bool | None,
-        renderer: PromptRenderer,
-        include_reference: bool,
+        name: str = "judge",
+        mode: Mode = "chat",
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        cache: JudgeCache | Literal[False] | None = None,
+        json_mode: bool | None = None,
+        renderer: PromptRenderer = HARDENED,
+        include_reference: bool = True,
     ) -> None:
         if not rubric.strip():
             raise ValueError("a judge needs a non-empty rubric")
@@ -331,33 +331,6 @@ class LLMJudge(_JudgeBase):
 
     per_group: Final = False
     """Grades one completion per call (the Rewarder reads this; no argument sniffing)."""
-
-    def __init__(
-        self,
-        client: Client,
-        rubric: str,
-        *,
-        name: str = "judge",
-        mode: Mode = "chat",
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        cache: JudgeCache | Literal[False] | None = None,
-        json_mode: bool | None = None,
-        renderer: PromptRenderer = HARDENED,
-        include_reference: bool = True,
-    ) -> None:
-        super().__init__(
-            client,
-            rubric,
-            name=name,
-            mode=mode,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            cache=cache,
-            json_mode=json_mode,
-            renderer=renderer,
-            include_reference=include_reference,
-        )
 
     def __repr__(self) -> str:
         return f"LLMJudge({self.name!r}, mode={self.mode!r}, renderer={self.renderer.name!r})"
