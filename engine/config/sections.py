@@ -57,6 +57,12 @@ class GRPOConfig:
     """Passes over each accumulated mini-batch; > 1 makes clipping matter."""
     max_staleness: int = 1
     """Policy versions generation may run ahead of the learner; older groups are dropped."""
+    stale_groups: Literal["drop", "withhold"] = "drop"
+    """What the learner does with a group generated more than max_staleness versions back:
+    drop = leave it out of the batch entirely (counted as stale_dropped); withhold = keep its
+    rewards in the batch's advantages and reward statistics (the group's own baseline, the
+    scale_rewards = "batch" std, reward.normalize, the reward metrics) but train on none of
+    its tokens (counted as stale_withheld)."""
 
 
 @dataclass(frozen=True, slots=True)

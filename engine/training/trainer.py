@@ -422,6 +422,13 @@ class TrainingManager:
         if self.out is not None and self.learner.version > 0:
             await self.checkpoints.save_step(self.progress)
         rewards = [m.get("reward", math.nan) for m in self.history]
+        extra: dict[str, Any] = {
+            "policy": self.policy.name,
+            "convergence": convergence(rewards),
+            "stale_dropped": self.learner.stale_dropped,
+        }
+        if self.config.grpo.stale_groups == "withhold":  # as in the step metrics
+            extra["stale_withheld"] = self.learner.stale_withheld
         summary = RunSummary(
             steps_done=self.learner.version,
             stop_reason=self.stop_reason,
@@ -433,9 +440,7 @@ class TrainingManager:
             best_eval=self.progress.best(),
             out=str(self.out) if self.out is not None else None,
             extra={
-                "policy": self.policy.name,
-                "convergence": convergence(rewards),
-                "stale_dropped": self.learner.stale_dropped,
+                **extra,
                 "requests": self.events.count,
                 "python": platform.python_version(),
                 "files": dict(OUTPUT_FILES),
