@@ -78,8 +78,9 @@ def _section(cls: type, prefix: str) -> list[str]:
         if table is not None:
             nested.append((table, f.name))
             continue
-        doc = docs.get(f.name, "")
-        lines.append(f"| `{f.name}` | {type_name(tp)} | `{_default(f)!r}` | {doc} |")
+        doc = docs.get(f.name, "").replace("|", "\\|")  # a bare | would end the cell
+        kind = type_name(tp).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {kind} | `{_default(f)!r}` | {doc} |")
     lines.append("")
     for table, name in nested:
         lines.extend(_section(table, f"{prefix}.{name}" if prefix else name))

@@ -56,7 +56,8 @@ class GRPOConfig:
     epochs: int = 1
     """Passes over each accumulated mini-batch; > 1 makes clipping matter."""
     max_staleness: int = 1
-    """Policy versions generation may run ahead of the learner; older groups are dropped."""
+    """Policy versions generation may run ahead of the learner; older groups are dropped or
+    withheld (stale_groups)."""
     stale_groups: Literal["drop", "withhold"] = "drop"
     """What the learner does with a group generated more than max_staleness versions back:
     drop = leave it out of the batch entirely (counted as stale_dropped); withhold = keep its

@@ -41,7 +41,7 @@ def test_reference_rows_show_type_default_and_doc() -> None:
     """A row names the key, its type as a user writes it, its default and its docstring."""
     ref = config_reference()
     doc = field_docs(GRPOConfig)["loss_type"]
-    assert f"| `loss_type` | 'grpo' | 'dapo' | 'dr_grpo' | `'grpo'` | {doc} |" in ref
+    assert f"| `loss_type` | 'grpo' \\| 'dapo' \\| 'dr_grpo' | `'grpo'` | {doc} |" in ref
     assert "| `stop` | array of str | `()` |" in ref
     assert ref.count(f"| `model` | str | `''` | {field_docs(EndpointConfig)['model']} |") == 2
 
