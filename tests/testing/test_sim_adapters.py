@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,31 @@ def test_pickle_and_bad_config_are_refused(tmp_path: Path) -> None:
     (d / "adapter_config.json").write_bytes(b" " * (1 << 17))
     with pytest.raises(AdapterRejected, match="larger than"):
         read_adapter("b", str(d), 16)
+
+
+def test_the_fake_adapter_is_real_safetensors(tmp_path: Path) -> None:
+    """write_fake_adapter's file is read back by the safetensors library, tensor for tensor."""
+    st = pytest.importorskip("safetensors.numpy")
+    d = write_fake_adapter(tmp_path / "a", rank=4, width=8)
+    tensors = st.load_file(str(d / "adapter_model.safetensors"))
+    assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 8)
+    assert len(tensors) == 4
+
+
+def test_a_real_peft_adapter_loads(tmp_path: Path) -> None:
+    """An adapter saved by peft (a tiny random Llama) passes the simulated server's checks."""
+    pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2,
+    )  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing: not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        peft.get_peft_model(model, lora).save_pretrained(tmp_path / "a")
+    rank, digest = read_adapter("a", str(tmp_path / "a"), 16)
+    assert rank == 4 and len(digest) == 16
