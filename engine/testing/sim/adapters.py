@@ -68,7 +68,7 @@ class SimAdapter:
     Attributes:
         name: the ``lora_name`` requests use as their ``model``.
         path: the ``lora_path`` it was loaded from, as sent.
-        parent: the base model it serves on (the first of ``SimConfig.models``).
+        parent: the base model it serves on (the first of ``SimConfig.models``; None if none).
         rank: ``r`` of its ``adapter_config.json``.
         digest: blake2b of its config and weights; salts the fake model's answers.
         int_id: vLLM's ``lora_int_id``: 1, 2, ... in load order (kept by an in-place load).
@@ -77,7 +77,7 @@ class SimAdapter:
 
     name: str
     path: str
-    parent: str
+    parent: str | None
     rank: int
     digest: bytes
     int_id: int

@@ -200,8 +200,6 @@ class SimConfig:
             raise ValueError("SimConfig.max_concurrency_served must be >= 1 or None")
         if self.max_lora_rank < 1:
             raise ValueError("SimConfig.max_lora_rank must be >= 1")
-        if not self.models:
-            raise ValueError("SimConfig.models must name at least one model")
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,8 +88,9 @@ class AdapterRegistry:
                 if old is None:
                     self._ids += 1
                 int_id = old.int_id if old is not None else self._ids
+                parent = config.models[0] if config.models else None
                 self.loaded[name] = SimAdapter(
-                    name, path, config.models[0], rank, digest, int_id, int(time.time())
+                    name, path, parent, rank, digest, int_id, int(time.time())
                 )
         except AdapterRejected as e:
             return error_response(e.status, str(e), type_=e.type, code=e.status)
