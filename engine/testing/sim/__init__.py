@@ -16,12 +16,17 @@ prints the base URL on its first stdout line and serves until SIGINT/SIGTERM
 (:func:`sim_subprocess` runs it as a context manager).
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /health``, and ``GET /sim/stats`` (the :class:`SimStatistics` as JSON, not counted itself).
+``GET /health``, ``GET /sim/stats`` (the :class:`SimStatistics` as JSON, not counted itself),
+and vLLM's runtime LoRA routes ``POST /v1/load_lora_adapter`` and
+``POST /v1/unload_lora_adapter`` (:mod:`~engine.testing.sim.adapters`): a request that names a
+loaded adapter as its ``model`` is answered by it (its own words and log-probabilities).
 
 Order of events for one generation request, each step able to end it:
 
 1. ``401`` if the server has an ``api_key`` and ``Authorization: Bearer <key>`` differs.
 2. ``400`` with an OpenAI-style error body for bad JSON or bad parameters.
+   Then, with ``SimConfig.strict_models``, vLLM's ``404`` for a ``model`` that is neither
+   served nor a loaded adapter.
 3. ``429`` from the RPM/TPM token buckets (:class:`SimConfig.rpm`, :class:`SimConfig.tpm`).
 4. One fault draw from the seeded RNG (:class:`Faults`); 429/529 faults answer at once.
 5. Server-side latency (log-normal, plus per completion token), inside the optional
@@ -55,6 +60,13 @@ the same ``len(prompt) // 4 + 1`` per prompt; ``usage.completion_tokens`` counts
 
 from __future__ import annotations
 
+from .adapters import (
+    MAX_CONFIG_BYTES,
+    MAX_WEIGHTS_BYTES,
+    SimAdapter,
+    read_adapter,
+    write_fake_adapter,
+)
 from .config import FAULT_KINDS, Faults, ModelFn, SimConfig, SimRequest, SimStatistics
 from .model import (
     CANDIDATE_CLOSE,
@@ -77,9 +89,12 @@ __all__ = (
     "FAULT_KINDS",
     "GOOD_WORDS",
     "JUDGE_MARKER",
+    "MAX_CONFIG_BYTES",
+    "MAX_WEIGHTS_BYTES",
     "VOCAB",
     "Faults",
     "ModelFn",
+    "SimAdapter",
     "SimConfig",
     "SimRequest",
     "SimServer",
@@ -89,5 +104,7 @@ __all__ = (
     "format_duration",
     "is_judge_call",
     "judge_candidates",
+    "read_adapter",
     "sim_subprocess",
+    "write_fake_adapter",
 )

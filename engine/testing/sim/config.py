@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from .adapters import SimAdapter
 
 __all__ = (
     "FAULT_KINDS",
@@ -128,6 +131,8 @@ class SimRequest:
     """Whether this is a judge call."""
     body: Mapping[str, Any]
     """The parsed JSON request body."""
+    adapter: SimAdapter | None = None
+    """The loaded LoRA adapter the request's ``model`` names; None for a base model."""
 
 
 ModelFn = Callable[[SimRequest], str]
@@ -169,7 +174,17 @@ class SimConfig:
     keepalive_timeout: float = 5.0
     """Close idle keep-alive connections after this many seconds, like uvicorn and vLLM."""
     models: tuple[str, ...] = ("sim-model",)
-    """Names listed by ``GET /v1/models``; requests may name any model."""
+    """Base model names listed by ``GET /v1/models`` (the first is the parent of loaded
+    adapters); requests may name any model unless ``strict_models``."""
+    strict_models: bool = False
+    """Answer a request whose ``model`` is neither in ``models`` nor a loaded adapter with
+    vLLM's 404 (``NotFoundError``, ``param: "model"``)."""
+    runtime_lora: bool = True
+    """Serve ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (vLLM with
+    ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``); False answers them 404
+    ``{"detail": "Not Found"}`` as vLLM does without runtime updating."""
+    max_lora_rank: int = 16
+    """vLLM's ``--max-lora-rank`` (its default is 16): a higher-rank adapter fails to load (400)."""
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_sigma", "per_token_latency"):
@@ -183,6 +198,8 @@ class SimConfig:
             raise ValueError("SimConfig.burst_seconds and keepalive_timeout must be > 0")
         if self.max_concurrency_served is not None and self.max_concurrency_served < 1:
             raise ValueError("SimConfig.max_concurrency_served must be >= 1 or None")
+        if self.max_lora_rank < 1:
+            raise ValueError("SimConfig.max_lora_rank must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

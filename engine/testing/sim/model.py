@@ -163,9 +163,18 @@ def _prompt_profile(prompt: str) -> tuple[bytes, tuple[str, ...], tuple[str, ...
 
 
 def default_tokens(
-    prompt: str, temperature: float, seed: int | None, server_seed: int, number: int, index: int
+    prompt: str,
+    temperature: float,
+    seed: int | None,
+    server_seed: int,
+    number: int,
+    index: int,
+    salt: bytes = b"",
 ) -> list[str]:
-    """The default model's tokens: one 64-byte blake2b digest picks the length and each word."""
+    """The default model's tokens: one 64-byte blake2b digest picks the length and each word.
+
+    ``salt`` (a LoRA adapter's digest; empty for the base model) changes every draw.
+    """
     digest, pool, spaced = _prompt_profile(prompt)
     if temperature == 0:
         key = b"greedy"
@@ -173,6 +182,8 @@ def default_tokens(
         key = b"seed|%d|%d" % (seed, index)
     else:
         key = b"server|%d|%d|%d" % (server_seed, number, index)
+    if salt:
+        key = b"adapter|" + salt + b"|" + key
     h = hashlib.blake2b(key, digest_size=64, key=digest).digest()
     m = len(pool)
     length = h[0] % _MAX_WORDS + 1
@@ -182,10 +193,18 @@ def default_tokens(
 def default_model(req: SimRequest) -> str:
     """1-32 words from :data:`VOCAB`, a pure function of the prompt and: nothing else at
     ``temperature == 0``; the request's ``seed`` and the choice index when it has one; else the
-    server seed, the request number and the choice index."""
+    server seed, the request number and the choice index; and of the LoRA adapter the request
+    names, if any (its digest salts every draw)."""
+    salt = req.adapter.digest if req.adapter is not None else b""
     return "".join(
         default_tokens(
-            req.prompt, req.temperature, req.seed, req.server_seed, req.request_number, req.index
+            req.prompt,
+            req.temperature,
+            req.seed,
+            req.server_seed,
+            req.request_number,
+            req.index,
+            salt,
         )
     )
 
@@ -220,19 +239,21 @@ def prompt_token_ids(prompt: str) -> list[int]:
     ]
 
 
-def _logprob(token: str, position: int) -> float:
-    return -round(0.001 + ((zlib.crc32(token.encode()) ^ (position * 2654435761)) % 3000) / 1000, 4)
+def _logprob(token: str, position: int, shift: int = 0) -> float:
+    mixed = (zlib.crc32(token.encode()) ^ (position * 2654435761)) + shift
+    return -round(0.001 + (mixed % 3000) / 1000, 4)
 
 
 def _alternative(token: str, j: int) -> str:
     return " " + VOCAB[(zlib.crc32(token.encode()) + j) % len(VOCAB)]
 
 
-def chat_logprobs(tokens: list[str], top: int) -> dict[str, Any]:
-    """The chat ``logprobs`` object of a choice, with ``top`` alternatives per token."""
+def chat_logprobs(tokens: list[str], top: int, shift: int = 0) -> dict[str, Any]:
+    """The chat ``logprobs`` object of a choice, with ``top`` alternatives per token; ``shift``
+    (a LoRA adapter's) moves every log-probability."""
     content = []
     for i, tok in enumerate(tokens):
-        lp = _logprob(tok, i)
+        lp = _logprob(tok, i, shift)
         alts = []
         if top:
             alts.append({"token": tok, "logprob": lp, "bytes": list(tok.encode())})
@@ -247,9 +268,10 @@ def chat_logprobs(tokens: list[str], top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def completion_logprobs(tokens: list[str], top: int, offset: int) -> dict[str, Any]:
-    """The completions ``logprobs`` object of a choice whose text starts at ``offset``."""
-    lps = [_logprob(tok, i) for i, tok in enumerate(tokens)]
+def completion_logprobs(tokens: list[str], top: int, offset: int, shift: int = 0) -> dict[str, Any]:
+    """The completions ``logprobs`` object of a choice whose text starts at ``offset``;
+    ``shift`` (a LoRA adapter's) moves every log-probability."""
+    lps = [_logprob(tok, i, shift) for i, tok in enumerate(tokens)]
     offsets = []
     for tok in tokens:
         offsets.append(offset)

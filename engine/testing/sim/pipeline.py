@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
 import orjson
 from aiohttp import web
 
+from .adapters import SimAdapter
 from .config import SimConfig, SimCounters
 from .faults import EARLY_FAULTS, FaultInjector
 from .limits import RateLimits
@@ -32,14 +33,23 @@ class GenerationPipeline:
     """Answers generation requests as configured, counting them in ``stats``.
 
     One seeded RNG draws the faults and the latencies; the request number (from 1) feeds the
-    fake model. :meth:`close` answers requests that hang on a ``timeout`` fault.
+    fake model. :meth:`close` answers requests that hang on a ``timeout`` fault. A request
+    whose ``model`` is in ``adapters`` (the server's loaded LoRA adapters, read live) is
+    answered by that adapter.
 
     Attributes:
         config: the current settings (replace with :meth:`configure`).
     """
 
-    def __init__(self, config: SimConfig, stats: SimCounters, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        stats: SimCounters,
+        clock: Callable[[], float],
+        adapters: Mapping[str, SimAdapter] | None = None,
+    ) -> None:
         self.config = config
+        self._adapters: Mapping[str, SimAdapter] = {} if adapters is None else adapters
         self._stats = stats
         self._clock = clock
         self._rng = random.Random(config.seed)
@@ -88,6 +98,12 @@ class GenerationPipeline:
         parsed = await self._parse(request, endpoint)
         if isinstance(parsed, web.Response):
             return parsed
+        adapter = self._adapters.get(parsed.model)
+        if adapter is None and self.config.strict_models and parsed.model not in self.config.models:
+            return error_response(
+                404, f"The model `{parsed.model}` does not exist.", type_="NotFoundError",
+                param="model", code=404,
+            )  # fmt: skip
         n_out = parsed.n if self.config.honor_n else 1
         prompt_tokens = sum(len(text) // 4 + 1 for text in parsed.prompts)
         cost = prompt_tokens + len(parsed.prompts) * n_out * parsed.max_tokens
@@ -102,7 +118,9 @@ class GenerationPipeline:
                 return self._faults.early_response(fault)
             if fault == "short_n":
                 n_out //= 2
-        return await self._answer(request, parsed, fault, n_out, prompt_tokens, limit_headers)
+        return await self._answer(
+            request, parsed, fault, n_out, prompt_tokens, limit_headers, adapter
+        )
 
     async def _parse(
         self, request: web.Request, endpoint: Endpoint
@@ -126,6 +144,7 @@ class GenerationPipeline:
         n_out: int,
         prompt_tokens: int,
         limit_headers: dict[str, str],
+        adapter: SimAdapter | None,
     ) -> web.StreamResponse | None:
         """Run the model, wait the latency (or hang), then send the payload or the late fault."""
         self._requests += 1
@@ -134,7 +153,7 @@ class GenerationPipeline:
         # error_200 alternates: an error body (even turns), choices that finished in error (odd)
         error_choices = fault == "error_200" and self._faults.turn(fault) % 2 == 1
         try:
-            payload = self._payload(parsed, n_out, prompt_tokens, error_choices)
+            payload = self._payload(parsed, n_out, prompt_tokens, error_choices, adapter)
         except Exception as e:  # a plugged model or judge failed: a 500 like a real server's
             self._stats.model_errors += 1
             return error_response(500, f"model error: {e!r}", type_="server_error")
@@ -153,7 +172,12 @@ class GenerationPipeline:
         return web.Response(body=body, headers={**JSON_HEADERS, **limit_headers})
 
     def _payload(
-        self, parsed: ParsedRequest, n_out: int, prompt_tokens: int, error_choices: bool
+        self,
+        parsed: ParsedRequest,
+        n_out: int,
+        prompt_tokens: int,
+        error_choices: bool,
+        adapter: SimAdapter | None,
     ) -> Payload:
         config = self.config
         fn = (config.judge or default_judge) if parsed.is_judge else config.model
@@ -165,6 +189,7 @@ class GenerationPipeline:
             server_seed=config.seed,
             number=self._requests,
             error_choices=error_choices,
+            adapter=adapter,
         )
 
     async def _serve_latency(self, longest: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from .adapters import SimAdapter
 from .config import ModelFn, SimRequest
 from .model import (
     chat_logprobs,
@@ -98,18 +99,22 @@ def build_payload(
     server_seed: int,
     number: int,
     error_choices: bool,
+    adapter: SimAdapter | None = None,
 ) -> Payload:
     """The 200 payload of request number ``number``: ``n_out`` choices per prompt from ``fn``
-    (None: the default model), or choices that finished in error when ``error_choices``."""
+    (None: the default model), or choices that finished in error when ``error_choices``;
+    ``adapter`` (the LoRA adapter the request names) salts the words and shifts the
+    log-probabilities."""
     chat = p.endpoint == "chat"
     choices: list[dict[str, Any]] = []
     lengths: list[int] = []
     for pi, prompt in enumerate(p.prompts):
         for j in range(n_out):
-            tokens, reason = _choice_tokens(p, fn, prompt, j, n_out, server_seed, number)
+            tokens, reason = _choice_tokens(p, fn, prompt, j, n_out, server_seed, number, adapter)
             if error_choices:
                 tokens, reason = [], "error"
-            choices.append(_choice(p, prompt, tokens, reason, pi * n_out + j, error_choices))
+            index = pi * n_out + j
+            choices.append(_choice(p, prompt, tokens, reason, index, error_choices, adapter))
             lengths.append(len(tokens))
     completion_tokens = sum(lengths)
     body: dict[str, Any] = {
@@ -140,16 +145,18 @@ def _choice_tokens(
     n_out: int,
     server_seed: int,
     number: int,
+    adapter: SimAdapter | None,
 ) -> tuple[list[str], str]:
     """One choice's tokens and finish reason."""
     if fn is not None:
         req = SimRequest(
             p.endpoint, p.model, prompt, p.messages, index, n_out, p.max_tokens,
-            p.temperature, p.seed, p.stop, server_seed, number, p.is_judge, p.body,
+            p.temperature, p.seed, p.stop, server_seed, number, p.is_judge, p.body, adapter,
         )  # fmt: skip
         return finish(fn(req), p.stop, p.max_tokens)
     # the default model without building a SimRequest: the fast path
-    tokens = default_tokens(prompt, p.temperature, p.seed, server_seed, number, index)
+    salt = adapter.digest if adapter is not None else b""
+    tokens = default_tokens(prompt, p.temperature, p.seed, server_seed, number, index, salt)
     if p.stop:
         return finish("".join(tokens), p.stop, p.max_tokens)
     if len(tokens) > p.max_tokens:
@@ -158,22 +165,29 @@ def _choice_tokens(
 
 
 def _choice(
-    p: ParsedRequest, prompt: str, tokens: list[str], reason: str, index: int, error: bool
+    p: ParsedRequest,
+    prompt: str,
+    tokens: list[str],
+    reason: str,
+    index: int,
+    error: bool,
+    adapter: SimAdapter | None,
 ) -> dict[str, Any]:
     """One choice object; ``error`` adds the error field of a choice that failed upstream."""
     text = "".join(tokens)
+    shift = adapter.logprob_shift if adapter is not None else 0
     choice: dict[str, Any] = {"index": index}
     if p.endpoint == "chat":
         choice["message"] = {"role": "assistant", "content": text}
         choice["logprobs"] = (
-            None if p.top_logprobs is None else chat_logprobs(tokens, p.top_logprobs)
+            None if p.top_logprobs is None else chat_logprobs(tokens, p.top_logprobs, shift)
         )
     else:
         choice["text"] = text
         choice["logprobs"] = (
             None
             if p.top_logprobs is None
-            else completion_logprobs(tokens, p.top_logprobs, len(prompt))
+            else completion_logprobs(tokens, p.top_logprobs, len(prompt), shift)
         )
     choice["finish_reason"] = reason
     if error:

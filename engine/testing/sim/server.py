@@ -11,7 +11,9 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from .adapters import SimAdapter
 from .config import Faults, SimConfig, SimCounters, SimStatistics
+from .lora import AdapterRegistry, parse_json, route_missing
 from .pipeline import GenerationPipeline
 from .requests import Endpoint
 from .responses import JSON_HEADERS, unauthorized
@@ -51,7 +53,8 @@ class SimServer:
         self.port = port
         self.counters = SimCounters()
         self._clock = clock
-        self._pipeline = GenerationPipeline(config, self.counters, clock)
+        self._lora = AdapterRegistry()
+        self._pipeline = GenerationPipeline(config, self.counters, clock, self._lora.loaded)
         self._peers: set[object] = set()  # peer addresses seen, for counters.connections
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -74,6 +77,8 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         app.router.add_get("/health", self._health)
         app.router.add_get("/sim/stats", self._stats)
         runner = web.AppRunner(
@@ -125,6 +130,11 @@ class SimServer:
         """Set the fault rates: a whole :class:`Faults`, or keyword rates (others become 0)."""
         self.reconfigure(faults=faults if faults is not None else Faults(**rates))
 
+    @property
+    def adapters(self) -> dict[str, SimAdapter]:
+        """The loaded LoRA adapters by name, in load order (a copy)."""
+        return dict(self._lora.loaded)
+
     def statistics(self) -> SimStatistics:
         """A frozen copy of the counters with the busy-time integrals brought up to now."""
         self.counters.integrate(self._clock())
@@ -166,8 +176,27 @@ class SimServer:
             {"id": m, "object": "model", "created": self._created, "owned_by": "sim"}
             for m in self.config.models
         ]
+        data += self._lora.cards()
         body = orjson.dumps({"object": "list", "data": data})
         return self._respond(web.Response(body=body, headers=JSON_HEADERS))
+
+    async def _load_lora(self, request: web.Request) -> web.StreamResponse:
+        self._count(request)
+        if not self._authorized(request):
+            return self._respond(unauthorized())
+        if not self.config.runtime_lora:
+            return self._respond(route_missing())
+        body = parse_json(await request.read())
+        return self._respond(await self._lora.load(body, self.config))
+
+    async def _unload_lora(self, request: web.Request) -> web.StreamResponse:
+        self._count(request)
+        if not self._authorized(request):
+            return self._respond(unauthorized())
+        if not self.config.runtime_lora:
+            return self._respond(route_missing())
+        body = parse_json(await request.read())
+        return self._respond(await self._lora.unload(body))
 
     async def _stats(self, request: web.Request) -> web.Response:
         body = orjson.dumps(self.statistics().as_dict())
