@@ -47,6 +47,7 @@ class CallContext:
         session: the client's aiohttp session.
         url: where requests are posted; ``path`` is its path, shown in events and errors.
         key: the endpoint ``(base_url, mode, model)`` whose ``n`` behaviour is remembered.
+        model: the model named in the requests (recorded in events).
         kind, group_id, sample_index, policy_version: identity recorded in events.
         est_prompt: estimated prompt tokens; ``max_tokens``: completion tokens per choice.
         prompt_chars: the prompt's length, recorded instead of its text.
@@ -59,6 +60,7 @@ class CallContext:
     url: URL
     path: str
     key: EndpointKey
+    model: str
     kind: str
     group_id: str | None
     sample_index: int | None
@@ -75,11 +77,10 @@ class CallContext:
 class AttemptEvents:
     """Emits one event per request attempt; does nothing without an event log."""
 
-    __slots__ = ("_events", "_model", "_redact")
+    __slots__ = ("_events", "_redact")
 
-    def __init__(self, events: EventLog | None, model: str, redact: Redactor) -> None:
+    def __init__(self, events: EventLog | None, redact: Redactor) -> None:
         self._events = events
-        self._model = model
         self._redact = redact
 
     def success(
@@ -134,7 +135,7 @@ class AttemptEvents:
         ev.emit(
             kind=ctx.kind,
             endpoint=ctx.path,
-            model=self._model,
+            model=ctx.model,
             group_id=ctx.group_id,
             sample_index=ctx.sample_index,
             policy_version=ctx.policy_version,

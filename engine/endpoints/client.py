@@ -160,7 +160,7 @@ class Client:
         self._redact = Redactor(key)
         self._retry = retry or RetryConfig()
         self._limiter, self._owned_limiter, self._pool_size = _limiter_for(limits, self._retry)
-        self._events = AttemptEvents(events, self._resolved.model, self._redact)
+        self._events = AttemptEvents(events, self._redact)
         self._clock = clock or time.monotonic
         self._runner = AttemptRunner(
             self._limiter, endpoint.timeout, self._clock, self._redact, self._events
@@ -259,6 +259,7 @@ class Client:
         response_format: Mapping[str, Any] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         deadline: float | None = None,
+        model: str | None = None,
     ) -> Completion:
         """Sample ``n`` completions of ``prompt``: a :class:`Completion` of exactly ``n`` choices.
 
@@ -274,6 +275,8 @@ class Client:
             extra_body: merged into the request body last (e.g. vLLM's ``return_token_ids``).
             deadline: seconds for the whole call, queueing and retries included; None uses
                 ``EndpointConfig.deadline``.
+            model: the model to name in the request (e.g. a LoRA adapter a server loaded);
+                None uses the endpoint's. Events record the model named.
 
         Raises:
             EndpointError: a subclass saying why, with status, attempt and endpoint.
@@ -287,11 +290,12 @@ class Client:
         mode = mode or self._endpoint.mode
         t0 = self._clock()
         max_tokens = self._endpoint.max_tokens if max_tokens is None else max_tokens
-        body = build_body(self._endpoint, self._resolved.model, prompt, mode, max_tokens=max_tokens,
+        model = model or self._resolved.model
+        body = build_body(self._endpoint, model, prompt, mode, max_tokens=max_tokens,
                           temperature=temperature, logprobs=logprobs, stop=stop,
                           response_format=response_format, extra_body=extra_body)  # fmt: skip
-        ctx = self._call_context(transport, prompt, mode, max_tokens, t0, deadline, kind=kind,
-                                 group_id=group_id, sample_index=sample_index,
+        ctx = self._call_context(transport, prompt, mode, model, max_tokens, t0, deadline,
+                                 kind=kind, group_id=group_id, sample_index=sample_index,
                                  policy_version=policy_version)  # fmt: skip
         self._calls += 1
         try:
@@ -306,6 +310,7 @@ class Client:
         transport: Transport,
         prompt: Prompt,
         mode: Literal["chat", "completions"],
+        model: str,
         max_tokens: int,
         t0: float,
         deadline: float | None,
@@ -325,7 +330,8 @@ class Client:
             session=transport.session,
             url=url,
             path=path,
-            key=(self._resolved.base_url, mode, self._resolved.model),
+            key=(self._resolved.base_url, mode, model),
+            model=model,
             kind=kind,
             group_id=group_id,
             sample_index=sample_index,

@@ -126,6 +126,19 @@ async def test_chat_request_shape_and_headers(server: Scripted) -> None:
     }
 
 
+async def test_a_call_may_name_another_model(server: Scripted, tmp_path: Path) -> None:
+    """``model=`` names another model (a served LoRA adapter) in the request and its events;
+    the next call names the endpoint's model again."""
+    events = EventLog(tmp_path / "events.jsonl")
+    client, _, _ = make_client(server.base_url, events=events)
+    async with client:
+        await client.complete("hi", model="run-v3")
+        await client.complete("hi")
+    events.close()
+    assert [orjson.loads(raw)["model"] for _, _, raw in server.requests] == ["run-v3", "m"]
+    assert [ev["model"] for ev in read_records(tmp_path / "events.jsonl")] == ["run-v3", "m"]
+
+
 async def test_completions_request_shape(server: Scripted) -> None:
     """Completions mode posts a prompt string, and logprobs as a number."""
     client, _, _ = make_client(server.base_url)

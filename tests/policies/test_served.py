@@ -75,7 +75,7 @@ async def test_loaded_adapters_follow_the_learners_snapshots(
                 await learner.snapshot_at(v)  # the learner serves this snapshot...
                 model = served.model_for(v)  # ...and the server its adapter
                 assert model == (BASE if v == 0 else f"run-v{v}")
-                out = await client.complete("hi", temperature=0, extra_body={"model": model})
+                out = await client.complete("hi", temperature=0, model=model)
                 assert out.model == model
                 await learner.update(ScoredBatch(step=k, groups=[]))
                 await served.publish(learner.version, step=k)
@@ -118,9 +118,7 @@ async def test_versions_answer_differently(tmp_path: Path) -> None:
         async with Client(endpoint) as client:
             texts = set()
             for v in (0, 1, 2):
-                out = await client.complete(
-                    "hi", temperature=0, extra_body={"model": served.model_for(v)}
-                )
+                out = await client.complete("hi", temperature=0, model=served.model_for(v))
                 texts.add((out.choices[0].text, tuple(out.choices[0].logprobs or ())))
             await served.publish(3)
             with pytest.raises(RuntimeError, match="version 1 is not served"):
