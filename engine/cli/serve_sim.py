@@ -56,6 +56,19 @@ def _build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-concurrency-served", type=int, default=None)
     ap.add_argument("--keepalive-timeout", type=float, default=5.0)
     ap.add_argument("--api-key", default=None)
+    ap.add_argument(
+        "--strict-models",
+        action="store_true",
+        help="404 (as vLLM does) for a request naming neither a served model nor a loaded adapter",
+    )
+    ap.add_argument(
+        "--no-runtime-lora",
+        dest="runtime_lora",
+        action="store_false",
+        default=True,
+        help="no /v1/load_lora_adapter routes (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
+    )
+    ap.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank loaded")
     return ap
 
 
@@ -85,6 +98,9 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
         max_concurrency_served=args.max_concurrency_served,
         api_key=args.api_key,
         keepalive_timeout=args.keepalive_timeout,
+        strict_models=args.strict_models,
+        runtime_lora=args.runtime_lora,
+        max_lora_rank=args.max_lora_rank,
     )
 
 

@@ -10,7 +10,8 @@ import sys
 import aiohttp
 import orjson
 
-from engine.cli.serve_sim import main
+from engine.cli.serve_sim import _build_parser, _config_from_args, main
+from engine.testing.sim import SimConfig
 from tests.testing.sim_http import CHAT, post
 
 
@@ -51,3 +52,19 @@ async def test_cli_serves_and_exits_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_cli_lora_options_reach_the_config() -> None:
+    """--strict-models, --no-runtime-lora and --max-lora-rank set the simulator's LoRA config;
+    the defaults match SimConfig's."""
+    default = _config_from_args(_build_parser().parse_args([]))
+    assert (default.strict_models, default.runtime_lora, default.max_lora_rank) == (
+        SimConfig().strict_models,
+        SimConfig().runtime_lora,
+        SimConfig().max_lora_rank,
+    )
+    args = _build_parser().parse_args(
+        ["--strict-models", "--no-runtime-lora", "--max-lora-rank", "64"]
+    )
+    config = _config_from_args(args)
+    assert (config.strict_models, config.runtime_lora, config.max_lora_rank) == (True, False, 64)
