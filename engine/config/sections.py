@@ -109,8 +109,7 @@ class TinyLMConfig:
 
 @dataclass(frozen=True, slots=True)
 class HFConfig:
-    """An open-weight transformers model trained in-process by token-level GRPO (``policy =
-    "hf"``; needs ``pip install 'grpo-engine[torch]'``)."""
+    """An open-weight model trained in-process (policy = "hf"; pip install 'grpo-engine[torch]')."""
 
     model: str = "gemma3-270m"
     """A transformers model directory, a .gguf file (converted once and cached under

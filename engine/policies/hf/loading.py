@@ -6,7 +6,7 @@ key and what was wrong (a missing path, an architecture transformers cannot load
 module the model does not have), raised before any training step.
 
 The GGUF cache: ``$GRPO_ENGINE_CACHE/models`` (default ``~/.cache/grpo-engine/models``) holds
-one directory per GGUF file, named after the file and keyed by its size and mtime, so a changed
+one directory per GGUF file, named after the file and keyed by a hash of its bytes, so a changed
 file converts again. It is written into a temporary sibling and renamed into place, so a
 crashed conversion leaves nothing a later load would trust. transformers refuses to
 ``save_pretrained`` a model it dequantized from GGUF, so the conversion rebuilds the model from
@@ -15,6 +15,7 @@ its config (on the meta device, no second allocation) and assigns the dequantize
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -115,9 +116,14 @@ def _source_path(spec: str) -> Path:
 
 
 def converted_dir(gguf: Path) -> Path:
-    """The cache directory of ``gguf``'s conversion, keyed by its size and mtime."""
-    st = gguf.stat()
-    return cache_root() / f"{gguf.stem}-{st.st_size}-{st.st_mtime_ns}"
+    """The cache directory of ``gguf``'s conversion, keyed by a SHA-256 of its bytes (about a
+    second for Gemma 3 270M's 253 MB), so a file assembled again converts no second time and
+    a changed one converts anew."""
+    h = hashlib.sha256()
+    with gguf.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return cache_root() / f"{gguf.stem}-{h.hexdigest()[:16]}"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

@@ -439,6 +439,18 @@ class HFPolicy(Policy):
             return lp, None
         return lp, -(logp_all.exp() * logp_all).sum(-1).to(torch.float64)
 
+    def completion_logprobs(self, rollouts: Sequence[Rollout]) -> list[np.ndarray]:
+        """The current (trained) policy's log-probabilities of each rollout's completion
+        tokens, at ``hf.temperature``; blocking (call it from a worker thread)."""
+        seqs = self._sequences(rollouts, np.zeros(len(rollouts)), GRPOConfig())
+        out: list[np.ndarray] = []
+        with self._lock, torch.no_grad():
+            for mb in self._micro_batches(seqs):
+                batch = self._batch_tensors(mb)
+                lp, _ = self._token_logp(self.model, batch, entropy=False)
+                out += [lp[i, : len(s.completion)].cpu().numpy() for i, s in enumerate(mb)]
+        return out
+
     def _reference(self) -> Any:
         if self._ref_model is not None:
             return nullcontext(self._ref_model)

@@ -171,3 +171,26 @@ def test_a_model_directory_loads(tmp_path: Path) -> None:
     d = save_tiny(tmp_path / "tiny")
     policy = HFPolicy.from_config(HFConfig(model=str(d), max_new_tokens=4), seed=0)
     assert policy.source == str(d) and policy.trainable_arrays()
+
+
+def test_a_gguf_conversion_is_cached_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache key follows the file's bytes; a cached conversion is reused, not redone."""
+    from engine.policies.hf import loading
+
+    monkeypatch.setenv("GRPO_ENGINE_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a.gguf", tmp_path / "b" / "a.gguf"
+    b.parent.mkdir()
+    a.write_bytes(b"GGUF one")
+    b.write_bytes(b"GGUF one")
+    assert loading.converted_dir(a) == loading.converted_dir(b)
+    assert loading.converted_dir(a).parent == tmp_path / "cache" / "models"
+    b.write_bytes(b"GGUF two")
+    assert loading.converted_dir(a) != loading.converted_dir(b)
+    calls: list[Path] = []
+    monkeypatch.setattr(loading, "_convert_gguf", lambda src, dst: calls.append(dst))
+    target = loading.converted_dir(a)
+    assert loading._directory(str(a)) == target and calls == [target]
+    save_tiny(target)  # as a finished conversion leaves it
+    assert loading._directory(str(a)) == target and calls == [target]  # not converted again
