@@ -101,3 +101,18 @@ async def test_three_grpo_steps_move_the_adapter(gemma: HFPolicy, tmp_path: Path
     end = gemma.trainable_arrays()
     assert any(not np.array_equal(start[k], end[k]) for k in start)
     print("step_time", [round(r["step_time"], 1) for r in rows])
+
+
+@pytest.mark.slow
+async def test_example_config_raises_heldout_accuracy(tmp_path: Path) -> None:
+    """examples/hf_sentiment.toml as it is (its own freshly loaded base model): held-out
+    greedy accuracy before and after training (python -m pytest -m slow -s)."""
+    config = load_config(EXAMPLE_CONFIG, [f"out='{tmp_path}'"])
+    async with TrainingManager(config, out=tmp_path) as tm:
+        summary = await tm.run()
+    print(
+        f"hf_sentiment: steps {summary.steps_done}, wall {summary.wall_time:.0f} s, "
+        f"held-out accuracy {summary.eval_before} -> {summary.eval_after}"
+    )
+    assert summary.eval_before is not None and summary.eval_after is not None
+    assert summary.eval_after > summary.eval_before
