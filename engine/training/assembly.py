@@ -41,6 +41,7 @@ __all__ = (
     "build_rewarder",
     "finetune_rewarder",
     "make_client",
+    "needs_endpoint",
     "open_clients",
     "rewarder_from_config",
     "task_rewarder",
@@ -71,6 +72,14 @@ def make_client(
     """
     endpoint = (config.judge or config.endpoint) if judge else config.endpoint
     return Client(endpoint, limits=config.limits, retry=config.retry, events=events)
+
+
+def needs_endpoint(config: RunConfig) -> bool:
+    """Whether a run of ``config`` talks to an endpoint: the prompt policy generates through
+    one; the hf policy only when an LLM judge scores its rollouts; tinylm never."""
+    if config.policy == "prompt":
+        return True
+    return config.policy == "hf" and bool(config.reward.judge_prompt.strip())
 
 
 async def open_clients(
