@@ -278,7 +278,7 @@ class HFPolicy(Policy):
             do_sample=not greedy,
             temperature=1.0 if greedy else self.hf.temperature,
             top_p=1.0 if greedy else self.hf.top_p,
-            top_k=0,
+            top_k=50 if greedy else 0,  # greedy ignores it; 50, the default, draws no warning
             pad_token_id=pad if pad is not None else min(eos),
             eos_token_id=sorted(eos),
             return_dict_in_generate=True,
