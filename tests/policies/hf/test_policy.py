@@ -194,3 +194,20 @@ def test_a_gguf_conversion_is_cached_by_content(
     assert loading._directory(str(a)) == target and calls == [target]
     save_tiny(target)  # as a finished conversion leaves it
     assert loading._directory(str(a)) == target and calls == [target]  # not converted again
+
+
+async def test_full_finetuning_trains_every_weight_and_snapshots_still_hold() -> None:
+    policy = tiny_policy(full_finetune=True)
+    names = set(policy.trainable_arrays())
+    assert names == {n for n, _ in policy.model.named_parameters()}
+    snap0 = policy.snapshot(0)
+    before = await policy.generate(snap0, EXAMPLE, 3, np.random.default_rng(4))
+    policy.configure_optimizer(OptimConfig(lr=0.05))
+    rollouts = await _rollouts(policy)
+    metrics = policy.update(rollouts, np.array([1.0, -1.0, 1, -1]), grpo=GRPOConfig(), lr=0.05)
+    assert math.isfinite(metrics["kl"]) and metrics["update_norm"] > 0
+    again = await policy.generate(snap0, EXAMPLE, 3, np.random.default_rng(4))
+    for a, b in zip(before, again, strict=True):
+        np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    live = policy.trainable_arrays()
+    assert any(not np.array_equal(live[n], snap0.params[n]) for n in names)
