@@ -42,7 +42,7 @@ from ..policies.base import Policy, PolicySnapshot
 from ..rollout.evaluate import EvalResult, evaluate_policy, jsonable
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
-from ..training.assembly import build_components, open_clients
+from ..training.assembly import build_components, needs_endpoint, open_clients
 from ..types import Example
 
 __all__ = ("add_eval_parser", "eval_command")
@@ -169,7 +169,7 @@ async def _evaluate(
     checkpoint's state into the policy when one was given, and evaluate it."""
     async with AsyncExitStack() as stack:
         client = judge_client = None
-        if config.policy != "tinylm":
+        if needs_endpoint(config):
             client, judge_client = await open_clients(config, stack, events)
         policy, rewarder, _ = build_components(config, client=client, judge_client=judge_client)
         if rewarder is None:

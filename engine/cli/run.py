@@ -23,7 +23,7 @@ from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
-from ..training.assembly import build_components, open_clients
+from ..training.assembly import build_components, needs_endpoint, open_clients
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
 __all__ = ("add_config_args", "add_run_parser", "run_command")
@@ -135,7 +135,7 @@ async def run_command(args: argparse.Namespace) -> int:
     progress = _Progress(config.steps, quiet=args.quiet)
     signals_seen: list[int] = []
     async with contextlib.AsyncExitStack() as stack:
-        parts = await _endpoint_parts(config, stack) if config.policy != "tinylm" else {}
+        parts = await _endpoint_parts(config, stack) if needs_endpoint(config) else {}
         trainer = await stack.enter_async_context(
             TrainingManager(
                 config, on_batch_complete=progress, export_groups=args.export_groups, **parts

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import tomllib
 import types
@@ -23,7 +24,10 @@ from ..errors import ConfigError
 from .reference import type_name
 from .sections import RunConfig
 
-__all__ = ("load_config", "to_dict")
+__all__ = ("TORCH_MODULES", "load_config", "to_dict")
+
+TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
+"""What ``policy = "hf"`` imports: the ``grpo-engine[torch]`` extra."""
 
 T = TypeVar("T")
 
@@ -56,6 +60,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "tinylm.hidden": (1, None, False),
     "tinylm.temperature": (0.0, None, True),
     "tinylm.init_scale": (0.0, None, True),
+    "hf.lora_rank": (1, None, False),
+    "hf.lora_alpha": (0.0, None, True),
+    "hf.lora_dropout": (0.0, 0.99, False),
+    "hf.micro_batch_tokens": (1, None, False),
+    "hf.max_new_tokens": (1, None, False),
+    "hf.temperature": (0.0, None, True),
+    "hf.top_p": (0.0, 1.0, True),
     "endpoint.max_tokens": (1, None, False),
     "endpoint.temperature": (0.0, None, False),
     "endpoint.top_p": (0.0, 1.0, True),
@@ -289,6 +300,7 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             path=path,
             key="optim.warmup_steps",
         )
+    _check_hf(config, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):
         raise ConfigError(
@@ -296,6 +308,30 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             path=path,
             key="reward.weights",
         )
+
+
+def _check_hf(config: RunConfig, path: str | None) -> None:
+    """The ``[hf]`` rules: a model, target modules unless full fine-tuning, a template with
+    ``{text}``, and torch installed when the run uses the section."""
+    hf = config.hf
+    if not hf.model.strip():
+        raise ConfigError("hf.model is empty", path=path, key="hf.model")
+    if not hf.full_finetune and not hf.target_modules:
+        raise ConfigError(
+            "LoRA needs target modules (or hf.full_finetune = true)",
+            path=path,
+            key="hf.target_modules",
+        )
+    if "{text}" not in hf.prompt_template:
+        raise ConfigError("must contain {text}", path=path, key="hf.prompt_template")
+    if config.policy == "hf":
+        missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"policy 'hf' needs {', '.join(missing)}: pip install 'grpo-engine[torch]'",
+                path=path,
+                key="policy",
+            )
 
 
 def _plain(value: object) -> Any:

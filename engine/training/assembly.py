@@ -23,6 +23,7 @@ from ..data import datasets, tasks
 from ..endpoints.client import Client
 from ..errors import ConfigError
 from ..policies.base import Policy
+from ..policies.hf import build_hf_policy
 from ..policies.prompt import PromptPolicy
 from ..policies.tinylm import TinyLM
 from ..rewards.functions import REWARD_FUNCTIONS, resolve_reward_fn
@@ -40,6 +41,7 @@ __all__ = (
     "build_rewarder",
     "finetune_rewarder",
     "make_client",
+    "needs_endpoint",
     "open_clients",
     "rewarder_from_config",
     "task_rewarder",
@@ -70,6 +72,14 @@ def make_client(
     """
     endpoint = (config.judge or config.endpoint) if judge else config.endpoint
     return Client(endpoint, limits=config.limits, retry=config.retry, events=events)
+
+
+def needs_endpoint(config: RunConfig) -> bool:
+    """Whether a run of ``config`` talks to an endpoint: the prompt policy generates through
+    one; the hf policy only when an LLM judge scores its rollouts; tinylm never."""
+    if config.policy == "prompt":
+        return True
+    return config.policy == "hf" and bool(config.reward.judge_prompt.strip())
 
 
 async def open_clients(
@@ -257,6 +267,8 @@ def build_components(
         return _tinylm_components(config, policy)
     if config.policy == "prompt":
         return _prompt_components(config, policy, client, judge_client or client)
+    if config.policy == "hf":
+        return _hf_components(config, policy, judge_client or client)
     if policy is None:
         raise ConfigError(
             f"policy {config.policy!r} needs an endpoint client: use engine.finetune()",
@@ -274,6 +286,20 @@ def _tinylm_components(
     if not config.data.train:
         examples = tasks.make_examples(config.tinylm, config.data.num_examples, config.seed)
     return policy, task_rewarder(config), examples
+
+
+def _hf_components(
+    config: RunConfig, policy: Policy | None, judge_client: Client | None
+) -> tuple[Policy, Rewarder | None, list[Example] | None]:
+    """The open-weight model of ``[hf]`` (loaded here: a GGUF is converted once and cached),
+    the ``[reward]`` rewarder (default ``exact_match``; None while its judge has no client),
+    and the built-in sentiment examples unless ``data.train``."""
+    examples = None if config.data.train else datasets.load("sentiment")
+    policy = policy or build_hf_policy(config.hf, seed=config.seed)
+    reward = None
+    if judge_client is not None or not config.reward.judge_prompt.strip():
+        reward = build_rewarder(config, judge_client=judge_client)
+    return policy, reward, examples
 
 
 def _prompt_components(

@@ -1,0 +1,118 @@
+"""The hf policy on Gemma 3 270M on CPU, generating in-process: GRPO steps through the
+TrainingManager, and a policy-improvement check on a fixed scored batch.
+
+One model is loaded for the module (the GGUF converted once into the cache of
+:func:`engine.policies.hf.loading.cache_root`: ~2 minutes the first time on 2 cores, seconds
+after). Skipped only where torch is not installed; ``.ci/run`` installs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio.to_thread
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from engine.config.loading import load_config
+from engine.config.sections import GRPOConfig, OptimConfig
+from engine.policies.hf.policy import HFPolicy
+from engine.rewards.functions import exact_match
+from engine.telemetry.records import read_records
+from engine.training.trainer import TrainingManager
+from engine.types import Example, Rollout
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "hf_sentiment.toml"
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Iterator[HFPolicy]:
+    config = load_config(EXAMPLE_CONFIG)
+    yield HFPolicy.from_config(config.hf, seed=0)
+
+
+async def _scored_batch(policy: HFPolicy) -> tuple[list[Rollout], np.ndarray]:
+    """8 sampled completions of each of four reviews, scored by exact_match against the
+    label, with group-relative advantages; groups with one reward throughout are left out."""
+    reviews = [("Everything about this stay was dreadful.", "negative"),
+               ("Smooth flight, friendly crew and tasty food.", "positive"),
+               ("Our guide was late and the tour was a mess.", "negative"),
+               ("The cleaner did a fantastic job, the house sparkles.", "positive")]  # fmt: skip
+    snap = policy.snapshot(0)
+    rng = np.random.default_rng(0)
+    rollouts: list[Rollout] = []
+    adv: list[float] = []
+    for j, (text, label) in enumerate(reviews):
+        example = Example(f"r{j}", text, target=label)
+        samples = await policy.generate(snap, example, 8, rng)
+        rewards = np.array([exact_match(example, s.text) for s in samples])
+        if rewards.std() == 0:
+            continue
+        a = (rewards - rewards.mean()) / rewards.std()
+        rollouts += [
+            Rollout(f"0-{j}", i, 0, s, reward=r)
+            for i, (s, r) in enumerate(zip(samples, rewards, strict=True))
+        ]
+        adv += a.tolist()
+    return rollouts, np.array(adv)
+
+
+async def test_one_update_raises_the_good_completions_and_lowers_the_bad(gemma: HFPolicy) -> None:
+    rollouts, adv = await _scored_batch(gemma)
+    assert (adv > 0).any() and (adv < 0).any()
+    before = await anyio.to_thread.run_sync(gemma.completion_logprobs, rollouts)
+    gemma.configure_optimizer(OptimConfig(lr=1e-4))
+    metrics = await anyio.to_thread.run_sync(
+        functools.partial(gemma.update, rollouts, adv, grpo=GRPOConfig(beta=0.01), lr=1e-4)
+    )
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    after = await anyio.to_thread.run_sync(gemma.completion_logprobs, rollouts)
+
+    def mean(lps: list[np.ndarray], sign: float) -> float:
+        return float(np.mean([lp.mean() for lp, a in zip(lps, adv, strict=True) if a * sign > 0]))
+
+    print("mean logp +:", mean(before, 1), "->", mean(after, 1))
+    print("mean logp -:", mean(before, -1), "->", mean(after, -1))
+    assert mean(after, +1) > mean(before, +1)
+    assert mean(after, -1) < mean(before, -1)
+
+
+async def test_three_grpo_steps_move_the_adapter(gemma: HFPolicy, tmp_path: Path) -> None:
+    config = load_config(
+        EXAMPLE_CONFIG,
+        ["steps=3", "trainer.eval_every=0", "trainer.checkpoint_every=0", "optim.lr=0.001"],
+    )
+    start = gemma.trainable_arrays()
+    async with TrainingManager(config, policy=gemma, out=tmp_path) as tm:
+        summary = await tm.run()
+    assert summary.steps_done == 3
+    rows = list(read_records(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        for key in ("reward", "policy_loss", "kl", "entropy", "clip_ratio", "grad_norm"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (r["step"], key, r[key])
+        assert r["tokens/completion"] > 0
+    end = gemma.trainable_arrays()
+    assert any(not np.array_equal(start[k], end[k]) for k in start)
+    print("step_time", [round(r["step_time"], 1) for r in rows])
+
+
+@pytest.mark.slow
+async def test_example_config_raises_heldout_accuracy(tmp_path: Path) -> None:
+    """examples/hf_sentiment.toml as it is (its own freshly loaded base model): held-out
+    greedy accuracy before and after training (python -m pytest -m slow -s)."""
+    config = load_config(EXAMPLE_CONFIG, [f"out='{tmp_path}'"])
+    async with TrainingManager(config, out=tmp_path) as tm:
+        summary = await tm.run()
+    print(
+        f"hf_sentiment: steps {summary.steps_done}, wall {summary.wall_time:.0f} s, "
+        f"held-out accuracy {summary.eval_before} -> {summary.eval_after}"
+    )
+    assert summary.eval_before is not None and summary.eval_after is not None
+    assert summary.eval_after > summary.eval_before
