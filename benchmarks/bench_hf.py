@@ -97,6 +97,13 @@ dtype = "float32"
 [reward]
 functions = ["exact_match"]
 
+# Never contacted (generation is in-process, the reward a function); some versions of the CLI
+# open an endpoint client for every policy but tinylm.
+[endpoint]
+provider = "local"
+base_url = "http://127.0.0.1:9/v1"
+model = "unused"
+
 [grpo]
 group_size = {spec["group"]}
 epsilon = {spec["epsilon"]}
@@ -245,7 +252,8 @@ def engine_figures(metrics: Path, spec: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in rows if "step_time" in r]
     step_s = [float(r["step_time"]) for r in rows]
     gen = [float(r.get("tokens/completion", 0.0)) for r in rows]
-    trained = [float(r.get("tokens/trained", r.get("tokens/completion", 0.0))) for r in rows]
+    # the policy's own count of the tokens in the loss (``tokens``) where it reports one
+    trained = [float(r.get("tokens", r.get("tokens/completion", 0.0))) for r in rows]
     out = step_figures(step_s, gen, trained)
     keys = sorted({k for r in rows for k in r if "time" in k and k != "step_time"})
     out["timers"] = {k: sum(float(r.get(k) or 0.0) for r in rows) for k in keys}
@@ -323,8 +331,8 @@ def print_report(spec: dict[str, Any], results: dict[str, dict[str, Any]]) -> No
     for label, key, f in rows:
         vals = [results[s].get(key) for s in sides]
         line = f"| {label} | " + " | ".join(fmt(v, f) for v in vals) + " |"
-        if ok and len(sides) == 2 and vals[0] and vals[1]:
-            line += f" {vals[0] / vals[1]:.2f} |"
+        if ok and len(sides) == 2:
+            line += f" {vals[0] / vals[1]:.2f} |" if vals[0] and vals[1] else " - |"
         print(line)
     for s in sides:
         r = results[s]
@@ -360,7 +368,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help=f"HF model directory for both sides (default {DEFAULT_CACHE})")  # fmt: skip
     p.add_argument("--engine-root", type=Path, default=ROOT,
-                   help="checkout whose engine runs the engine side (default: this one)")  # fmt: skip
+                   help="checkout whose engine runs the engine side (default this)")  # fmt: skip
     p.add_argument("--workdir", type=Path, help="keep configs, logs and runs here")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
