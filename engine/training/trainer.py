@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import numpy as np
 import structlog
 from anyio.abc import ObjectReceiveStream
@@ -387,7 +388,8 @@ class TrainingManager:
             m.update(ev)
             await self._eval_done(step, ev)
         self.history.append(m)
-        self.files.write_metrics(m)
+        # the line is fsynced: a disk under load can take a second, so not on the event loop
+        await anyio.to_thread.run_sync(self.files.write_metrics, m)
         if self.on_batch_complete is not None:
             await _call(self.on_batch_complete, BatchMetrics.from_metrics(step, m))
         every = self.config.trainer.checkpoint_every
