@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import time
@@ -306,7 +307,7 @@ class TrainingManager:
         self._started = time.perf_counter()
         await anyio.to_thread.run_sync(validate_files, self.config)
         start = await self._resume(resume) if resume is not None else 0
-        self.files.prepare(self.config, start)
+        await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)
         eval_before = await self._eval_before(start)
         self._last_step_t = time.perf_counter()
@@ -379,7 +380,8 @@ class TrainingManager:
         # e.g. prompt candidate growth; in the learner's task, so no race with the update
         m.update(await self.policy.after_update(step, batch.groups, version=self.learner.version))
         if self.exporter is not None:  # advantages are set on the rollouts by now
-            self.exporter.write(batch.groups, step=step)
+            write = functools.partial(self.exporter.write, batch.groups, step=step)
+            await anyio.to_thread.run_sync(write)
         self._step_metrics(batch, m)
         self.progress.record_step(step, m.get("reward", math.nan))
         eval_every = self.config.trainer.eval_every
@@ -448,5 +450,5 @@ class TrainingManager:
                 "files": dict(OUTPUT_FILES),
             },
         )
-        self.files.write_summary(summary.to_dict())
+        await anyio.to_thread.run_sync(self.files.write_summary, summary.to_dict())
         return summary
