@@ -454,7 +454,7 @@ class FineTunedModel:
             return HFFineTunedModel.restore(found, arrays, meta, config)
         if config.policy != "prompt":
             raise CheckpointError(
-                f"{path}: a {config.policy!r} checkpoint, not a prompt or hf policy"
+                f"{path}: a {config.policy!r} checkpoint, not a prompt policy or an hf model"
             )
         owned = []
         if client is None:
