@@ -199,3 +199,35 @@ def test_finetune_config_for_hf(tmp_path: Path) -> None:
         finetune_config(base_prompt="Classify.", hf={"model": str(tmp_path)})
     kept = finetune_config(config=config)
     assert kept.hf.prompt_template == TEMPLATE
+
+
+async def test_evaluate_scores_the_model_with_its_training_rewards(
+    trained: tuple[HFFineTunedModel, Path, Path],
+) -> None:
+    model, _, _ = trained
+    result = await model.evaluate(EXAMPLES[: len(TEXTS)])
+    assert result.summary()["n"] == len(TEXTS) and result.summary()["errors"] == 0
+    want = [goodness(Example("e", t), await model.generate(t)) for t in TEXTS]
+    assert sorted(r["reward"] for r in result.rows) == pytest.approx(sorted(want))
+
+
+async def test_a_fully_fine_tuned_model_saves_and_loads_without_an_adapter(
+    tmp_path: Path,
+) -> None:
+    """Full fine-tuning has no LoRA adapter: the engine checkpoint alone round-trips."""
+    from engine.policies.hf import build_hf_policy
+
+    config = hf_config(save_tiny(tmp_path / "tiny"), "hf.full_finetune=true")
+    policy = build_hf_policy(config.hf, seed=0)  # type: ignore[attr-defined]
+    arrays, meta = policy.state()
+    rng = np.random.default_rng(0)
+    policy.load_state({k: v + rng.normal(0, 0.05, v.shape) for k, v in arrays.items()}, meta)
+    model = HFFineTunedModel(policy, config)  # type: ignore[arg-type]
+    saved = model.save(tmp_path / "saved")
+    assert not (saved / "adapter_config.json").exists()
+    assert json.loads((saved / "meta.json").read_text())["adapter_format"] is None
+    loaded = FineTunedModel.load(saved)
+    for text in TEXTS[:3]:
+        assert await loaded.generate(text) == await model.generate(text)
+    model.save(saved)  # replaces the directory
+    assert FineTunedModel.load(saved).step == 0
