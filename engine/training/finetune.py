@@ -30,6 +30,17 @@ every rollout is an API call: unless ``config`` is given, a run is 20 steps of 4
 rollouts at learning rate 0.2 on the candidate logits. A ``learningRate`` of 0.001 is accepted
 but moves a logit by about 0.001 per step: 0.05-0.5 is the useful range here.
 
+Open-weight models: with ``hf={"model": ...}`` (or a ``config`` whose policy is ``hf``) the
+same call trains the model's own weights (a LoRA adapter) in-process, with no endpoint, and
+returns an :class:`HFFineTunedModel`, whose :meth:`~HFFineTunedModel.save` writes a PEFT
+adapter (``peft.PeftModel.from_pretrained`` and vLLM's ``--lora-modules`` load it) beside the
+engine's JSON metadata::
+
+    model = await finetune(data, base_prompt="Review: {text}\nSentiment:", reward=exact_match,
+                           hf={"model": "gemma3-270m"}, optimizer={"lr": 1e-4, "steps": 16})
+    print(await model.generate("The soup was cold."))   # greedy
+    model.save("models/sentiment-lora")
+
 Every client, rewarder and policy is built by the assembly (:mod:`engine.training.assembly`).
 """
 
