@@ -45,8 +45,9 @@ _EPILOG = """\
 SPEC is a checkpoint directory (RUN/checkpoints/step-N), a run directory (its latest
 checkpoint), either of them with '#ref' appended (the run's frozen initial policy), or a TOML
 config (a fixed prompt on its endpoint: the prompt policy's base prompt, i.e. the first
-prompt.instructions entry zero-shot, or the input alone). Checkpoints of tinylm and prompt
-policies load; a prompt policy samples its candidates on its config's endpoint. --data
+prompt.instructions entry zero-shot, or the input alone). Checkpoints of tinylm, prompt and
+hf policies load (and models saved by FineTunedModel.save); a prompt policy samples its
+candidates on its config's endpoint, an hf model runs in-process. --data
 defaults to the run's held-out split. Quality defaults to the built-in task's reward for
 tinylm checkpoints, else to the [reward] of B's config (or A's): its reward functions and,
 with a judge_prompt, its LLM judge.

@@ -8,8 +8,10 @@
     python -m engine eval --config examples/local.toml --data heldout.jsonl  # untrained policy
 
 The checkpoint's config builds the policy (``--config`` and ``--set`` override it) and its
-arrays restore it; with ``--config`` alone the policy is evaluated as initialised (for the
-prompt policy: uniform over its seed candidates, so greedy decoding is the base prompt).
+arrays restore it (an hf run's checkpoint or a saved hf model loads its ``hf.model`` in-process
+and restores the adapter, checked against the base model's fingerprint); with ``--config``
+alone the policy is evaluated as initialised (for the prompt policy: uniform over its seed
+candidates, so greedy decoding is the base prompt).
 Decoding is greedy unless ``--sample``. Each example is scored with the run's rewards
 (:func:`engine.rollout.evaluate.evaluate_policy`); the summary gives the mean reward, the pass
 rate (reward >= ``--pass-threshold``), errors, tokens and latency. ``--out FILE`` writes one

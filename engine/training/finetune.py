@@ -30,25 +30,49 @@ every rollout is an API call: unless ``config`` is given, a run is 20 steps of 4
 rollouts at learning rate 0.2 on the candidate logits. A ``learningRate`` of 0.001 is accepted
 but moves a logit by about 0.001 per step: 0.05-0.5 is the useful range here.
 
+Open-weight models: with ``hf={"model": ...}`` (or a ``config`` whose policy is ``hf``) the
+same call trains the model's own weights (a LoRA adapter) in-process, with no endpoint, and
+returns an :class:`HFFineTunedModel`, whose :meth:`~HFFineTunedModel.save` writes a PEFT
+adapter (``peft.PeftModel.from_pretrained`` and vLLM's ``--lora-modules`` load it) beside the
+engine's JSON metadata::
+
+    model = await finetune(data, base_prompt="Review: {text}\nSentiment:", reward=exact_match,
+                           hf={"model": "gemma3-270m"}, optimizer={"lr": 1e-4, "steps": 16})
+    print(await model.generate("The soup was cold."))   # greedy
+    model.save("models/sentiment-lora")
+
 Every client, rewarder and policy is built by the assembly (:mod:`engine.training.assembly`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import numpy as np
 
 from ..config.loading import load_config, to_dict
-from ..config.sections import EndpointConfig, GRPOConfig, OptimConfig, PromptPolicyConfig, RunConfig
+from ..config.sections import (
+    EndpointConfig,
+    GRPOConfig,
+    HFConfig,
+    OptimConfig,
+    PromptPolicyConfig,
+    RunConfig,
+)
 from ..data.jsonl import parse_example, read_jsonl
 from ..endpoints.client import Client
 from ..errors import CheckpointError, ConfigError
 from ..learning.checkpoint import load_policy_checkpoint, save_checkpoint
+from ..policies.hf import build_hf_policy
 from ..policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
 from ..rewards.rewarder import Rewarder
 from ..rollout.evaluate import EvalResult, evaluate_policy
@@ -60,12 +84,17 @@ from .assembly import (
     build_rewarder,
     finetune_rewarder,
     make_client,
+    needs_endpoint,
 )
 from .trainer import BatchMetrics, RunSummary, TrainingManager
+
+if TYPE_CHECKING:
+    from ..policies.hf.policy import HFPolicy
 
 __all__ = (
     "CandidateInfo",
     "FineTunedModel",
+    "HFFineTunedModel",
     "finetune",
     "finetune_config",
     "load_examples",
@@ -79,6 +108,16 @@ PROMPT_DEFAULTS: Mapping[str, Any] = {
     "trainer": {"eval_every": 5, "eval_size": 32, "checkpoint_every": 0},
 }
 """Config used by :func:`finetune` when no ``config`` is given (on top of RunConfig's)."""
+
+HF_DEFAULTS: Mapping[str, Any] = {
+    "steps": 20,
+    "optim": {"lr": 1e-4},
+    "grpo": {"group_size": 4, "mini_batch_size": 2},
+    "data": {"batch_size": 2},
+    "trainer": {"eval_every": 5, "eval_size": 32, "checkpoint_every": 0},
+}
+"""Config used by :func:`finetune` for the hf policy (``hf=`` given) when no ``config`` is
+given (on top of RunConfig's): LoRA at learning rate 1e-4."""
 
 _OPTIMIZER_ALIASES: Mapping[str, str] = {
     "learningRate": "optim.lr",
@@ -115,17 +154,23 @@ def load_examples(data: str | Path | Iterable[Mapping[str, Any] | Example]) -> l
 
 def finetune_config(
     *,
-    base_prompt: str,
+    base_prompt: str | None = None,
     instructions: Sequence[str] = (),
     optimizer: GRPOConfig | Mapping[str, Any] | None = None,
     endpoint: EndpointConfig | Mapping[str, Any] | None = None,
     config: RunConfig | None = None,
     reward_prompt: str | None = None,
     prompt: PromptPolicyConfig | Mapping[str, Any] | None = None,
+    hf: HFConfig | Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """The run config :func:`finetune` uses: ``config`` (or :data:`PROMPT_DEFAULTS`) with the
     prompt policy, the base prompt first among the instructions, and the optimizer and
     endpoint settings merged in.
+
+    With ``hf`` (an :class:`~engine.config.sections.HFConfig` or a dict of its fields), or a
+    ``config`` whose policy is ``hf``, the run trains an open-weight model's weights instead
+    (defaults :data:`HF_DEFAULTS`): ``base_prompt``, when given, is its ``hf.prompt_template``
+    and must hold ``{text}``; ``instructions`` and ``prompt`` do not apply.
 
     ``optimizer`` is a :class:`~engine.config.sections.GRPOConfig`, or a dict of GRPOConfig or
     OptimConfig field names (``lr``, ``epochs``, ``beta``...), ``steps``, or the camelCase
@@ -136,17 +181,10 @@ def finetune_config(
     Raises:
         ConfigError: an unknown key or an invalid value, naming it.
     """
-    if not base_prompt.strip():
-        raise ConfigError("base_prompt must not be empty", key="base_prompt")
-    data = to_dict(config) if config is not None else _merge(to_dict(RunConfig()), PROMPT_DEFAULTS)
-    data["policy"] = "prompt"
-    if prompt is not None:
-        given = to_dict(prompt) if isinstance(prompt, PromptPolicyConfig) else dict(prompt)
-        data["prompt"] = {**data["prompt"], **given}
-    extra = [
-        i for i in (*instructions, *data["prompt"].get("instructions", ())) if i != base_prompt
-    ]
-    data["prompt"]["instructions"] = [base_prompt, *dict.fromkeys(extra)]
+    if hf is not None or (config is not None and config.policy == "hf"):
+        data = _hf_data(base_prompt, config, hf)
+    else:
+        data = _prompt_data(base_prompt, instructions, config, prompt)
     if reward_prompt is not None:
         data["reward"]["judge_prompt"] = reward_prompt
     if isinstance(optimizer, GRPOConfig):
@@ -158,6 +196,48 @@ def finetune_config(
     elif endpoint is not None:
         data["endpoint"] = {**data["endpoint"], **dict(endpoint)}
     return load_config(base=data)
+
+
+def _prompt_data(
+    base_prompt: str | None,
+    instructions: Sequence[str],
+    config: RunConfig | None,
+    prompt: PromptPolicyConfig | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The config data of a prompt-policy run, the base prompt first among its instructions."""
+    if base_prompt is None or not base_prompt.strip():
+        raise ConfigError("base_prompt must not be empty", key="base_prompt")
+    data = to_dict(config) if config is not None else _merge(to_dict(RunConfig()), PROMPT_DEFAULTS)
+    data["policy"] = "prompt"
+    if prompt is not None:
+        given = to_dict(prompt) if isinstance(prompt, PromptPolicyConfig) else dict(prompt)
+        data["prompt"] = {**data["prompt"], **given}
+    extra = [
+        i for i in (*instructions, *data["prompt"].get("instructions", ())) if i != base_prompt
+    ]
+    data["prompt"]["instructions"] = [base_prompt, *dict.fromkeys(extra)]
+    return data
+
+
+def _hf_data(
+    base_prompt: str | None, config: RunConfig | None, hf: HFConfig | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The config data of an hf run: ``hf`` over the config's section, ``base_prompt`` as the
+    prompt template."""
+    data = to_dict(config) if config is not None else _merge(to_dict(RunConfig()), HF_DEFAULTS)
+    data["policy"] = "hf"
+    if hf is not None:
+        given = to_dict(hf) if isinstance(hf, HFConfig) else dict(hf)
+        data["hf"] = {**data["hf"], **given}
+    if base_prompt is not None:
+        if "{text}" not in base_prompt:
+            raise ConfigError(
+                "with policy 'hf' base_prompt is the model's prompt template: it needs {text} "
+                "where the input goes",
+                key="base_prompt",
+            )
+        data["hf"]["prompt_template"] = base_prompt
+    return data
 
 
 def _merge_optimizer(data: dict[str, Any], optimizer: Mapping[str, Any]) -> None:
@@ -357,27 +437,36 @@ class FineTunedModel:
         *,
         client: Client | None = None,
         endpoint: EndpointConfig | Mapping[str, Any] | None = None,
+        overrides: Sequence[str] = (),
     ) -> FineTunedModel:
-        """A model saved by :meth:`save` (or a prompt-policy run's checkpoint or run dir).
+        """A model saved by :meth:`save` (or a prompt-policy or hf run's checkpoint or run
+        dir); an hf one is an :class:`HFFineTunedModel` (see :meth:`HFFineTunedModel.restore`).
 
         Args:
             client: the client to generate with (not closed by the model); default a new one
                 for the saved endpoint, owned by the model.
             endpoint: replaces (EndpointConfig) or updates (dict) the saved endpoint.
+            overrides: ``KEY=VALUE`` settings over the saved config (as ``--set`` takes them),
+                e.g. ``hf.model=DIR`` where the base model has moved.
 
         Raises:
-            CheckpointError: not a prompt-policy checkpoint, or an incompatible one.
-            ConfigError: the endpoint needs a key that is not set.
+            CheckpointError: not a prompt-policy or hf checkpoint, or an incompatible one (an
+                hf adapter of another base model names both).
+            ConfigError: the endpoint needs a key that is not set; a bad override.
         """
-        arrays, meta, _ = load_policy_checkpoint(path)
+        arrays, meta, found = load_policy_checkpoint(path)
         data = dict(meta["config"])
         if isinstance(endpoint, EndpointConfig):
             data["endpoint"] = to_dict(endpoint)
         elif endpoint is not None:
             data["endpoint"] = {**data.get("endpoint", {}), **dict(endpoint)}
-        config = load_config(base=data)
+        config = load_config(None, list(overrides), base=data)
+        if config.policy == "hf":
+            return HFFineTunedModel.restore(found, arrays, meta, config)
         if config.policy != "prompt":
-            raise CheckpointError(f"{path}: a {config.policy!r} checkpoint, not a prompt policy")
+            raise CheckpointError(
+                f"{path}: a {config.policy!r} checkpoint, not a prompt policy or an hf model"
+            )
         owned = []
         if client is None:
             client = make_client(config)
@@ -410,6 +499,150 @@ class FineTunedModel:
         )
 
 
+_HF_MODEL = "grpo-engine/finetuned-hf-policy"
+_PEFT_CONFIG = "adapter_config.json"
+
+
+class HFFineTunedModel(FineTunedModel):
+    """An open-weight model whose weights :func:`finetune` trained (``policy = "hf"``).
+
+    :meth:`save` writes a directory that is at once a PEFT adapter (``adapter_config.json``
+    and ``adapter_model.safetensors``, written by peft itself: ``peft.PeftModel.
+    from_pretrained(base, DIR)`` loads it, and so does vLLM's ``--lora-modules name=DIR`` or
+    its ``POST /v1/load_lora_adapter``) and an engine checkpoint (``meta.json``: the run
+    config, the base model's name and fingerprint; ``arrays.npz``: the same weights), so
+    ``python -m engine eval --checkpoint DIR`` and ``compare --a DIR`` read it. Nothing in it
+    is pickled. A fully fine-tuned model is saved as the engine checkpoint only.
+
+    Attributes:
+        policy: the trained :class:`~engine.policies.hf.policy.HFPolicy`.
+        step: the optimizer steps behind its weights.
+    """
+
+    policy: HFPolicy  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        policy: HFPolicy,
+        config: RunConfig,
+        *,
+        clients: Sequence[Client] = (),
+        rewarder: Rewarder | None = None,
+        summary: RunSummary | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        step: int | None = None,
+    ) -> None:
+        super().__init__(
+            policy,  # type: ignore[arg-type]
+            config,
+            clients=clients,
+            rewarder=rewarder,
+            summary=summary,
+            history=history,
+        )
+        self.step = step if step is not None else (summary.steps_done if summary else 0)
+        self._snapshot: Any = None
+
+    @property
+    def best_candidate(self) -> Candidate:
+        """Not defined: an hf model has no prompt candidates."""
+        raise TypeError("an hf model has no prompt candidates: it trains the model's weights")
+
+    @property
+    def best_prompt(self) -> str:
+        """The prompt template the model answers behind (``hf.prompt_template``)."""
+        return self.policy.hf.prompt_template
+
+    @property
+    def candidates(self) -> list[CandidateInfo]:
+        """Empty: an hf model has no prompt candidates."""
+        return []
+
+    async def generate(
+        self,
+        text: str | Example | Mapping[str, Any],
+        *,
+        sample: bool = False,
+        seed: int | None = None,
+    ) -> str:
+        """The model's answer to ``text`` behind its prompt template, in a worker thread:
+        greedy by default, ``sample=True`` samples at ``hf.temperature`` seeded by ``seed``;
+        stripped of surrounding whitespace."""
+        if self._snapshot is None:
+            self._snapshot = self.policy.snapshot(self.step)
+        rng = np.random.default_rng(seed)
+        out = await self.policy.generate(
+            self._snapshot, _as_example(text), 1, rng, greedy=not sample
+        )
+        return str(out[0].text).strip()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the PEFT adapter and the engine checkpoint into ``path``, atomically (see
+        the class docstring); replaces an existing directory there."""
+        arrays, pmeta = self.policy.state()
+        meta = {
+            "model": _HF_MODEL,
+            "config": to_dict(self.config),
+            "policy": pmeta,
+            "step": self.step,
+            "base_model": {"model": pmeta["base_model"], "fingerprint": pmeta["fingerprint"]},
+            "adapter_format": None if self.policy.hf.full_finetune else "peft",
+            "summary": self.summary.to_dict() if self.summary is not None else None,
+        }
+        target = Path(path)
+        tmp = target.parent / f".{target.name}.save-{uuid.uuid4().hex[:8]}"
+        try:
+            save_checkpoint(tmp, {f"policy/{k}": v for k, v in arrays.items()}, meta)
+            if not self.policy.hf.full_finetune:
+                self.policy.save_adapter(tmp)
+            _replace_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @classmethod
+    def restore(
+        cls,
+        path: Path,
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any],
+        config: RunConfig,
+    ) -> HFFineTunedModel:
+        """The model of the checkpoint at ``path`` (read by :meth:`FineTunedModel.load`):
+        ``config.hf.model`` loaded, then the checkpoint's base model checked against it (an
+        adapter of another base model is one CheckpointError naming both) and its weights
+        restored; where ``path`` holds a PEFT adapter, the weights come from it, validated
+        against its config and the model (:meth:`~engine.policies.hf.policy.HFPolicy.
+        read_adapter`), never obeyed.
+
+        Raises:
+            CheckpointError: another base model, another adapter, or malformed files.
+            ConfigError: the base model cannot be loaded.
+        """
+        policy = build_hf_policy(config.hf, seed=config.seed)
+        policy_meta = meta.get("policy")
+        if not isinstance(policy_meta, Mapping):
+            raise CheckpointError(f"{path}: no policy metadata")
+        policy.load_state(arrays, policy_meta)
+        if (path / _PEFT_CONFIG).is_file():
+            policy.load_state(policy.read_adapter(path), policy_meta)
+        return cls(policy, config, step=int(meta.get("step", 0)))
+
+    def __repr__(self) -> str:
+        return f"HFFineTunedModel(model={self.policy.source!r}, step={self.step})"
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``target``, replacing what was there."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _as_example(text: str | Example | Mapping[str, Any]) -> Example:
     if isinstance(text, Example):
         return text
@@ -426,7 +659,7 @@ def _as_example(text: str | Example | Mapping[str, Any]) -> Example:
 async def finetune(
     train_data: str | Path | Iterable[Mapping[str, Any] | Example],
     *,
-    base_prompt: str,
+    base_prompt: str | None = None,
     reward: Rewarder | RewardItem | Sequence[RewardItem] | None = None,
     reward_prompt: str | None = None,
     optimizer: GRPOConfig | Mapping[str, Any] | None = None,
@@ -441,12 +674,18 @@ async def finetune(
     judge_client: Client | None = None,
     judge_options: Mapping[str, Any] | None = None,
     export_groups: str | Path | None = None,
+    hf: HFConfig | Mapping[str, Any] | None = None,
 ) -> FineTunedModel:
-    """Fine-tune a model you cannot retrain with GRPO over prompt candidates.
+    """Fine-tune a model you cannot retrain with GRPO over prompt candidates, or, with ``hf``
+    (or a ``config`` whose policy is ``hf``), an open-weight model's own weights (LoRA) with
+    token-level GRPO in-process: no endpoint is needed then (unless ``reward_prompt`` adds a
+    judge), and the result is an :class:`HFFineTunedModel`.
 
     Args:
         train_data: ``TrainingExample`` dicts, Examples, or a JSONL path.
-        base_prompt: the starting instruction (or a ``{text}`` template); candidate 0.
+        base_prompt: the starting instruction (or a ``{text}`` template); candidate 0. With
+            ``hf``: the model's prompt template (it must hold ``{text}``); default the
+            config's ``hf.prompt_template``.
         reward: a reward function ``(example, text) -> float`` (sync or async), a judge, a
             list of them, or a Rewarder; default ``[reward]`` of the config, else
             ``exact_match`` against the examples' ``output.generated``.
@@ -465,6 +704,8 @@ async def finetune(
             for ``config.judge`` when set.
         judge_options: options for the judge (passed to its constructor).
         export_groups: also write every scored group to this JSONL file.
+        hf: the open-weight model and its LoRA (an HFConfig or a dict of its fields, e.g.
+            ``{"model": "gemma3-270m", "lora_rank": 8}``); selects the hf policy.
 
     Returns:
         The :class:`FineTunedModel`; close it (``async with``) to close its client.
@@ -481,6 +722,7 @@ async def finetune(
         config=config,
         reward_prompt=reward_prompt,
         prompt=prompt,
+        hf=hf,
     )
     examples = load_examples(train_data)
     if not examples:
@@ -528,6 +770,37 @@ class _FinetuneRun:
             self.owned.append(judge_client)
         return client, judge_client
 
+    def hf_judge_client(self, client: Client | None, judge_client: Client | None) -> Client | None:
+        """The judge client of an hf run: ``judge_client``, else ``client``, else a new one
+        for ``[judge]`` (or ``[endpoint]``) when ``reward.judge_prompt`` is set, else None."""
+        judge_client = judge_client or client
+        if judge_client is None and needs_endpoint(self.config):
+            judge_client = make_client(self.config, judge=True, events=self.events)
+            self.owned.append(judge_client)
+        return judge_client
+
+    async def build(
+        self,
+        examples: list[Example],
+        heldout: list[Example] | None,
+        reward: Rewarder | RewardItem | Sequence[RewardItem] | None,
+        client: Client | None,
+        judge_client: Client | None,
+        judge_options: Mapping[str, Any] | None,
+    ) -> tuple[PromptPolicy | HFPolicy, Rewarder]:
+        """The policy (an hf model is loaded in a worker thread) and the rewards."""
+        if self.config.policy == "hf":
+            judge = self.hf_judge_client(client, judge_client)
+            load = functools.partial(build_hf_policy, self.config.hf, seed=self.config.seed)
+            hf_policy = await anyio.to_thread.run_sync(load)
+            return hf_policy, finetune_rewarder(self.config, reward, judge, judge_options)
+        client, judge_client = self.clients(client, judge_client)
+        policy = build_prompt_policy(
+            self.config, client, examples=examples, separate_heldout=heldout is not None
+        )
+        rewarder = finetune_rewarder(self.config, reward, judge_client or client, judge_options)
+        return policy, rewarder
+
     async def train(
         self,
         examples: list[Example],
@@ -540,11 +813,9 @@ class _FinetuneRun:
         """Build the clients, the policy and the rewards, train, and return the model (which
         then owns the clients it was not given); on failure, close them and the event log."""
         try:
-            client, judge_client = self.clients(client, judge_client)
-            policy = build_prompt_policy(
-                self.config, client, examples=examples, separate_heldout=heldout is not None
+            policy, rewarder = await self.build(
+                examples, heldout, reward, client, judge_client, judge_options
             )
-            rewarder = finetune_rewarder(self.config, reward, judge_client or client, judge_options)
             async with TrainingManager(
                 self.config,
                 policy=policy,
@@ -564,8 +835,9 @@ class _FinetuneRun:
             self.events.close()
             raise
         self.events.close()
-        return FineTunedModel(
-            policy,
+        model_cls = HFFineTunedModel if self.config.policy == "hf" else FineTunedModel
+        return model_cls(
+            policy,  # type: ignore[arg-type]
             self.config,
             clients=self.owned,
             rewarder=rewarder,

@@ -1,7 +1,8 @@
 """Generators and inputs from a run's files: checkpoints, TOML configs, held-out splits.
 
 :func:`load_generator` reads the specs ``python -m engine compare --a/--b`` take: a
-checkpoint directory of a tinylm or prompt policy, a run directory (its latest checkpoint),
+checkpoint directory of a tinylm, prompt or hf policy (a run's checkpoint, or a model saved by
+:meth:`~engine.training.finetune.FineTunedModel.save`), a run directory (its latest checkpoint),
 either with ``#ref`` for the run's frozen initial policy, or a TOML config (a fixed prompt on
 its endpoint, :func:`endpoint_generator`). Policies and clients come from the run's one
 assembly point (:mod:`engine.training.assembly`); :func:`heldout_examples` gives the inputs
@@ -36,7 +37,7 @@ from .generation import EndpointGenerator, PolicyGenerator, Prompt
 
 __all__ = ("POLICY_KINDS", "endpoint_generator", "heldout_examples", "load_generator")
 
-POLICY_KINDS: Mapping[str, bool] = {"tinylm": False, "prompt": True}
+POLICY_KINDS: Mapping[str, bool] = {"tinylm": False, "prompt": True, "hf": False}
 """Policies whose checkpoints :func:`load_generator` restores, and whether each samples on an
 endpoint (and so needs a client)."""
 
@@ -66,8 +67,9 @@ async def load_generator(spec: str | Path) -> PolicyGenerator | EndpointGenerato
     """A Generator from a spec string, as ``python -m engine compare --a/--b`` take it.
 
     * ``RUN_DIR`` or ``RUN_DIR/checkpoints/step-N``: the policy at that checkpoint (a run
-      directory means its latest loadable checkpoint): tinylm, or a prompt policy (sampling
-      its candidates, on a client for the checkpoint config's endpoint);
+      directory means its latest loadable checkpoint): tinylm, a prompt policy (sampling
+      its candidates, on a client for the checkpoint config's endpoint), or an hf model
+      (its ``hf.model`` loaded in-process, the checkpoint's adapter restored);
     * ``...#ref``: the same checkpoint's frozen reference, i.e. the run's initial policy;
     * ``FILE.toml``: a run config; a fixed prompt on its ``[endpoint]`` (see
       :func:`endpoint_generator`).
@@ -145,13 +147,20 @@ def _restored_generator(
 ) -> PolicyGenerator:
     """Blocking: the checkpoint's policy, built by the assembly and restored from its state.
 
-    With ``reference`` the policy is the run's initial one, at step 0. An endpoint policy
-    samples on ``client``, which the generator then owns.
+    With ``reference`` the policy is the run's initial one, at step 0: its frozen ``ref/*``
+    arrays, or where a checkpoint has none (the hf policy, whose reference is the base model
+    with its adapter disabled) the policy as the assembly builds it for the run's seed, which
+    is the run's initial one. An endpoint policy samples on ``client``, which the generator
+    then owns.
     """
     config = checkpoint.config
     policy, _, _ = build_components(config, client=client)
-    state = _reference_state(checkpoint.state) if reference else checkpoint.state
-    policy.load_state(state, checkpoint.meta)
+    if not reference:
+        policy.load_state(checkpoint.state, checkpoint.meta)
+    elif checkpoint.meta.get("policy") != "hf" or any(
+        k.startswith("ref/") for k in checkpoint.state
+    ):
+        policy.load_state(_reference_state(checkpoint.state), checkpoint.meta)
     step = 0 if reference else checkpoint.step
     return PolicyGenerator(
         policy,

@@ -49,6 +49,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -65,6 +66,7 @@ from ..base import Policy, PolicySnapshot
 from ..objective import grpo_objective, sequence_weights
 from .loading import LoadedModel, check_target_modules, load_model
 from .objective import grpo_loss
+from .peft_io import read_adapter, write_adapter
 
 __all__ = ("HFPolicy",)
 
@@ -587,6 +589,30 @@ class HFPolicy(Policy):
         new = _checked_arrays(arrays, "params/", self._params)
         with self._lock:
             self._copy_into(self._params, new)
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """Write the trained LoRA adapter into ``directory`` in PEFT format, by peft's own
+        ``save_pretrained`` (see :mod:`engine.policies.hf.peft_io`).
+
+        Raises:
+            CheckpointError: the policy fine-tunes every weight (there is no adapter).
+        """
+        if self.hf.full_finetune:
+            raise CheckpointError("a fully fine-tuned hf policy has no LoRA adapter to save")
+        with self._lock:
+            write_adapter(self.model, Path(directory), adapter=_TRAIN, base_model=self.source)
+
+    def read_adapter(self, directory: str | Path) -> dict[str, np.ndarray]:
+        """The PEFT adapter in ``directory`` as :meth:`load_state` arrays, checked against
+        this policy's ``[hf]`` LoRA and parameters (:func:`.peft_io.read_adapter`).
+
+        Raises:
+            CheckpointError: no adapter (full fine-tuning), or one that does not match.
+        """
+        if self.hf.full_finetune:
+            raise CheckpointError("a fully fine-tuned hf policy loads no LoRA adapter")
+        shapes = {n: tuple(p.shape) for n, p in self._params.items()}
+        return read_adapter(directory, self.hf, shapes)
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """AdamW's moments ``m.<name>``, ``v.<name>`` and ``{"t": steps}`` (empty before a step)."""
