@@ -12,7 +12,9 @@ the server's log-probability of it one to one.
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import AsyncExitStack, closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from peft import PeftModel  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from engine.config.loading import load_config  # noqa: E402
-from engine.config.sections import RunConfig  # noqa: E402
+from engine.config.sections import GRPOConfig, OptimConfig, RunConfig  # noqa: E402
 from engine.endpoints.parsing import Choice  # noqa: E402
 from engine.errors import RequestRejected  # noqa: E402
 from engine.learning.learner import snapshot_version_for  # noqa: E402
@@ -39,7 +42,9 @@ from engine.testing.sim import SimConfig, SimServer  # noqa: E402
 from engine.testing.sim.model import VOCAB  # noqa: E402
 from engine.training.assembly import make_client, open_hf_server  # noqa: E402
 from engine.training.trainer import BatchMetrics, TrainingManager  # noqa: E402
-from engine.types import Example  # noqa: E402
+from engine.types import Example, Rollout  # noqa: E402
+
+from .tiny import tiny_policy  # noqa: E402
 
 BASE = "tiny-base"
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -56,14 +61,18 @@ def sim_tokenizer() -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def sim_policy(config: RunConfig) -> HFPolicy:
+def sim_base() -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(SPECIAL) + len(VOCAB), hidden_size=32, intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )  # fmt: skip
-    loaded = LoadedModel(LlamaForCausalLM(cfg).eval(), sim_tokenizer(), "tiny-sim", Path("."))
+    return LlamaForCausalLM(cfg).eval()
+
+
+def sim_policy(config: RunConfig) -> HFPolicy:
+    loaded = LoadedModel(sim_base(), sim_tokenizer(), "tiny-sim", Path("."))
     return HFPolicy(loaded, config.hf, seed=0)
 
 
@@ -194,3 +203,65 @@ def test_returned_ids_of_another_tokenizer_are_one_clear_error() -> None:
     ids, lp, used = align_choice(ok, tok, use_ids=True, vocab_size=len(tok))
     assert used and ids.tolist() == [5, 6]
     assert json.dumps(lp.tolist()) == "[-0.1, -0.2]"
+
+
+def test_a_written_adapter_loads_in_peft_and_computes_the_versions_logits(tmp_path: Path) -> None:
+    config = load_config(None, ["policy='hf'", "hf.lora_rank=4"])
+    policy = sim_policy(config)
+    policy.server = object()  # type: ignore[assignment]  # record snapshots as the server path
+    with torch.no_grad():
+        for p in policy._params.values():
+            p.add_(0.05 * torch.randn_like(p))
+    snap = policy.snapshot(1)
+    with torch.no_grad():  # the live adapter moves on; version 1's is written
+        for p in policy._params.values():
+            p.add_(0.05)
+    policy.write_adapter(1, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
+    with warnings.catch_warnings():  # peft reads a deprecated transformers property
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        loaded = PeftModel.from_pretrained(sim_base(), str(tmp_path)).eval()
+    ids = torch.tensor([[1, 5, 9, 12, 30]])
+    with torch.no_grad(), policy._generation_weights(snap.params):
+        want = policy.model(input_ids=ids).logits
+    got = loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        live = policy.model(input_ids=ids).logits
+    assert not torch.allclose(live, want)
+
+
+async def test_the_update_recomputes_old_logprobs_and_weights_by_the_truncated_ratio() -> None:
+    """Behaviour log-probabilities offset from the trainer's by known amounts: the mismatch
+    metrics are those of the offsets, so the trainer used its own old log-probabilities;
+    in-process the same rollouts train without any importance weight (another loss)."""
+    policy = tiny_policy(tis_cap=1.5)
+    snap = policy.snapshot(0)
+    example = Example("e", "the food was good")
+    samples = await policy.generate(snap, example, 4, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    offsets = [rng.choice([-1.0, -0.2, 0.3, 0.7], size=len(s.token_ids)) for s in samples]
+    served = [
+        Rollout("0-0", i, 0, replace(s, logprobs=s.logprobs + d), reward=float(i % 2))
+        for i, (s, d) in enumerate(zip(samples, offsets, strict=True))
+    ]
+    adv = np.array([1.0, -1.0, 0.5, -0.5])
+    policy.server = object()  # type: ignore[assignment]  # the server path's update
+    policy._versions[0] = snap.params
+    policy.configure_optimizer(OptimConfig(lr=0.05))
+    m = policy.update(served, adv, grpo=GRPOConfig(beta=0.04), lr=0.05)
+    delta = -np.concatenate(offsets)  # trainer - behaviour
+    assert m["mismatch/abs_logp"] == pytest.approx(np.abs(delta).mean(), rel=1e-6)
+    assert m["mismatch/k3_kl"] == pytest.approx((np.exp(delta) - 1 - delta).mean(), rel=1e-6)
+    assert m["mismatch/capped"] == pytest.approx((np.exp(delta) > 1.5).mean())
+    assert m["mismatch/capped"] > 0 and m["mismatch/unknown"] == 0.0
+
+    local = tiny_policy(tis_cap=1.5)
+    local.configure_optimizer(OptimConfig(lr=0.05))
+    plain = [Rollout("0-0", i, 0, s, reward=float(i % 2)) for i, s in enumerate(samples)]
+    lm = local.update(plain, adv, grpo=GRPOConfig(beta=0.04), lr=0.05)
+    assert not any(k.startswith("mismatch/") for k in lm)
+    assert lm["policy_loss"] != pytest.approx(m["policy_loss"], rel=1e-6)
