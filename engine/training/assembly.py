@@ -142,9 +142,9 @@ async def open_hf_server(
         served,
         policy.tokenizer,  # type: ignore[attr-defined]
         config.hf,
-        vocab_size=len(policy.tokenizer),  # type: ignore[attr-defined]
+        vocab_size=policy.vocab_size,  # type: ignore[attr-defined]
     )
-    await server.start(0)
+    await server.start()
     stack.push_async_callback(server.close)
     attach(server)
     return server

@@ -246,6 +246,12 @@ class HFPolicy(Policy):
         self.server = server
         self.client = server.client
         self.embedded = False
+        server.known = self._versions.keys
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids the model embeds."""
+        return int(self.model.get_input_embeddings().num_embeddings)
 
     def write_adapter(self, version: int, directory: Path) -> None:
         """Write version ``version``'s adapter into ``directory`` in PEFT format

@@ -20,11 +20,12 @@ policy's side of it:
   them). An end-of-sequence token the server does not return in its text is not trained;
 - a failed request, or an empty completion, gives samples carrying ``error`` (masked from
   advantages, as for any endpoint policy);
-- versions: :meth:`start` (before the first generation; once) checks the server and loads the
-  versions a run at that version wants; :meth:`publish` after each update serves the new
+- versions: :meth:`start` (before the first step; once) checks the server; :meth:`publish`
+  after each update serves the new
   version and unloads what no snapshot can use any more (:class:`ServedAdapters`). The learner
-  hands generation a new snapshot before its adapter is loaded: a generation of a version not
-  served yet waits for its :meth:`publish`.
+  hands generation a new snapshot before the update's :meth:`publish`: the first generation
+  of a version not served yet publishes it (idempotent; whichever comes first loads). A resumed
+  run's window is loaded the same way, from the snapshots generation is handed.
 
 ``Sample.logprobs`` are the server's (the behaviour policy's); the policy's update recomputes the
 old log-probabilities with its own model for the version that generated each rollout and
@@ -35,7 +36,8 @@ weights each token's loss by the truncated importance weight
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -114,33 +116,45 @@ class ServerGeneration:
         self.retokenized = 0
         self._started = False
         self._start_lock = anyio.Lock()
-        self._newest = 0  # the newest version the server serves
-        self._published = anyio.Event()  # set (and renewed) when a version is published
+        self._publish_lock = anyio.Lock()
+        self._newest = 0  # the newest version served
+        self.known: Callable[[], Iterable[int]] = lambda: ()
+        """The versions whose adapter the policy can write (it holds their snapshots)."""
 
-    async def start(self, version: int = 0) -> None:
-        """Check the server and serve the versions a run at ``version`` wants; once (later
-        calls return at once). Raises what :meth:`ServedAdapters.start` raises."""
+    async def start(self) -> None:
+        """Check the server (it serves the base model and has the runtime adapter API); once
+        (later calls return at once). Raises what :meth:`ServedAdapters.start` raises."""
         async with self._start_lock:
             if not self._started:
-                await self.served.start(version)
-                self._newest = max(self._newest, version)
+                await self.served.start(0)
                 self._started = True
 
     async def publish(self, version: int, *, step: int | None = None) -> dict[str, float]:
-        """Serve ``version`` after the update that made it; unload what is out of the window."""
-        await self.start(version)
-        metrics = await self.served.publish(version, step=step)
-        self._newest = max(self._newest, version)
-        self._published.set()
-        self._published = anyio.Event()
-        return metrics
+        """Serve ``version`` and the versions of its window the policy holds; unload the rest
+        (what no snapshot can use any more). Idempotent: the update that made ``version`` and
+        the first generation asking for it may both call it, whichever comes first loads."""
+        await self.start()
+        t0 = time.monotonic()
+        async with self._publish_lock:  # a generation waits for a load in flight
+            before = self.served.statistics().loads
+            if version >= self._newest:
+                known = set(self.known()) | {version}
+                window = range(self.served.oldest_wanted(version), version + 1)
+                await self.served.sync([v for v in window if v in known], step=step)
+                self._newest = version
+            st = self.served.statistics()
+        return {
+            "adapters/served": float(sum(v > 0 for v in st.served)),
+            "adapters/loaded": float(st.loads - before),
+            "adapters/publish_seconds": time.monotonic() - t0,
+        }
 
     async def _served(self, version: int) -> str:
-        """The model name of ``version``, waiting while the learner has published it but its
-        adapter is not loaded yet (generation of the next batch may start before
-        :meth:`publish` of the update that made it is done)."""
-        while version > self._newest:
-            await self._published.wait()
+        """The model name of ``version``; a version newer than any served is published first
+        (the learner hands generation a new snapshot before the update's :meth:`publish`, and
+        a resumed run's first snapshots were never published here)."""
+        if version > self._newest:
+            await self.publish(version)
         return self.served.model_for(version)
 
     async def close(self) -> None:
@@ -159,7 +173,6 @@ class ServerGeneration:
         greedy: bool = False,
     ) -> list[Sample]:
         """``n`` samples of ``prompt`` from the server's model of ``snapshot.version``."""
-        await self.start(snapshot.version)
         seed = int(rng.integers(0, 2**31 - 1))
         model = await self._served(snapshot.version)
         extra: dict[str, Any] = {"return_token_ids": True}
