@@ -23,7 +23,7 @@ from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
-from ..training.assembly import build_components, needs_endpoint, open_clients
+from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
 __all__ = ("add_config_args", "add_run_parser", "run_command")
@@ -160,6 +160,8 @@ async def _endpoint_parts(config: RunConfig, stack: contextlib.AsyncExitStack) -
     events = stack.enter_context(contextlib.closing(EventLog(Path(config.out) / "events.jsonl")))
     client, judge = await open_clients(config, stack, events)
     policy, rewarder, _ = build_components(config, client=client, judge_client=judge)
+    if config.policy == "hf" and config.hf.generation == "server":
+        await open_hf_server(config, policy, stack, client=client, events=events)
     return {"policy": policy, "rewarder": rewarder, "events": events}
 
 

@@ -67,6 +67,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "hf.max_new_tokens": (1, None, False),
     "hf.temperature": (0.0, None, True),
     "hf.top_p": (0.0, 1.0, True),
+    "hf.tis_cap": (0.0, None, True),
     "endpoint.max_tokens": (1, None, False),
     "endpoint.temperature": (0.0, None, False),
     "endpoint.top_p": (0.0, 1.0, True),
@@ -310,6 +311,29 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
         )
 
 
+def _check_hf_server(config: RunConfig, path: str | None) -> None:
+    """``hf.generation = "server"``: LoRA (the server hot-loads adapters), the completions
+    mode and the model name of the base model in ``[endpoint]``."""
+    if config.hf.full_finetune:
+        raise ConfigError(
+            "server generation hot-loads LoRA adapters: it cannot serve full fine-tuning",
+            path=path,
+            key="hf.generation",
+        )
+    if config.endpoint.mode != "completions":
+        raise ConfigError(
+            'server generation sends the rendered prompt: set endpoint.mode = "completions"',
+            path=path,
+            key="endpoint.mode",
+        )
+    if not config.endpoint.model.strip():
+        raise ConfigError(
+            "server generation needs the server's name of the base model (version 0)",
+            path=path,
+            key="endpoint.model",
+        )
+
+
 def _check_hf(config: RunConfig, path: str | None) -> None:
     """The ``[hf]`` rules: a model, target modules unless full fine-tuning, a template with
     ``{text}``, and torch installed when the run uses the section."""
@@ -324,6 +348,8 @@ def _check_hf(config: RunConfig, path: str | None) -> None:
         )
     if "{text}" not in hf.prompt_template:
         raise ConfigError("must contain {text}", path=path, key="hf.prompt_template")
+    if config.policy == "hf" and hf.generation == "server":
+        _check_hf_server(config, path)
     if config.policy == "hf":
         missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
         if missing:

@@ -151,6 +151,20 @@ class HFConfig:
     """Stop sequences: generation of a sample ends at the first one (left out of the text)."""
     prompt_template: str = "{text}"
     """The prompt given to the model; {text} is replaced by the example's text."""
+    generation: Literal["local", "server"] = "local"
+    """local: generate in-process; server: the [endpoint] (completions mode; vLLM serving the
+    base model as endpoint.model with runtime LoRA loading) generates, each new version's
+    adapter hot-loaded under a versioned name, and the loss is corrected by truncated
+    importance sampling (tis_cap)."""
+    server_token_ids: bool = True
+    """server: take the token ids the server returns (the same tokenizer as the trainer's);
+    false re-tokenizes the returned text with the trainer's tokenizer."""
+    tis_cap: float = 2.0
+    """server: the truncation of the importance weight exp(trainer - behaviour logp) of each
+    token's loss."""
+    adapter_dir: str = ""
+    """server: where each version's adapter is written for the server to read (a path the
+    server can see); empty = <out>/adapters."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,22 @@ actions in rollout i and ``T_max`` the generation cap:
 
 With one action per rollout the three coincide (the mean over rollouts).
 
+Truncated importance sampling (TIS), for samples drawn by another engine (a server's kernels or
+quantization): the caller passes ``behaviour_logp`` (the server's log-probabilities of the
+sampled tokens) and, as ``old_logp``, the trainer's own recomputation for the version that
+generated them. Then the ratio is taken against the trainer's old log-probabilities and each
+action's loss is multiplied by the importance weight of the two engines, truncated::
+
+    is_weight = min(exp(logp_old - logp_behaviour), tis_cap)
+    loss      = sum_t w_t * is_weight_t * loss_t
+
+The weight is a constant of the loss (it folds into ``w``). Its metrics, the inference/trainer
+mismatch: ``mismatch/abs_logp`` (mean ``|logp_old - logp_behaviour|``), ``mismatch/k3_kl`` (the
+k3 estimate of KL(behaviour || trainer) from the behaviour's samples:
+``r - 1 - log r`` with ``r = exp(logp_old - logp_behaviour)``), ``mismatch/capped`` (the share
+of actions whose weight was truncated) and ``mismatch/is_weight`` (the mean weight). Without
+``behaviour_logp`` nothing of this applies and the loss is exactly as above.
+
 What is and is not as in the papers: the KL is a penalty in the loss with the k3 estimator
 (DeepSeekMath), not a reward shaping term; clip-higher is DAPO's decoupled ``epsilon_high``;
 advantages come from the caller (group-relative, with or without std scaling). There is no
@@ -56,7 +72,7 @@ import numpy as np
 
 from ..config.sections import GRPOConfig
 
-__all__ = ("GRPOTerms", "grpo_objective", "sequence_weights")
+__all__ = ("GRPOTerms", "grpo_objective", "sequence_weights", "tis_weights")
 
 
 def sequence_weights(lengths: np.ndarray, loss_type: str, *, max_tokens: int) -> np.ndarray:
@@ -97,6 +113,10 @@ class GRPOTerms:
         dloss_t_dlogp: ``d loss_t / d logp_new``, before weighting (0 outside the mask).
         entropy_coef: the entropy coefficient the loss used.
         mask: the actions that count, or None for all of them.
+        mismatch: ``logp_old - logp_behaviour`` under truncated importance sampling, else None.
+        is_weight: the truncated importance weight of each action (TIS), else None; ``weights``
+            already include it.
+        tis_cap: the truncation cap (TIS), else None.
     """
 
     logratio: np.ndarray
@@ -112,6 +132,9 @@ class GRPOTerms:
     dloss_t_dlogp: np.ndarray
     entropy_coef: float
     mask: np.ndarray | None
+    mismatch: np.ndarray | None = None
+    is_weight: np.ndarray | None = None
+    tis_cap: float | None = None
 
     @property
     def dloss_dlogp(self) -> np.ndarray:
@@ -133,7 +156,8 @@ class GRPOTerms:
         means over actions of ``kl`` (k3), ``entropy`` (when given), ``clip_ratio``,
         ``clip_ratio/low``, ``clip_ratio/high`` (shares of actions on the clipped branch),
         ``approx_kl`` (``(ratio - 1) - logratio``, old vs new) and ``ratio_mean``; ``tokens``,
-        the number of actions.
+        the number of actions; under truncated importance sampling the ``mismatch/*`` metrics
+        of the module docstring.
         """
         w = self._counted(self.weights)
         ratio, logratio = self._counted(self.ratio), self._counted(self.logratio)
@@ -154,7 +178,30 @@ class GRPOTerms:
                 "tokens": float(ratio.size),
             }
         )
+        if self.mismatch is not None and self.is_weight is not None and self.tis_cap is not None:
+            delta = self._counted(self.mismatch)
+            raw = np.exp(delta)
+            out.update(
+                {
+                    "mismatch/abs_logp": float(np.abs(delta).mean()),
+                    "mismatch/k3_kl": float((raw - 1.0 - delta).mean()),
+                    "mismatch/capped": float((raw > self.tis_cap).mean()),
+                    "mismatch/is_weight": float(self._counted(self.is_weight).mean()),
+                }
+            )
         return out
+
+
+def tis_weights(old_logp: np.ndarray, behaviour_logp: np.ndarray, cap: float) -> np.ndarray:
+    """The truncated importance weight ``min(exp(old_logp - behaviour_logp), cap)`` of each
+    action (module docstring).
+
+    Raises:
+        ValueError: ``cap`` is not positive.
+    """
+    if not cap > 0:
+        raise ValueError(f"tis_cap must be > 0, got {cap}")
+    return np.minimum(np.exp(old_logp - behaviour_logp), cap)
 
 
 def grpo_objective(
@@ -167,6 +214,8 @@ def grpo_objective(
     *,
     entropy: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    behaviour_logp: np.ndarray | None = None,
+    tis_cap: float = 2.0,
 ) -> GRPOTerms:
     """The GRPO loss terms of a mini-batch (module docstring), from which
     :attr:`GRPOTerms.dloss_dlogp` and :meth:`GRPOTerms.metrics` come.
@@ -181,11 +230,22 @@ def grpo_objective(
         grpo: ``epsilon``, ``epsilon_high``, ``beta`` and ``entropy_coef`` are used.
         entropy: the policy's entropy at each action, or None for no entropy term.
         mask: boolean, the actions that count (padded inputs), or None for all.
+        behaviour_logp: the log-probability of each action under the engine that sampled it
+            when that is not the trainer (truncated importance sampling, module docstring;
+            ``old_logp`` is then the trainer's), or None.
+        tis_cap: the truncation of the importance weight (with ``behaviour_logp`` only).
     """
     if mask is not None:  # padded entries: ratio 1, KL 0, weight 0, whatever they held
         new_logp, old_logp, ref_logp, weights = (
             np.where(mask, a, 0.0) for a in (new_logp, old_logp, ref_logp, weights)
         )
+        if behaviour_logp is not None:
+            behaviour_logp = np.where(mask, behaviour_logp, 0.0)
+    mismatch = is_weight = None
+    if behaviour_logp is not None:
+        mismatch = old_logp - behaviour_logp
+        is_weight = tis_weights(old_logp, behaviour_logp, tis_cap)
+        weights = weights * is_weight
     adv = advantages
     eps_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
     logratio = new_logp - old_logp
@@ -216,4 +276,7 @@ def grpo_objective(
         dloss_t_dlogp=dloss_t_dlogp,
         entropy_coef=grpo.entropy_coef,
         mask=mask,
+        mismatch=mismatch,
+        is_weight=is_weight,
+        tis_cap=tis_cap if behaviour_logp is not None else None,
     )

@@ -14,17 +14,22 @@ policy kind contributes one branch here, so the trainer never names a concrete p
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from ..config.sections import RewardConfig, RunConfig
 from ..data import datasets, tasks
+from ..endpoints.adapters import AdapterClient
 from ..endpoints.client import Client
 from ..errors import ConfigError
 from ..policies.base import Policy
 from ..policies.hf import build_hf_policy
+from ..policies.hf.server import ServerGeneration
 from ..policies.prompt import PromptPolicy
+from ..policies.served import ServedAdapters
 from ..policies.tinylm import TinyLM
 from ..rewards.functions import REWARD_FUNCTIONS, resolve_reward_fn
 from ..rewards.judges import GroupJudge, LLMJudge
@@ -43,6 +48,7 @@ __all__ = (
     "make_client",
     "needs_endpoint",
     "open_clients",
+    "open_hf_server",
     "rewarder_from_config",
     "task_rewarder",
 )
@@ -79,6 +85,8 @@ def needs_endpoint(config: RunConfig) -> bool:
     one; the hf policy only when an LLM judge scores its rollouts; tinylm never."""
     if config.policy == "prompt":
         return True
+    if config.policy == "hf" and config.hf.generation == "server":
+        return True
     return config.policy == "hf" and bool(config.reward.judge_prompt.strip())
 
 
@@ -92,6 +100,54 @@ async def open_clients(
     if config.judge is not None:
         judge = await stack.enter_async_context(make_client(config, judge=True, events=events))
     return client, judge
+
+
+async def open_hf_server(
+    config: RunConfig,
+    policy: Policy,
+    stack: AsyncExitStack,
+    *,
+    client: Client,
+    events: EventLog | None = None,
+    run_name: str | None = None,
+) -> ServerGeneration:
+    """Attach the server generation of ``hf.generation = "server"`` to the hf ``policy``:
+    the adapter API of ``[endpoint]`` (opened on ``stack``), the run's
+    :class:`~engine.policies.served.ServedAdapters` (adapters written by the policy into
+    ``hf.adapter_dir``, default ``<out>/adapters``, under ``run_name``-v<version>, default a
+    fresh ``grpo-<8 hex>``) and generation through ``client``. The server is checked here
+    (it serves ``endpoint.model`` and has the runtime adapter API), before any step; ``stack``
+    unloads the run's adapters when it closes.
+
+    Raises:
+        ConfigError: ``policy`` is not an hf policy, or the server does not serve the base
+            model.
+        RequestRejected: the server has no runtime adapter API.
+    """
+    attach = getattr(policy, "attach_server", None)
+    if attach is None:
+        raise ConfigError("hf.generation = 'server' needs the hf policy", key="hf.generation")
+    api = await stack.enter_async_context(AdapterClient(config.endpoint, events=events))
+    directory = Path(config.hf.adapter_dir or Path(config.out) / "adapters")
+    served = ServedAdapters(
+        api,
+        base_model=config.endpoint.model,
+        run_name=run_name or f"grpo-{uuid.uuid4().hex[:8]}",
+        max_staleness=config.grpo.max_staleness,
+        write=policy.write_adapter,  # type: ignore[attr-defined]
+        directory=directory,
+    )
+    server = ServerGeneration(
+        client,
+        served,
+        policy.tokenizer,  # type: ignore[attr-defined]
+        config.hf,
+        vocab_size=policy.vocab_size,  # type: ignore[attr-defined]
+    )
+    await server.start()
+    stack.push_async_callback(server.close)
+    attach(server)
+    return server
 
 
 # ----------------------------------------------------------------------------- rewards

@@ -118,3 +118,35 @@ def test_round_trip_through_dict() -> None:
     assert "judge" not in data  # None is left out: TOML cannot write it
     assert data["endpoint"]["stop"] == ["a"]
     assert load_config(None, base=data) == config
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (["endpoint.mode='chat'", "endpoint.model='m'"], r"endpoint\.mode"),
+        (["endpoint.mode='completions'"], r"endpoint\.model"),
+        (["endpoint.mode='completions'", "endpoint.model='m'", "hf.full_finetune=true"],
+         r"hf\.generation"),
+        (["endpoint.mode='completions'", "endpoint.model='m'", "hf.tis_cap=0"], r"hf\.tis_cap"),
+    ],
+)  # fmt: skip
+def test_hf_server_generation_is_checked(extra: list[str], key: str) -> None:
+    """Server generation needs LoRA, completions mode, the base model's name, a positive cap."""
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, ["policy='hf'", "hf.generation='server'", *extra])
+
+
+def test_hf_server_keys_parse() -> None:
+    pytest.importorskip("torch")  # policy = 'hf' asks for the extra
+    cfg = load_config(
+        None,
+        [
+            "policy='hf'",
+            "hf.generation='server'",
+            "hf.tis_cap=3.0",
+            "hf.server_token_ids=false",
+            "endpoint.mode='completions'",
+            "endpoint.model='m'",
+        ],
+    )
+    assert (cfg.hf.generation, cfg.hf.tis_cap, cfg.hf.server_token_ids) == ("server", 3.0, False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.config.sections import GRPOConfig
-from engine.policies.objective import grpo_objective, sequence_weights
+from engine.policies.objective import grpo_objective, sequence_weights, tis_weights
 
 
 def _problem(seed: int, m: int = 12) -> tuple[np.ndarray, ...]:
@@ -136,3 +136,51 @@ def test_no_entropy_given_means_no_entropy_term() -> None:
     m = terms.metrics()
     assert "entropy" not in m
     assert m["loss"] == pytest.approx(m["policy_loss"] + 0.4 * float(w @ terms.kl))
+
+
+def test_tis_weights_truncate_by_hand() -> None:
+    old = np.array([-1.0, -2.0, -0.5, -3.0])
+    behaviour = np.array([-1.0, -1.0, -2.0, -3.1])
+    w = tis_weights(old, behaviour, 2.0)
+    # exp(0) = 1, exp(-1), exp(1.5) = 4.48 -> 2 (capped), exp(0.1)
+    np.testing.assert_allclose(w, [1.0, np.exp(-1.0), 2.0, np.exp(0.1)], rtol=1e-15)
+    with pytest.raises(ValueError, match="tis_cap"):
+        tis_weights(old, behaviour, 0.0)
+
+
+def test_tis_multiplies_each_actions_loss_and_reports_the_mismatch() -> None:
+    rng = np.random.default_rng(5)
+    n = 12
+    new, old, ref = (rng.normal(-1.5, 0.3, n) for _ in range(3))
+    behaviour = old + rng.normal(0.0, 0.8, n)
+    adv, w = rng.normal(size=n), np.full(n, 1 / n)
+    grpo = GRPOConfig(beta=0.04)
+    plain = grpo_objective(new, old, ref, adv, w, grpo)
+    tis = grpo_objective(new, old, ref, adv, w, grpo, behaviour_logp=behaviour, tis_cap=1.5)
+    iw = np.minimum(np.exp(old - behaviour), 1.5)
+    assert (np.exp(old - behaviour) > 1.5).any() and (np.exp(old - behaviour) < 1.5).any()
+    # same per-action terms (the ratio is against the trainer's old logp), weighted by iw
+    np.testing.assert_array_equal(tis.loss, plain.loss)
+    np.testing.assert_allclose(tis.weights, w * iw, rtol=1e-15)
+    np.testing.assert_allclose(tis.dloss_dlogp, plain.dloss_dlogp * iw, rtol=1e-14)
+    m = tis.metrics()
+    assert m["loss"] == pytest.approx(float((w * iw) @ plain.loss), rel=1e-14)
+    d = old - behaviour
+    assert m["mismatch/abs_logp"] == pytest.approx(np.abs(d).mean(), rel=1e-14)
+    assert m["mismatch/k3_kl"] == pytest.approx((np.exp(d) - 1 - d).mean(), rel=1e-14)
+    assert m["mismatch/k3_kl"] > 0
+    assert m["mismatch/capped"] == pytest.approx((np.exp(d) > 1.5).mean())
+    assert m["mismatch/is_weight"] == pytest.approx(iw.mean())
+    assert not any(k.startswith("mismatch/") for k in plain.metrics())
+
+
+def test_tis_with_equal_engines_is_the_plain_loss() -> None:
+    rng = np.random.default_rng(6)
+    new, old, ref = (rng.normal(-1.0, 0.3, 8) for _ in range(3))
+    adv, w = rng.normal(size=8), np.full(8, 1 / 8)
+    grpo = GRPOConfig(beta=0.1)
+    plain = grpo_objective(new, old, ref, adv, w, grpo)
+    tis = grpo_objective(new, old, ref, adv, w, grpo, behaviour_logp=old.copy())
+    np.testing.assert_array_equal(tis.dloss_dlogp, plain.dloss_dlogp)
+    assert tis.metrics()["mismatch/abs_logp"] == 0.0
+    assert tis.metrics()["mismatch/capped"] == 0.0

@@ -8,6 +8,9 @@ loss and its gradient with respect to the new log-probabilities (and the entropi
 
 The clipped branch is chosen exactly as the reference chooses it (``pg_loss2 > pg_loss1``,
 then the constant branch), so ties give the unclipped gradient in both.
+
+Truncated importance sampling (``behaviour_logp`` given): each action's weight is multiplied by
+``min(exp(old_logp - behaviour_logp), tis_cap)``, a constant, exactly as the reference does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def grpo_loss(
     *,
     entropy: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    behaviour_logp: torch.Tensor | None = None,
+    tis_cap: float = 2.0,
 ) -> torch.Tensor:
     """The scalar loss ``sum_t w_t * loss_t`` over the actions that count.
 
@@ -43,6 +48,9 @@ def grpo_loss(
         grpo: ``epsilon``, ``epsilon_high``, ``beta`` and ``entropy_coef`` are used.
         entropy: the policy's entropy at each action (differentiable), or None.
         mask: boolean, the actions that count (padded inputs), or None for all.
+        behaviour_logp: the sampling engine's log-probabilities when it is not the trainer
+            (``old_logp`` is then the trainer's recomputation), or None: no importance weight.
+        tis_cap: the truncation of the importance weight (with ``behaviour_logp`` only).
     """
     old_logp, ref_logp = old_logp.detach(), ref_logp.detach()
     if mask is not None:  # padded entries: ratio 1, KL 0, weight 0, whatever they held
@@ -51,6 +59,13 @@ def grpo_loss(
         old_logp = torch.where(mask, old_logp, zero)
         ref_logp = torch.where(mask, ref_logp, zero)
         weights = torch.where(mask, weights, zero)
+        if behaviour_logp is not None:
+            behaviour_logp = torch.where(mask, behaviour_logp.detach(), zero)
+    if behaviour_logp is not None:
+        if not tis_cap > 0:
+            raise ValueError(f"tis_cap must be > 0, got {tis_cap}")
+        is_weight = torch.clamp(torch.exp(old_logp - behaviour_logp.detach()), max=tis_cap)
+        weights = weights * is_weight
     eps_high = grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon
     ratio = torch.exp(new_logp - old_logp)
     pg_loss1 = -advantages * ratio

@@ -30,6 +30,16 @@ position ids from the attention mask) whose gradients accumulate; the aggregatio
 those of the whole mini-batch, so the accumulated gradient is that of the mini-batch's loss.
 The step's metrics are computed by the numpy reference from the tokens' log-probabilities.
 
+Server generation (``hf.generation = "server"``, :meth:`HFPolicy.attach_server`): a
+:class:`~engine.policies.hf.server.ServerGeneration` samples from the server's adapter of the
+snapshot's version; the policy keeps the snapshots' arrays of the versions still served, writes
+each new version's adapter in PEFT format (:meth:`HFPolicy.write_adapter`) for the server to
+load after each update (:meth:`HFPolicy.after_update`), and its update recomputes the old
+log-probabilities with its own model (the ``gen`` adapter set to the rollout's version) and
+weights each token's loss by the truncated importance weight ``min(exp(trainer - server),
+hf.tis_cap)`` (:mod:`engine.policies.objective`); the step reports ``mismatch/*``. In-process
+generation passes no behaviour log-probabilities, so its loss is exactly as before.
+
 State: trainable weights as ``params/<name>`` float32 arrays; meta names the base model and a
 fingerprint of it (architecture, config, parameter shapes, a slice of the embedding), so a
 checkpoint of another base model is a CheckpointError. AdamW's moments go out as ``m.<name>``
@@ -40,6 +50,7 @@ seeded by the policy seed and the step, so a resumed run repeats the same masks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -56,17 +67,19 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import save_file
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ...config.sections import GRPOConfig, HFConfig, OptimConfig
 from ...errors import CheckpointError
-from ...types import Example, Rollout, Sample, Usage
+from ...types import Example, Group, Rollout, Sample, Usage
 from ..base import Policy, PolicySnapshot
 from ..objective import grpo_objective, sequence_weights
 from .loading import LoadedModel, check_target_modules, load_model
 from .objective import grpo_loss
 from .peft_io import read_adapter, write_adapter
+from .server import ServerGeneration
 
 __all__ = ("HFPolicy",)
 
@@ -120,6 +133,8 @@ class _Seq:
     old_logp: np.ndarray
     advantage: float
     weight: float
+    version: int = 0
+    behaviour: np.ndarray | None = None
 
 
 class HFPolicy(Policy):
@@ -190,6 +205,8 @@ class HFPolicy(Policy):
         self._gen_loaded: Mapping[str, np.ndarray] | None = None
         self.optimizer: torch.optim.AdamW | None = None
         self._steps = 0
+        self.server: ServerGeneration | None = None
+        self._versions: dict[int, Mapping[str, np.ndarray]] = {}  # server: snapshots served
 
     @classmethod
     def from_config(cls, hf: HFConfig, *, seed: int) -> HFPolicy:
@@ -215,7 +232,65 @@ class HFPolicy(Policy):
         if self.hf.full_finetune:
             with self._lock:
                 return PolicySnapshot(version=version, params=self._frozen_arrays())
-        return PolicySnapshot(version=version, params=self._frozen_arrays())
+        snap = PolicySnapshot(version=version, params=self._frozen_arrays())
+        if self.server is not None:
+            self._versions[version] = snap.params
+        return snap
+
+    # ------------------------------------------------------------------ server generation
+
+    def attach_server(self, server: ServerGeneration) -> None:
+        """Generate through ``server`` from now on (module docstring); the policy is then an
+        endpoint policy (``embedded`` False, ``client`` the server's client)."""
+        if self.hf.full_finetune:
+            raise ValueError("server generation hot-loads LoRA adapters, not full fine-tuning")
+        self.server = server
+        self.client = server.client
+        self.embedded = False
+        server.known = self._versions.keys
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids the model embeds."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def write_adapter(self, version: int, directory: Path) -> None:
+        """Write version ``version``'s adapter into ``directory`` in PEFT format
+        (``adapter_config.json`` + ``adapter_model.safetensors``, peft's own state-dict
+        mapping); blocking (ServedAdapters runs it in a worker thread).
+
+        Raises:
+            RuntimeError: no snapshot of ``version`` is held (never made, or out of the window).
+        """
+        params = self._versions.get(version)
+        if params is None:
+            raise RuntimeError(
+                f"no snapshot of version {version} to write (held: {sorted(self._versions)})"
+            )
+        with self._lock:
+            self._copy_into(self._gen_params, params)
+            self._gen_loaded = params
+            state = get_peft_model_state_dict(self.model, adapter_name=_GEN)
+            tensors = {k: v.detach().to(torch.float32).cpu().contiguous() for k, v in state.items()}
+        directory = Path(directory)
+        save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = copy.deepcopy(self.model.peft_config[_GEN])
+        config.base_model_name_or_path = self.source
+        config.inference_mode = True
+        config.save_pretrained(str(directory))
+
+    async def after_update(
+        self, step: int, groups: Sequence[Group], *, version: int
+    ) -> dict[str, float]:
+        """Server generation: serve ``version`` (write and load its adapter), unload what is
+        out of the window, forget the snapshots no rollout can come from; else nothing."""
+        if self.server is None:
+            return {}
+        metrics = await self.server.publish(version, step=step)
+        oldest = self.server.served.oldest_wanted(version)
+        for v in [v for v in self._versions if v < oldest]:
+            del self._versions[v]
+        return metrics
 
     @torch.no_grad()
     def _copy_into(self, targets: Mapping[str, torch.Tensor], arrays: Mapping[str, np.ndarray]):
@@ -262,6 +337,10 @@ class HFPolicy(Policy):
         """``n`` completions of ``example`` from ``snapshot``: one batched ``model.generate``
         call in a worker thread, seeded from ``rng`` (module docstring)."""
         prompt = self.render(example)
+        if self.server is not None:
+            self._versions.setdefault(snapshot.version, snapshot.params)
+            prompt_ids = [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+            return await self.server.generate(snapshot, prompt, prompt_ids, n, rng, greedy=greedy)
         seed = int(rng.integers(0, 2**62))
         start = time.perf_counter()
         out = await anyio.to_thread.run_sync(
@@ -376,9 +455,32 @@ class HFPolicy(Policy):
         t_len = np.array([len(c) for _, c, _ in seqs])
         w = sequence_weights(t_len, grpo.loss_type, max_tokens=self.max_new_tokens)
         return [
-            _Seq(pr, c, old, float(a), float(wi))
-            for (pr, c, old), a, wi in zip(seqs, adv, w, strict=True)
+            _Seq(pr, c, old, float(a), float(wi), r.policy_version)
+            for (pr, c, old), a, wi, r in zip(seqs, adv, w, rollouts, strict=True)
         ]
+
+    def _with_trainer_old(self, seqs: list[_Seq]) -> list[_Seq]:
+        """Server generation: each sequence's behaviour log-probabilities are the server's;
+        its old ones are recomputed by this model with the adapter of the rollout's version
+        (NaN behaviour entries, unknown, take the trainer's). The caller holds the lock."""
+        out = [dataclasses.replace(s) for s in seqs]
+        for version in sorted({s.version for s in seqs}):
+            params = self._versions.get(version)
+            if params is None:
+                raise RuntimeError(
+                    f"no snapshot of version {version} to recompute old log-probabilities "
+                    f"(held: {sorted(self._versions)})"
+                )
+            idx = [i for i, s in enumerate(seqs) if s.version == version]
+            with self._generation_weights(params), torch.no_grad():
+                for mb in self._micro_batches([seqs[i] for i in idx]):
+                    lp, _ = self._token_logp(self.model, self._batch_tensors(mb), entropy=False)
+                    for row, s in enumerate(mb):
+                        trainer = lp[row, : len(s.completion)].cpu().numpy()
+                        beh = np.where(np.isnan(s.old_logp), trainer, s.old_logp)
+                        i = idx.pop(0)
+                        out[i] = dataclasses.replace(s, old_logp=trainer, behaviour=beh)
+        return out
 
     def _micro_batches(self, seqs: list[_Seq]) -> list[list[_Seq]]:
         """Consecutive rollouts packed while the padded size stays within the token budget."""
@@ -405,6 +507,7 @@ class HFPolicy(Policy):
         attn = torch.zeros((b, p_max + t_max), dtype=torch.long)
         mask = torch.zeros((b, t_max), dtype=torch.bool)
         old = torch.zeros((b, t_max), dtype=torch.float64)
+        beh = torch.zeros((b, t_max), dtype=torch.float64)
         for i, s in enumerate(mb):
             p0, t = p_max - len(s.prompt), len(s.completion)
             ids[i, p0:p_max] = torch.tensor(s.prompt)
@@ -412,6 +515,8 @@ class HFPolicy(Policy):
             attn[i, p0 : p_max + t] = 1
             mask[i, :t] = True
             old[i, :t] = torch.from_numpy(s.old_logp)
+            if s.behaviour is not None:
+                beh[i, :t] = torch.from_numpy(s.behaviour)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         return {
             "input_ids": ids.to(self.device),
@@ -420,6 +525,7 @@ class HFPolicy(Policy):
             "actions": ids[:, p_max:].to(self.device),
             "mask": mask.to(self.device),
             "old": old.to(self.device),
+            "behaviour": beh.to(self.device),
             "adv": torch.tensor([[s.advantage] for s in mb], dtype=torch.float64).to(self.device),
             "w": torch.tensor([[s.weight] for s in mb], dtype=torch.float64).to(self.device),
         }
@@ -463,6 +569,7 @@ class HFPolicy(Policy):
     ) -> None:
         """Forward and backward of one micro-batch; its tokens' numbers go to ``record``."""
         batch = self._batch_tensors(mb)
+        tis = self.server is not None
         with torch.no_grad(), self._reference() as ref_model:
             ref_lp, _ = self._token_logp(ref_model, batch, entropy=False)
         new_lp, ent = self._token_logp(self.model, batch, entropy=True)
@@ -475,6 +582,8 @@ class HFPolicy(Policy):
             grpo,
             entropy=ent if grpo.entropy_coef > 0 else None,
             mask=batch["mask"],
+            behaviour_logp=batch["behaviour"] if tis else None,
+            tis_cap=self.hf.tis_cap,
         )
         loss.backward()
         m = batch["mask"]
@@ -484,6 +593,7 @@ class HFPolicy(Policy):
         record["adv"].append(batch["adv"].expand_as(new_lp)[m].cpu().numpy())
         record["w"].append(batch["w"].expand_as(new_lp)[m].cpu().numpy())
         record["ent"].append(ent.detach()[m].cpu().numpy())
+        record["beh"].append(batch["behaviour"][m].cpu().numpy())
 
     def update(
         self, rollouts: Sequence[Rollout], advantages: np.ndarray, *, grpo: GRPOConfig, lr: float
@@ -498,9 +608,13 @@ class HFPolicy(Policy):
             raise RuntimeError("the hf policy has no optimizer: configure_optimizer()")
         seqs = self._sequences(rollouts, advantages, grpo)
         record: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("new", "old", "ref", "adv", "w", "ent")
+            k: [] for k in ("new", "old", "ref", "adv", "w", "ent", "beh")
         }
+        unknown = 0
         with self._lock:
+            if self.server is not None:
+                unknown = sum(int(np.isnan(s.old_logp).sum()) for s in seqs)
+                seqs = self._with_trainer_old(seqs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.model.train()
@@ -514,9 +628,19 @@ class HFPolicy(Policy):
                 self.optimizer.zero_grad(set_to_none=True)
         cat = {k: np.concatenate(v) for k, v in record.items()}
         terms = grpo_objective(
-            cat["new"], cat["old"], cat["ref"], cat["adv"], cat["w"], grpo, entropy=cat["ent"]
+            cat["new"],
+            cat["old"],
+            cat["ref"],
+            cat["adv"],
+            cat["w"],
+            grpo,
+            entropy=cat["ent"],
+            behaviour_logp=cat["beh"] if self.server is not None else None,
+            tis_cap=self.hf.tis_cap,
         )
         metrics = terms.metrics()
+        if self.server is not None:
+            metrics["mismatch/unknown"] = unknown / max(1, cat["new"].size)
         metrics.update(step_metrics)
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite GRPO metrics: {metrics}")

@@ -68,3 +68,38 @@ def test_flat_inputs_without_mask_or_entropy() -> None:
     loss.backward()
     assert float(loss.detach()) == pytest.approx(terms.metrics()["loss"], rel=1e-12)
     np.testing.assert_allclose(new_t.grad.numpy(), terms.dloss_dlogp, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("cap", [1.2, 2.0, 10.0])
+def test_torch_tis_matches_numpy(cap: float) -> None:
+    rng = np.random.default_rng(11)
+    n, t = 4, 6
+    lengths = np.array([6, 2, 4, 5])
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    new = rng.normal(-2.0, 0.5, size=(n, t))
+    old = new + rng.normal(0.0, 0.3, size=(n, t))
+    ref = new + rng.normal(0.0, 0.2, size=(n, t))
+    behaviour = old + rng.normal(0.0, 0.7, size=(n, t))
+    adv = rng.normal(size=(n, 1))
+    cfg = GRPOConfig(beta=0.04, entropy_coef=0.0)
+    w = sequence_weights(lengths, "grpo", max_tokens=8)[:, None]
+    terms = grpo_objective(
+        new, old, ref, adv, w, cfg, mask=mask, behaviour_logp=behaviour, tis_cap=cap
+    )
+    new_t = torch.tensor(new, requires_grad=True)
+    loss = grpo_loss(
+        new_t,
+        torch.tensor(old),
+        torch.tensor(ref),
+        torch.tensor(adv),
+        torch.tensor(w),
+        cfg,
+        mask=torch.tensor(mask),
+        behaviour_logp=torch.tensor(behaviour),
+        tis_cap=cap,
+    )
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(terms.metrics()["loss"], rel=1e-12, abs=1e-15)
+    np.testing.assert_allclose(new_t.grad.numpy(), terms.dloss_dlogp, rtol=1e-10, atol=1e-15)
+    plain = grpo_objective(new, old, ref, adv, w, cfg, mask=mask)
+    assert float(loss.detach()) != pytest.approx(plain.metrics()["loss"], rel=1e-6)
