@@ -8,6 +8,7 @@ checkpoints as ``m.<name>`` / ``v.<name>`` arrays beside ``{"t": t}``.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,16 +33,16 @@ class ArrayPolicy(Policy):
 
     optimizer: Adam | None = None
 
+    @abstractmethod
     def parameters(self) -> dict[str, np.ndarray]:
         """The live trainable arrays; the optimizer updates them in place."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss_and_grad(
         self, rollouts: Sequence[Rollout], advantages: np.ndarray, grpo: GRPOConfig
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """GRPO loss metrics and the gradient of the loss for each parameter (same keys and
         shapes as :meth:`parameters`); must not mutate parameters."""
-        raise NotImplementedError
 
     def configure_optimizer(self, optim: OptimConfig) -> None:
         """A fresh Adam(W) with these hyperparameters."""
