@@ -108,7 +108,7 @@ async def _serve(config: SimConfig, host: str, port: int) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(sig, stop.set)
     async with SimServer(config, host=host, port=port) as sim:
         print(sim.base_url, flush=True)

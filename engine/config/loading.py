@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .reference import type_name
 from .sections import RunConfig
 
-__all__ = ("TORCH_MODULES", "load_config", "to_dict")
+__all__ = ("TORCH_MODULES", "load_config", "require_torch", "to_dict")
 
 TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
 """What ``policy = "hf"`` imports: the ``grpo-engine[torch]`` extra."""
@@ -351,13 +351,19 @@ def _check_hf(config: RunConfig, path: str | None) -> None:
     if config.policy == "hf" and hf.generation == "server":
         _check_hf_server(config, path)
     if config.policy == "hf":
-        missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ConfigError(
-                f"policy 'hf' needs {', '.join(missing)}: pip install 'grpo-engine[torch]'",
-                path=path,
-                key="policy",
-            )
+        require_torch(path)
+
+
+def require_torch(path: str | None = None) -> None:
+    """Raise one ConfigError naming ``pip install 'grpo-engine[torch]'`` unless every module of
+    :data:`TORCH_MODULES` is importable (checked without importing them)."""
+    missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"policy 'hf' needs {', '.join(missing)}: pip install 'grpo-engine[torch]'",
+            path=path,
+            key="policy",
+        )
 
 
 def _plain(value: object) -> Any:

@@ -8,28 +8,15 @@ that imports torch, transformers and peft.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
-from ...config.loading import TORCH_MODULES
+from ...config.loading import require_torch
 from ...config.sections import HFConfig
-from ...errors import ConfigError
 
 if TYPE_CHECKING:
     from .policy import HFPolicy
 
 __all__ = ("build_hf_policy", "require_torch")
-
-
-def require_torch() -> None:
-    """Raise one ConfigError naming ``pip install 'grpo-engine[torch]'`` unless torch,
-    transformers, peft, safetensors and gguf are all importable."""
-    missing = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f"policy 'hf' needs {', '.join(missing)}: pip install 'grpo-engine[torch]'",
-            key="policy",
-        )
 
 
 def build_hf_policy(hf: HFConfig, *, seed: int) -> HFPolicy:
