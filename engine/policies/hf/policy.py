@@ -1,9 +1,10 @@
 """The ``hf`` policy: a transformers causal LM (LoRA through peft, or every weight) sampled
 in-process and trained by token-level GRPO.
 
-Generation: :meth:`HFPolicy.generate` runs one batched ``model.generate`` call per group in a
-worker thread: the prompt (``hf.prompt_template`` with the example's text) repeated ``n``
-times, so no padding. ``Sample.logprobs`` are the log-probabilities of the sampled tokens under
+Generation: :meth:`HFPolicy.generate` runs one batched ``model.generate`` call per group on
+the policy's model thread (:mod:`.worker`, which runs every update too): the prompt
+(``hf.prompt_template`` with the example's text) repeated ``n`` times, so no padding.
+``Sample.logprobs`` are the log-probabilities of the sampled tokens under
 ``softmax(logits / temperature)`` from the raw logits of that same call (``top_p`` truncates
 the sampling, not the reported distribution, so it is the one the trainer recomputes). Greedy
 evaluation takes the argmax and reports the same distribution. Each group's sampling is seeded
@@ -64,7 +65,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
@@ -80,6 +80,7 @@ from .loading import LoadedModel, check_target_modules, load_model
 from .objective import grpo_loss
 from .peft_io import read_adapter, write_adapter
 from .server import ServerGeneration
+from .worker import ModelThread
 
 __all__ = ("HFPolicy",)
 
@@ -169,6 +170,7 @@ class HFPolicy(Policy):
         self.device = next(base.parameters()).device
         self.base_fingerprint = fingerprint(base)
         self._lock = threading.Lock()
+        self._thread = ModelThread("hf-policy")
         self._ref_model: Any = None
         if hf.full_finetune:
             self.model = base
@@ -343,9 +345,7 @@ class HFPolicy(Policy):
             return await self.server.generate(snapshot, prompt, prompt_ids, n, rng, greedy=greedy)
         seed = int(rng.integers(0, 2**62))
         start = time.perf_counter()
-        out = await anyio.to_thread.run_sync(
-            self._generate_sync, snapshot.params, prompt, n, seed, greedy
-        )
+        out = await self._thread.run(self._generate_sync, snapshot.params, prompt, n, seed, greedy)
         latency = time.perf_counter() - start
         for s in out:
             s.latency = latency
@@ -550,6 +550,9 @@ class HFPolicy(Policy):
     def completion_logprobs(self, rollouts: Sequence[Rollout]) -> list[np.ndarray]:
         """The current (trained) policy's log-probabilities of each rollout's completion
         tokens, at ``hf.temperature``; blocking (call it from a worker thread)."""
+        return self._thread.call(self._completion_logprobs, rollouts)
+
+    def _completion_logprobs(self, rollouts: Sequence[Rollout]) -> list[np.ndarray]:
         seqs = self._sequences(rollouts, np.zeros(len(rollouts)), GRPOConfig())
         out: list[np.ndarray] = []
         with self._lock, torch.no_grad():
@@ -602,8 +605,13 @@ class HFPolicy(Policy):
 
         Returns the metrics of :meth:`engine.policies.objective.GRPOTerms.metrics` plus
         ``grad_norm`` (before clipping), ``grad_norm_clipped`` (1 when clipped) and
-        ``update_norm``.
+        ``update_norm``. Blocking; the work runs on the policy's model thread.
         """
+        return self._thread.call(self._update, rollouts, advantages, grpo, lr)
+
+    def _update(
+        self, rollouts: Sequence[Rollout], advantages: np.ndarray, grpo: GRPOConfig, lr: float
+    ) -> dict[str, float]:
         if self.optimizer is None:
             raise RuntimeError("the hf policy has no optimizer: configure_optimizer()")
         seqs = self._sequences(rollouts, advantages, grpo)
@@ -725,6 +733,21 @@ class HFPolicy(Policy):
             raise CheckpointError("a fully fine-tuned hf policy has no LoRA adapter to save")
         with self._lock:
             write_adapter(self.model, Path(directory), adapter=_TRAIN, base_model=self.source)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the fully fine-tuned model and its tokenizer into ``directory`` with
+        transformers' own ``save_pretrained`` (safetensors), so
+        ``AutoModelForCausalLM.from_pretrained(directory)`` loads it unchanged.
+
+        Raises:
+            CheckpointError: the policy trains a LoRA adapter (save that with
+                :meth:`save_adapter`; the base model is not changed).
+        """
+        if not self.hf.full_finetune:
+            raise CheckpointError("a LoRA hf policy saves its adapter: save_adapter()")
+        with self._lock:
+            self.model.save_pretrained(str(directory), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(directory))
 
     def read_adapter(self, directory: str | Path) -> dict[str, np.ndarray]:
         """The PEFT adapter in ``directory`` as :meth:`load_state` arrays, checked against
