@@ -25,6 +25,7 @@ from .config.sections import (
     DataConfig,
     EndpointConfig,
     GRPOConfig,
+    HFConfig,
     LimitsConfig,
     OptimConfig,
     PromptPolicyConfig,
@@ -66,6 +67,7 @@ _LAZY: dict[str, str] = {
     "Example": "types",
     "FineTunedModel": "training.finetune",
     "GroupJudge": "rewards.judges",
+    "HFFineTunedModel": "training.finetune",
     "LLMJudge": "rewards.judges",
     "Learner": "learning.learner",
     "Limiter": "endpoints.limits",
@@ -110,6 +112,8 @@ __all__ = (
     "FineTunedModel",
     "GRPOConfig",
     "GroupJudge",
+    "HFConfig",
+    "HFFineTunedModel",
     "LLMJudge",
     "Learner",
     "Limiter",
@@ -180,6 +184,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from .policies.tinylm import TinyLM
     from .rewards.judges import GroupJudge, LLMJudge
     from .rewards.rewarder import Rewarder, RewardSpec
-    from .training.finetune import FineTunedModel, finetune
+    from .training.finetune import FineTunedModel, HFFineTunedModel, finetune
     from .training.trainer import BatchMetrics, RunSummary, TrainingManager
     from .types import Example

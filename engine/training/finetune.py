@@ -512,7 +512,10 @@ class HFFineTunedModel(FineTunedModel):
     its ``POST /v1/load_lora_adapter``) and an engine checkpoint (``meta.json``: the run
     config, the base model's name and fingerprint; ``arrays.npz``: the same weights), so
     ``python -m engine eval --checkpoint DIR`` and ``compare --a DIR`` read it. Nothing in it
-    is pickled. A fully fine-tuned model is saved as the engine checkpoint only.
+    is pickled. A fully fine-tuned model is saved as the engine checkpoint and as a
+    transformers model directory (``config.json``, ``model.safetensors`` and the tokenizer,
+    by ``save_pretrained``): ``AutoModelForCausalLM.from_pretrained(DIR)`` loads it, and so
+    does ``vllm serve DIR``.
 
     Attributes:
         policy: the trained :class:`~engine.policies.hf.policy.HFPolicy`.
@@ -593,7 +596,9 @@ class HFFineTunedModel(FineTunedModel):
         tmp = target.parent / f".{target.name}.save-{uuid.uuid4().hex[:8]}"
         try:
             save_checkpoint(tmp, {f"policy/{k}": v for k, v in arrays.items()}, meta)
-            if not self.policy.hf.full_finetune:
+            if self.policy.hf.full_finetune:
+                self.policy.save_pretrained(tmp)
+            else:
                 self.policy.save_adapter(tmp)
             _replace_dir(tmp, target)
         finally:

@@ -231,3 +231,40 @@ async def test_a_fully_fine_tuned_model_saves_and_loads_without_an_adapter(
         assert await loaded.generate(text) == await model.generate(text)
     model.save(saved)  # replaces the directory
     assert FineTunedModel.load(saved).step == 0
+
+
+async def test_a_fully_fine_tuned_model_saves_a_transformers_directory(tmp_path: Path) -> None:
+    """Full fine-tuning: save writes the model by save_pretrained (loadable by transformers
+    with the trained weights) beside the engine checkpoint, and load restores it."""
+    model_dir = save_tiny(tmp_path / "tiny")
+    model = await finetune(
+        EXAMPLES[:8],
+        base_prompt=TEMPLATE,
+        reward=goodness,
+        config=hf_config(model_dir, "hf.full_finetune=true", "steps=1"),  # type: ignore[arg-type]
+    )
+    assert isinstance(model, HFFineTunedModel)
+    saved = model.save(tmp_path / "saved")
+    names = {p.name for p in saved.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "meta.json"} <= names
+    assert "adapter_config.json" not in names
+    reloaded = type(tiny_model()).from_pretrained(saved).eval()
+    base = type(tiny_model()).from_pretrained(model_dir).eval()
+    ids = torch.tensor([[1, 13, 6, 12, 7, 5, 6]])
+    with torch.no_grad():
+        want = model.policy.model(input_ids=ids).logits
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, want, rtol=0, atol=1e-6)
+        assert not torch.allclose(base(input_ids=ids).logits, want)  # the weights moved
+    again = FineTunedModel.load(saved)
+    assert isinstance(again, HFFineTunedModel)
+    for k, v in model.policy.trainable_arrays().items():
+        np.testing.assert_array_equal(again.policy.trainable_arrays()[k], v, err_msg=k)
+
+
+def test_a_lora_model_has_no_transformers_directory_to_save(
+    trained: tuple[HFFineTunedModel, Path, Path], tmp_path: Path
+) -> None:
+    model, _, _ = trained
+    with pytest.raises(CheckpointError, match="save_adapter"):
+        model.policy.save_pretrained(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
