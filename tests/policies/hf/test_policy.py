@@ -211,3 +211,29 @@ async def test_full_finetuning_trains_every_weight_and_snapshots_still_hold() ->
         np.testing.assert_array_equal(a.logprobs, b.logprobs)
     live = policy.trainable_arrays()
     assert any(not np.array_equal(live[n], snap0.params[n]) for n in names)
+
+
+async def test_generation_and_updates_all_run_on_the_policys_one_model_thread() -> None:
+    """Calls from the loop's worker threads and from the caller all land on one thread (so
+    torch's allocations share one malloc arena: see engine.policies.hf.worker)."""
+    import threading
+
+    import anyio.to_thread
+
+    policy = tiny_policy()
+    seen: list[int] = []
+    for name in ("_generate_sync", "_update", "_completion_logprobs"):
+        inner = getattr(policy, name)
+
+        def spy(*args: object, _inner: object = inner) -> object:
+            seen.append(threading.get_ident())
+            return _inner(*args)  # type: ignore[operator]
+
+        setattr(policy, name, spy)
+    rollouts = await _rollouts(policy)
+    rollouts += await _rollouts(policy, seed=1)
+    policy.configure_optimizer(OptimConfig(lr=0.05))
+    adv = np.array([1.0, -1.0] * 4)
+    await anyio.to_thread.run_sync(lambda: policy.update(rollouts, adv, grpo=GRPOConfig(), lr=0.05))
+    policy.completion_logprobs(rollouts)
+    assert len(seen) == 4 and len(set(seen)) == 1 and threading.get_ident() not in seen
