@@ -1,5 +1,5 @@
 """The hf policy on Gemma 3 270M on CPU, generating in-process: GRPO steps through the
-TrainingManager, and a policy-improvement check on a fixed scored batch.
+TrainingManager, and a policy-improvement check on a fixed scored batch, and exact resume.
 
 One model is loaded for the module (the GGUF converted once into the cache of
 :func:`engine.policies.hf.loading.cache_root`: ~2 minutes the first time on 2 cores, seconds
@@ -25,7 +25,7 @@ from engine.config.sections import GRPOConfig, OptimConfig
 from engine.policies.hf.policy import HFPolicy
 from engine.rewards.functions import exact_match
 from engine.telemetry.records import read_records
-from engine.training.trainer import TrainingManager
+from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Rollout
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "hf_sentiment.toml"
@@ -101,6 +101,45 @@ async def test_three_grpo_steps_move_the_adapter(gemma: HFPolicy, tmp_path: Path
     end = gemma.trainable_arrays()
     assert any(not np.array_equal(start[k], end[k]) for k in start)
     print("step_time", [round(r["step_time"], 1) for r in rows])
+
+
+async def test_a_stopped_and_resumed_run_ends_with_the_same_adapter(
+    gemma: HFPolicy, tmp_path: Path
+) -> None:
+    """2 steps straight, and 1 step, a stop, a resume and 1 more, from the same adapter: the
+    same adapter weights and the same losses (CPU, one model thread)."""
+    overrides = ["steps=2", "trainer.eval_every=0", "trainer.checkpoint_every=1",
+                 "optim.lr=0.001", "grpo.entropy_coef=0.01",
+                 "data.batch_size=1", "grpo.mini_batch_size=1"]  # fmt: skip
+    config = load_config(EXAMPLE_CONFIG, overrides)
+    arrays, meta = gemma.state()
+
+    async def run(out: Path, *, stop_after: int | None = None, resume: bool = False) -> None:
+        def stop(m: BatchMetrics) -> None:
+            if stop_after is not None and m.batch_id == stop_after:
+                tm.request_stop()
+
+        async with TrainingManager(config, policy=gemma, out=out, on_batch_complete=stop) as tm:
+            await tm.run(resume=out if resume else None)
+
+    gemma.load_state(arrays, meta)
+    await run(tmp_path / "straight")
+    straight = gemma.trainable_arrays()
+    gemma.load_state(arrays, meta)
+    await run(tmp_path / "resumed", stop_after=0)
+    assert [r["step"] for r in read_records(tmp_path / "resumed" / "metrics.jsonl")] == [0]
+    gemma.load_state(arrays, meta)  # the resume must restore the checkpoint's adapter itself
+    await run(tmp_path / "resumed", resume=True)
+    resumed = gemma.trainable_arrays()
+    start = {k.removeprefix("params/"): v for k, v in arrays.items()}
+    assert any(not np.array_equal(straight[k], start[k]) for k in start)
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+    losses = [
+        [r["policy_loss"] for r in read_records(tmp_path / d / "metrics.jsonl")]
+        for d in ("straight", "resumed")
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
 @pytest.mark.slow
