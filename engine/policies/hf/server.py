@@ -155,7 +155,18 @@ class ServerGeneration:
         a resumed run's first snapshots were never published here)."""
         if version > self._newest:
             await self.publish(version)
+        elif version > 0 and version not in self.served.served():
+            await self._load_into_window(version)
         return self.served.model_for(version)
+
+    async def _load_into_window(self, version: int) -> None:
+        """Load ``version`` beside the served versions when it is still inside the newest
+        one's window: a resumed run's snapshots come back from its checkpoint, so a publish
+        may have skipped a version the policy did not hold yet."""
+        async with self._publish_lock:
+            served = self.served.served()
+            if version not in served and version >= self.served.oldest_wanted(self._newest):
+                await self.served.sync([*served, version])
 
     async def close(self) -> None:
         """Unload this run's adapters from the server."""

@@ -380,4 +380,29 @@ async def test_a_resumed_run_serves_its_window_and_completes(
     gens = [e for e in read_records(out / "events-True.jsonl") if e.get("kind") == "generation"]
     resumed = range(stop_after + 1, steps)
     assert {e["policy_version"] for e in gens} == {max(0, k - staleness) for k in resumed}
-    assert all(e["model"].endswith(f"-v{e['policy_version']}") for e in gens)
+    for e in gens:
+        v = e["policy_version"]
+        assert e["model"] == BASE if v == 0 else e["model"].endswith(f"-v{v}"), e
+
+
+async def test_a_version_of_the_window_never_loaded_here_is_loaded_when_asked_for(
+    tmp_path: Path,
+) -> None:
+    """A resumed run's snapshots come from its checkpoint, not from this policy's updates: a
+    version inside the window that a later publish skipped (the policy did not hold it then)
+    is loaded when generation asks for it, beside the served ones."""
+    server = SimServer(SimConfig(models=(BASE,), strict_models=True))
+    async with server, AsyncExitStack() as stack:
+        config = _config(server, tmp_path, "grpo.max_staleness=2")
+        client = await stack.enter_async_context(make_client(config))
+        policy = sim_policy(config)
+        gen = await open_hf_server(config, policy, stack, client=client)
+        policy.snapshot(4)
+        await gen.publish(4)
+        assert gen.served.served() == (4,)
+        samples = await policy.generate(
+            policy.snapshot(2), EXAMPLES[0], 2, np.random.default_rng(0)
+        )
+        assert all(s.error is None and s.token_ids is not None for s in samples), samples
+        assert gen.served.served() == (2, 4)
+        assert set(server.adapters) == {gen.served.name_for(2), gen.served.name_for(4)}
