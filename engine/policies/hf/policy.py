@@ -136,6 +136,7 @@ class _Seq:
     weight: float
     version: int = 0
     behaviour: np.ndarray | None = None
+    key: tuple[str, int, int] | None = None  # (group id, index, version): the old-logp cache
 
 
 class HFPolicy(Policy):
@@ -209,6 +210,7 @@ class HFPolicy(Policy):
         self._steps = 0
         self.server: ServerGeneration | None = None
         self._versions: dict[int, Mapping[str, np.ndarray]] = {}  # server: snapshots served
+        self._old_cache: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def from_config(cls, hf: HFConfig, *, seed: int) -> HFPolicy:
@@ -286,6 +288,7 @@ class HFPolicy(Policy):
     ) -> dict[str, float]:
         """Server generation: serve ``version`` (write and load its adapter), unload what is
         out of the window, forget the snapshots no rollout can come from; else nothing."""
+        self._old_cache.clear()
         if self.server is None:
             return {}
         metrics = await self.server.publish(version, step=step)
@@ -455,31 +458,41 @@ class HFPolicy(Policy):
         t_len = np.array([len(c) for _, c, _ in seqs])
         w = sequence_weights(t_len, grpo.loss_type, max_tokens=self.max_new_tokens)
         return [
-            _Seq(pr, c, old, float(a), float(wi), r.policy_version)
+            _Seq(pr, c, old, float(a), float(wi), r.policy_version, None, _key(r))
             for (pr, c, old), a, wi, r in zip(seqs, adv, w, rollouts, strict=True)
         ]
 
     def _with_trainer_old(self, seqs: list[_Seq]) -> list[_Seq]:
         """Server generation: each sequence's behaviour log-probabilities are the server's;
         its old ones are recomputed by this model with the adapter of the rollout's version
-        (NaN behaviour entries, unknown, take the trainer's). The caller holds the lock."""
-        out = [dataclasses.replace(s) for s in seqs]
-        for version in sorted({s.version for s in seqs}):
+        (NaN behaviour entries, unknown, take the trainer's). Computed once per rollout and
+        batch: later epochs over the batch reuse them (the cache is emptied by
+        :meth:`after_update`). The caller holds the lock."""
+        out = list(seqs)
+        todo: list[int] = []
+        for i, s in enumerate(seqs):
+            hit = self._old_cache.get(s.key) if s.key is not None else None
+            if hit is not None and len(hit[0]) == len(s.completion):
+                out[i] = dataclasses.replace(s, old_logp=hit[0], behaviour=hit[1])
+            else:
+                todo.append(i)
+        for version in sorted({seqs[i].version for i in todo}):
             params = self._versions.get(version)
             if params is None:
                 raise RuntimeError(
                     f"no snapshot of version {version} to recompute old log-probabilities "
                     f"(held: {sorted(self._versions)})"
                 )
-            idx = [i for i, s in enumerate(seqs) if s.version == version]
+            idx = [i for i in todo if seqs[i].version == version]
             with self._generation_weights(params), torch.no_grad():
                 for mb in self._micro_batches([seqs[i] for i in idx]):
                     lp, _ = self._token_logp(self.model, self._batch_tensors(mb), entropy=False)
                     for row, s in enumerate(mb):
                         trainer = lp[row, : len(s.completion)].cpu().numpy()
                         beh = np.where(np.isnan(s.old_logp), trainer, s.old_logp)
-                        i = idx.pop(0)
-                        out[i] = dataclasses.replace(s, old_logp=trainer, behaviour=beh)
+                        out[idx.pop(0)] = dataclasses.replace(s, old_logp=trainer, behaviour=beh)
+                        if s.key is not None:
+                            self._old_cache[s.key] = (trainer, beh)
         return out
 
     def _micro_batches(self, seqs: list[_Seq]) -> list[list[_Seq]]:
@@ -819,6 +832,10 @@ def _checked_arrays(
             raise CheckpointError(f"array {key!r} holds non-finite values")
         out[n] = a
     return out
+
+
+def _key(r: Rollout) -> tuple[str, int, int]:
+    return (r.group_id, r.index, r.policy_version)
 
 
 @contextmanager

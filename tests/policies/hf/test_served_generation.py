@@ -271,6 +271,42 @@ async def test_the_update_recomputes_old_logprobs_and_weights_by_the_truncated_r
     assert lm["policy_loss"] != pytest.approx(m["policy_loss"], rel=1e-6)
 
 
+async def test_old_logprobs_are_computed_once_per_batch_and_reused_by_later_epochs() -> None:
+    """A second epoch over the same rollouts reuses the old log-probabilities of the first
+    (no forward pass with the version's adapter), with the same mismatch figures;
+    after_update empties the cache, so the next batch computes its own."""
+    policy = tiny_policy(tis_cap=1.5)
+    snap = policy.snapshot(0)
+    samples = await policy.generate(snap, Example("e", "the food was good"), 4,
+                                    np.random.default_rng(0))  # fmt: skip
+    served = [
+        Rollout("0-0", i, 0, replace(s, logprobs=s.logprobs - 0.1), reward=float(i % 2))
+        for i, s in enumerate(samples)
+    ]
+    adv = np.array([1.0, -1.0, 0.5, -0.5])
+    policy.server = object()  # type: ignore[assignment]  # the server path's update
+    policy._versions[0] = snap.params
+    policy.configure_optimizer(OptimConfig(lr=0.05))
+    passes = []
+    inner = policy._generation_weights
+
+    def counted(params: object) -> object:
+        passes.append(params)
+        return inner(params)  # type: ignore[arg-type]
+
+    policy._generation_weights = counted  # type: ignore[method-assign]
+    first = policy.update(served, adv, grpo=GRPOConfig(beta=0.04), lr=0.05)
+    second = policy.update(served, adv, grpo=GRPOConfig(beta=0.04), lr=0.05)
+    assert len(passes) == 1
+    for k in ("mismatch/abs_logp", "mismatch/k3_kl"):
+        assert second[k] == pytest.approx(first[k], rel=1e-12)
+    policy.server = None  # after_update with no server to publish to: only the cache
+    await policy.after_update(0, [], version=1)
+    policy.server = object()  # type: ignore[assignment]
+    policy.update(served, adv, grpo=GRPOConfig(beta=0.04), lr=0.05)
+    assert len(passes) == 2
+
+
 @contextmanager
 def _sim_process(*args: str) -> Iterator[str]:
     """``python -m engine serve-sim`` in a child process; its base URL."""
