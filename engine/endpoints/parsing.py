@@ -24,8 +24,9 @@ import orjson
 
 from ..errors import EndpointError, ResponseError
 from ..types import Usage
+from .guards import MAX_JSON_DEPTH, read_usage, scrub_tokens, too_deep
 from .limits import PermitProtocol
-from .redaction import Redactor
+from .redaction import Redactor, strip_url
 from .retry import code_status, should_retry, status_error
 
 __all__ = (
@@ -97,12 +98,15 @@ class Result:
 
     Attributes:
         choices: the request's choices, in the server's index order, re-indexed from 0.
-        usage: its token usage (zero when the server sent none).
+        usage: its token usage (zero when the server sent none or an unsound one).
         id: the response id, redacted.
         model: the model the server says answered.
         request_id: the ``x-request-id`` header, redacted.
         prompt_token_ids: prompt token ids when the server returns them (vLLM).
         attempts: the attempt that succeeded (1 on the first try).
+        usage_anomaly: why the server's usage was not trusted (one of
+            :data:`~engine.endpoints.guards.USAGE_ANOMALIES`), None when it was; the client
+            then replaces ``usage`` with an estimate.
     """
 
     choices: list[Choice]
@@ -112,6 +116,7 @@ class Result:
     request_id: str | None
     prompt_token_ids: list[int] | None
     attempts: int
+    usage_anomaly: str | None = None
 
 
 class Failure:
@@ -158,13 +163,29 @@ def parse_response(
     path: str,
     redact: Redactor,
 ) -> Result | Failure:
-    """Classify one HTTP response of attempt ``attempt`` to ``path``: a result or a failure."""
+    """Classify one HTTP response of attempt ``attempt`` to ``path``: a result or a failure.
+
+    The body is untrusted: JSON nested deeper than
+    :data:`~engine.endpoints.guards.MAX_JSON_DEPTH` is refused (a response error, not
+    retried; an error status then shows the raw text), a redirect (3xx) is an error naming
+    its location, and the key is redacted from the text of the choices.
+    """
+    deep = False
     try:
         doc = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        doc = None
+    except orjson.JSONDecodeError as exc:
+        doc, deep = None, "depth" in str(exc)  # orjson's own limit: 1,024 levels
+    if doc is not None and (type(doc) is dict or type(doc) is list) and too_deep(raw):
+        doc, deep = None, True
+    if 300 <= status < 400:
+        return _redirect(status, headers, attempt, path, redact)
     if not 200 <= status < 300:
         return _error_status(doc, raw, status, headers, attempt, path, redact)
+    if deep:
+        return _response_failure(
+            f"response JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            status, headers, attempt, path, retryable=False,
+        )  # fmt: skip
     if type(doc) is not dict:
         # a body cut short by a proxy or a dropped connection: worth another try
         snippet = redact(raw[:200].decode("utf-8", "replace"))
@@ -189,7 +210,7 @@ def parse_response(
         )  # fmt: skip
     try:
         choices = _parse_choices(raw_choices)
-    except (AttributeError, TypeError, ValueError) as exc:
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         return _response_failure(
             f"malformed choices: {type(exc).__name__}", status, headers, attempt, path
         )
@@ -240,20 +261,52 @@ def _result(
     attempt: int,
     redact: Redactor,
 ) -> Result:
-    usage = parse_usage(doc.get("usage"))
+    usage, anomaly = read_usage(doc.get("usage"))
     ptids = doc.get("prompt_token_ids")
     if ptids is None and type(raw_choices[0]) is dict:
         ptids = raw_choices[0].get("prompt_token_ids")
     rid = doc.get("id")
+    model = doc.get("model")
+    if redact.active:
+        choices = [_scrub(c, redact) for c in choices]
     return Result(
         choices=choices,
-        usage=usage if usage is not None else Usage(),
-        id=redact.id(rid if rid is None or type(rid) is str else str(rid)),
-        model=doc.get("model"),
+        usage=usage,
+        id=redact.id(rid if rid is None or type(rid) is str else str(rid)[:200]),
+        model=redact.secrets(model[:200]) if type(model) is str else None,
         request_id=redact.id(headers.get("x-request-id")),
         prompt_token_ids=_int_list(ptids),
         attempts=attempt,
+        usage_anomaly=anomaly,
     )
+
+
+def _scrub(c: Choice, redact: Redactor) -> Choice:
+    """A choice cleared of the key a server echoed: in its text and its tokens (kept aligned
+    with the logprobs); its token ids, which would spell the key, are dropped."""
+    text = redact.secrets(c.text)
+    tokens = scrub_tokens(c.tokens, redact) if c.tokens else None
+    fr = c.finish_reason
+    reason = redact.secrets(fr) if fr is not None else None
+    if text is c.text and tokens is None and reason is fr:
+        return c  # the usual case: nothing echoed
+    ids = None if text is not c.text or tokens is not None else c.token_ids
+    return Choice(c.index, text, reason, ids, c.logprobs, tokens if tokens else c.tokens)
+
+
+def _redirect(
+    status: int, headers: Mapping[str, str], attempt: int, path: str, redact: Redactor
+) -> Failure:
+    """A 3xx: redirects are not followed (a 307 would re-post the prompt and the key's
+    header elsewhere); the error names the location without its query or credentials."""
+    location = headers.get("location") or headers.get("Location")
+    where = redact(strip_url(location)) if location else "no location"
+    message = (
+        f"HTTP {status} redirect to {where} not followed: point endpoint.base_url at the "
+        "final address"
+    )
+    error = ResponseError(message, status=status, attempt=attempt, endpoint=path, retryable=False)
+    return Failure(error, headers)
 
 
 def _error_status(
@@ -349,25 +402,11 @@ def _int_list(v: Any) -> list[int] | None:
         return None
 
 
-def _int(v: Any) -> int:
-    if type(v) is int:
-        return v
-    return int(v) if type(v) is float and math.isfinite(v) else 0
-
-
 def parse_usage(u: Any) -> Usage | None:
-    if type(u) is not dict:
-        return None
-    ptd = u.get("prompt_tokens_details")
-    ctd = u.get("completion_tokens_details")
-    cost = u.get("cost")
-    return Usage(
-        _int(u.get("prompt_tokens")),
-        _int(u.get("completion_tokens")),
-        _int(ptd.get("cached_tokens")) if type(ptd) is dict else 0,
-        _int(ctd.get("reasoning_tokens")) if type(ctd) is dict else 0,
-        float(cost) if type(cost) is float or type(cost) is int else 0.0,
-    )
+    """The usage object of a response, or None when it is missing or unsound
+    (:func:`~engine.endpoints.guards.read_usage` says why)."""
+    usage, anomaly = read_usage(u)
+    return None if anomaly is not None else usage
 
 
 def error_object(data: Any) -> Mapping[str, Any] | None:

@@ -2,7 +2,9 @@
 
 The key lives only in the session's Authorization header. Text that comes from upstream
 (error bodies, exception messages, ids a server chose) passes through a :class:`Redactor`
-before it reaches an error or an event, and URLs are shown by :func:`strip_url`.
+before it reaches an error or an event, and URLs are shown by :func:`strip_url`. The text of
+a successful answer (completions, their tokens, the model name) is cleared of the key alone
+(:meth:`Redactor.secrets`), so a server that echoes the key puts it nowhere.
 """
 
 from __future__ import annotations
@@ -52,6 +54,37 @@ class Redactor:
             if s in text:
                 text = text.replace(s, "[REDACTED]")
         return _BEARER.sub("Bearer [REDACTED]", text)
+
+    def secrets(self, text: str) -> str:
+        """``text`` with the key (in any of its spellings) redacted, and nothing else: for a
+        model's answer, where "Bearer" followed by a word is ordinary text."""
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "[REDACTED]")
+        return text
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where the key (in any of its spellings) occurs in ``text``: sorted, merged
+        ``(start, end)`` character ranges."""
+        found: list[tuple[int, int]] = []
+        for s in self._secrets:
+            i = text.find(s)
+            while i >= 0:
+                found.append((i, i + len(s)))
+                i = text.find(s, i + 1)
+        found.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in found:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return merged
+
+    @property
+    def active(self) -> bool:
+        """Whether there is a key to redact."""
+        return bool(self._secrets)
 
     def id(self, rid: str | None) -> str | None:
         """A server-chosen id, redacted if a (misbehaving) server put the key in it."""
