@@ -247,8 +247,12 @@ def make_client(
     client = Client(
         cfg,
         limits=lim,
-        retry=RetryConfig(max_attempts=max_attempts, backoff_base=1.0, backoff_cap=60.0,
-                          max_server_wait=max_server_wait),  # fmt: skip
+        retry=RetryConfig(
+            max_attempts=max_attempts,
+            backoff_base=1.0,
+            backoff_cap=60.0,
+            max_server_wait=max_server_wait,
+        ),
         events=events,
         api_key=KEY,
         clock=t.clock,
