@@ -34,6 +34,7 @@ from ..errors import (
     TransportError,
 )
 from ..telemetry.events import EventLog
+from ..telemetry.logs import get_logger
 from ..types import Usage
 from .fanout import EndpointKey
 from .guards import estimated_usage, usage_bound
@@ -43,6 +44,8 @@ from .redaction import Redactor
 from .transport import ATTEMPT, Alarm, Watchdog, read_capped
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
+
+_log = get_logger("engine.endpoints.attempts")
 
 _NO_USAGE = Usage()
 
@@ -304,6 +307,9 @@ class AttemptRunner:
             result.usage_anomaly = "huge"
         if result.usage_anomaly is not None:
             self.usage_anomalies[result.usage_anomaly] += 1
+            if self.usage_anomalies[result.usage_anomaly] == 1:  # once per reason and client
+                _log.warning("endpoint.usage_anomaly", endpoint=ctx.path,
+                             reason=result.usage_anomaly, replaced_by="estimate")  # fmt: skip
             texts = [c.text for c in result.choices]
             result.usage = estimated_usage(ctx.est_prompt, texts, est)
             return result.usage.total_tokens

@@ -239,3 +239,52 @@ async def test_run_with_hour_long_retry_after_finishes_promptly(tmp_path: Path) 
     assert len(evs) == rate_limited and all(e["retry_in"] in (0.5, None) for e in evs)
     record("untrusted_run", {"steps": 4, "rate_limited": rate_limited,
                              "elapsed_s": round(elapsed, 1)})  # fmt: skip
+
+
+async def test_run_through_hostile_answers_continues(tmp_path: Path) -> None:
+    """``python -m engine run`` with a token budget, against a server whose answers are in
+    part unsound usage, oversized, deeply nested, echoing the key or redirecting elsewhere:
+    exit 0, every step done, the anomalies and the refused answers in the events, no key in
+    the run directory, and the other origin never asked."""
+    out = tmp_path / "run"
+    key = "sk-untrusted-run-5d1c9e0b7a3f"
+    async with SimServer() as elsewhere:
+        faults = Faults(bad_usage=0.15, oversized=0.03, deep_json=0.03, echo_key=0.05,
+                        redirect=0.03, oversize_bytes=1024 * 1024,
+                        redirect_to=elsewhere.base_url.removesuffix("/v1"))  # fmt: skip
+        sim_cfg = SimConfig(seed=2, latency=0.002, model=grading_model, faults=faults, api_key=key)
+        async with SimServer(sim_cfg) as sim:
+            cfg = {
+                "policy": "prompt",
+                "steps": 5,
+                "out": str(out),
+                "grpo": {"group_size": 4},
+                "prompt": {"instructions": ["Classify the sentiment of this review."]},
+                "endpoint": {"base_url": sim.base_url, "model": "sim-model", "max_tokens": 8,
+                             "timeout": 5.0, "deadline": 60.0, "api_key_env": "UNTRUSTED_KEY",
+                             "max_response_bytes": 256 * 1024},
+                "limits": {"tpm": 120_000},
+                "retry": {"max_attempts": 3, "backoff_base": 0.01, "backoff_cap": 0.1},
+                "reward": {"functions": ["non_empty"]},
+                "rollout": {"partial_group": "shrink"},
+                "data": {"batch_size": 4},
+            }  # fmt: skip
+            (tmp_path / "run.toml").write_text(to_toml(cfg))
+            done = await run_engine(["run", "--config", str(tmp_path / "run.toml")],
+                                    env={"UNTRUSTED_KEY": key}, limit=240)  # fmt: skip
+            injected = sim.counters.faults
+        assert elsewhere.counters.requests == 0
+    assert done.returncode == 0, done.err[-3000:]
+    assert len(jsonl_records(out / "metrics.jsonl")) == 5
+    events = [e for e in jsonl_records(out / "events.jsonl") if e.get("kind") == "generation"]
+    anomalies = sum(1 for e in events if e.get("usage_anomaly"))
+    refused = [e for e in events if e.get("error_class") == "response"]
+    assert anomalies == injected["bad_usage"] > 0, (anomalies, injected)
+    hostile = injected["oversized"] + injected["deep_json"] + injected["redirect"]
+    assert len(refused) == hostile > 0, (len(refused), injected)
+    assert injected["echo_key"] > 0
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+    figures = {"faults": dict(injected), "usage_anomalies": anomalies, "refused": len(refused)}
+    record("untrusted_hostile_run", {"steps": 5, **figures})
