@@ -34,12 +34,13 @@ def client_for(
     *,
     deadline: float = 30.0,
     max_server_wait: float = 60.0,
+    max_attempts: int = 4,
     limits: LimitsConfig | None = None,
     **endpoint: Any,
 ) -> Client:
     cfg = EndpointConfig(base_url=sim.base_url, model="sim-model", max_tokens=8, timeout=5.0,
                          deadline=deadline, **endpoint)  # fmt: skip
-    retry = RetryConfig(max_attempts=4, backoff_base=0.01, backoff_cap=0.05,
+    retry = RetryConfig(max_attempts=max_attempts, backoff_base=0.01, backoff_cap=0.05,
                         max_server_wait=max_server_wait)  # fmt: skip
     return Client(cfg, limits=limits or LimitsConfig(max_concurrency=8), retry=retry, events=events)
 
@@ -56,11 +57,11 @@ def attempt_events(path: Path) -> list[dict[str, Any]]:
 
 async def test_an_hour_long_retry_after_is_capped(tmp_path: Path) -> None:
     """429s asking for an hour pause every sender for ``max_server_wait`` only: 16 calls
-    through a server answering a third of them so all succeed, in seconds, not hours."""
-    faults = Faults(rate_limit=0.3, retry_after=HOUR)
+    through a server answering a fifth of them so all succeed, in seconds, not hours."""
+    faults = Faults(rate_limit=0.2, retry_after=HOUR)
     events = EventLog(tmp_path / "events.jsonl")
     async with SimServer(SimConfig(seed=3, faults=faults)) as sim:
-        async with client_for(sim, events, max_server_wait=0.2) as client:
+        async with client_for(sim, events, max_server_wait=0.2, max_attempts=10) as client:
             t0 = time.monotonic()
             outs = await asyncio.gather(*(client.complete(f"q{i}") for i in range(16)))
             elapsed = time.monotonic() - t0
@@ -78,25 +79,25 @@ async def test_an_hour_long_retry_after_is_capped(tmp_path: Path) -> None:
 
 
 async def test_a_wait_past_the_deadline_fails_at_once(tmp_path: Path) -> None:
-    """A server wait longer than what is left of the deadline (an hour, capped to 4 s,
-    against 3 s) fails the call at once, as does a call that would queue behind the shared
+    """A server wait longer than what is left of the deadline (an hour, capped to 8 s,
+    against 6 s) fails the call at once, as does a call that would queue behind the shared
     pause, each with its event; once the pause is over the client serves again."""
     events = EventLog(tmp_path / "events.jsonl")
     async with (
         SimServer(SimConfig(faults=Faults(rate_limit=1.0, retry_after=HOUR))) as sim,
-        client_for(sim, events, deadline=30.0, max_server_wait=4.0) as client,
+        client_for(sim, events, deadline=30.0, max_server_wait=8.0) as client,
     ):
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="would pass the deadline"):
-            await client.complete("first", deadline=3.0)
-        sim.set_faults()  # the server is fine again, but the pause (4 s) is not over
+            await client.complete("first", deadline=6.0)
+        sim.set_faults()  # the server is fine again, but the pause (8 s) is not over
         with pytest.raises(DeadlineExceeded, match="rate-limit pause"):
-            await client.complete("second", deadline=3.0)
+            await client.complete("second", deadline=6.0)
         elapsed = time.monotonic() - t0
-        out = await client.complete("third")  # waits out the 4 s pause, then succeeds
+        out = await client.complete("third")  # waits out the 8 s pause, then succeeds
         limiter = client.statistics().limiter
     events.close()
-    assert elapsed < 2.5, elapsed  # both failed well before their 3 s deadline
+    assert elapsed < 5, elapsed  # both failed well before their 6 s deadline
     assert out.choices and limiter is not None and limiter.gate_waits >= 1
     evs = attempt_events(tmp_path / "events.jsonl")
     assert [(e["error_class"], e["retry_in"]) for e in evs] == [
@@ -134,7 +135,7 @@ async def test_unsound_usage_is_recorded_and_never_trusted(tmp_path: Path) -> No
     assert anomalies[:rounds] == ["negative", "huge", "malformed", "malformed", "malformed",
                                   "missing", "missing", "missing"] * 2  # fmt: skip
     assert anomalies[rounds] is None and all(e["status"] == 200 for e in evs)
-    assert after < 5, after
+    assert after < 20, after  # the debt of a trusted 10**12 would hold it for years
 
 
 # ----------------------------------------------------------------------------- bodies
