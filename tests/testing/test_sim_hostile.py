@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from engine.testing.sim import BAD_USAGES, HOSTILE_KINDS, Faults, SimConfig
 from tests.testing.sim_http import CHAT, COMPLETION, post, serving
@@ -61,3 +62,14 @@ async def test_oversized_deep_echo_and_redirect_bodies() -> None:
         async with s.post(url, json=CHAT, allow_redirects=False) as resp:
             assert resp.status == 307
             assert resp.headers["Location"].startswith("http://127.0.0.1:9/v1/chat/completions?")
+
+
+def test_hostile_options_are_validated() -> None:
+    """Hostile rates count toward the sum of 1; sizes and depths must make sense."""
+    with pytest.raises(ValueError, match="sum"):
+        Faults(reset=0.6, echo_key=0.5)
+    with pytest.raises(ValueError, match="deep_levels"):
+        Faults(deep_levels=0)
+    with pytest.raises(ValueError, match="oversize_bytes"):
+        Faults(oversize_bytes=-1)
+    assert Faults(bad_usage=0.25, redirect=0.25).total == pytest.approx(0.5)

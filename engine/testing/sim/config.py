@@ -128,6 +128,8 @@ class Faults:
             raise ValueError(f"fault rates must sum to at most 1, got {total:g}")
         if self.hang_seconds < 0 or self.retry_after < 0:
             raise ValueError("Faults.hang_seconds and Faults.retry_after must be >= 0")
+        if self.oversize_bytes < 0 or self.deep_levels < 1:
+            raise ValueError("Faults.oversize_bytes must be >= 0 and Faults.deep_levels >= 1")
 
     @property
     def total(self) -> float:
