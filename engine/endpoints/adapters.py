@@ -355,9 +355,9 @@ def _parse(raw: bytes) -> Any:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw.decode("utf-8", "replace")[:2000]
+        return raw.decode("utf-8", "replace")
     if (type(doc) is dict or type(doc) is list) and too_deep(raw):
-        return raw[:2000].decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace")
     return doc
 
 

@@ -29,6 +29,10 @@ from .limits import PermitProtocol
 from .redaction import Redactor, strip_url
 from .retry import code_status, should_retry, status_error
 
+_PRECUT = 10_000
+"""Characters of upstream text kept before redaction; what is shown is cut far shorter after
+it (a key cannot straddle this first cut and still reach what is shown)."""
+
 __all__ = (
     "Choice",
     "Completion",
@@ -188,7 +192,7 @@ def parse_response(
         )  # fmt: skip
     if type(doc) is not dict:
         # a body cut short by a proxy or a dropped connection: worth another try
-        snippet = redact(raw[:200].decode("utf-8", "replace"))
+        snippet = redact(raw[:_PRECUT].decode("utf-8", "replace"))[:200]
         return _response_failure(
             f"malformed response body (not a JSON object): {snippet!r}",
             status, headers, attempt, path, retryable=should_retry(None, headers),
@@ -198,7 +202,7 @@ def parse_response(
     if err_obj is not None:
         code = code_status(err_obj)
         return _response_failure(
-            f"HTTP {status} carrying an error: {redact(describe_error(err_obj))}",
+            f"HTTP {status} carrying an error: {describe_error(err_obj, redact)}",
             status, headers, attempt, path,
             retryable=should_retry(code if code is not None else 0, headers, err_obj),
             error_body=err_obj, rate_limited=code == 429,
@@ -272,13 +276,19 @@ def _result(
     return Result(
         choices=choices,
         usage=usage,
-        id=redact.id(rid if rid is None or type(rid) is str else str(rid)[:200]),
-        model=redact.secrets(model[:200]) if type(model) is str else None,
+        id=_short(redact.id(rid if rid is None or type(rid) is str else str(rid))),
+        model=_short(redact.secrets(model)) if type(model) is str else None,
         request_id=redact.id(headers.get("x-request-id")),
         prompt_token_ids=_int_list(ptids),
         attempts=attempt,
         usage_anomaly=anomaly,
     )
+
+
+def _short(text: str | None) -> str | None:
+    """A server-chosen name or id cut to 200 characters (after redaction, so no part of a
+    key is left at the cut)."""
+    return text if text is None or len(text) <= 200 else text[:200]
 
 
 def _scrub(c: Choice, redact: Redactor) -> Choice:
@@ -300,7 +310,7 @@ def _redirect(
     """A 3xx: redirects are not followed (a 307 would re-post the prompt and the key's
     header elsewhere); the error names the location without its query or credentials."""
     location = headers.get("location") or headers.get("Location")
-    where = redact(strip_url(location)) if location else "no location"
+    where = redact(strip_url(location))[:300] if location else "no location"
     message = (
         f"HTTP {status} redirect to {where} not followed: point endpoint.base_url at the "
         "final address"
@@ -321,12 +331,12 @@ def _error_status(
     """A response with an error status: the error class of the status, the body's message."""
     err_obj = error_object(doc)
     if err_obj is None:
-        text = " ".join(raw[:200].decode("utf-8", "replace").split())
+        text = " ".join(raw[:_PRECUT].decode("utf-8", "replace").split())
         err_obj = {"message": text} if text else None
     retryable = should_retry(status, headers, err_obj)
     reason = f"HTTP {status}"
     if err_obj:
-        reason += f": {redact(describe_error(err_obj))}"
+        reason += f": {describe_error(err_obj, redact)}"
     return Failure(
         status_error(status, reason, attempt, path, retryable),
         headers,
@@ -335,16 +345,29 @@ def _error_status(
     )
 
 
-def describe_error(err: Mapping[str, Any]) -> str:
-    """An error object on one line: ``[code] message (raw upstream text)``, cut short."""
-    msg = str(err.get("message") or "")[:300]
+def describe_error(err: Mapping[str, Any], redact: Callable[[str], str] | None = None) -> str:
+    """An error object on one line: ``[code] message (raw upstream text)``, cut short.
+
+    With ``redact``, each piece is redacted before it is cut, so no part of a key is left
+    at a cut.
+    """
+    r = redact or _same
+
+    def piece(value: Any, limit: int) -> str:
+        return r(str(value)[:_PRECUT])[:limit]
+
+    msg = piece(err.get("message") or "", 300)
     code = err.get("code")
     meta = err.get("metadata")
     extra = ""
     if isinstance(meta, Mapping) and meta.get("raw"):
-        extra = f" ({str(meta['raw'])[:200]})"
-    head = f"[{code}] " if code not in (None, "") else ""
+        extra = f" ({piece(meta['raw'], 200)})"
+    head = f"[{piece(code, 100)}] " if code not in (None, "") else ""
     return " ".join(f"{head}{msg}{extra}".split())
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def text_of(content: Any) -> str:

@@ -55,3 +55,26 @@ def test_a_body_cut_short_is_a_retryable_failure() -> None:
     out = _parse(b'{"choices": [')
     assert isinstance(out, Failure) and out.error.retryable
     assert "malformed response body" in str(out.error)
+
+
+def test_no_part_of_the_key_is_left_where_upstream_text_is_cut() -> None:
+    """Upstream text is redacted before it is cut short, so a key straddling a cut leaves no
+    prefix behind: in a message, in metadata.raw, in a code, in a raw error or 200 body, in
+    a response id and a model name."""
+    prefix = KEY[:6]
+    outs = []
+    for pad in range(190, 305, 3):
+        outs += [
+            _parse({"error": {"message": "x" * pad + KEY}}, status=500),
+            _parse({"error": {"message": "m", "metadata": {"raw": "y" * pad + KEY}}}, status=400),
+            _parse({"error": {"message": "m", "code": "c" * (pad - 100) + KEY}}, status=400),
+            _parse(("z" * pad + KEY).encode(), status=502),
+            _parse(b"{" + b"w" * pad + KEY.encode()),
+        ]
+        ok = _parse({"id": "i" * pad + KEY, "model": "n" * pad + KEY,
+                     "choices": [{"text": "t"}]})  # fmt: skip
+        assert isinstance(ok, Result)
+        assert prefix not in f"{ok.id} {ok.model}", (pad, ok.id)
+    for out in outs:
+        assert isinstance(out, Failure)
+        assert prefix not in str(out.error), str(out.error)
