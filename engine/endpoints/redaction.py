@@ -9,6 +9,7 @@ a successful answer (completions, their tokens, the model name) is cleared of th
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.parse
 
@@ -19,23 +20,39 @@ _BEARER = re.compile(r"Bearer\s+[^\s'\",}]+", re.IGNORECASE)
 
 def strip_url(url: str) -> str:
     """A URL without userinfo, query or fragment (which could hold credentials)."""
-    p = urllib.parse.urlsplit(url)
+    try:
+        p = urllib.parse.urlsplit(url)
+    except ValueError:  # an invalid IPv6 literal, say: nothing of it is safe to show
+        return "(an invalid URL)"
     host = p.hostname or ""
-    if p.port:
-        host = f"{host}:{p.port}"
+    try:
+        port = p.port
+    except ValueError:  # a port out of range or not a number (a server's Location header)
+        port = None
+    if port:
+        host = f"{host}:{port}"
     return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
 
 
 def _secret_variants(key: str | None) -> tuple[str, ...]:
-    """The key as sent and URL-quoted both ways, longest first."""
+    """The key as sent, URL-quoted both ways, and base64-encoded (standard and URL-safe, at
+    each of the three alignments, without the edge groups that depend on the neighbouring
+    bytes: as in a Basic auth header a server echoes), longest first."""
     if not key:
         return ()
     variants = {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
+    raw = key.encode()
+    for pad in range(3):
+        enc = base64.b64encode(b"\0" * pad + raw).decode()
+        core = enc[4 if pad else 0 : -4]
+        if len(core) >= 16:
+            variants |= {core, core.replace("+", "-").replace("/", "_")}
     return tuple(sorted(variants, key=len, reverse=True))
 
 
 class Redactor:
-    """Replaces the key (in any of its spellings) and any bearer token with ``[REDACTED]``.
+    """Replaces the key (in any of its spellings: as sent, URL-quoted, base64) and any bearer
+    token with ``[REDACTED]``.
 
     Example::
 
