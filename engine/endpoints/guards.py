@@ -40,11 +40,12 @@ logprobs nests 6 deep)."""
 USAGE_ANOMALIES: Final = ("missing", "malformed", "negative", "huge")
 """The reasons a response's usage is not trusted: no usage object or no token counts;
 a count that is not an integer (a string, a bool, a fraction, null); a negative count; a
-total above :func:`usage_bound` of the request."""
+total above :func:`usage_bound` of the request (16 times its reservation, plus 4,096)."""
 
-_USAGE_SLACK: Final = 10
+_USAGE_SLACK: Final = 16
 """A usage total above this many times the request's estimate (plus :data:`_USAGE_FLOOR`)
-is not believed: the estimate is prompt characters / 4 plus ``max_tokens`` per choice."""
+is not believed: the estimate is prompt characters / 4 plus ``max_tokens`` per choice, and a
+byte-level tokenizer spends at most 4 tokens on a character (16 times the estimate)."""
 _USAGE_FLOOR: Final = 4096
 """Tokens allowed above the scaled estimate: chat templates and tokenizers that split
 finely add tokens the character estimate does not see."""
