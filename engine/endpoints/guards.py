@@ -38,8 +38,8 @@ MAX_JSON_DEPTH: Final = 64
 logprobs nests 6 deep)."""
 
 USAGE_ANOMALIES: Final = ("missing", "malformed", "negative", "huge")
-"""The reasons a response's usage is not trusted: no usage object or no token counts;
-a count that is not an integer (a string, a bool, a fraction, null); a negative count; a
+"""The reasons a response's usage is not trusted: no usage object, or token counts absent or
+null; a count that is not an integer (a string, a bool, a fraction); a negative count; a
 total above :func:`usage_bound` of the request (16 times its reservation, plus 4,096)."""
 
 _USAGE_SLACK: Final = 16
