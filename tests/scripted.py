@@ -185,6 +185,9 @@ class RecordingLimiter:
     def on_success(self) -> None:
         self.successes += 1
 
+    def gate_wait(self) -> float:
+        return 0.0
+
     def statistics(self) -> LimiterStatistics:
         """What it recorded, as a real limiter's snapshot (no limits: 64 slots, no budget)."""
         return LimiterStatistics(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from ..testing.sim import FAULT_KINDS, Faults, SimConfig, SimServer
+from ..testing.sim import ALL_FAULT_KINDS, Faults, SimConfig, SimServer
 
 __all__ = ("main",)
 
@@ -48,7 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND=RATE",
-        help=f"a fault rate (repeatable, overrides --fault-rate); kinds: {', '.join(FAULT_KINDS)}",
+        help="a fault rate (repeatable, overrides --fault-rate); kinds: "
+        + ", ".join(ALL_FAULT_KINDS),
     )
     ap.add_argument("--hang-seconds", type=float, default=30.0)
     ap.add_argument("--retry-after", type=float, default=0.05, help="seconds asked by 429 faults")
@@ -77,8 +78,10 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
     rates: dict[str, float] = {}
     for item in args.fault:
         kind, sep, rate = item.partition("=")
-        if not sep or kind not in FAULT_KINDS:
-            raise ValueError(f"--fault expects KIND=RATE with KIND in {FAULT_KINDS}, got {item!r}")
+        if not sep or kind not in ALL_FAULT_KINDS:
+            raise ValueError(
+                f"--fault expects KIND=RATE with KIND in {ALL_FAULT_KINDS}, got {item!r}"
+            )
         rates[kind] = float(rate)
     return Faults(**rates, **extra) if rates else Faults.spread(args.fault_rate, **extra)
 

@@ -213,6 +213,10 @@ class EndpointConfig:
     """Deadline per request covering queueing and retries, seconds."""
     stop: tuple[str, ...] = ()
     """Stop sequences."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Largest response body read, in bytes (after decompression): reading stops at this size
+    and the attempt fails with a response error, never retried. The default, 64 MiB, holds
+    many choices with logprobs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +253,11 @@ class RetryConfig:
     """Full-jitter backoff base, seconds."""
     backoff_cap: float = 60.0
     """Full-jitter backoff cap, seconds."""
+    max_server_wait: float = 60.0
+    """Longest wait a server may impose, seconds: a longer ``retry-after``,
+    ``retry-after-ms``, ``x-ratelimit-reset-*`` or ``retry_after_seconds`` is cut to this
+    (for the shared 429 pause too), and a wait that would end past a request's deadline fails
+    that request at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Modules, each importing only those above it:
 - ``retry``: which failures are retried, and how long to wait.
 - ``timing``, ``budget``, ``gate``, ``limits``: the clock, the token budget, the shared 429
   gate, and the :class:`~engine.endpoints.limits.Limiter` over them.
+- ``guards``: bounds on untrusted server data (JSON depth, usage figures, an echoed key).
 - ``parsing``: choices, usage and errors out of a response.
 - ``payload``, ``fanout``: the request body and token estimate; serving ``n`` choices.
 - ``transport``: session, connector, attempt watchdog, call pacer.

@@ -61,9 +61,11 @@ from ..errors import (
     TransportError,
 )
 from ..telemetry.events import EventLog
+from .guards import too_deep
 from .providers import resolve_endpoint
 from .redaction import Redactor, strip_url
 from .retry import status_error
+from .transport import read_capped
 
 __all__ = ("RUNTIME_LORA_HINT", "AdapterClient", "ServedModel")
 
@@ -135,6 +137,7 @@ class AdapterClient:
         if key is not None:
             self._headers["Authorization"] = f"Bearer {key}"
         self._timeout = endpoint.timeout if timeout is None else timeout
+        self._max_bytes = endpoint.max_response_bytes
         self._events = events
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None  # made inside the running loop
@@ -259,13 +262,17 @@ class AdapterClient:
         status: int | None = None
         error: EndpointError | None = None
         try:
-            status, raw = await self._exchange(session, method, f"{self.base_url}/{route}", body)
+            status, raw, where = await self._exchange(
+                session, method, f"{self.base_url}/{route}", body
+            )
         except TimeoutError:
             error = EndpointTimeout(f"no answer within {self._timeout:g} s", endpoint=path)
         except aiohttp.ClientError as e:
             error = TransportError(self._redact.exception(e), endpoint=path)
+        if error is None and raw is None:
+            error = ResponseError(f"{op}: {where}", status=status, endpoint=path)
         if error is None:
-            assert status is not None
+            assert status is not None and raw is not None
             parsed = _parse(raw)
             if 200 <= status < 300 or status in accept:
                 self._emit(op, path, status, t0, adapter, step, None)
@@ -280,11 +287,23 @@ class AdapterClient:
         method: str,
         url: str,
         body: Mapping[str, Any] | None,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes | None, str]:
+        """The status and body of one request, or a None body and why it was refused: a
+        redirect (not followed: it would send the key's header elsewhere) or a body past
+        ``EndpointConfig.max_response_bytes``."""
         data = None if body is None else orjson.dumps(body)
         headers = None if body is None else {"Content-Type": "application/json"}
-        async with session.request(method, url, data=data, headers=headers) as resp:
-            return resp.status, await resp.read()
+        async with session.request(
+            method, url, data=data, headers=headers, allow_redirects=False
+        ) as resp:
+            if 300 <= resp.status < 400:
+                location = resp.headers.get("Location")
+                where = self._redact(strip_url(location)) if location else "no location"
+                return resp.status, None, f"HTTP {resp.status} redirect to {where} not followed"
+            raw = await read_capped(resp, self._max_bytes)
+            if raw is None:
+                return resp.status, None, f"response body larger than {self._max_bytes} bytes"
+            return resp.status, raw, ""
 
     def _rejection(
         self, op: str, adapter: str | None, status: int, body: Any, path: str
@@ -330,11 +349,16 @@ class AdapterClient:
 
 
 def _parse(raw: bytes) -> Any:
-    """JSON when the body is JSON, else its text (vLLM's success answers are plain text)."""
+    """JSON when the body is JSON (and nested no deeper than
+    :data:`~engine.endpoints.guards.MAX_JSON_DEPTH`), else its text (vLLM's success answers
+    are plain text)."""
     try:
-        return orjson.loads(raw)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw.decode("utf-8", "replace")
+    if (type(doc) is dict or type(doc) is list) and too_deep(raw):
+        return raw.decode("utf-8", "replace")
+    return doc
 
 
 def _text(value: Any) -> str | None:

@@ -7,11 +7,18 @@ the settlement of the permit.
 Every attempt (a success, a failure, or a cancellation after it was sent) is one event in the
 :class:`~engine.telemetry.events.EventLog`. Events never carry the key, the auth header or
 the prompt text (only its length).
+
+What the server sends is untrusted (:mod:`~engine.endpoints.guards`): redirects are not
+followed, the body is read up to ``max_bytes`` and no further, and a usage that is missing,
+malformed, negative or absurd is replaced by an estimate before it settles the permit (the
+success event then carries ``usage_anomaly``). A request that the shared 429 pause would
+hold past its deadline fails at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -23,18 +30,22 @@ from ..errors import (
     EndpointError,
     EndpointTimeout,
     RequestRejected,
+    ResponseError,
     TransportError,
 )
 from ..telemetry.events import EventLog
+from ..telemetry.logs import get_logger
 from ..types import Usage
 from .fanout import EndpointKey
+from .guards import estimated_usage, usage_bound
 from .limits import LimiterProtocol, PermitProtocol
 from .parsing import Failure, Result, parse_response
-from .payload import settle_estimate
 from .redaction import Redactor
-from .transport import ATTEMPT, Alarm, Watchdog
+from .transport import ATTEMPT, Alarm, Watchdog, read_capped
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
+
+_log = get_logger("engine.endpoints.attempts")
 
 _NO_USAGE = Usage()
 
@@ -88,7 +99,7 @@ class AttemptEvents:
     ) -> None:
         """An attempt that returned choices."""
         self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
-                   request_id=r.request_id or r.id)  # fmt: skip
+                   request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly)  # fmt: skip
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -127,6 +138,7 @@ class AttemptEvents:
         error_class: str | None = None,
         retry_in: float | None = None,
         request_id: str | None = None,
+        usage_anomaly: str | None = None,
     ) -> None:
         ev = self._events
         if ev is None:
@@ -151,6 +163,7 @@ class AttemptEvents:
             error_class=error_class,
             retry_in=retry_in,
             request_id=request_id,
+            usage_anomaly=usage_anomaly,
         )
 
 
@@ -184,9 +197,14 @@ class AttemptRunner:
         clock: the client's clock, for latency.
         redact: applied to every message built from upstream text.
         events: where attempt events go.
+        max_bytes: the largest response body read.
+
+    Attributes:
+        usage_anomalies: responses whose usage was not trusted, by reason.
     """
 
-    __slots__ = ("_clock", "_events", "_limiter", "_redact", "_timeout")
+    __slots__ = ("_clock", "_events", "_limiter", "_max_bytes", "_redact", "_timeout",
+                 "usage_anomalies")  # fmt: skip
 
     def __init__(
         self,
@@ -195,12 +213,15 @@ class AttemptRunner:
         clock: Callable[[], float],
         redact: Redactor,
         events: AttemptEvents,
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._limiter = limiter
         self._timeout = timeout
         self._clock = clock
         self._redact = redact
         self._events = events
+        self._max_bytes = max_bytes
+        self.usage_anomalies: Counter[str] = Counter()
 
     async def run(
         self, ctx: CallContext, data: bytes, est: int, n: int, attempt: int, used_immediate: bool
@@ -208,6 +229,9 @@ class AttemptRunner:
         """Attempt ``attempt`` of a request under the watchdog: the call's deadline while
         queued for a permit, then the attempt's own timeout if that ends first.
         ``used_immediate``: the request was already resent at once after a stale connection."""
+        paused = self._paused_past_deadline(ctx, n, attempt)
+        if paused is not None:
+            return paused
         task = asyncio.current_task()
         assert task is not None
         alarm = ctx.watchdog.arm(task, ctx.loop_end)
@@ -227,6 +251,17 @@ class AttemptRunner:
         if alarm.fired:  # it fired, but code below us swallowed the CancelledError
             task.uncancel()
         return self._report(ctx, state, n, attempt)
+
+    def _paused_past_deadline(self, ctx: CallContext, n: int, attempt: int) -> Failure | None:
+        """The failure of an attempt the shared 429 pause would hold past the call's deadline
+        (its event emitted), or None: a server's wait is not sat out to no purpose."""
+        pause = self._limiter.gate_wait()
+        if pause <= 0 or ctx.loop.time() + pause <= ctx.loop_end:
+            return None
+        message = f"the server's rate-limit pause ({pause:.3g} s) ends past the deadline"
+        failure = Failure(DeadlineExceeded(message, attempt=attempt, endpoint=ctx.path))
+        self._events.failure(ctx, failure, n, attempt, None)
+        return failure
 
     async def _send_with_permit(
         self,
@@ -256,12 +291,31 @@ class AttemptRunner:
             outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
                                      self._redact)  # fmt: skip
             if isinstance(outcome, Result):
-                used = outcome.usage.total_tokens
-                permit.settle(used or settle_estimate(ctx.est_prompt, outcome.choices))
+                permit.settle(self._trusted_usage(ctx, outcome, est))
             else:
                 permit.settle(0)  # the server answered an error: no tokens were spent
                 outcome.permit = permit
             state.outcome = outcome
+
+    def _trusted_usage(self, ctx: CallContext, result: Result, est: int) -> int:
+        """The tokens to settle a successful attempt with: the usage the server reported
+        unless it is unsound or beyond :func:`~engine.endpoints.guards.usage_bound` of the
+        reservation ``est``, in which case the result's usage becomes an estimate that never
+        exceeds ``est`` and the anomaly is counted (and carried by the attempt's event)."""
+        used = result.usage.total_tokens
+        if result.usage_anomaly is None and used > usage_bound(est):
+            result.usage_anomaly = "huge"
+        if result.usage_anomaly is not None:
+            self.usage_anomalies[result.usage_anomaly] += 1
+            if self.usage_anomalies[result.usage_anomaly] == 1:  # once per reason and client
+                _log.warning("endpoint.usage_anomaly", endpoint=ctx.path,
+                             reason=result.usage_anomaly, replaced_by="estimate")  # fmt: skip
+            texts = [c.text for c in result.choices]
+            result.usage = estimated_usage(ctx.est_prompt, texts, est)
+            return result.usage.total_tokens
+        if used:
+            return used
+        return estimated_usage(ctx.est_prompt, [c.text for c in result.choices], est).total_tokens
 
     async def _post(
         self,
@@ -276,10 +330,16 @@ class AttemptRunner:
         path = ctx.path
         token = ATTEMPT.set(alarm)
         try:
-            async with ctx.session.post(ctx.url, data=data) as resp:
+            async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
                 state.status = resp.status
-                raw = await resp.read()
                 state.headers = resp.headers
+                raw = await read_capped(resp, self._max_bytes)
+                if raw is None:
+                    message = (f"response body larger than {self._max_bytes} bytes "
+                               "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
+                    error = ResponseError(message, status=resp.status, attempt=attempt,
+                                          endpoint=path, retryable=False)  # fmt: skip
+                    return Failure(error, state.headers)
         except aiohttp.ServerDisconnectedError as exc:
             error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
                                                   endpoint=path)  # fmt: skip

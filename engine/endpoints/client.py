@@ -18,8 +18,9 @@ watchdog, holding a limiter permit around the send. For every call, in order:
 2. Before each attempt takes a permit from the limiter (request rate, token budget,
    concurrency, the shared 429 gate) for the estimated tokens.
 3. Sends and classifies the response (:func:`~engine.endpoints.parsing.parse_response`).
-4. Retries by the rules of :mod:`~engine.endpoints.retry`, waiting what the server asks or a
-   full-jitter backoff, within the per-call deadline.
+4. Retries by the rules of :mod:`~engine.endpoints.retry`, waiting what the server asks (at
+   most ``RetryConfig.max_server_wait``) or a full-jitter backoff, within the per-call
+   deadline.
 5. Emits one event per attempt (:class:`~engine.endpoints.attempts.AttemptEvents`).
 
 Retries:
@@ -31,8 +32,14 @@ Retries:
 - A ``ServerDisconnectedError`` on a reused keep-alive connection (the server closed it as
   we sent) is resent once at once; on a fresh connection it is a transport error.
 - An HTTP 200 whose body is not JSON (cut short) or has no choices is retried.
-- The deadline covers queueing for permits, attempts and waits; when the next wait would
-  end past it, the call raises :class:`~engine.errors.DeadlineExceeded` at once.
+- The deadline covers queueing for permits, attempts and waits; when the next wait (its own,
+  or the shared 429 pause it would queue behind) would end past it, the call raises
+  :class:`~engine.errors.DeadlineExceeded` at once, its event written.
+- What the server sends is untrusted (:mod:`~engine.endpoints.guards`): redirects are not
+  followed (a 3xx is a response error naming the location), bodies are read up to
+  ``EndpointConfig.max_response_bytes``, JSON nested deeper than 64 levels is refused, an
+  unsound usage is replaced by an estimate and counted (``usage_anomalies``), and the key is
+  redacted from the choices' text.
 - Permits are settled with the response's ``usage`` (``settle(0)`` when the server answered
   an error); after a timeout or a dropped connection the reservation is kept, since the
   server may have done the work.
@@ -55,7 +62,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -102,6 +109,9 @@ class ClientStatistics:
         ignores_n: endpoint (``base_url mode model``) -> most choices it returned for one
             request; 1 means it ignores ``n`` (gone once a later probe came back whole).
         limiter: the limiter's own ``statistics()`` snapshot.
+        usage_anomalies: successful responses whose usage was not trusted (replaced by an
+            estimate), by reason (``missing``, ``malformed``, ``negative``, ``huge``).
+        waits_capped: server-given waits cut to ``RetryConfig.max_server_wait``.
     """
 
     calls: int
@@ -112,6 +122,8 @@ class ClientStatistics:
     fanned_out: int
     ignores_n: Mapping[str, int]
     limiter: LimiterStatistics | None = None
+    usage_anomalies: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    waits_capped: int = 0
 
 
 class Client:
@@ -162,9 +174,8 @@ class Client:
         self._limiter, self._owned_limiter, self._pool_size = _limiter_for(limits, self._retry)
         self._events = AttemptEvents(events, self._redact)
         self._clock = clock or time.monotonic
-        self._runner = AttemptRunner(
-            self._limiter, endpoint.timeout, self._clock, self._redact, self._events
-        )
+        self._runner = AttemptRunner(self._limiter, endpoint.timeout, self._clock, self._redact,
+                                     self._events, endpoint.max_response_bytes)  # fmt: skip
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self._headers = _headers(self._resolved, key)
@@ -182,6 +193,7 @@ class Client:
         self._attempts = 0
         self._fanned_out = 0
         self._retries: Counter[str] = Counter()
+        self._waits_capped = 0
 
     def __repr__(self) -> str:
         ep = self._resolved
@@ -237,6 +249,8 @@ class Client:
             fanned_out=self._fanned_out,
             ignores_n=self._caps.snapshot(),
             limiter=self._limiter.statistics(),
+            usage_anomalies=MappingProxyType(dict(self._runner.usage_anomalies)),
+            waits_capped=self._waits_capped,
         )
 
     # ------------------------------------------------------------------ the call
@@ -481,13 +495,18 @@ class Client:
     def _retry_wait(self, outcome: Failure, attempt: int) -> tuple[float, float | None, str]:
         """The wait before the next attempt, the server's wait if it gave one, and the reason.
 
-        A stale reused connection is resent at once; otherwise the server's wait replaces
-        the full-jitter backoff.
+        A stale reused connection is resent at once; otherwise the server's wait, cut to
+        ``RetryConfig.max_server_wait``, replaces the full-jitter backoff.
         """
         if outcome.immediate:
             return 0.0, None, "disconnect_reused"
         hint = server_wait(outcome.headers, outcome.error_body)
         if hint is not None:
+            cap = self._retry.max_server_wait
+            if hint > cap:  # a server's word is not law: one 429 must not stall every sender
+                self._waits_capped += 1
+                _log.info("endpoint.server_wait_capped", asked=hint, cap=cap)
+                hint = cap
             return hint, hint, outcome.error.error_class
         retry = self._retry
         wait = backoff_delay(attempt, retry.backoff_base, retry.backoff_cap, self._rng)

@@ -104,6 +104,9 @@ class LimiterProtocol(Protocol):
     def statistics(self) -> LimiterStatistics:
         """A frozen snapshot of the limiter's state."""
 
+    def gate_wait(self) -> float:
+        """Seconds until the shared 429 gate opens; 0 while it is open."""
+
 
 class Permit:
     """The right to send one request (or ``requests`` fanned-out requests) now.
@@ -529,6 +532,15 @@ class Limiter:
         self._old_open = self._open_permits
 
     # ------------------------------------------------------------------ statistics
+
+    def gate_wait(self) -> float:
+        """Seconds until the shared 429 gate opens; 0 while it is open (or before first use).
+
+        The client fails a request at once when this wait would end past its deadline.
+        """
+        now = self._timing.now_or_none()
+        at = self._gate.open_at(now)
+        return 0.0 if at is None or now is None else at - now
 
     def statistics(self) -> LimiterStatistics:
         """A frozen snapshot of the limiter's state."""

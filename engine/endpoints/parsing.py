@@ -24,9 +24,14 @@ import orjson
 
 from ..errors import EndpointError, ResponseError
 from ..types import Usage
+from .guards import MAX_JSON_DEPTH, read_usage, scrub_tokens, too_deep
 from .limits import PermitProtocol
-from .redaction import Redactor
+from .redaction import Redactor, strip_url
 from .retry import code_status, should_retry, status_error
+
+_PRECUT = 10_000
+"""Characters of upstream text kept before redaction; what is shown is cut far shorter after
+it (a key cannot straddle this first cut and still reach what is shown)."""
 
 __all__ = (
     "Choice",
@@ -97,12 +102,15 @@ class Result:
 
     Attributes:
         choices: the request's choices, in the server's index order, re-indexed from 0.
-        usage: its token usage (zero when the server sent none).
+        usage: its token usage (zero when the server sent none or an unsound one).
         id: the response id, redacted.
         model: the model the server says answered.
         request_id: the ``x-request-id`` header, redacted.
         prompt_token_ids: prompt token ids when the server returns them (vLLM).
         attempts: the attempt that succeeded (1 on the first try).
+        usage_anomaly: why the server's usage was not trusted (one of
+            :data:`~engine.endpoints.guards.USAGE_ANOMALIES`), None when it was; the client
+            then replaces ``usage`` with an estimate.
     """
 
     choices: list[Choice]
@@ -112,6 +120,7 @@ class Result:
     request_id: str | None
     prompt_token_ids: list[int] | None
     attempts: int
+    usage_anomaly: str | None = None
 
 
 class Failure:
@@ -158,16 +167,32 @@ def parse_response(
     path: str,
     redact: Redactor,
 ) -> Result | Failure:
-    """Classify one HTTP response of attempt ``attempt`` to ``path``: a result or a failure."""
+    """Classify one HTTP response of attempt ``attempt`` to ``path``: a result or a failure.
+
+    The body is untrusted: JSON nested deeper than
+    :data:`~engine.endpoints.guards.MAX_JSON_DEPTH` is refused (a response error, not
+    retried; an error status then shows the raw text), a redirect (3xx) is an error naming
+    its location, and the key is redacted from the text of the choices.
+    """
+    deep = False
     try:
         doc = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        doc = None
+    except orjson.JSONDecodeError as exc:
+        doc, deep = None, "depth" in str(exc)  # orjson's own limit: 1,024 levels
+    if doc is not None and (type(doc) is dict or type(doc) is list) and too_deep(raw):
+        doc, deep = None, True
+    if 300 <= status < 400:
+        return _redirect(status, headers, attempt, path, redact)
     if not 200 <= status < 300:
         return _error_status(doc, raw, status, headers, attempt, path, redact)
+    if deep:
+        return _response_failure(
+            f"response JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            status, headers, attempt, path, retryable=False,
+        )  # fmt: skip
     if type(doc) is not dict:
         # a body cut short by a proxy or a dropped connection: worth another try
-        snippet = redact(raw[:200].decode("utf-8", "replace"))
+        snippet = redact(raw[:_PRECUT].decode("utf-8", "replace"))[:200]
         return _response_failure(
             f"malformed response body (not a JSON object): {snippet!r}",
             status, headers, attempt, path, retryable=should_retry(None, headers),
@@ -177,7 +202,7 @@ def parse_response(
     if err_obj is not None:
         code = code_status(err_obj)
         return _response_failure(
-            f"HTTP {status} carrying an error: {redact(describe_error(err_obj))}",
+            f"HTTP {status} carrying an error: {describe_error(err_obj, redact)}",
             status, headers, attempt, path,
             retryable=should_retry(code if code is not None else 0, headers, err_obj),
             error_body=err_obj, rate_limited=code == 429,
@@ -189,7 +214,7 @@ def parse_response(
         )  # fmt: skip
     try:
         choices = _parse_choices(raw_choices)
-    except (AttributeError, TypeError, ValueError) as exc:
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         return _response_failure(
             f"malformed choices: {type(exc).__name__}", status, headers, attempt, path
         )
@@ -240,20 +265,58 @@ def _result(
     attempt: int,
     redact: Redactor,
 ) -> Result:
-    usage = parse_usage(doc.get("usage"))
+    usage, anomaly = read_usage(doc.get("usage"))
     ptids = doc.get("prompt_token_ids")
     if ptids is None and type(raw_choices[0]) is dict:
         ptids = raw_choices[0].get("prompt_token_ids")
     rid = doc.get("id")
+    model = doc.get("model")
+    if redact.active:
+        choices = [_scrub(c, redact) for c in choices]
     return Result(
         choices=choices,
-        usage=usage if usage is not None else Usage(),
-        id=redact.id(rid if rid is None or type(rid) is str else str(rid)),
-        model=doc.get("model"),
+        usage=usage,
+        id=_short(redact.id(rid if rid is None or type(rid) is str else str(rid))),
+        model=_short(redact.secrets(model)) if type(model) is str else None,
         request_id=redact.id(headers.get("x-request-id")),
         prompt_token_ids=_int_list(ptids),
         attempts=attempt,
+        usage_anomaly=anomaly,
     )
+
+
+def _short(text: str | None) -> str | None:
+    """A server-chosen name or id cut to 200 characters (after redaction, so no part of a
+    key is left at the cut)."""
+    return text if text is None or len(text) <= 200 else text[:200]
+
+
+def _scrub(c: Choice, redact: Redactor) -> Choice:
+    """A choice cleared of the key a server echoed: in its text and its tokens (kept aligned
+    with the logprobs); its token ids, which would spell the key, are dropped."""
+    text = redact.secrets(c.text)
+    tokens = scrub_tokens(c.tokens, redact) if c.tokens else None
+    fr = c.finish_reason
+    reason = redact.secrets(fr) if fr is not None else None
+    if text is c.text and tokens is None and reason is fr:
+        return c  # the usual case: nothing echoed
+    ids = None if text is not c.text or tokens is not None else c.token_ids
+    return Choice(c.index, text, reason, ids, c.logprobs, tokens if tokens else c.tokens)
+
+
+def _redirect(
+    status: int, headers: Mapping[str, str], attempt: int, path: str, redact: Redactor
+) -> Failure:
+    """A 3xx: redirects are not followed (a 307 would re-post the prompt and the key's
+    header elsewhere); the error names the location without its query or credentials."""
+    location = headers.get("location") or headers.get("Location")
+    where = redact(strip_url(location))[:300] if location else "no location"
+    message = (
+        f"HTTP {status} redirect to {where} not followed: point endpoint.base_url at the "
+        "final address"
+    )
+    error = ResponseError(message, status=status, attempt=attempt, endpoint=path, retryable=False)
+    return Failure(error, headers)
 
 
 def _error_status(
@@ -268,12 +331,12 @@ def _error_status(
     """A response with an error status: the error class of the status, the body's message."""
     err_obj = error_object(doc)
     if err_obj is None:
-        text = " ".join(raw[:200].decode("utf-8", "replace").split())
+        text = " ".join(raw[:_PRECUT].decode("utf-8", "replace").split())
         err_obj = {"message": text} if text else None
     retryable = should_retry(status, headers, err_obj)
     reason = f"HTTP {status}"
     if err_obj:
-        reason += f": {redact(describe_error(err_obj))}"
+        reason += f": {describe_error(err_obj, redact)}"
     return Failure(
         status_error(status, reason, attempt, path, retryable),
         headers,
@@ -282,16 +345,29 @@ def _error_status(
     )
 
 
-def describe_error(err: Mapping[str, Any]) -> str:
-    """An error object on one line: ``[code] message (raw upstream text)``, cut short."""
-    msg = str(err.get("message") or "")[:300]
+def describe_error(err: Mapping[str, Any], redact: Callable[[str], str] | None = None) -> str:
+    """An error object on one line: ``[code] message (raw upstream text)``, cut short.
+
+    With ``redact``, each piece is redacted before it is cut, so no part of a key is left
+    at a cut.
+    """
+    r = redact or _same
+
+    def piece(value: Any, limit: int) -> str:
+        return r(str(value)[:_PRECUT])[:limit]
+
+    msg = piece(err.get("message") or "", 300)
     code = err.get("code")
     meta = err.get("metadata")
     extra = ""
     if isinstance(meta, Mapping) and meta.get("raw"):
-        extra = f" ({str(meta['raw'])[:200]})"
-    head = f"[{code}] " if code not in (None, "") else ""
+        extra = f" ({piece(meta['raw'], 200)})"
+    head = f"[{piece(code, 100)}] " if code not in (None, "") else ""
     return " ".join(f"{head}{msg}{extra}".split())
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def text_of(content: Any) -> str:
@@ -349,25 +425,11 @@ def _int_list(v: Any) -> list[int] | None:
         return None
 
 
-def _int(v: Any) -> int:
-    if type(v) is int:
-        return v
-    return int(v) if type(v) is float and math.isfinite(v) else 0
-
-
 def parse_usage(u: Any) -> Usage | None:
-    if type(u) is not dict:
-        return None
-    ptd = u.get("prompt_tokens_details")
-    ctd = u.get("completion_tokens_details")
-    cost = u.get("cost")
-    return Usage(
-        _int(u.get("prompt_tokens")),
-        _int(u.get("completion_tokens")),
-        _int(ptd.get("cached_tokens")) if type(ptd) is dict else 0,
-        _int(ctd.get("reasoning_tokens")) if type(ctd) is dict else 0,
-        float(cost) if type(cost) is float or type(cost) is int else 0.0,
-    )
+    """The usage object of a response, or None when it is missing or unsound
+    (:func:`~engine.endpoints.guards.read_usage` says why)."""
+    usage, anomaly = read_usage(u)
+    return None if anomaly is not None else usage
 
 
 def error_object(data: Any) -> Mapping[str, Any] | None:

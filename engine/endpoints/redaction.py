@@ -2,11 +2,14 @@
 
 The key lives only in the session's Authorization header. Text that comes from upstream
 (error bodies, exception messages, ids a server chose) passes through a :class:`Redactor`
-before it reaches an error or an event, and URLs are shown by :func:`strip_url`.
+before it reaches an error or an event, and URLs are shown by :func:`strip_url`. The text of
+a successful answer (completions, their tokens, the model name) is cleared of the key alone
+(:meth:`Redactor.secrets`), so a server that echoes the key puts it nowhere.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.parse
 
@@ -17,23 +20,39 @@ _BEARER = re.compile(r"Bearer\s+[^\s'\",}]+", re.IGNORECASE)
 
 def strip_url(url: str) -> str:
     """A URL without userinfo, query or fragment (which could hold credentials)."""
-    p = urllib.parse.urlsplit(url)
+    try:
+        p = urllib.parse.urlsplit(url)
+    except ValueError:  # an invalid IPv6 literal, say: nothing of it is safe to show
+        return "(an invalid URL)"
     host = p.hostname or ""
-    if p.port:
-        host = f"{host}:{p.port}"
+    try:
+        port = p.port
+    except ValueError:  # a port out of range or not a number (a server's Location header)
+        port = None
+    if port:
+        host = f"{host}:{port}"
     return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
 
 
 def _secret_variants(key: str | None) -> tuple[str, ...]:
-    """The key as sent and URL-quoted both ways, longest first."""
+    """The key as sent, URL-quoted both ways, and base64-encoded (standard and URL-safe, at
+    each of the three alignments, without the edge groups that depend on the neighbouring
+    bytes: as in a Basic auth header a server echoes), longest first."""
     if not key:
         return ()
     variants = {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
+    raw = key.encode()
+    for pad in range(3):
+        enc = base64.b64encode(b"\0" * pad + raw).decode()
+        core = enc[4 if pad else 0 : -4]
+        if len(core) >= 16:
+            variants |= {core, core.replace("+", "-").replace("/", "_")}
     return tuple(sorted(variants, key=len, reverse=True))
 
 
 class Redactor:
-    """Replaces the key (in any of its spellings) and any bearer token with ``[REDACTED]``.
+    """Replaces the key (in any of its spellings: as sent, URL-quoted, base64) and any bearer
+    token with ``[REDACTED]``.
 
     Example::
 
@@ -52,6 +71,37 @@ class Redactor:
             if s in text:
                 text = text.replace(s, "[REDACTED]")
         return _BEARER.sub("Bearer [REDACTED]", text)
+
+    def secrets(self, text: str) -> str:
+        """``text`` with the key (in any of its spellings) redacted, and nothing else: for a
+        model's answer, where "Bearer" followed by a word is ordinary text."""
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "[REDACTED]")
+        return text
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where the key (in any of its spellings) occurs in ``text``: sorted, merged
+        ``(start, end)`` character ranges."""
+        found: list[tuple[int, int]] = []
+        for s in self._secrets:
+            i = text.find(s)
+            while i >= 0:
+                found.append((i, i + len(s)))
+                i = text.find(s, i + 1)
+        found.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in found:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return merged
+
+    @property
+    def active(self) -> bool:
+        """Whether there is a key to redact."""
+        return bool(self._secrets)
 
     def id(self, rid: str | None) -> str | None:
         """A server-chosen id, redacted if a (misbehaving) server put the key in it."""

@@ -38,6 +38,7 @@ __all__ = (
     "ReuseAwareConnector",
     "Transport",
     "Watchdog",
+    "read_capped",
 )
 
 START_BUDGET = 0.01
@@ -282,3 +283,24 @@ class Transport:
         """Stop the watchdog and close the session."""
         self.watchdog.close()
         await self.session.close()
+
+
+async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+    """The whole body of ``resp``, or None once it would pass ``max_bytes`` (counted after
+    decompression), having closed the connection; an announced ``Content-Length`` above the
+    cap is refused before reading."""
+    length = resp.content_length
+    if length is not None and length > max_bytes:
+        resp.close()
+        return None
+    if length is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # the parser stops at the announced length
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            resp.close()
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

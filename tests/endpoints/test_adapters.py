@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from engine.config.sections import EndpointConfig
 from engine.endpoints.adapters import AdapterClient, ServedModel
@@ -13,6 +14,7 @@ from engine.errors import (
     AuthenticationError,
     ClientClosedError,
     RequestRejected,
+    ResponseError,
     TransportError,
 )
 from engine.telemetry.events import EventLog
@@ -96,3 +98,42 @@ async def test_no_server_is_a_transport_error_and_closed_is_closed(tmp_path: Pat
     await client.aclose()
     with pytest.raises(ClientClosedError):
         await client.unload("a")
+
+
+async def test_hostile_answers_to_adapter_calls_are_refused(tmp_path: Path) -> None:
+    """A redirect is not followed (the other origin hears nothing), a body past the cap and
+    JSON nested past the depth limit are clear errors, each with its event."""
+    async with SimServer() as elsewhere:
+        hits: list[str] = []
+
+        async def hostile(request: web.Request) -> web.StreamResponse:
+            what = (await request.json())["lora_name"]
+            hits.append(what)
+            if what == "redirect":
+                return web.Response(status=307, headers={"Location": f"{elsewhere.base_url}/x?k=s"})
+            if what == "big":
+                return web.Response(status=400, body=b'{"error": "' + b"x" * 5000 + b'"}')
+            return web.Response(status=400, body=b"[" * 500 + b"]" * 500)
+
+        app = web.Application()
+        app.router.add_post("/v1/load_lora_adapter", hostile)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        events = EventLog()
+        endpoint = EndpointConfig(base_url=base, max_response_bytes=2048)
+        try:
+            async with AdapterClient(endpoint, events=events) as client:
+                with pytest.raises(ResponseError, match=r"redirect to .*/v1/x not followed"):
+                    await client.load("redirect", tmp_path)
+                with pytest.raises(ResponseError, match="larger than 2048 bytes"):
+                    await client.load("big", tmp_path)
+                with pytest.raises(RequestRejected, match=r"\[\[\[") as deep:
+                    await client.load("deep", tmp_path)
+        finally:
+            await runner.cleanup()
+        assert elsewhere.counters.requests == 0
+    assert hits == ["redirect", "big", "deep"] and len(str(deep.value)) < 3000
+    assert events.statistics().errors_by_class == {"response": 2, "rejected": 1}

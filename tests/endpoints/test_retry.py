@@ -238,6 +238,7 @@ def make_client(
     max_attempts: int = 4,
     events: EventLog | None = None,
     rng: random.Random | None = None,
+    max_server_wait: float = 60.0,
     **endpoint: Any,
 ) -> tuple[Client, FakeTime, Any]:
     t = FakeTime()
@@ -246,7 +247,12 @@ def make_client(
     client = Client(
         cfg,
         limits=lim,
-        retry=RetryConfig(max_attempts=max_attempts, backoff_base=1.0, backoff_cap=60.0),
+        retry=RetryConfig(
+            max_attempts=max_attempts,
+            backoff_base=1.0,
+            backoff_cap=60.0,
+            max_server_wait=max_server_wait,
+        ),
         events=events,
         api_key=KEY,
         clock=t.clock,
@@ -391,9 +397,9 @@ async def test_402_insufficient_credits_is_final(server: Scripted) -> None:
 async def test_server_given_wait_replaces_backoff(
     server: Scripted, headers: dict[str, str], wait: float
 ) -> None:
-    """A 503 with a wait header sleeps exactly that wait."""
+    """A 503 with a wait header sleeps exactly that wait (under ``max_server_wait``)."""
     server.push(Step(status=503, headers=headers, body={"error": {}}))
-    client, t, _ = make_client(server)
+    client, t, _ = make_client(server, max_server_wait=600.0)
     async with client:
         await client.complete("hi")
     assert t.sleeps == [pytest.approx(wait)]

@@ -5,9 +5,11 @@ A full ``python -m engine run`` (the prompt policy with an LLM judge, provider `
 faults, 401s and upstream errors that quote the key, then every byte it wrote (the run
 directory recursively: events, metrics, checkpoints including the ``.npz`` arrays, summary,
 config, export) and everything it printed is searched for the key in every encoding a file
-could hold it in. A second test sends errors that quote the key (in messages, URLs with
-``?key=``, ``Authorization`` headers, response ids, request-id headers) and checks the errors
-raised, their tracebacks and the events.
+could hold it in; the server also echoes the key at the start of every fourth successful
+generation, so completions that carried it reach the export, redacted. A second test
+sends errors that quote the key (in messages, URLs with ``?key=``, ``Authorization`` headers,
+response ids, request-id headers) and checks the errors raised, their tracebacks and the
+events; a third has every successful answer echo the key, in text and tokens.
 """
 
 from __future__ import annotations
@@ -86,19 +88,30 @@ POISON = "Label the sentiment of the review (provider beta)."
 """A prompt candidate the leaky model always fails on: its rollouts fail for good."""
 
 
+ECHOED = [0]
+"""Successful generations :func:`leaky_model` made echo the key (reset by the test)."""
+
+
 def leaky_model(req: SimRequest) -> str:
     """The sim's model, except that every prompt holding :data:`POISON` fails upstream with an
-    error that quotes the key, in a message and in a URL (the sim answers it as a 500)."""
+    error that quotes the key, in a message and in a URL (the sim answers it as a 500), and
+    that every fourth generation (not judge) request starts its answers with the key."""
     if POISON in req.prompt:
         raise RuntimeError(
             f"upstream rejected key {KEY} at https://api.example.com/v1/chat?key={KEY}&v=2 "
             f"(Authorization: Bearer {KEY})"
         )
-    return grading_model(req)
+    text = grading_model(req)
+    if not req.is_judge and req.request_number % 4 == 0:
+        ECHOED[0] += req.index == 0
+        return f"{KEY} {text}"  # first: the sim cuts answers at max_tokens words
+    return text
 
 
 async def test_full_run_writes_and_prints_no_key(tmp_path: Path) -> None:
-    """A run with faults, 401s and key-quoting errors writes and prints the key 0 times."""
+    """A run with faults, 401s, key-quoting errors and answers echoing the key writes and
+    prints the key 0 times."""
+    ECHOED[0] = 0
     out, export = tmp_path / "run", tmp_path / "run" / "groups.jsonl"
     faults = Faults.spread(0.1, include_timeout=True, hang_seconds=0.6, retry_after=0.01)
     sim_cfg = SimConfig(api_key=KEY, model=leaky_model, faults=faults, latency=0.002)
@@ -134,8 +147,11 @@ async def test_full_run_writes_and_prints_no_key(tmp_path: Path) -> None:
     classes = {e.get("error_class") for e in events}
     assert {"auth", "server"} <= classes, classes  # the 401s and the key-quoting 500s happened
     assert stats.model_errors > 0 and sum(stats.faults.values()) > 0
-    # the key-quoting errors reached the run's files, redacted (the leak path was exercised)
+    assert ECHOED[0] > 0
+    # the key-quoting errors reached the run's files, redacted (the leak path was exercised),
+    # and so did completions that echoed the key
     assert b"[REDACTED]" in (out / "events.jsonl").read_bytes()
+    assert b"[REDACTED]" in export.read_bytes()
     files = hits_in_tree(out)
     assert {"events.jsonl", "metrics.jsonl", "summary.json", "config.json", "groups.jsonl"} <= set(
         files
@@ -149,7 +165,8 @@ async def test_full_run_writes_and_prints_no_key(tmp_path: Path) -> None:
         {"files_searched": len(files), "bytes_searched": sum(p.stat().st_size for p in
          out.rglob("*") if p.is_file()) + len(done.stdout) + len(done.stderr),
          "status_401": stats.by_status[401], "key_quoting_500s": stats.model_errors,
-         "faults": sum(stats.faults.values()), "key_hits": found},
+         "faults": sum(stats.faults.values()), "echoed_key": ECHOED[0],
+         "key_hits": found},
     )  # fmt: skip
 
 
@@ -243,3 +260,27 @@ def test_the_search_finds_the_key_in_every_form(tmp_path: Path) -> None:
     assert found["arrays.npz"] >= 2 and found["a.json"] == found["d.bin"] == 1
     assert found["b.txt"] == 1 and found["c.log"] == 0
     assert hits_in_tree(tmp_path, ODD_KEY)["c.log"] == 1
+
+
+@pytest.mark.parametrize("mode", ["chat", "completions"])
+async def test_a_key_echoed_in_a_successful_answer_is_redacted(tmp_path: Path, mode: str) -> None:
+    """A server that appends the caller's key to every completion (text, and tokens split so
+    no one token holds it): the choices, their tokens and the events carry no key; the
+    tokens stay aligned with the logprobs; the token ids that spelled it are dropped."""
+    events = EventLog(tmp_path / "events.jsonl")
+    sim_cfg = SimConfig(api_key=KEY, faults=Faults(echo_key=1.0))
+    async with SimServer(sim_cfg) as sim:
+        endpoint = EndpointConfig(base_url=sim.base_url, model="sim-model", mode=mode,  # type: ignore[arg-type]
+                                  max_tokens=8, logprobs=True)  # fmt: skip
+        async with Client(endpoint, events=events, api_key=KEY) as client:
+            out = await client.complete("Say hi", n=3, extra_body={"return_token_ids": True})
+    events.close()
+    assert len(out.choices) == 3
+    for c in out.choices:
+        assert c.text.endswith(" [REDACTED]"), c.text
+        assert c.tokens is not None and c.logprobs is not None
+        assert "".join(c.tokens) == c.text and len(c.tokens) == len(c.logprobs)
+        assert c.token_ids is None
+        assert hits(repr(c).encode()) == 0
+    assert hits(repr(out).encode()) == 0
+    assert hits((tmp_path / "events.jsonl").read_bytes()) == 0

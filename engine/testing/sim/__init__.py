@@ -30,7 +30,9 @@ Order of events for one generation request, each step able to end it:
 3. ``429`` from the RPM/TPM token buckets (:class:`SimConfig.rpm`, :class:`SimConfig.tpm`).
 4. One fault draw from the seeded RNG (:class:`Faults`); 429/529 faults answer at once.
 5. Server-side latency (log-normal, plus per completion token), inside the optional
-   served-concurrency cap; ``timeout`` hangs instead; the remaining faults act here.
+   served-concurrency cap; ``timeout`` hangs instead; the remaining faults act here,
+   the hostile ones (:data:`HOSTILE_KINDS`: unsound usage, oversized or deeply nested
+   bodies, the caller's key echoed, a redirect) among them.
 6. ``200`` with the real OpenAI response shape and ``usage``.
 
 The fake model (:func:`default_model`): a "token" is a whitespace-separated word. Each choice is
@@ -67,7 +69,17 @@ from .adapters import (
     read_adapter,
     write_fake_adapter,
 )
-from .config import FAULT_KINDS, Faults, ModelFn, SimConfig, SimRequest, SimStatistics
+from .config import (
+    ALL_FAULT_KINDS,
+    BAD_USAGES,
+    FAULT_KINDS,
+    HOSTILE_KINDS,
+    Faults,
+    ModelFn,
+    SimConfig,
+    SimRequest,
+    SimStatistics,
+)
 from .model import (
     CANDIDATE_CLOSE,
     CANDIDATE_OPEN,
@@ -84,10 +96,13 @@ from .responses import format_duration
 from .server import SimServer
 
 __all__ = (
+    "ALL_FAULT_KINDS",
+    "BAD_USAGES",
     "CANDIDATE_CLOSE",
     "CANDIDATE_OPEN",
     "FAULT_KINDS",
     "GOOD_WORDS",
+    "HOSTILE_KINDS",
     "JUDGE_MARKER",
     "MAX_CONFIG_BYTES",
     "MAX_WEIGHTS_BYTES",

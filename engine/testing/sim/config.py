@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from .adapters import SimAdapter
 
 __all__ = (
+    "ALL_FAULT_KINDS",
     "FAULT_KINDS",
+    "HOSTILE_KINDS",
     "Faults",
     "ModelFn",
     "SimConfig",
@@ -33,7 +35,28 @@ FAULT_KINDS: Final = (
     "error_200",
     "short_n",
 )
-"""Names of the :class:`Faults` rates, in the order the fault draw checks them."""
+"""Names of the :class:`Faults` rates of a flaky server, in the order the fault draw checks
+them (:meth:`Faults.spread` spreads a rate over these)."""
+
+HOSTILE_KINDS: Final = ("bad_usage", "oversized", "deep_json", "echo_key", "redirect")
+"""Names of the :class:`Faults` rates of a server that sends what no client should trust
+(checked after :data:`FAULT_KINDS`; never part of :meth:`Faults.spread`)."""
+
+ALL_FAULT_KINDS: Final = FAULT_KINDS + HOSTILE_KINDS
+"""Every fault kind, in the order the draw checks them."""
+
+BAD_USAGES: Final = (
+    {"prompt_tokens": -5, "completion_tokens": 3},
+    {"prompt_tokens": 10**12, "completion_tokens": 10**12},
+    {"prompt_tokens": "12", "completion_tokens": 3},
+    {"prompt_tokens": True, "completion_tokens": 3},
+    {"prompt_tokens": 12.5, "completion_tokens": 3},
+    {"prompt_tokens": None, "completion_tokens": None},
+    None,
+    [1, 2],
+)
+"""The usages a ``bad_usage`` fault sends, in turn: negative, absurd, a string, a bool, a
+fraction, nulls, no usage at all, not an object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +93,33 @@ class Faults:
     body whose choices have ``finish_reason: "error"``, empty content and an ``error`` field."""
     short_n: float = 0.0
     """200 with ``n // 2`` choices per prompt (so none for ``n=1``)."""
+    bad_usage: float = 0.0
+    """200 whose ``usage`` is unsound: in turn each of :data:`BAD_USAGES`."""
+    oversized: float = 0.0
+    """200 whose valid JSON body is padded to ``oversize_bytes``: in turn with a
+    ``Content-Length`` and chunked (no length announced)."""
+    deep_json: float = 0.0
+    """200 whose body nests arrays ``deep_levels`` deep beside the choices, in turn as given and
+    100,000 deep (which orjson itself refuses)."""
+    echo_key: float = 0.0
+    """200 whose completions (text, tokens) echo the bearer token the request was sent with."""
+    redirect: float = 0.0
+    """307 to ``redirect_to`` (plus the request path and a ``?token=`` query), as a proxy or
+    a hijacked endpoint might send."""
     hang_seconds: float = 30.0
     """How long a ``timeout`` fault hangs, seconds."""
     retry_after: float = 0.05
     """The wait a ``rate_limit`` fault asks for, seconds."""
+    oversize_bytes: int = 2 * 1024 * 1024
+    """The body size of an ``oversized`` fault, bytes."""
+    deep_levels: int = 200
+    """The nesting depth of a ``deep_json`` fault (on its even turns)."""
+    redirect_to: str = "http://127.0.0.1:9"
+    """Where a ``redirect`` fault points (scheme, host and port; the request path is added)."""
 
     def __post_init__(self) -> None:
         total = 0.0
-        for kind in FAULT_KINDS:
+        for kind in ALL_FAULT_KINDS:
             rate = getattr(self, kind)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"Faults.{kind} must be in [0, 1], got {rate!r}")
@@ -86,11 +128,13 @@ class Faults:
             raise ValueError(f"fault rates must sum to at most 1, got {total:g}")
         if self.hang_seconds < 0 or self.retry_after < 0:
             raise ValueError("Faults.hang_seconds and Faults.retry_after must be >= 0")
+        if self.oversize_bytes < 0 or self.deep_levels < 1:
+            raise ValueError("Faults.oversize_bytes must be >= 0 and Faults.deep_levels >= 1")
 
     @property
     def total(self) -> float:
         """The probability that a request gets any fault."""
-        return sum(getattr(self, kind) for kind in FAULT_KINDS)
+        return sum(getattr(self, kind) for kind in ALL_FAULT_KINDS)
 
     @classmethod
     def spread(cls, rate: float, *, include_timeout: bool = False, **kwargs: float) -> Faults:

@@ -1,5 +1,5 @@
 """Fault injection of the simulated server: one seeded draw per generation request, and the
-broken responses each fault kind sends."""
+broken (or hostile: :data:`~.config.HOSTILE_KINDS`) responses each fault kind sends."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from .config import FAULT_KINDS, Faults
+from .config import ALL_FAULT_KINDS, Faults
+from .hostile import HOSTILE, hostile_response
 from .responses import JSON_HEADERS, error_response, format_duration
 
 __all__ = ("EARLY_FAULTS", "FaultInjector")
@@ -43,7 +44,7 @@ class FaultInjector:
         """Use new rates from the next draw on."""
         self.faults = faults
         table, total = [], 0.0
-        for kind in FAULT_KINDS:
+        for kind in ALL_FAULT_KINDS:
             rate = getattr(faults, kind)
             if rate > 0:
                 total += rate
@@ -101,6 +102,8 @@ class FaultInjector:
         self, fault: str, request: web.Request, payload: dict[str, Any], error_choices: bool
     ) -> web.StreamResponse | None:
         """The response of a fault that strikes after the latency; None for a reset."""
+        if fault in HOSTILE:
+            return await hostile_response(fault, self.turn(fault), self.faults, request, payload)
         if fault == "error_200":
             if error_choices:
                 return web.Response(body=orjson.dumps(payload), headers=JSON_HEADERS)
