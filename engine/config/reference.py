@@ -13,6 +13,7 @@ import inspect
 import itertools
 import types
 import typing
+from collections.abc import Mapping
 from typing import Literal, get_args, get_origin
 
 from .sections import RunConfig
@@ -29,6 +30,12 @@ def type_name(tp: object) -> str:
         return " | ".join(type_name(a) for a in get_args(tp))
     if origin is tuple:
         return f"array of {type_name(get_args(tp)[0])}"
+    if origin is Mapping:
+        inner = get_args(tp)[1]
+        if dataclasses.is_dataclass(inner):
+            keys = ", ".join(f.name for f in dataclasses.fields(inner))
+            return f"table of {{{keys}}} by name"
+        return f"table of {type_name(inner)} by name"
     if tp is type(None):
         return "none"
     if dataclasses.is_dataclass(tp):

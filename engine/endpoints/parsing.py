@@ -27,6 +27,7 @@ from ..types import Usage
 from .limits import PermitProtocol
 from .redaction import Redactor
 from .retry import code_status, should_retry, status_error
+from .spend import reported_cost
 
 __all__ = (
     "Choice",
@@ -366,7 +367,7 @@ def parse_usage(u: Any) -> Usage | None:
         _int(u.get("completion_tokens")),
         _int(ptd.get("cached_tokens")) if type(ptd) is dict else 0,
         _int(ctd.get("reasoning_tokens")) if type(ctd) is dict else 0,
-        float(cost) if type(cost) is float or type(cost) is int else 0.0,
+        reported_cost(cost),
     )
 
 

@@ -45,6 +45,7 @@ from anyio.abc import ObjectReceiveStream
 
 from ..config.sections import RunConfig
 from ..data.sampler import GroupSampler
+from ..endpoints.spend import SpendMeter
 from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner, ScoredBatch
@@ -164,13 +165,17 @@ class TrainingManager:
         events: an event log to share with clients; default one in ``out``.
         export_groups: write every scored group to this JSONL file
             (:mod:`engine.telemetry.export`).
+        spend: the spend meter shared with the policy's and judges' clients; default one
+            from ``[prices]`` and ``limits.max_cost_usd`` (which then sees no requests).
 
     Attributes:
         history: metrics of this process's last :data:`HISTORY_STEPS` steps (all of them
             are in metrics.jsonl).
         progress: evaluations, early stopping and the first steps' rewards (kept on resume).
         checkpoints: saves and restores the run's state.
-        stop_reason: why the run stopped: ``steps``, ``early_stop``, ``interrupted``...
+        stop_reason: why the run stopped: ``steps``, ``early_stop``, ``budget`` (the spend
+            budget is spent), ``interrupted``...
+        spend: the USD spent on requests and the budget (see :meth:`_budget_stop`).
         run_id: this process's run id (bound to every log record), once :meth:`run` started.
     """
 
@@ -187,8 +192,10 @@ class TrainingManager:
         out: str | Path | None = "",
         events: EventLog | None = None,
         export_groups: str | Path | None = None,
+        spend: SpendMeter | None = None,
     ) -> None:
         self.config = config
+        self.spend = spend if spend is not None else SpendMeter.from_config(config)
         self.out: Path | None = None if out is None else Path(config.out if out == "" else out)
         self.on_batch_complete = on_batch_complete
         self.on_eval = on_eval
@@ -284,7 +291,8 @@ class TrainingManager:
     # ----------------------------------------------------------------------- checkpoints
 
     async def save_checkpoint(self, path: str | Path) -> Path:
-        """Write the whole run state (policy, optimizer, snapshots, counters) atomically."""
+        """Write the whole run state (policy, optimizer, snapshots, counters, spend) atomically."""
+        self.progress.spent_usd = self.spend.spent
         return await self.checkpoints.save(path, self.progress)
 
     async def load_checkpoint(self, path: str | Path) -> int:
@@ -294,6 +302,7 @@ class TrainingManager:
             CheckpointError: unreadable, or written with an incompatible config (the key named).
         """
         self.progress = await self.checkpoints.load(path)
+        self.spend.restore(self.progress.spent_usd)
         return self.learner.version
 
     # ----------------------------------------------------------------------- the run
@@ -307,6 +316,8 @@ class TrainingManager:
         self._started = time.perf_counter()
         await anyio.to_thread.run_sync(validate_files, self.config)
         start = await self._resume(resume) if resume is not None else 0
+        if self.spend.exhausted:  # a resumed run whose budget was already spent
+            self._stop_requested = "budget"
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)
         eval_before = await self._eval_before(start)
@@ -367,12 +378,32 @@ class TrainingManager:
 
     async def _learn(self, recv: ObjectReceiveStream[ScoredBatch]) -> None:
         """The learner actor: update on each batch in step order, until the end or a stop."""
+        spent_at: int | None = None  # the step after which the budget was found spent
         async for batch in recv:
+            if spent_at is not None and (batch.step > spent_at + 1 or not batch.groups):
+                break
             with anyio.CancelScope(shield=True):
                 m = await self.learner.update(batch)
                 await self._after_step(batch, m)
             if self._stop_requested is not None:
                 break
+            if spent_at is None and self.spend.exhausted:
+                spent_at = batch.step
+                await self._budget_stop()
+        done = self.learner.version >= self.config.steps
+        if spent_at is not None and self._stop_requested is None and not done:
+            self._stop_requested = "budget"
+
+    async def _budget_stop(self) -> None:
+        """The budget is spent: no new request goes out, and the requests in flight are
+        waited for (up to ``endpoint.deadline``) so their cost is counted and their answers
+        used; the batch after this step is trained if it has scored groups, then the run
+        stops (within one step of the cap)."""
+        with anyio.move_on_after(self.config.endpoint.deadline) as waited:
+            await self.spend.drained()
+        drained = not waited.cancelled_caught
+        _log.warning("spend.budget_spent", spent_usd=self.spend.spent,
+                     budget_usd=self.spend.budget, drained=drained)  # fmt: skip
 
     async def _after_step(self, batch: ScoredBatch, m: dict[str, Any]) -> None:
         step = batch.step
@@ -385,7 +416,8 @@ class TrainingManager:
         self._step_metrics(batch, m)
         self.progress.record_step(step, m.get("reward", math.nan))
         eval_every = self.config.trainer.eval_every
-        if eval_every and (step + 1) % eval_every == 0 and self.heldout:
+        due = eval_every and (step + 1) % eval_every == 0 and self.heldout
+        if due and not self.spend.exhausted:  # no evaluation once the budget is spent
             ev = await self.evaluate()
             m.update(ev)
             await self._eval_done(step, ev)
@@ -396,7 +428,12 @@ class TrainingManager:
             await _call(self.on_batch_complete, BatchMetrics.from_metrics(step, m))
         every = self.config.trainer.checkpoint_every
         if self.out is not None and every and (step + 1) % every == 0:
-            await self.checkpoints.save_step(self.progress)
+            await self._save_step()
+
+    async def _save_step(self) -> None:
+        """The step's checkpoint, with the spend so far."""
+        self.progress.spent_usd = self.spend.spent
+        await self.checkpoints.save_step(self.progress)
 
     def _step_metrics(self, batch: ScoredBatch, m: dict[str, Any]) -> None:
         """Add the step's timings, group counters and request metrics to ``m``."""
@@ -406,6 +443,7 @@ class TrainingManager:
         m.update(batch.rollout_metrics)
         self.events.flush()
         m.update(self.events.step_metrics(batch.step))
+        m["cost/total_usd"] = self.spend.spent  # requests of batches ahead included
         m.setdefault("kl", math.nan)
 
     async def _eval_done(self, step: int, ev: dict[str, Any]) -> None:
@@ -420,16 +458,18 @@ class TrainingManager:
 
     async def _finish(self, eval_before: float | None) -> RunSummary:
         eval_after = None
-        if self.heldout and self.config.trainer.eval_every:
+        if self.heldout and self.config.trainer.eval_every and not self.spend.exhausted:
             ev = await self.evaluate()
             eval_after = ev.get("eval/reward")
         if self.out is not None and self.learner.version > 0:
-            await self.checkpoints.save_step(self.progress)
+            await self._save_step()
         rewards = [m.get("reward", math.nan) for m in self.history]
         extra: dict[str, Any] = {
             "policy": self.policy.name,
             "convergence": convergence(rewards),
             "stale_dropped": self.learner.stale_dropped,
+            "spent_usd": self.spend.spent,
+            "budget_usd": self.spend.budget,
         }
         if self.config.grpo.stale_groups == "withhold":  # as in the step metrics
             extra["stale_withheld"] = self.learner.stale_withheld
