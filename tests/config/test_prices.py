@@ -19,7 +19,7 @@ def test_prices_load_from_toml_and_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
         '[limits]\nmax_cost_usd = 2.5\n[prices."openai/gpt-4o-mini"]\ninput = 0.15\n'
-        'output = 0.60\n[prices.local]\ninput = 0\n'
+        "output = 0.60\n[prices.local]\ninput = 0\n"
     )
     config = load_config(path)
     assert config.limits.max_cost_usd == 2.5
