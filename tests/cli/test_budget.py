@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.reliability.support import REPO, grading_model, jsonl_records, run_en
 
 STEPS = 40
 CONCURRENCY = 8
+BATCH = 2
 PER_TOKEN = 4e-6
 """USD per token the sim reports in usage.cost (a step costs about $0.006)."""
 PRICE = {"input": 4.0, "output": 4.0}
@@ -42,7 +44,7 @@ def run_config(base_url: str, out: Path, budget: float) -> dict[str, Any]:
         },
         "limits": {"max_concurrency": CONCURRENCY, "max_cost_usd": budget},
         "reward": {"functions": ["non_empty"], "judge_prompt": "Grade the label's clarity."},
-        "data": {"batch_size": 2},
+        "data": {"batch_size": BATCH},
         "trainer": {"eval_every": 0, "checkpoint_every": 2},
         "prices": {"sim-model": PRICE},
     }
@@ -60,16 +62,17 @@ def thresholds_logged(out: Path) -> list[int]:
     ]
 
 
-def crossing_step(events: list[dict[str, Any]], budget: float, start: float = 0.0) -> int:
+def crossing(events: list[dict[str, Any]], budget: float, start: float = 0.0) -> tuple[int, int]:
     """The step of the request whose cost took the running total (in event order) to the
-    budget, and check that at most the requests in flight then were answered after it."""
+    budget, and how many requests were answered after it (they were in flight then: at most
+    the concurrency limit)."""
     total = start
     for i, e in enumerate(events):
         total += e["cost_usd"]
         if total >= budget:
             later = [x for x in events[i + 1 :] if x.get("error_class") is None]
             assert len(later) <= CONCURRENCY, len(later)  # only those already in flight
-            return int(e["group_id"].split("-")[0])
+            return int(e["group_id"].split("-")[0]), len(later)
     raise AssertionError(f"the events never reach the budget: {total} < {budget}")
 
 
@@ -86,27 +89,42 @@ def check_stopped(
     assert spent == pytest.approx(start + sum(e["cost_usd"] for e in events), rel=1e-9)
     steps = summary["steps_done"]
     assert 0 < steps < STEPS
-    assert steps - 1 <= crossing_step(events, budget, start) + 1  # within one step of the cap
+    cap_step, in_flight = crossing(events, budget, start)
+    assert steps - 1 <= cap_step + 1  # within one step of the cap
+    # the requests in flight at the cap were answered and counted, none cancelled
+    assert not [e for e in events if e.get("error_class") == "cancelled"]
     ckpt = latest_checkpoint(out / "checkpoints")
     assert ckpt is not None and ckpt.name == f"step-{steps}"
     metrics = jsonl_records(out / "metrics.jsonl")
     assert metrics[-1]["step"] == steps - 1
     assert metrics[-1]["cost/total_usd"] == pytest.approx(spent, rel=1e-9)
     assert all(m["cost/step_usd"] >= 0 for m in metrics)
+    # the batch of the request that spent the budget is trained when its answers made a
+    # group (the results of the requests in flight are used); no batch whose every group
+    # was refused is trained
+    dropped = Counter(
+        int(e["group_id"].split("-")[0])
+        for e in jsonl_records(out / "events.jsonl")
+        if e.get("event") == "group.dropped" and e.get("group_id")
+    )
+    assert steps - 1 >= cap_step or dropped[cap_step] == BATCH, (cap_step, steps, dropped)
+    assert all(m["rollouts"] > 0 for m in metrics), [m["rollouts"] for m in metrics]
     refused = [e for e in events if e.get("error_class") == "budget"]
     assert refused and all(e["cost_usd"] == 0 for e in refused)
     assert f"spend          ${spent:.6g} of ${budget:.6g} budget" in done.err
-    return summary
+    return {**summary, "answered_after_cap": in_flight}
 
 
 async def test_budget_stop_and_resume(tmp_path: Path) -> None:
     out, cfg = tmp_path / "run", tmp_path / "run.toml"
     budget = 0.03
-    async with SimServer(SimConfig(model=grading_model, usage_cost=PER_TOKEN)) as sim:
+    sim_config = SimConfig(model=grading_model, usage_cost=PER_TOKEN, latency=0.05)
+    async with SimServer(sim_config) as sim:
         cfg.write_text(to_toml(run_config(sim.base_url, out, budget)))
         first = await run_engine(["run", "--config", str(cfg), "--quiet"], limit=300)
     events = requests_of(out)
     summary = check_stopped(out, first, budget, events, 0.0)
+    assert summary["answered_after_cap"] > 0  # requests were in flight at the cap
     answered = [e for e in events if e.get("error_class") is None]
     assert {e["cost_source"] for e in answered} == {"reported"}
     assert {e["kind"] for e in answered if e["cost_usd"] > 0} == {"generation", "judge"}
@@ -128,6 +146,8 @@ async def test_budget_stop_and_resume(tmp_path: Path) -> None:
     summary2 = check_stopped(out, second, 2 * budget, resumed, spent1)
     assert summary2["spent_usd"] == pytest.approx(sum(e["cost_usd"] for e in events), rel=1e-9)
     assert summary2["steps_done"] > summary["steps_done"]
+    print("figures", {k: (summary[k], summary2[k]) for k in
+          ("steps_done", "spent_usd", "answered_after_cap")})  # fmt: skip
     answered = [e for e in resumed if e.get("error_class") is None]
     assert {e["cost_source"] for e in answered} == {"price"}
     for e in answered:
