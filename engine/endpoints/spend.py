@@ -86,16 +86,24 @@ def reported_cost(value: Any) -> float | None:
     """``usage.cost`` as USD: a finite non-negative number, else None (absent or not trusted).
 
     A value that is present but not such a number (negative, NaN, infinite, a string, a
-    bool) is an anomaly: it is logged (``endpoint.cost_invalid``) and the caller prices the
-    request by its tokens instead.
+    bool) is an anomaly: it is logged (``endpoint.cost_invalid``, at the 1st, 10th, 100th...
+    occurrence in the process, with the count, so a provider that always sends one cannot
+    flood the log) and the caller prices the request by its tokens instead.
     """
     if value is None:
         return None
     if (type(value) is float or type(value) is int) and math.isfinite(value) and value >= 0:
         return float(value)
-    _log.warning("endpoint.cost_invalid", value_type=type(value).__name__,
-                 value=repr(value)[:40])  # fmt: skip
+    _INVALID[0] += 1
+    count = _INVALID[0]
+    if count == 10 ** (len(str(count)) - 1):  # 1, 10, 100, ...
+        _log.warning("endpoint.cost_invalid", value_type=type(value).__name__,
+                     value=repr(value)[:40], count=count)  # fmt: skip
     return None
+
+
+_INVALID = [0]
+"""Invalid ``usage.cost`` values seen by this process."""
 
 
 class PriceTable:

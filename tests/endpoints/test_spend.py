@@ -181,3 +181,19 @@ async def test_a_spent_budget_refuses_before_sending(tmp_path: Path) -> None:
     evs = [e for e in read_records(path) if e.get("kind") == "generation"]
     assert [e.get("error_class") for e in evs] == [None, "budget"]
     assert evs[1]["cost_usd"] == 0.0 and evs[1]["attempt"] == 1
+
+
+def test_invalid_costs_are_logged_sparingly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anomaly is logged with its count at the 1st, 10th, 100th... occurrence."""
+    from structlog.testing import capture_logs
+
+    import engine.endpoints.spend as spend
+
+    monkeypatch.setattr(spend, "_INVALID", [0])
+    with capture_logs() as logs:
+        for _ in range(120):
+            assert reported_cost(-1.0) is None
+        assert reported_cost(0.5) == 0.5
+    found = [r for r in logs if r["event"] == "endpoint.cost_invalid"]
+    assert [r["count"] for r in found] == [1, 10, 100]
+    assert all(r["log_level"] == "warning" and r["value_type"] == "float" for r in found)
