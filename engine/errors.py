@@ -18,7 +18,8 @@
         ├── ConflictError      HTTP 409 / 425: a transient conflict, retried
         ├── RequestRejected    HTTP 4xx other than 429: never retried
         │   └── AuthenticationError   401 / 403
-        └── ResponseError      malformed body, or HTTP 200 carrying an error
+        ├── ResponseError      malformed body, or HTTP 200 carrying an error
+        └── BudgetSpent        ``limits.max_cost_usd`` is spent: refused before sending
 
 Provider errors are wrapped at the client boundary; nothing from aiohttp leaks upward.
 Messages never contain an API key: the client redacts keys before building them.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 __all__ = (
     "AuthenticationError",
+    "BudgetSpent",
     "CheckpointError",
     "ClientClosedError",
     "ConfigError",
@@ -174,6 +176,11 @@ class ResponseError(EndpointError):
     """The body is malformed, or an HTTP 200 carries an error object."""
 
 
+class BudgetSpent(EndpointError):
+    """The run's spend budget (``limits.max_cost_usd``) is spent: the request was refused
+    before it was sent, so it cost nothing. Never retried."""
+
+
 _ERROR_CLASS: dict[type, str] = {
     TransportError: "transport",
     EndpointTimeout: "timeout",
@@ -184,6 +191,7 @@ _ERROR_CLASS: dict[type, str] = {
     RequestRejected: "rejected",
     AuthenticationError: "auth",
     ResponseError: "response",
+    BudgetSpent: "budget",
 }
 
 

@@ -46,22 +46,25 @@ class Usage:
         completion_tokens: tokens generated.
         cached_tokens: prompt tokens the endpoint served from its prompt cache.
         reasoning_tokens: completion tokens spent on hidden reasoning, where reported.
-        cost: the usage's ``cost`` field, where the endpoint reports one, else 0.
+        cost: the usage's ``cost`` field in USD, where the endpoint reports a valid one
+            (:func:`~engine.endpoints.spend.reported_cost`); None when it reports none.
+            Summed usages have a cost when any part has one.
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
-    cost: float = 0.0
+    cost: float | None = None
 
     def __add__(self, other: Usage) -> Usage:
+        a, b = self.cost, other.cost
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
-            self.cost + other.cost,
+            b if a is None else a if b is None else a + b,
         )
 
     @property

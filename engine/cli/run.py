@@ -1,7 +1,8 @@
 """Command line: ``python -m engine run``, train a policy with GRPO.
 
 SIGINT and SIGTERM stop a run cleanly with a checkpoint and exit status 130 or 143; a second
-signal stops at once.
+signal stops at once. A run whose spend budget (``limits.max_cost_usd``) is spent stops cleanly
+with a checkpoint and exit status 4.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import anyio
 
 from ..config.loading import load_config
 from ..config.sections import RunConfig
+from ..endpoints.spend import SpendMeter, Threshold
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
@@ -40,8 +42,18 @@ examples:
   python -m engine run --resume runs/latest          # continue from the latest checkpoint
   python -m engine run --print-config                # the full config reference
 
-exit status: 0 done, 2 bad input, 130 interrupted (SIGINT), 143 terminated (SIGTERM)
+spend budget: limits.max_cost_usd (USD, generation and judges together) warns on stderr at
+50%, 80% and 100%; once it is spent no new request is sent, the requests in flight finish and
+count, a checkpoint is written, summary.json says stop_reason "budget" and spent_usd, and the
+run exits with status 4. Costs come from the provider's usage.cost, else [prices."model"]
+(USD per 1M input/output tokens) or the built-in table of common hosted models.
+
+exit status: 0 done, 2 bad input, 4 spend budget spent (limits.max_cost_usd), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM)
 """
+
+EXIT_BUDGET = 4
+"""Exit status of a run stopped because its spend budget is spent."""
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -134,11 +146,16 @@ async def run_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = _Progress(config.steps, quiet=args.quiet)
     signals_seen: list[int] = []
+    spend = SpendMeter.from_config(config, on_threshold=_print_threshold)
     async with contextlib.AsyncExitStack() as stack:
-        parts = await _endpoint_parts(config, stack) if needs_endpoint(config) else {}
+        parts = await _endpoint_parts(config, stack, spend) if needs_endpoint(config) else {}
         trainer = await stack.enter_async_context(
             TrainingManager(
-                config, on_batch_complete=progress, export_groups=args.export_groups, **parts
+                config,
+                on_batch_complete=progress,
+                export_groups=args.export_groups,
+                spend=spend,
+                **parts,
             )
         )
         attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
@@ -151,14 +168,24 @@ async def run_command(args: argparse.Namespace) -> int:
     print(_format_summary(summary), file=sys.stderr)
     if signals_seen:
         return 128 + signals_seen[0]
+    if summary.stop_reason == "budget":
+        return EXIT_BUDGET
     return 0
 
 
-async def _endpoint_parts(config: RunConfig, stack: contextlib.AsyncExitStack) -> dict[str, Any]:
+def _print_threshold(crossed: Threshold) -> None:
+    """A spend threshold crossed: one line on stderr (on its own line on a TTY)."""
+    sys.stderr.write(("\n" if sys.stderr.isatty() else "") + crossed.line() + "\n")
+    sys.stderr.flush()
+
+
+async def _endpoint_parts(
+    config: RunConfig, stack: contextlib.AsyncExitStack, spend: SpendMeter
+) -> dict[str, Any]:
     """An endpoint policy's parts: its clients (closed by ``stack``) share the run's event
-    log."""
+    log and spend meter."""
     events = stack.enter_context(contextlib.closing(EventLog(Path(config.out) / "events.jsonl")))
-    client, judge = await open_clients(config, stack, events)
+    client, judge = await open_clients(config, stack, events, spend)
     policy, rewarder, _ = build_components(config, client=client, judge_client=judge)
     if config.policy == "hf" and config.hf.generation == "server":
         await open_hf_server(config, policy, stack, client=client, events=events)
@@ -187,6 +214,18 @@ def _format_summary(summary: RunSummary) -> str:
         f"  eval reward    before {_fmt(summary.eval_before)}  ->  "
         f"after {_fmt(summary.eval_after)}  (greedy, held-out)\n"
         f"  convergence    {describe(summary.extra.get('convergence'))}\n"
-        f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
+        + _spend_line(summary)
+        + f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
         "checkpoints/)"
     )
+
+
+def _spend_line(summary: RunSummary) -> str:
+    """The summary's spend line: USD spent (and the budget), when anything was spent or
+    budgeted."""
+    spent = summary.extra.get("spent_usd") or 0.0
+    budget = summary.extra.get("budget_usd")
+    if not spent and budget is None:
+        return ""
+    of = f" of ${budget:.6g} budget" if budget is not None else ""
+    return f"  spend          ${spent:.6g}{of}\n"

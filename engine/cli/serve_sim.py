@@ -70,6 +70,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="no /v1/load_lora_adapter routes (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
     )
     ap.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank loaded")
+    ap.add_argument(
+        "--usage-cost",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="report usage.cost (as OpenRouter does) at USD per prompt + completion token",
+    )
     return ap
 
 
@@ -104,6 +111,7 @@ def _config_from_args(args: argparse.Namespace) -> SimConfig:
         strict_models=args.strict_models,
         runtime_lora=args.runtime_lora,
         max_lora_rank=args.max_lora_rank,
+        usage_cost=args.usage_cost,
     )
 
 

@@ -78,6 +78,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "limits.tpm": (0.0, None, True),
     "limits.burst_seconds": (0.0, None, True),
     "limits.max_concurrency": (1, None, False),
+    "limits.max_cost_usd": (0.0, None, True),
     "retry.max_attempts": (1, None, False),
     "retry.backoff_base": (0.0, None, False),
     "retry.backoff_cap": (0.0, None, False),
@@ -234,7 +235,31 @@ def _coerce(value: object, tp: object, key: str, path: str | None) -> object:
         if not isinstance(value, Mapping):
             raise _mismatch("a table", value, key, path)
         return _build(tp, value, key, path)
+    if origin is Mapping:
+        return _coerce_mapping(value, tp, key, path)
     return _coerce_scalar(value, tp, key, path)
+
+
+def _coerce_mapping(value: object, tp: object, key: str, path: str | None) -> object:
+    """A table of tables by name (``[prices."model"]``): each value checked, none negative."""
+    if not isinstance(value, Mapping):
+        raise _mismatch("a table", value, key, path)
+    inner = get_args(tp)[1]
+    out: dict[str, object] = {}
+    for name, item in value.items():
+        sub = f'{key}."{name}"'
+        if not str(name).strip():
+            raise ConfigError("empty name", path=path, key=sub)
+        built = _coerce(item, inner, sub, path)
+        if dataclasses.is_dataclass(built):
+            for f in dataclasses.fields(built):
+                number = getattr(built, f.name)
+                if isinstance(number, float) and number < 0:
+                    raise ConfigError(
+                        f"must be >= 0, got {number!r}", path=path, key=f"{sub}.{f.name}"
+                    )
+        out[str(name)] = built
+    return out
 
 
 def _coerce_union(value: object, tp: object, key: str, path: str | None) -> object:
@@ -371,6 +396,8 @@ def require_torch(path: str | None = None) -> None:
 def _plain(value: object) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [_plain(x) for x in value]
     return value

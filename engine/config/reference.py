@@ -13,6 +13,7 @@ import inspect
 import itertools
 import types
 import typing
+from collections.abc import Mapping
 from typing import Literal, get_args, get_origin
 
 from .sections import RunConfig
@@ -29,6 +30,12 @@ def type_name(tp: object) -> str:
         return " | ".join(type_name(a) for a in get_args(tp))
     if origin is tuple:
         return f"array of {type_name(get_args(tp)[0])}"
+    if origin is Mapping:
+        inner = get_args(tp)[1]
+        if dataclasses.is_dataclass(inner):
+            keys = ", ".join(f.name for f in dataclasses.fields(inner))
+            return f"table of {{{keys}}} by name"
+        return f"table of {type_name(inner)} by name"
     if tp is type(None):
         return "none"
     if dataclasses.is_dataclass(tp):
@@ -78,6 +85,9 @@ def _section(cls: type, prefix: str) -> list[str]:
         if table is not None:
             nested.append((table, f.name))
             continue
+        inner = _named_tables_of(tp)
+        if inner is not None:  # a table of tables by name: its entries' keys get a section
+            nested.append((inner, f'{prefix + "." if prefix else ""}{f.name}."<name>"'))
         doc = docs.get(f.name, "").replace("|", "\\|")  # a bare | would end the cell
         kind = type_name(tp).replace("|", "\\|")
         lines.append(f"| `{f.name}` | {kind} | `{_default(f)!r}` | {doc} |")
@@ -95,6 +105,15 @@ def _table_of(tp: object) -> type | None:
         tables = [a for a in get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)]
         if len(tables) == 1:
             return tables[0]
+    return None
+
+
+def _named_tables_of(tp: object) -> type | None:
+    """The dataclass of the values of a ``Mapping[str, X]`` field, or None."""
+    if get_origin(tp) is Mapping:
+        inner = get_args(tp)[1]
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            return inner
     return None
 
 

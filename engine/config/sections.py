@@ -8,6 +8,7 @@ Every field carries a docstring (the string literal below it); ``python -m engin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,6 +18,7 @@ __all__ = (
     "GRPOConfig",
     "HFConfig",
     "LimitsConfig",
+    "ModelPrice",
     "OptimConfig",
     "PromptPolicyConfig",
     "RetryConfig",
@@ -241,6 +243,22 @@ class LimitsConfig:
     """Requests in flight at once."""
     adaptive: bool = False
     """Adaptive concurrency: additive increase, multiplicative decrease on 429s and timeouts."""
+    max_cost_usd: float | None = None
+    """Spend budget in USD for generation and judge requests together; None = no budget.
+    Warnings at 50%, 80% and 100%; once spent no new request is sent, the requests in flight
+    finish and are counted, a checkpoint is written and ``python -m engine run`` exits with
+    status 4 (``stop_reason: "budget"``). Costs: the provider's ``usage.cost`` where it
+    reports a valid one, else the ``[prices]`` table."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """The price of one model in USD per million tokens (a ``[prices."model"]`` table)."""
+
+    input: float = 0.0
+    """USD per 1M prompt tokens."""
+    output: float = 0.0
+    """USD per 1M completion tokens (reasoning tokens included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,3 +393,9 @@ class RunConfig:
     """Datasets."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Evaluation, early stop and checkpoint cadence."""
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """Model prices in USD per 1M tokens, by the model name requests send, e.g.
+    ``[prices."my-model"] input = 0.15, output = 0.60``; they extend and override the built-in
+    table of common hosted models (engine.endpoints.spend.BUILTIN_PRICES), which applies only
+    to the openai and openrouter providers. Unpriced models (local servers, llama.cpp, the
+    embedded LM) cost 0."""

@@ -2,10 +2,13 @@
 
 :class:`AttemptRunner` runs one attempt: a permit from the limiter, the send under the
 client's :class:`~engine.endpoints.transport.Watchdog`, the classification of the response,
-the settlement of the permit.
+the settlement of the permit. The run's :class:`~engine.endpoints.spend.SpendMeter` admits
+each attempt just before it is sent (refusing it once the budget is spent) and is told what
+an answered attempt cost.
 
 Every attempt (a success, a failure, or a cancellation after it was sent) is one event in the
-:class:`~engine.telemetry.events.EventLog`. Events never carry the key, the auth header or
+:class:`~engine.telemetry.events.EventLog`, with its ``cost_usd`` (0 unless it was answered)
+and, when answered, its ``cost_source``. Events never carry the key, the auth header or
 the prompt text (only its length).
 
 What the server sends is untrusted (:mod:`~engine.endpoints.guards`): redirects are not
@@ -41,6 +44,7 @@ from .guards import estimated_usage, usage_bound
 from .limits import LimiterProtocol, PermitProtocol
 from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
+from .spend import SpendMeter
 from .transport import ATTEMPT, Alarm, Watchdog, read_capped
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
@@ -95,11 +99,19 @@ class AttemptEvents:
         self._redact = redact
 
     def success(
-        self, ctx: CallContext, r: Result, status: int, latency: float, attempt: int, n: int
+        self,
+        ctx: CallContext,
+        r: Result,
+        status: int,
+        latency: float,
+        attempt: int,
+        n: int,
+        cost: tuple[float, str] = (0.0, "none"),
     ) -> None:
-        """An attempt that returned choices."""
+        """An attempt that returned choices; ``cost``: its USD and where that came from."""
         self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
-                   request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly)  # fmt: skip
+                   request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly,
+                   cost=cost)  # fmt: skip
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -118,13 +130,19 @@ class AttemptEvents:
         )
 
     def cancelled(
-        self, ctx: CallContext, n: int, attempt: int, status: int | None, latency: float
+        self,
+        ctx: CallContext,
+        n: int,
+        attempt: int,
+        status: int | None,
+        latency: float,
+        cost: tuple[float, str] | None = None,
     ) -> None:
         """An attempt cancelled from outside (a fanned-out sibling failed, a straggler, a
         shutdown) after it was sent: recorded as ``error_class: "cancelled"``, since the
-        server may have done (and billed) the work."""
+        server may have done (and billed) the work; ``cost`` when its answer had come."""
         self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n,
-                   error_class="cancelled")  # fmt: skip
+                   error_class="cancelled", cost=cost)  # fmt: skip
 
     def _emit(
         self,
@@ -139,6 +157,7 @@ class AttemptEvents:
         retry_in: float | None = None,
         request_id: str | None = None,
         usage_anomaly: str | None = None,
+        cost: tuple[float, str] | None = None,
     ) -> None:
         ev = self._events
         if ev is None:
@@ -160,6 +179,8 @@ class AttemptEvents:
             completion_tokens=u.completion_tokens,
             cached_tokens=u.cached_tokens,
             cost=u.cost,
+            cost_usd=cost[0] if cost is not None else 0.0,
+            cost_source=cost[1] if cost is not None else None,
             error_class=error_class,
             retry_in=retry_in,
             request_id=request_id,
@@ -169,10 +190,10 @@ class AttemptEvents:
 
 class _AttemptState:
     """What one attempt has got to: its permit, when it was sent, the response status and
-    headers, and the outcome once decided. ``by_attempt``: the watchdog was moved from the
-    call's deadline to the attempt's own timeout."""
+    headers, the outcome once decided and what it cost. ``by_attempt``: the watchdog was
+    moved from the call's deadline to the attempt's own timeout."""
 
-    __slots__ = ("by_attempt", "headers", "outcome", "permit", "status", "t_send")
+    __slots__ = ("by_attempt", "cost", "headers", "outcome", "permit", "status", "t_send")
 
     def __init__(self) -> None:
         self.permit: PermitProtocol | None = None
@@ -181,6 +202,7 @@ class _AttemptState:
         self.status: int | None = None
         self.headers: Mapping[str, str] = {}
         self.outcome: Result | Failure | None = None
+        self.cost: tuple[float, str] = (0.0, "none")
 
 
 class AttemptRunner:
@@ -198,13 +220,16 @@ class AttemptRunner:
         redact: applied to every message built from upstream text.
         events: where attempt events go.
         max_bytes: the largest response body read.
+        spend: admits each attempt before it is sent and counts what it cost; None: a meter
+            of its own with the built-in prices and no budget.
+        hosted: the endpoint is a hosted provider's (the built-in prices apply).
 
     Attributes:
         usage_anomalies: responses whose usage was not trusted, by reason.
     """
 
-    __slots__ = ("_clock", "_events", "_limiter", "_max_bytes", "_redact", "_timeout",
-                 "usage_anomalies")  # fmt: skip
+    __slots__ = ("_clock", "_events", "_hosted", "_limiter", "_max_bytes", "_redact", "_spend",
+                 "_timeout", "usage_anomalies")  # fmt: skip
 
     def __init__(
         self,
@@ -214,6 +239,9 @@ class AttemptRunner:
         redact: Redactor,
         events: AttemptEvents,
         max_bytes: int = 64 * 1024 * 1024,
+        spend: SpendMeter | None = None,
+        *,
+        hosted: bool = False,
     ) -> None:
         self._limiter = limiter
         self._timeout = timeout
@@ -222,6 +250,8 @@ class AttemptRunner:
         self._events = events
         self._max_bytes = max_bytes
         self.usage_anomalies: Counter[str] = Counter()
+        self._spend = spend if spend is not None else SpendMeter()
+        self._hosted = hosted
 
     async def run(
         self, ctx: CallContext, data: bytes, est: int, n: int, attempt: int, used_immediate: bool
@@ -242,7 +272,8 @@ class AttemptRunner:
             if not alarm.fired or task.uncancel() > alarm.cancelling:
                 if state.t_send is not None:  # sent, or being sent: the server may have it
                     latency = self._clock() - state.t_send
-                    self._events.cancelled(ctx, n, attempt, state.status, latency)
+                    self._events.cancelled(ctx, n, attempt, state.status, latency,
+                                           state.cost if state.outcome else None)  # fmt: skip
                 raise  # not ours, or someone else cancelled as well
             alarm.fired = False  # handled: the cancellation is taken back
             state.outcome = self._timed_out(state, attempt, ctx.path)
@@ -273,29 +304,60 @@ class AttemptRunner:
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Take a permit, send, classify and settle; the outcome goes into ``state``."""
+        """Take a permit, send, classify and settle; the outcome goes into ``state``.
+
+        The spend meter is asked before the permit (no queueing for a refused request) and
+        again just before sending; an admitted attempt is counted in flight until it ends.
+        """
+        spend = self._spend
+        if spend.exhausted:
+            state.outcome = Failure(spend.refusal(ctx.path, attempt))
+            return
         async with self._limiter.permit(est) as permit:
             state.permit = permit
-            state.t_send = self._clock()
-            attempt_end = ctx.loop.time() + self._timeout
-            if attempt_end < ctx.loop_end:
-                state.by_attempt = True
-                ctx.watchdog.move(alarm, attempt_end)
-            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
-            if isinstance(raw, Failure):
-                # timeouts and transport errors keep the reservation: the server may have
-                # done the work
-                raw.permit = permit
-                state.outcome = raw
+            if spend.exhausted:
+                permit.settle(0)
+                state.outcome = Failure(spend.refusal(ctx.path, attempt))
                 return
-            outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
-                                     self._redact)  # fmt: skip
-            if isinstance(outcome, Result):
-                permit.settle(self._trusted_usage(ctx, outcome, est))
-            else:
-                permit.settle(0)  # the server answered an error: no tokens were spent
-                outcome.permit = permit
-            state.outcome = outcome
+            spend.admit(ctx.path, attempt)
+            try:
+                await self._send(ctx, state, alarm, permit, data, est, attempt, used_immediate)
+            finally:
+                spend.finish(state.cost[0])
+
+    async def _send(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        alarm: Alarm,
+        permit: PermitProtocol,
+        data: bytes,
+        est: int,
+        attempt: int,
+        used_immediate: bool,
+    ) -> None:
+        """Send under the permit, classify and settle; an answer's cost goes into ``state``."""
+        state.t_send = self._clock()
+        attempt_end = ctx.loop.time() + self._timeout
+        if attempt_end < ctx.loop_end:
+            state.by_attempt = True
+            ctx.watchdog.move(alarm, attempt_end)
+        raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
+        if isinstance(raw, Failure):
+            # timeouts and transport errors keep the reservation: the server may have
+            # done the work
+            raw.permit = permit
+            state.outcome = raw
+            return
+        outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
+                                 self._redact)  # fmt: skip
+        if isinstance(outcome, Result):
+            permit.settle(self._trusted_usage(ctx, outcome, est))
+            state.cost = self._spend.cost(outcome.usage, ctx.model, hosted=self._hosted)
+        else:
+            permit.settle(0)  # the server answered an error: no tokens were spent
+            outcome.permit = permit
+        state.outcome = outcome
 
     def _trusted_usage(self, ctx: CallContext, result: Result, est: int) -> int:
         """The tokens to settle a successful attempt with: the usage the server reported
@@ -382,7 +444,8 @@ class AttemptRunner:
         latency = 0.0 if state.t_send is None else self._clock() - state.t_send
         if isinstance(outcome, Result):
             self._limiter.on_success()
-            self._events.success(ctx, outcome, state.status or 200, latency, attempt, n)
+            self._events.success(ctx, outcome, state.status or 200, latency, attempt, n,
+                                 state.cost)  # fmt: skip
             return outcome
         outcome.latency = latency
         err = outcome.error

@@ -86,6 +86,7 @@ from .payload import Prompt, build_body, encode, estimate_tokens, prompt_chars
 from .providers import ResolvedEndpoint, resolve_endpoint
 from .redaction import Redactor, strip_url
 from .retry import backoff_delay, server_wait
+from .spend import HOSTED_PROVIDERS, SpendMeter
 from .transport import Transport
 
 __all__ = ("Client", "ClientStatistics")
@@ -146,6 +147,9 @@ class Client:
         clock: monotonic seconds for latency and deadlines (tests inject a fake one).
         sleep: awaited for backoff waits (tests inject one that records instead of sleeping).
         rng: source of backoff jitter.
+        spend: prices each answered request and refuses new ones once its budget is spent;
+            share one between the generation and judge clients of a run. None: a meter of
+            the client's own (built-in prices, no budget).
 
     Raises:
         ConfigError: the endpoint is unusable, or the key variable (a hosted preset's, or the
@@ -164,6 +168,7 @@ class Client:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        spend: SpendMeter | None = None,
     ) -> None:
         env = os.environ if env is None else env
         self._endpoint = endpoint
@@ -174,8 +179,12 @@ class Client:
         self._limiter, self._owned_limiter, self._pool_size = _limiter_for(limits, self._retry)
         self._events = AttemptEvents(events, self._redact)
         self._clock = clock or time.monotonic
-        self._runner = AttemptRunner(self._limiter, endpoint.timeout, self._clock, self._redact,
-                                     self._events, endpoint.max_response_bytes)  # fmt: skip
+        self.spend = spend if spend is not None else SpendMeter()
+        self._runner = AttemptRunner(
+            self._limiter, endpoint.timeout, self._clock, self._redact, self._events,
+            endpoint.max_response_bytes, self.spend,
+            hosted=self._resolved.provider in HOSTED_PROVIDERS,
+        )  # fmt: skip
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self._headers = _headers(self._resolved, key)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from ..types import Usage
 from .redaction import Redactor
+from .spend import reported_cost
 
 __all__ = (
     "MAX_JSON_DEPTH",
@@ -107,9 +108,11 @@ def read_usage(u: Any) -> tuple[Usage, str | None]:
     """The usage a response reports, and its anomaly (None when every figure is sound).
 
     ``prompt_tokens`` and ``completion_tokens`` must be non-negative integers (an integral
-    float is accepted); the cached and reasoning details and the cost are optional but must
-    be sound when present. With an anomaly, the usage returned is zero and must be replaced
-    (:func:`estimated_usage`).
+    float is accepted); the cached and reasoning details are optional but must be sound when
+    present. With an anomaly, the usage returned is zero and must be replaced
+    (:func:`estimated_usage`). The cost is not a token count: one that is absent, invalid
+    (:func:`~engine.endpoints.spend.reported_cost` logs it) or above ``_MAX_COST`` is None,
+    so the request is priced by its tokens, and the counts still stand.
     """
     if type(u) is not dict:
         return Usage(), "missing"
@@ -122,18 +125,12 @@ def read_usage(u: Any) -> tuple[Usage, str | None]:
     for c in counts:
         if type(c) is str:
             return Usage(), c
-    cost = u.get("cost")
-    if cost is None:
-        cost = 0.0
-    elif (type(cost) is not float and type(cost) is not int) or not math.isfinite(cost):
-        return Usage(), "malformed"
-    elif cost < 0:
-        return Usage(), "negative"
-    elif cost > _MAX_COST:
-        return Usage(), "huge"
+    cost = reported_cost(u.get("cost"))
+    if cost is not None and cost > _MAX_COST:
+        cost = None  # not believed: the request is priced by its tokens
     p, c, cached, reasoning = counts
     assert type(p) is int and type(c) is int and type(cached) is int and type(reasoning) is int
-    return Usage(p, c, cached, reasoning, float(cost)), None
+    return Usage(p, c, cached, reasoning, cost), None
 
 
 def usage_bound(estimate: int) -> int:

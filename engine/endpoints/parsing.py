@@ -426,8 +426,9 @@ def _int_list(v: Any) -> list[int] | None:
 
 
 def parse_usage(u: Any) -> Usage | None:
-    """The usage object of a response, or None when it is missing or unsound
-    (:func:`~engine.endpoints.guards.read_usage` says why)."""
+    """The usage object of a response, or None when its token counts are missing or unsound
+    (:func:`~engine.endpoints.guards.read_usage` says why); its ``cost`` is the reported one
+    where valid, else None (:func:`~engine.endpoints.spend.reported_cost`)."""
     usage, anomaly = read_usage(u)
     return None if anomaly is not None else usage
 

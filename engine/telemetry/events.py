@@ -41,6 +41,8 @@ class RequestStatistics:
         prompt_tokens: prompt tokens reported by the endpoint.
         completion_tokens: completion tokens reported by the endpoint.
         cost: cost reported by the endpoint, where it reports one.
+        cost_usd: what the requests cost in USD (the events' ``cost_usd``: the reported cost,
+            else tokens at the model's price, else 0).
         latency_p50: median latency in seconds (0 without latencies); likewise p95 and p99.
         errors_by_class: failed attempts by error class (``rate_limit``, ``server`` ...).
         requests_by_kind: attempts by kind (``generation``, ``judge`` ...).
@@ -52,6 +54,7 @@ class RequestStatistics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    cost_usd: float = 0.0
     latency_p50: float = 0.0
     latency_p95: float = 0.0
     latency_p99: float = 0.0
@@ -73,6 +76,7 @@ class RequestStatistics:
             "tokens/prompt": self.prompt_tokens,
             "tokens/completion": self.completion_tokens,
             "cost": self.cost,
+            "cost/step_usd": self.cost_usd,
             "latency/p50": self.latency_p50,
             "latency/p95": self.latency_p95,
             "latency/p99": self.latency_p99,
@@ -105,6 +109,7 @@ class RequestTally:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost = 0.0
+        self.cost_usd = 0.0
         self.latencies: list[float] = []
         self.error_classes: Counter[str] = Counter()
         self.by_kind: Counter[str] = Counter()
@@ -116,6 +121,7 @@ class RequestTally:
         self.prompt_tokens += int(event.get("prompt_tokens") or 0)
         self.completion_tokens += int(event.get("completion_tokens") or 0)
         self.cost += float(event.get("cost") or 0.0)
+        self.cost_usd += float(event.get("cost_usd") or 0.0)
         latency = event.get("latency")
         if latency is not None:
             self.latencies.append(float(latency))
@@ -134,6 +140,7 @@ class RequestTally:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost += other.cost
+        self.cost_usd += other.cost_usd
         self.latencies.extend(other.latencies)
         self.error_classes.update(other.error_classes)
         self.by_kind.update(other.by_kind)
@@ -152,6 +159,7 @@ class RequestTally:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cost=self.cost,
+            cost_usd=self.cost_usd,
             latency_p50=p50,
             latency_p95=p95,
             latency_p99=p99,

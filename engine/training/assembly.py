@@ -24,6 +24,7 @@ from ..config.sections import RewardConfig, RunConfig
 from ..data import datasets, tasks
 from ..endpoints.adapters import AdapterClient
 from ..endpoints.client import Client
+from ..endpoints.spend import SpendMeter
 from ..errors import ConfigError
 from ..policies.base import Policy
 from ..policies.hf import build_hf_policy
@@ -68,16 +69,24 @@ RewardItem = Callable[..., Any] | RewardSpec | JudgeSpec | RolloutJudgeLike | Gr
 
 
 def make_client(
-    config: RunConfig, *, judge: bool = False, events: EventLog | None = None
+    config: RunConfig,
+    *,
+    judge: bool = False,
+    events: EventLog | None = None,
+    spend: SpendMeter | None = None,
 ) -> Client:
     """The one place an endpoint :class:`~engine.endpoints.client.Client` is built.
 
     Serves ``[endpoint]``, or with ``judge=True`` the ``[judge]`` section (``[endpoint]`` when
     there is none), under the run's ``[limits]`` and ``[retry]``; its request events go to
-    ``events``. The client is not open yet: use it as an async context manager.
+    ``events``; ``spend`` prices its requests and holds the run's budget (None: a meter from
+    ``[prices]`` and ``limits.max_cost_usd`` of its own). The client is not open yet: use it
+    as an async context manager.
     """
     endpoint = (config.judge or config.endpoint) if judge else config.endpoint
-    return Client(endpoint, limits=config.limits, retry=config.retry, events=events)
+    if spend is None:
+        spend = SpendMeter.from_config(config)
+    return Client(endpoint, limits=config.limits, retry=config.retry, events=events, spend=spend)
 
 
 def needs_endpoint(config: RunConfig) -> bool:
@@ -91,14 +100,22 @@ def needs_endpoint(config: RunConfig) -> bool:
 
 
 async def open_clients(
-    config: RunConfig, stack: AsyncExitStack, events: EventLog | None
+    config: RunConfig,
+    stack: AsyncExitStack,
+    events: EventLog | None,
+    spend: SpendMeter | None = None,
 ) -> tuple[Client, Client]:
     """Open the generation client and the judge client (the same one unless ``[judge]`` is
-    set) on ``stack``, which closes them; both write to ``events``."""
-    client = await stack.enter_async_context(make_client(config, events=events))
+    set) on ``stack``, which closes them; both write to ``events`` and share one spend meter
+    (``spend``, or one made from the config): the budget covers them together."""
+    if spend is None:
+        spend = SpendMeter.from_config(config)
+    client = await stack.enter_async_context(make_client(config, events=events, spend=spend))
     judge = client
     if config.judge is not None:
-        judge = await stack.enter_async_context(make_client(config, judge=True, events=events))
+        judge = await stack.enter_async_context(
+            make_client(config, judge=True, events=events, spend=spend)
+        )
     return client, judge
 
 

@@ -70,6 +70,7 @@ from ..config.sections import (
 )
 from ..data.jsonl import parse_example, read_jsonl
 from ..endpoints.client import Client
+from ..endpoints.spend import SpendMeter
 from ..errors import CheckpointError, ConfigError
 from ..learning.checkpoint import load_policy_checkpoint, save_checkpoint
 from ..policies.hf import build_hf_policy
@@ -760,6 +761,7 @@ class _FinetuneRun:
         self.on_batch_complete = on_batch_complete
         self.export_groups = export_groups
         self.events = EventLog(Path(out) / "events.jsonl" if out is not None else None)
+        self.spend = SpendMeter.from_config(config)  # the clients made here share the budget
         self.owned: list[Client] = []
 
     def clients(
@@ -768,10 +770,12 @@ class _FinetuneRun:
         """The generation client (``client``, else a new one) and the judge client
         (``judge_client``, else a new one for ``[judge]`` when set, else None)."""
         if client is None:
-            client = make_client(self.config, events=self.events)
+            client = make_client(self.config, events=self.events, spend=self.spend)
             self.owned.append(client)
         if judge_client is None and self.config.judge is not None:
-            judge_client = make_client(self.config, judge=True, events=self.events)
+            judge_client = make_client(
+                self.config, judge=True, events=self.events, spend=self.spend
+            )
             self.owned.append(judge_client)
         return client, judge_client
 
@@ -780,7 +784,9 @@ class _FinetuneRun:
         for ``[judge]`` (or ``[endpoint]``) when ``reward.judge_prompt`` is set, else None."""
         judge_client = judge_client or client
         if judge_client is None and needs_endpoint(self.config):
-            judge_client = make_client(self.config, judge=True, events=self.events)
+            judge_client = make_client(
+                self.config, judge=True, events=self.events, spend=self.spend
+            )
             self.owned.append(judge_client)
         return judge_client
 
@@ -831,6 +837,7 @@ class _FinetuneRun:
                 out=self.out,
                 events=self.events,
                 export_groups=self.export_groups,
+                spend=self.spend,
             ) as trainer:
                 summary = await trainer.run()
                 history = list(trainer.history)

@@ -1,7 +1,8 @@
 """What a run has learned about itself, kept across a resume.
 
-The evaluations so far (for early stopping and the summary) and the rewards of the first
-steps; :meth:`RunProgress.to_meta` and :meth:`RunProgress.from_meta` put them in a checkpoint.
+The evaluations so far (for early stopping and the summary), the rewards of the first steps
+and the USD spent on requests (a resumed run's spend budget continues from it);
+:meth:`RunProgress.to_meta` and :meth:`RunProgress.from_meta` put them in a checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..errors import CheckpointError
 
 __all__ = ("FIRST_STEPS", "RunProgress")
 
@@ -27,12 +30,14 @@ class RunProgress:
             minimum delta.
         eval_history: ``(step, eval reward)`` of every evaluation; step -1 before training.
         reward_first: train rewards of the run's first :data:`FIRST_STEPS` steps.
+        spent_usd: USD spent on requests when the checkpoint was written.
     """
 
     best_eval: float = -math.inf
     evals_without_improvement: int = 0
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     reward_first: list[float] = field(default_factory=list)
+    spent_usd: float = 0.0
 
     def record_step(self, step: int, reward: float) -> None:
         """Keep the reward of one of the first steps."""
@@ -66,6 +71,7 @@ class RunProgress:
             "evals_without_improvement": self.evals_without_improvement,
             "eval_history": self.eval_history,
             "reward_first": self.reward_first,
+            "spent_usd": self.spent_usd,
         }
 
     @classmethod
@@ -77,4 +83,18 @@ class RunProgress:
             evals_without_improvement=int(meta.get("evals_without_improvement", 0)),
             eval_history=[(s, v) for s, v in meta.get("eval_history", [])],
             reward_first=list(meta.get("reward_first", [])),
+            spent_usd=_spent(meta.get("spent_usd", 0.0)),
         )
+
+
+def _spent(value: object) -> float:
+    """A checkpoint's spent figure, checked (a checkpoint is data).
+
+    Raises:
+        CheckpointError: it is not a finite number >= 0.
+    """
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        number = float(value)
+        if math.isfinite(number) and number >= 0:
+            return number
+    raise CheckpointError(f"checkpoint's spent_usd is not a finite number >= 0: {value!r:.40}")

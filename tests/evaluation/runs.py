@@ -40,6 +40,7 @@ ALL_CHARTS = (
     "chart-gradient-norm",
     "chart-groups-without-signal",
     "chart-tokens-per-step",
+    "chart-spend",
     "chart-request-latency",
     "chart-errors-by-class",
     "chart-prompt-candidates",
@@ -90,6 +91,8 @@ def _row(step: int) -> dict[str, Any]:
         "frac_reward_zero_std": 0.5 * (1 - t),
         "tokens/prompt": 768 + 10 * step,
         "tokens/completion": 400 + 5 * step,
+        "cost/step_usd": 0.001,
+        "cost/total_usd": 0.001 * (step + 1),
         "requests/errors": int(step % 7 == 3) + int(step % 11 == 5),
         "latency/p50": 0.04,
         "latency/p95": 0.08,
@@ -127,6 +130,8 @@ def write_synthetic_run(d: Path) -> Path:
         "policy": "prompt",
         "convergence": convergence(rewards),
         "requests": 480,
+        "spent_usd": 0.001 * STEPS,
+        "budget_usd": 0.05,
     }
     (d / "summary.json").write_bytes(orjson.dumps(summary))
     (d / "config.json").write_bytes(orjson.dumps({"steps": STEPS, "policy": "prompt"}))

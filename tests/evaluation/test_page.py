@@ -43,6 +43,7 @@ def test_report_contents(synthetic_run: Path) -> None:
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page and "@import" not in page and "url(" not in page
     assert "Not recorded in this run" not in page
+    assert "$0.03" in page and "of $0.05 budget" in page  # the spend card
 
 
 def test_report_of_a_real_run(tmp_path: Path) -> None:

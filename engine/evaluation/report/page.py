@@ -146,7 +146,17 @@ def _summary_cards(run: RunData, s: Mapping[str, Any]) -> list[str]:
             esc(f"{s.get('requests', 'n/a')} requests"),
         ),
         _card("policy", esc(s.get("policy", "n/a")), esc(f"{len(run.rows)} metric rows")),
+        *_spend_card(s),
     ]
+
+
+def _spend_card(s: Mapping[str, Any]) -> list[str]:
+    """The spend card, when the run spent anything or had a budget."""
+    spent, budget = s.get("spent_usd"), s.get("budget_usd")
+    if not (finite(spent) and spent > 0) and not finite(budget):
+        return []
+    sub = f"of ${_num(budget)} budget" if finite(budget) else "no budget"
+    return [_card("spend", f"${_num(spent)}", esc(sub))]
 
 
 def _verdict(conv: Mapping[str, Any]) -> str:

@@ -87,6 +87,7 @@ def _plots(run: RunData, conv: Mapping[str, Any]) -> list[Plot]:
         _reward_plot(run, conv),
         *_learner_plots(run),
         _tokens_plot(run),
+        _cost_plot(run),
         _latency_plot(run),
         _errors_plot(run),
         *_prompt_plots(run),
@@ -211,6 +212,29 @@ def _tokens_plot(run: RunData) -> Plot:
         ("tokens/prompt", "tokens/completion"),
         y_zero=True,
         y_label="tokens",
+    )
+
+
+def _cost_plot(run: RunData) -> Plot:
+    """USD spent per step and in total, with the budget when the run had one; absent when
+    nothing was spent and there was no budget (the embedded LM, unpriced local models)."""
+    keys = ("cost/step_usd", "cost/total_usd")
+    budget = (run.summary or {}).get("budget_usd")
+    spent = any(v > 0 for k in keys for v in run.column(k) if finite(v))
+    series = [_line(run, "cost/step_usd", "per step", 0), _line(run, "cost/total_usd", "total", 1)]
+    if finite(budget):
+        steps = run.column("step")
+        series.append(Series("budget", steps, [float(budget)] * len(steps), PALETTE[3],
+                             dashed=True))  # fmt: skip
+    return Plot(
+        "Spend",
+        "USD spent on requests (generation and judges): the step's requests, and the run's "
+        "total so far (requests of batches generated ahead included); the dashed line is "
+        "limits.max_cost_usd. Costs are the provider's usage.cost, else tokens at [prices].",
+        series,
+        keys if spent or finite(budget) else (),
+        y_zero=True,
+        y_label="USD",
     )
 
 

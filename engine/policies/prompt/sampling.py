@@ -54,7 +54,7 @@ def split_usage(total: Usage, k: int) -> list[Usage]:
             share(total.completion_tokens, i),
             share(total.cached_tokens, i),
             share(total.reasoning_tokens, i),
-            total.cost / k,
+            None if total.cost is None else total.cost / k,
         )
         for i in range(k)
     ]

@@ -58,6 +58,8 @@ Tokens are charged to TPM at admission as an estimate that is never refunded, li
 ``sum(len(prompt) // 4 + 1) + n * max_tokens`` (``max_tokens`` defaulting to 16 for
 completions and 256 for chat; ``n`` is 1 when ``honor_n=False``). ``usage.prompt_tokens`` uses
 the same ``len(prompt) // 4 + 1`` per prompt; ``usage.completion_tokens`` counts words.
+With ``SimConfig.usage_cost`` (``--usage-cost``) it also reports ``usage.cost`` in USD, as
+OpenRouter does: that many USD per prompt + completion token.
 """
 
 from __future__ import annotations

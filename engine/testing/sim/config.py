@@ -229,6 +229,10 @@ class SimConfig:
     ``{"detail": "Not Found"}`` as vLLM does without runtime updating."""
     max_lora_rank: int = 16
     """vLLM's ``--max-lora-rank`` (its default is 16): a higher-rank adapter fails to load (400)."""
+    usage_cost: float | None = None
+    """Report ``usage.cost`` (OpenRouter's figure in USD) as this many USD per token, prompt
+    and completion tokens together; None reports none. A negative value is sent as it is (an
+    untrustworthy figure, for testing a client's checks)."""
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_sigma", "per_token_latency"):

@@ -168,6 +168,9 @@ class GenerationPipeline:
         self._stats.choices += len(payload.body["choices"])
         self._stats.prompt_tokens += usage["prompt_tokens"]
         self._stats.completion_tokens += usage["completion_tokens"]
+        if self.config.usage_cost is not None:
+            tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+            usage["cost"] = self.config.usage_cost * tokens
         body = orjson.dumps(payload.body)
         return web.Response(body=body, headers={**JSON_HEADERS, **limit_headers})
 
