@@ -86,6 +86,7 @@ from .assembly import (
     make_client,
     needs_endpoint,
 )
+from .saved import resolve_saved_config
 from .trainer import BatchMetrics, RunSummary, TrainingManager
 
 if TYPE_CHECKING:
@@ -438,29 +439,46 @@ class FineTunedModel:
         client: Client | None = None,
         endpoint: EndpointConfig | Mapping[str, Any] | None = None,
         overrides: Sequence[str] = (),
+        trust_saved_config: bool = False,
     ) -> FineTunedModel:
         """A model saved by :meth:`save` (or a prompt-policy or hf run's checkpoint or run
         dir); an hf one is an :class:`HFFineTunedModel` (see :meth:`HFFineTunedModel.restore`).
 
         Args:
             client: the client to generate with (not closed by the model); default a new one
-                for the saved endpoint, owned by the model.
+                for ``endpoint``, owned by the model.
             endpoint: replaces (EndpointConfig) or updates (dict) the saved endpoint.
             overrides: ``KEY=VALUE`` settings over the saved config (as ``--set`` takes them),
                 e.g. ``hf.model=DIR`` where the base model has moved.
+            trust_saved_config: use the endpoint (``provider``, ``base_url``,
+                ``api_key_env``, also of ``[judge]``) and the ``module:function`` reward
+                functions the saved config names, printing them on stderr first. Without it
+                they come from ``client``, ``endpoint`` and ``overrides`` only: a saved model
+                is data and does not decide where requests and keys go, or what is imported
+                (:mod:`engine.training.saved`).
 
         Raises:
             CheckpointError: not a prompt-policy or hf checkpoint, or an incompatible one (an
                 hf adapter of another base model names both).
-            ConfigError: the endpoint needs a key that is not set; a bad override.
+            ConfigError: the endpoint needs a key that is not set; a bad override; the saved
+                config names an endpoint or reward imports that were not given (without
+                ``trust_saved_config``).
         """
         arrays, meta, found = load_policy_checkpoint(path)
-        data = dict(meta["config"])
-        if isinstance(endpoint, EndpointConfig):
-            data["endpoint"] = to_dict(endpoint)
-        elif endpoint is not None:
-            data["endpoint"] = {**data.get("endpoint", {}), **dict(endpoint)}
-        config = load_config(None, list(overrides), base=data)
+        layer = None
+        if endpoint is not None:
+            given = to_dict(endpoint) if isinstance(endpoint, EndpointConfig) else endpoint
+            layer = {"endpoint": dict(given)}
+        config = resolve_saved_config(
+            meta["config"],
+            source=str(found),
+            overrides=list(overrides),
+            layer=layer,
+            trust=trust_saved_config,
+            client_given=client is not None,
+            trust_hint="trust_saved_config=True",
+            user_hint="endpoint= or overrides=, e.g.",
+        ).config
         if config.policy == "hf":
             return HFFineTunedModel.restore(found, arrays, meta, config)
         if config.policy != "prompt":
