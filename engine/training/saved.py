@@ -119,28 +119,29 @@ def resolve_saved_config(
     config = load_config(path, overrides, base=data)
     supplied = _supplied(saved, given)
     used = authority_in_use(config, client_given=client_given)
-    withheld, adopted = [], []
+    withheld, adopted, notes = [], [], []
     for section in sorted({key.split(".")[0] for key in supplied} & used):
-        keys = [k for k in supplied if k.split(".")[0] == section]
+        keys = {k: v for k, v in supplied.items() if k.split(".")[0] == section}
         if trust:
-            for key in keys:
+            for key, value in keys.items():
                 if key.endswith(".api_key_env") and _other_host(saved, config, section, given):
                     withheld.append(key)
-                    print(f"note: not using the saved {key} {supplied[key]!r} of {source}: "
-                          f"it belongs to another host than {section}.base_url",
-                          file=out)  # fmt: skip
+                    notes.append(f"note: not using the saved {_named(keys, [key])} of {source}: "
+                                 f"it goes with another host than {section}.base_url")  # fmt: skip
                 else:
-                    adopted.append(f"{key} = {_shown(key, supplied[key])}")
+                    adopted.append(f"{key} = {_shown(key, value)}")
         elif section != "reward" and _locates(given, section):
             withheld += keys
-            print(f"note: not using the saved {', '.join(keys)} of {source} (give "
-                  f"{'them' if len(keys) > 1 else 'it'} yourself, or {trust_hint})",
-                  file=out)  # fmt: skip
+            them = "them" if len(keys) > 1 else "it"
+            notes.append(f"note: not using the saved {_named(keys, keys)} of {source} (give "
+                         f"{them} yourself, or {trust_hint})")  # fmt: skip
         else:
-            raise _refusal(section, {k: supplied[k] for k in keys}, source, trust_hint, user_hint)
+            raise _refusal(section, keys, source, trust_hint, user_hint)
     if adopted:
-        print(f"using from the saved config of {source} ({trust_hint}): {'; '.join(adopted)}",
-              file=out, flush=True)  # fmt: skip
+        notes.append(f"using from the saved config of {source} ({trust_hint}): "
+                     f"{'; '.join(adopted)}")  # fmt: skip
+    for note in notes:
+        print(note, file=out, flush=True)
     kept = _withhold(saved, withheld)
     if withheld:
         config = load_config(path, overrides, base=_layered(kept, layer))
@@ -205,6 +206,11 @@ def _withhold(saved: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return data
 
 
+def _named(values: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """``key 'value', ...`` of ``keys``."""
+    return ", ".join(f"{k} {_shown(k, values[k])}" for k in keys)
+
+
 def _shown(key: str, value: Any) -> str:
     return repr(strip_url(value)) if key.endswith(".base_url") else repr(value)
 
@@ -213,18 +219,16 @@ def _refusal(
     section: str, values: Mapping[str, Any], source: str, trust_hint: str, user_hint: str
 ) -> ConfigError:
     """The error for saved authority the run would use that the user did not give."""
-    named = ", ".join(f"{k} {_shown(k, v)}" for k, v in values.items())
+    named = _named(values, values)
     if section == "reward":
         return ConfigError(
             f"{source} names reward functions to import ({named}); a saved config does not "
             f"decide what code runs: give reward.functions yourself ({user_hint} "
-            f"reward.functions=[...]) or pass {trust_hint} to import them",
-            key="reward.functions",
+            f"reward.functions=[...]) or pass {trust_hint} to import them"
         )
     return ConfigError(
         f"{source} names {named}; a saved config does not decide where requests and keys "
         f"go: give the endpoint yourself ({user_hint} {section}.base_url=URL, and "
         f"{section}.api_key_env=VAR where it needs a key) or pass {trust_hint} to use the "
-        "saved one",
-        key=f"{section}.base_url",
+        "saved one"
     )
