@@ -62,6 +62,7 @@ from .heldout import evaluate_heldout, finite_mean
 from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
+from .rundir import RunDirClaim, claim_run_dir
 from .sources import TrainData, training_sources, validate_files
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
@@ -164,6 +165,10 @@ class TrainingManager:
         events: an event log to share with clients; default one in ``out``.
         export_groups: write every scored group to this JSONL file
             (:mod:`engine.telemetry.export`).
+        run_dir: the caller's claim on ``out`` (:func:`~engine.training.rundir.claim_run_dir`);
+            default: :meth:`run` claims it, and :meth:`close` releases it.
+        overwrite: when :meth:`run` claims ``out`` and it holds another run (not resumed),
+            delete that run's files instead of refusing.
 
     Attributes:
         history: metrics of this process's last :data:`HISTORY_STEPS` steps (all of them
@@ -187,6 +192,8 @@ class TrainingManager:
         out: str | Path | None = "",
         events: EventLog | None = None,
         export_groups: str | Path | None = None,
+        run_dir: RunDirClaim | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.out: Path | None = None if out is None else Path(config.out if out == "" else out)
@@ -209,6 +216,9 @@ class TrainingManager:
         self._own_events = events is None
         self.exporter = GroupExporter(export_groups) if export_groups is not None else None
         self.files = RunFiles(self.out)
+        self._claim = run_dir  # the lock on ``out`` while the run writes it
+        self._own_claim = False
+        self._overwrite = overwrite
         self.checkpoints = RunCheckpoints(config, self.learner, self.files.checkpoints)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
@@ -235,6 +245,8 @@ class TrainingManager:
         if self.exporter is not None:
             self.exporter.close()
         self.files.close()
+        if self._own_claim and self._claim is not None:
+            self._claim.release()
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Stop after the current step: in-flight requests are cancelled, a checkpoint written."""
@@ -298,14 +310,30 @@ class TrainingManager:
 
     # ----------------------------------------------------------------------- the run
 
-    async def run(self, *, resume: str | Path | None = None) -> RunSummary:
+    async def run(
+        self, *, resume: str | Path | None = None, force_resume: bool = False
+    ) -> RunSummary:
         """Train until ``config.steps``, early stop, or :meth:`request_stop`; the summary.
 
         Args:
             resume: a run directory (its latest checkpoint is used) or a checkpoint directory.
+            force_resume: resume even where this config differs from the checkpoint's in
+                keys that change the run (:func:`~engine.training.checkpoints.config_changes`).
+
+        Raises:
+            ConfigError: ``out`` is another live run's, or holds another run (neither resumed
+                nor ``overwrite``).
+            CheckpointError: nothing to resume, or a checkpoint of another config.
         """
         self._started = time.perf_counter()
         await anyio.to_thread.run_sync(validate_files, self.config)
+        if self.out is not None and self._claim is None:
+            claim = functools.partial(
+                claim_run_dir, self.out, resume=resume is not None, overwrite=self._overwrite
+            )
+            self._claim = await anyio.to_thread.run_sync(claim)
+            self._own_claim = True
+        self.checkpoints.force = force_resume
         start = await self._resume(resume) if resume is not None else 0
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)
