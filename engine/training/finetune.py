@@ -693,6 +693,7 @@ async def finetune(
     judge_options: Mapping[str, Any] | None = None,
     export_groups: str | Path | None = None,
     hf: HFConfig | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> FineTunedModel:
     """Fine-tune a model you cannot retrain with GRPO over prompt candidates, or, with ``hf``
     (or a ``config`` whose policy is ``hf``), an open-weight model's own weights (LoRA) with
@@ -724,6 +725,8 @@ async def finetune(
         export_groups: also write every scored group to this JSONL file.
         hf: the open-weight model and its LoRA (an HFConfig or a dict of its fields, e.g.
             ``{"model": "gemma3-270m", "lora_rank": 8}``); selects the hf policy.
+        overwrite: replace a run already in ``out`` (its metrics, checkpoints and summary
+            are deleted first); without it such a directory is refused.
 
     Returns:
         The :class:`FineTunedModel`; close it (``async with``) to close its client.
@@ -746,7 +749,7 @@ async def finetune(
     if not examples:
         raise ConfigError("train_data has no examples", key="train_data")
     heldout = load_examples(eval_data) if eval_data is not None else None
-    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups)
+    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups, overwrite=overwrite)
     return await run.train(examples, heldout, reward, client, judge_client, judge_options)
 
 
@@ -767,8 +770,11 @@ class _FinetuneRun:
         out: str | Path | None,
         on_batch_complete: Callable[[BatchMetrics], Any] | None,
         export_groups: str | Path | None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
+        self.overwrite = overwrite
         self.out = out
         self.on_batch_complete = on_batch_complete
         self.export_groups = export_groups
@@ -844,6 +850,7 @@ class _FinetuneRun:
                 out=self.out,
                 events=self.events,
                 export_groups=self.export_groups,
+                overwrite=self.overwrite,
             ) as trainer:
                 summary = await trainer.run()
                 history = list(trainer.history)

@@ -50,7 +50,7 @@ def test_refusals_name_what_to_pass() -> None:
         resolve_saved_config(saved(*PROMPT), source="ck", stream=io.StringIO())
     judged = saved(*PROMPT, "reward.judge_prompt='Grade it.'", f"judge.base_url='{ELSEWHERE}'")
     mine = ["endpoint.base_url='http://127.0.0.1:1/v1'"]
-    with pytest.raises(ConfigError, match="judge.base_url"):
+    with pytest.raises(ConfigError, match=r"judge\.base_url"):
         resolve_saved_config(judged, source="ck", overrides=mine, stream=io.StringIO())
     imports = saved(*PROMPT, "reward.functions=['evil:score']")
     with pytest.raises(ConfigError, match="evil:score"):
