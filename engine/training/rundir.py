@@ -13,8 +13,10 @@ when it is done; a run that finds the file it locked unlinked or replaced by the
 one, so two runs can never both hold it.
 
 A directory that holds another run (:data:`RUN_MARKERS`) is refused unless the run resumes it
-or ``overwrite`` is given, which first deletes the old run's files (:data:`RUN_OUTPUTS`), so
-none of its metrics or higher-numbered checkpoints survives into the new run.
+or ``overwrite`` is given; then :meth:`RunDirClaim.replace_old_run` deletes the old run's files
+(:data:`RUN_OUTPUTS`) once the new run's input has been checked (the trainer calls it just
+before it writes), so none of the old metrics or higher-numbered checkpoints survives into the
+new run, and bad input leaves the old run as it was.
 """
 
 from __future__ import annotations
@@ -38,15 +40,10 @@ LOCK_NAME = "run.lock"
 RUN_MARKERS = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
 """Files whose presence means a directory holds a run."""
 
-RUN_OUTPUTS = (
-    *RUN_MARKERS,
-    "events.jsonl",
-    "report.html",
-    "comparison.json",
-    "adapters",
-)
+RUN_OUTPUTS = (*RUN_MARKERS, "events.jsonl", "report.html", "comparison.json")
 """What ``overwrite`` deletes: the files a run (and ``report``, ``compare --out``) writes
-there. Anything else in the directory is left alone."""
+there. Anything else in the directory is left alone (served adapters too: each run names
+its own)."""
 
 
 class RunDirClaim:
@@ -60,6 +57,7 @@ class RunDirClaim:
     def __init__(self, out: Path, fd: int, created: list[Path], stale_pid: int | None) -> None:
         self.out = out
         self.stale_pid = stale_pid
+        self.replaces: tuple[str, ...] = ()  # the old run's files that overwrite will delete
         self._fd: int | None = fd  # the locked lock file; None once released
         self._created = created  # directories made for the claim, deepest first
 
@@ -67,6 +65,13 @@ class RunDirClaim:
     def held(self) -> bool:
         """Whether the lock is still held."""
         return self._fd is not None
+
+    def replace_old_run(self) -> None:
+        """Delete the files of the run this one overwrites (none unless ``overwrite`` found
+        one); call it when the new run's input has been checked, before it writes."""
+        if self.replaces and self.held:
+            _clear(self.out)
+            self.replaces = ()
 
     def release(self) -> None:
         """Remove the lock file and drop the lock; remove the directories the claim made if
@@ -99,7 +104,8 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     Args:
         out: the run directory.
         resume: the run continues the one in ``out``, so its files are expected there.
-        overwrite: the run replaces the one in ``out``: its files are deleted first.
+        overwrite: the run replaces the one in ``out``: :meth:`RunDirClaim.replace_old_run`
+            deletes its files.
 
     Raises:
         ConfigError: ``out`` is not a directory; another live run holds it (naming its pid);
@@ -125,7 +131,7 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
                     f"{directory} holds another run ({listed}): pass --resume {directory} "
                     "to continue it, --overwrite to replace it, or another --out"
                 )
-            _clear(directory)
+            claim.replaces = tuple(found)
     except BaseException:
         claim.release()
         raise

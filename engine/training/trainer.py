@@ -334,6 +334,8 @@ class TrainingManager:
             self._claim = await anyio.to_thread.run_sync(claim)
             self._own_claim = True
         self.checkpoints.force = force_resume
+        if self._claim is not None and resume is None:
+            await anyio.to_thread.run_sync(self._claim.replace_old_run)
         start = await self._resume(resume) if resume is not None else 0
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)
@@ -367,7 +369,12 @@ class TrainingManager:
         path = ckpt.find_checkpoint(resume)
         if path is None:
             raise CheckpointError(f"{Path(resume)}: no checkpoint to resume from")
-        return await self.load_checkpoint(path)
+        start = await self.load_checkpoint(path)
+        if start > self.config.steps:
+            raise CheckpointError(
+                f"{path}: the run is at step {start} already: resume it with steps >= {start}"
+            )
+        return start
 
     def _log_start(self, start: int) -> None:
         self.run_id = uuid.uuid4().hex[:12]

@@ -117,6 +117,9 @@ def test_resume_allows_more_steps_and_forced_changes(tmp_path: Path) -> None:
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert orjson.loads((out / "config.json").read_bytes())["optim"]["lr"] == 0.5
     assert [r["step"] for r in metrics(out)] == [0, 1, 2, 3]
+    before = files(out)
+    fewer = engine("run", "--resume", str(out), "--steps", "2", cwd=tmp_path)
+    assert "at step 4 already" in one_error(fewer) and files(out) == before
     cosine = tmp_path / "c"
     flags = ["--set", "optim.schedule='cosine'", *SMALL]
     assert engine("run", "--steps", "2", "--out", str(cosine), *flags, cwd=tmp_path).returncode == 0
@@ -150,6 +153,10 @@ def test_a_directory_with_another_run_is_refused_and_overwrite_replaces_it(
     before = files(out)
     assert "holds another run" in one_error(engine("run", "--out", str(out), *flags, cwd=tmp_path))
     assert files(out) == before
+    bad = ["--set", f"data.train='{tmp_path / 'absent.jsonl'}'"]
+    assert "absent.jsonl" in one_error(engine("run", "--out", str(out), "--overwrite", *bad,
+                                              *flags, cwd=tmp_path))  # fmt: skip
+    assert files(out) == before  # bad input replaces nothing
     again = engine("run", "--steps", "2", "--out", str(out), "--overwrite", *flags, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert steps(out) == ["step-2"] and [r["step"] for r in metrics(out)] == [0, 1]
