@@ -65,7 +65,9 @@ class RunFiles:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         for step, checkpoint in list_checkpoints(self.out / "checkpoints"):
-            if step > start:
+            if step > start and checkpoint.is_symlink():
+                checkpoint.unlink()  # never follow a planted link out of the run directory
+            elif step > start:
                 shutil.rmtree(checkpoint)
         path = self.out / "metrics.jsonl"
         if path.exists():

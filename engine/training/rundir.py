@@ -124,9 +124,10 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
             _log.warning("run_dir.stale_lock", path=str(directory), pid=stale,
                          running=_alive(stale))  # fmt: skip
         found = [name for name in RUN_MARKERS if (directory / name).exists()]
+        shown = [f"{n}/" if (directory / n).is_dir() else n for n in found]
         if found and not resume:
             if not overwrite:
-                listed = ", ".join(found)
+                listed = ", ".join(shown)
                 raise ConfigError(
                     f"{directory} holds another run ({listed}): pass --resume {directory} "
                     "to continue it, --overwrite to replace it, or another --out"
