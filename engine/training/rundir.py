@@ -171,6 +171,9 @@ def _lock(directory: Path) -> tuple[int, int | None]:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # a failed run that made the directory has just removed it
+            directory.mkdir(parents=True, exist_ok=True)
+            continue
         except OSError as exc:
             raise ConfigError(f"{path}: cannot open the lock file: {exc.strerror}") from None
         try:
