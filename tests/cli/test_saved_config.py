@@ -188,3 +188,35 @@ async def test_finetuned_model_load(setup: Setup, monkeypatch: pytest.MonkeyPatc
     assert setup.user.statistics().requests == 1 and setup.other.statistics().requests == 0
     async with FineTunedModel.load(setup.checkpoint, trust_saved_config=True) as trusted:
         assert trusted.config.endpoint.base_url == setup.other.base_url
+
+
+async def test_resume_of_a_prompt_run_takes_the_endpoint_from_the_user(tmp_path: Path) -> None:
+    """run --resume DIR: DIR's config.json is data too. Edited to name another host, it is
+    refused; given the endpoint again, the run continues there and the other host gets
+    nothing."""
+    async with SimServer(SimConfig(latency=0.0)) as user, SimServer(SimConfig()) as other:
+        toml = tmp_path / "mine.toml"
+        toml.write_text(
+            f'policy = "prompt"\n[endpoint]\nbase_url = "{user.base_url}"\n'
+            '[prompt]\ninstructions = ["Classify the sentiment."]\n'
+            '[reward]\nfunctions = ["exact_match"]\n'
+            "[data]\nbatch_size = 2\n[grpo]\ngroup_size = 2\nmini_batch_size = 1\n"
+            "[trainer]\neval_every = 0\n"
+        )
+        out = tmp_path / "run"
+        first = await run_engine(
+            ["run", "--config", str(toml), "--out", str(out), "--steps", "2", "--quiet"]
+        )
+        assert first.returncode == 0, first.err[-2000:]
+        saved = orjson.loads((out / "config.json").read_bytes())
+        saved["endpoint"].update(base_url=other.base_url, api_key_env="STOLEN_TOKEN")
+        (out / "config.json").write_bytes(orjson.dumps(saved))
+        resume = ["run", "--resume", str(out), "--steps", "3", "--quiet"]
+        refused = await run_engine(resume, env={"STOLEN_TOKEN": TOKEN})
+        assert refused.returncode == 2 and "endpoint.base_url" in error_line(refused.err)
+        done = await run_engine([*resume, "--config", str(toml)], env={"STOLEN_TOKEN": TOKEN})
+        assert done.returncode == 0, done.err[-2000:]
+        assert other.statistics().requests == 0
+    steps = [orjson.loads(x)["step"] for x in (out / "metrics.jsonl").read_bytes().splitlines()]
+    assert steps == [0, 1, 2]
+    assert orjson.loads((out / "config.json").read_bytes())["endpoint"]["api_key_env"] == ""
