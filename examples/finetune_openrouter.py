@@ -98,6 +98,7 @@ async def main() -> int:
         prompt={"max_candidates": 8, "max_demos": 2, "propose_every": 2},  # reflection
         endpoint=endpoint,
         out="runs/finetune-openrouter",
+        overwrite=True,  # replace the previous run of this example
         on_batch_complete=on_batch,
     )
     async with model:
@@ -114,7 +115,7 @@ async def main() -> int:
         print(f"generate('Explain how the internet works'):\n{result}\n")
         path = model.save("runs/finetune-openrouter/model")
         print(f"saved to {path}")
-    async with FineTunedModel.load(path) as again:
+    async with FineTunedModel.load(path, endpoint=endpoint) as again:  # the endpoint is ours
         print("reloaded; best prompt unchanged:", again.best_prompt == model.best_prompt)
     return 0
 

@@ -52,9 +52,15 @@ defaults to the run's held-out split. Quality defaults to the built-in task's re
 tinylm checkpoints, else to the [reward] of B's config (or A's): its reward functions and,
 with a judge_prompt, its LLM judge.
 
+A checkpoint's config is data: its endpoint (provider, base_url, api_key_env, also of
+[judge]) and its module:function reward functions are used only when you give them
+(--config, --set, applied over each checkpoint's config) or pass --trust-saved-config,
+which prints what it takes from the checkpoint before any request.
+
 examples:
   python -m engine compare --a runs/latest#ref --b runs/latest --out runs/latest
   python -m engine compare --a runs/a --b runs/b/checkpoints/step-40 --samples 8 --seed 1
+  python -m engine compare --a runs/p#ref --b runs/p --config examples/local.toml
   python -m engine compare --a base.toml --b tuned.toml --data eval.jsonl \\
       --quality mypkg.rewards:score --pairwise-judge judge.toml
 
@@ -109,6 +115,25 @@ def add_compare_parser(
         help="config whose judge endpoint (or endpoint) judges A vs B; its reward.judge_prompt "
         "is the rubric",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config over each checkpoint's config (e.g. its [endpoint] and [reward])",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of each checkpoint's config (repeatable), e.g. "
+        "--set endpoint.base_url=...",
+    )
+    p.add_argument(
+        "--trust-saved-config",
+        action="store_true",
+        help="use the endpoint and reward imports a checkpoint names (printed first)",
+    )
     p.add_argument("--concurrency", type=int, default=16, metavar="N", help="calls in flight (16)")
     p.add_argument(
         "--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples (10000)"
@@ -131,6 +156,16 @@ def _import_function(spec: str) -> Any:
     if not callable(fn):
         raise ConfigError(f"--quality {spec!r} is not callable")
     return fn
+
+
+def _saved_config_args(args: argparse.Namespace) -> dict[str, Any]:
+    """How a checkpoint spec's saved config is taken: under --config and --set, its endpoint
+    and reward imports only with --trust-saved-config."""
+    return {
+        "config": args.config,
+        "overrides": args.overrides,
+        "trust_saved_config": args.trust_saved_config,
+    }
 
 
 class _Progress:
@@ -178,9 +213,9 @@ async def compare_command(args: argparse.Namespace) -> int:
         raise ConfigError("give --quality or --judge, not both")
     quality = _import_function(args.quality) if args.quality else None
     async with AsyncExitStack() as stack:
-        a = await load_generator(args.a)
+        a = await load_generator(args.a, **_saved_config_args(args))
         stack.push_async_callback(_aclose, a)
-        b = await load_generator(args.b)
+        b = await load_generator(args.b, **_saved_config_args(args))
         stack.push_async_callback(_aclose, b)
         examples = await anyio.to_thread.run_sync(_examples, args, a, b)
         if args.judge:

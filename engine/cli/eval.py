@@ -7,11 +7,14 @@
     python -m engine eval --checkpoint models/sentiment --data heldout.jsonl   # model.save()
     python -m engine eval --config examples/local.toml --data heldout.jsonl  # untrained policy
 
-The checkpoint's config builds the policy (``--config`` and ``--set`` override it) and its
-arrays restore it (an hf run's checkpoint or a saved hf model loads its ``hf.model`` in-process
-and restores the adapter, checked against the base model's fingerprint); with ``--config``
-alone the policy is evaluated as initialised (for the prompt policy: uniform over its seed
-candidates, so greedy decoding is the base prompt).
+The checkpoint's config builds the policy (``--config`` and ``--set`` override it), but where
+requests go (``provider``, ``base_url``, ``api_key_env`` of ``[endpoint]`` and ``[judge]``)
+and which reward functions are imported come from ``--config`` and ``--set`` only, or with
+``--trust-saved-config`` from the checkpoint, printed first (:mod:`engine.training.saved`).
+Its arrays restore the policy (an hf run's checkpoint or a saved hf model loads its
+``hf.model`` in-process and restores the adapter, checked against the base model's
+fingerprint); with ``--config`` alone the policy is evaluated as initialised (for the prompt
+policy: uniform over its seed candidates, so greedy decoding is the base prompt).
 Decoding is greedy unless ``--sample``. Each example is scored with the run's rewards
 (:func:`engine.rollout.evaluate.evaluate_policy`); the summary gives the mean reward, the pass
 rate (reward >= ``--pass-threshold``), errors, tokens and latency. ``--out FILE`` writes one
@@ -45,6 +48,7 @@ from ..rollout.evaluate import EvalResult, evaluate_policy, jsonable
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..training.assembly import build_components, needs_endpoint, open_clients
+from ..training.saved import resolve_saved_config
 from ..types import Example
 
 __all__ = ("add_eval_parser", "eval_command")
@@ -53,7 +57,13 @@ _EPILOG = """\
 examples:
   python -m engine eval --checkpoint runs/local --data engine/data/datasets/sentiment.jsonl
   python -m engine eval --config examples/local.toml --data heldout.jsonl --limit 50
-  python -m engine eval --checkpoint models/sentiment --data heldout.jsonl --out rows.jsonl
+  python -m engine eval --checkpoint models/sentiment --data heldout.jsonl --out rows.jsonl \
+      --set endpoint.base_url=http://127.0.0.1:8000/v1
+
+A checkpoint's config is data: its endpoint (provider, base_url, api_key_env, also of
+[judge]) and its module:function reward functions are used only when you give them
+(--config, --set) or pass --trust-saved-config, which prints what it takes from the
+checkpoint before any request. A saved api_key_env never goes to a base_url you name.
 
 exit status: 0 done, 2 bad input (config, data, checkpoint), 130 interrupted
 """
@@ -80,6 +90,11 @@ def add_eval_parser(
         default=[],
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set endpoint.base_url=...",
+    )
+    p.add_argument(
+        "--trust-saved-config",
+        action="store_true",
+        help="use the endpoint and reward imports the checkpoint names (printed first)",
     )
     p.add_argument("--data", metavar="FILE", required=True, help="JSONL examples to score")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
@@ -133,7 +148,16 @@ async def eval_command(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {}
     if args.checkpoint:
         arrays, meta, _ = await anyio.to_thread.run_sync(load_policy_checkpoint, args.checkpoint)
-    config = load_config(args.config, args.overrides, base=meta.get("config"))
+    if args.checkpoint:
+        config = resolve_saved_config(
+            meta["config"],
+            source=str(args.checkpoint),
+            path=args.config,
+            overrides=args.overrides,
+            trust=args.trust_saved_config,
+        ).config
+    else:
+        config = load_config(args.config, args.overrides)
     examples = await anyio.to_thread.run_sync(_read_examples, args.data, args.limit)
     events = EventLog(None)
     result = await _evaluate(args, config, examples, events, arrays, meta)

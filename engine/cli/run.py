@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -21,11 +22,14 @@ import anyio
 from ..config.loading import load_config
 from ..config.sections import RunConfig
 from ..endpoints.spend import SpendMeter, Threshold
+from ..errors import ConfigError
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
+from ..training.resume import ResumePlan, plan_resume
+from ..training.rundir import claim_run_dir
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
 __all__ = ("add_config_args", "add_run_parser", "run_command")
@@ -40,7 +44,24 @@ examples:
   python -m engine run --steps 100 --seed 3 --set grpo.beta=0.04 --set optim.lr=0.01
   python -m engine run --config examples/local.toml --out runs/local
   python -m engine run --resume runs/latest          # continue from the latest checkpoint
+  python -m engine run --resume runs/latest --steps 300    # ... and run it for longer
+  python -m engine run --out runs/latest --overwrite # replace the run there
   python -m engine run --print-config                # the full config reference
+
+--resume DIR continues the run in DIR, writing DIR: its config.json is the base, and
+--config, --set and the flags apply over it. What may change: --steps (when optim.schedule
+is constant; a decaying schedule is a function of steps), trainer.checkpoint_every,
+trainer.keep_checkpoints, [limits], where the endpoint is (provider, base_url, api_key_env)
+and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
+policy...) would change the run's trajectory and is refused unless --force-resume. As for a
+checkpoint, the saved endpoint and module:function rewards are used only when you give them
+again or pass --trust-saved-config (printed first).
+
+One run owns a directory: it holds DIR/run.lock (with its pid) while it writes, so a second
+run on DIR exits 2 at once; a lock left by a killed run is taken over. A directory that
+holds another run (config.json, metrics.jsonl, summary.json, checkpoints/) is refused unless
+--resume continues it or --overwrite deletes its files first; the default directory,
+runs/latest, is the one exception: a new run there replaces the previous one (with a note).
 
 spend budget: limits.max_cost_usd (USD, generation and judges together) warns on stderr at
 50%, 80% and 100%; once it is spent no new request is sent, the requests in flight finish and
@@ -84,7 +105,26 @@ def add_run_parser(
     run.add_argument("--out", metavar="DIR", help="output directory (default: config 'out')")
     run.add_argument("--steps", type=int, metavar="N", help="optimizer steps (config 'steps')")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (config 'seed')")
-    run.add_argument("--resume", metavar="DIR", help="resume from a run dir or checkpoint dir")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR (its latest checkpoint, or DIR/checkpoints/step-N)",
+    )
+    run.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even with flags that change the run's trajectory (lr, data, seed...)",
+    )
+    run.add_argument(
+        "--trust-saved-config",
+        action="store_true",
+        help="on --resume, use the saved endpoint and reward imports (printed first)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out: delete its metrics, checkpoints and summary first",
+    )
     run.add_argument(
         "--print-config", action="store_true", help="print the config reference and exit"
     )
@@ -105,6 +145,43 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides.append(f"{name}={value!r}" if name == "out" else f"{name}={value}")
     return load_config(args.config, overrides)
+
+
+def resume_plan(args: argparse.Namespace) -> ResumePlan:
+    """``--resume DIR``: DIR's config under ``--config``, ``--set``, ``--steps``, ``--seed``,
+    writing DIR (blocking: reads DIR).
+
+    Raises:
+        ConfigError: --overwrite or another --out given; flags that change the trajectory
+            without --force-resume; saved authority not given again (nor trusted).
+    """
+    if args.overwrite:
+        raise ConfigError("--resume continues the run in DIR and --overwrite deletes it: give one")
+    overrides = list(args.overrides)
+    overrides += [
+        f"{n}={getattr(args, n)}" for n in ("steps", "seed") if getattr(args, n) is not None
+    ]
+    plan = plan_resume(
+        args.resume,
+        path=args.config,
+        overrides=overrides,
+        trust_saved_config=args.trust_saved_config,
+    )
+    if args.out is not None and Path(args.out).resolve() != plan.run_dir.resolve():
+        raise ConfigError(
+            f"--resume continues the run in {plan.run_dir}, and writes there: --out "
+            f"{args.out} names another directory (copy the run there to fork it)"
+        )
+    if plan.changes and not args.force_resume:
+        shown = "; ".join(f"{k} from {a!r} to {b!r}" for k, a, b in plan.changes[:4])
+        more = f" (and {len(plan.changes) - 4} more)" if len(plan.changes) > 4 else ""
+        raise ConfigError(
+            f"--resume {args.resume} would change {shown}{more}, which changes the run's "
+            "trajectory: a resumed run may change only --steps (constant schedule), "
+            "trainer.checkpoint_every, trainer.keep_checkpoints, [limits] and where the "
+            "endpoint is; pass --force-resume to change it anyway"
+        )
+    return plan
 
 
 class _Progress:
@@ -141,13 +218,33 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _is_default_out(args: argparse.Namespace, config: RunConfig) -> bool:
+    """Whether the run writes the default directory (``runs/latest``): no ``--out`` and no
+    ``out`` in the config. That directory is replaced by each new run, not refused."""
+    return args.out is None and config.out == RunConfig.__dataclass_fields__["out"].default
+
+
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine run``; returns the exit status (errors raise EngineError)."""
-    config = config_from_args(args)
+    if not args.resume and (args.force_resume or args.trust_saved_config):
+        raise ConfigError("--force-resume and --trust-saved-config apply to --resume DIR")
+    plan = await anyio.to_thread.run_sync(resume_plan, args) if args.resume else None
+    config = plan.config if plan is not None else config_from_args(args)
     progress = _Progress(config.steps, quiet=args.quiet)
     signals_seen: list[int] = []
     spend = SpendMeter.from_config(config, on_threshold=_print_threshold)
     async with contextlib.AsyncExitStack() as stack:
+        latest = _is_default_out(args, config) and plan is None
+        overwrite = args.overwrite or latest
+        claim = await anyio.to_thread.run_sync(
+            functools.partial(
+                claim_run_dir, config.out, resume=plan is not None, overwrite=overwrite
+            )
+        )
+        stack.callback(claim.release)  # claimed before anything is written; released last
+        if latest and claim.replaces:
+            print(f"note: replacing the previous run in {config.out} (its name says latest; "
+                  "give --out DIR to keep a run)", file=sys.stderr)  # fmt: skip
         parts = await _endpoint_parts(config, stack, spend) if needs_endpoint(config) else {}
         trainer = await stack.enter_async_context(
             TrainingManager(
@@ -155,6 +252,7 @@ async def run_command(args: argparse.Namespace) -> int:
                 on_batch_complete=progress,
                 export_groups=args.export_groups,
                 spend=spend,
+                run_dir=claim,
                 **parts,
             )
         )
@@ -162,7 +260,10 @@ async def run_command(args: argparse.Namespace) -> int:
         tune_gc()  # everything is built: freeze it, and collect the young generation rarely
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, trainer, signals_seen)
-            summary = await trainer.run(resume=args.resume)
+            summary = await trainer.run(
+                resume=plan.checkpoint if plan is not None else None,
+                force_resume=args.force_resume,
+            )
             tg.cancel_scope.cancel()
     progress.done()
     print(_format_summary(summary), file=sys.stderr)

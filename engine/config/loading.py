@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .reference import type_name
 from .sections import RunConfig
 
-__all__ = ("TORCH_MODULES", "load_config", "require_torch", "to_dict")
+__all__ = ("TORCH_MODULES", "given_keys", "load_config", "require_torch", "to_dict")
 
 TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
 """What ``policy = "hf"`` imports: the ``grpo-engine[torch]`` extra."""
@@ -128,6 +128,19 @@ def load_config(
         config = _apply_overrides(config, texts)
     _check_cross(config, where)
     return config
+
+
+def given_keys(path: str | Path | None = None, overrides: Iterable[str] = ()) -> frozenset[str]:
+    """The keys a config file and ``key=value`` overrides set, as :func:`load_config` applies
+    them over a ``base``: each top-level key of the file (a section there replaces the base's
+    whole section) and each override's dotted key.
+
+    Raises:
+        ConfigError: as :func:`load_config` for an unreadable file or a malformed override.
+    """
+    keys = set(_read_toml(Path(path))) if path is not None else set()
+    keys.update(".".join(_parse_override(text)[0]) for text in overrides)
+    return frozenset(keys)
 
 
 def to_dict(config: object) -> Table:

@@ -1,8 +1,10 @@
 """A run's checkpoints: the learner's state, the run's progress and its config, in one
 directory per step (:mod:`engine.learning.checkpoint` writes them atomically).
 
-A checkpoint can resume a run only under a config that agrees on :data:`COMPATIBLE_KEYS`;
-every draw of randomness is keyed by ``(seed, step, group)``, so no generator state is saved.
+A checkpoint resumes a run only under the config it was written with: every key is compared
+(:func:`config_changes`) except :data:`RESUMABLE_KEYS`, which do not change what the run
+computes. Every draw of randomness is keyed by ``(seed, step, group)``, so no generator state
+is saved.
 """
 
 from __future__ import annotations
@@ -13,20 +15,60 @@ from typing import Any
 
 import anyio
 
-from ..config.loading import to_dict
+from ..config.loading import load_config, to_dict
 from ..config.sections import RunConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner
 from ..telemetry.logs import get_logger
 from .progress import RunProgress
 
-__all__ = ("COMPATIBLE_KEYS", "RunCheckpoints", "check_compatible")
+__all__ = ("RESUMABLE_KEYS", "RunCheckpoints", "check_compatible", "config_changes")
 
 _log = get_logger("engine.training.checkpoints")
 
-COMPATIBLE_KEYS = ("policy", "seed", "tinylm", "grpo.group_size", "grpo.max_staleness")
-"""Config keys a resumed run must share with its checkpoint."""
+RESUMABLE_KEYS = (
+    "steps",
+    "out",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "limits",
+    *(f"{s}.{f}" for s in ("endpoint", "judge") for f in ("provider", "base_url", "api_key_env")),
+)
+"""Keys (or whole sections) a resumed run may change: more (or fewer) ``steps`` where the
+learning-rate schedule is constant (a decaying one is a function of ``steps``), where outputs
+go and how often checkpoints are kept, the client-side ``[limits]``, and where the endpoint is
+(not which model it serves). Everything else changes the run's trajectory."""
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _resumable(key: str, now: Mapping[str, Any]) -> bool:
+    if key == "steps":  # a decaying schedule spreads its decay over the run's steps
+        optim = now.get("optim", {})
+        return optim.get("schedule", "constant") == "constant"
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` of every config key (leaf, dotted) that differs
+    between two :func:`~engine.config.loading.to_dict` results, except those a resumed run
+    may change (:data:`RESUMABLE_KEYS`); a key missing on one side has the value None."""
+    a, b = _leaves(saved), _leaves(now)
+    return [
+        (key, a.get(key), b.get(key))
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key) and not _resumable(key, now)
+    ]
 
 
 class RunCheckpoints:
@@ -42,6 +84,7 @@ class RunCheckpoints:
         self.config = config
         self.learner = learner
         self.directory = directory
+        self.force = False  # resume under a changed config (only the policy kind must agree)
 
     async def save(self, path: str | Path, progress: RunProgress) -> Path:
         """Write the learner's state and ``progress`` to ``path`` atomically."""
@@ -63,10 +106,18 @@ class RunCheckpoints:
         """Restore the learner from ``path``; the run progress it saved.
 
         Raises:
-            CheckpointError: unreadable, or written with an incompatible config (the key named).
+            CheckpointError: unreadable, or written with another config (the keys named;
+                with ``force`` only another policy kind).
         """
         arrays, meta = await anyio.to_thread.run_sync(ckpt.load_checkpoint, path)
-        check_compatible(meta.get("config", {}), to_dict(self.config), str(path))
+        saved = meta.get("config")
+        if not isinstance(saved, Mapping):
+            raise CheckpointError(f"{path}: checkpoint holds no config")
+        try:
+            saved = to_dict(load_config(None, base=saved))  # every key, defaults filled in
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: checkpoint config: {exc}") from None
+        check_compatible(saved, to_dict(self.config), str(path), force=self.force)
         self.learner.load_state(arrays, meta)
         return RunProgress.from_meta(meta.get("trainer", {}))
 
@@ -82,16 +133,16 @@ class RunCheckpoints:
         return path
 
 
-def check_compatible(saved: Mapping[str, Any], now: Mapping[str, Any], path: str) -> None:
-    """Raise CheckpointError naming the first of :data:`COMPATIBLE_KEYS` whose saved value
-    differs from this run's."""
-    for key in COMPATIBLE_KEYS:
-        a: Any = saved
-        b: Any = now
-        for part in key.split("."):
-            a = a.get(part) if isinstance(a, dict) else None
-            b = b.get(part) if isinstance(b, dict) else None
-        if a != b:
-            raise CheckpointError(
-                f"{path}: checkpoint was written with {key} = {a!r}, this run has {b!r}"
-            )
+def check_compatible(
+    saved: Mapping[str, Any], now: Mapping[str, Any], path: str, *, force: bool = False
+) -> None:
+    """Raise CheckpointError naming the keys whose saved value differs from this run's
+    (:func:`config_changes`); with ``force``, only a change of policy kind is refused (the
+    policy's own ``load_state`` refuses arrays of another shape)."""
+    changes = config_changes(saved, now)
+    if force:
+        changes = [c for c in changes if c[0] == "policy"]
+    if changes:
+        shown = "; ".join(f"{k} = {a!r} there, {b!r} here" for k, a, b in changes[:4])
+        more = f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""
+        raise CheckpointError(f"{path}: checkpoint was written with another config: {shown}{more}")

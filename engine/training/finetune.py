@@ -87,6 +87,7 @@ from .assembly import (
     make_client,
     needs_endpoint,
 )
+from .saved import resolve_saved_config
 from .trainer import BatchMetrics, RunSummary, TrainingManager
 
 if TYPE_CHECKING:
@@ -439,29 +440,46 @@ class FineTunedModel:
         client: Client | None = None,
         endpoint: EndpointConfig | Mapping[str, Any] | None = None,
         overrides: Sequence[str] = (),
+        trust_saved_config: bool = False,
     ) -> FineTunedModel:
         """A model saved by :meth:`save` (or a prompt-policy or hf run's checkpoint or run
         dir); an hf one is an :class:`HFFineTunedModel` (see :meth:`HFFineTunedModel.restore`).
 
         Args:
             client: the client to generate with (not closed by the model); default a new one
-                for the saved endpoint, owned by the model.
+                for ``endpoint``, owned by the model.
             endpoint: replaces (EndpointConfig) or updates (dict) the saved endpoint.
             overrides: ``KEY=VALUE`` settings over the saved config (as ``--set`` takes them),
                 e.g. ``hf.model=DIR`` where the base model has moved.
+            trust_saved_config: use the endpoint (``provider``, ``base_url``,
+                ``api_key_env``, also of ``[judge]``) and the ``module:function`` reward
+                functions the saved config names, printing them on stderr first. Without it
+                they come from ``client``, ``endpoint`` and ``overrides`` only: a saved model
+                is data and does not decide where requests and keys go, or what is imported
+                (:mod:`engine.training.saved`).
 
         Raises:
             CheckpointError: not a prompt-policy or hf checkpoint, or an incompatible one (an
                 hf adapter of another base model names both).
-            ConfigError: the endpoint needs a key that is not set; a bad override.
+            ConfigError: the endpoint needs a key that is not set; a bad override; the saved
+                config names an endpoint or reward imports that were not given (without
+                ``trust_saved_config``).
         """
         arrays, meta, found = load_policy_checkpoint(path)
-        data = dict(meta["config"])
-        if isinstance(endpoint, EndpointConfig):
-            data["endpoint"] = to_dict(endpoint)
-        elif endpoint is not None:
-            data["endpoint"] = {**data.get("endpoint", {}), **dict(endpoint)}
-        config = load_config(None, list(overrides), base=data)
+        layer = None
+        if endpoint is not None:
+            given = to_dict(endpoint) if isinstance(endpoint, EndpointConfig) else endpoint
+            layer = {"endpoint": dict(given)}
+        config = resolve_saved_config(
+            meta["config"],
+            source=str(found),
+            overrides=list(overrides),
+            layer=layer,
+            trust=trust_saved_config,
+            client_given=client is not None,
+            trust_hint="trust_saved_config=True",
+            user_hint="endpoint= or overrides=, e.g.",
+        ).config
         if config.policy == "hf":
             return HFFineTunedModel.restore(found, arrays, meta, config)
         if config.policy != "prompt":
@@ -681,6 +699,7 @@ async def finetune(
     judge_options: Mapping[str, Any] | None = None,
     export_groups: str | Path | None = None,
     hf: HFConfig | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> FineTunedModel:
     """Fine-tune a model you cannot retrain with GRPO over prompt candidates, or, with ``hf``
     (or a ``config`` whose policy is ``hf``), an open-weight model's own weights (LoRA) with
@@ -712,6 +731,8 @@ async def finetune(
         export_groups: also write every scored group to this JSONL file.
         hf: the open-weight model and its LoRA (an HFConfig or a dict of its fields, e.g.
             ``{"model": "gemma3-270m", "lora_rank": 8}``); selects the hf policy.
+        overwrite: replace a run already in ``out`` (its metrics, checkpoints and summary
+            are deleted first); without it such a directory is refused.
 
     Returns:
         The :class:`FineTunedModel`; close it (``async with``) to close its client.
@@ -734,7 +755,7 @@ async def finetune(
     if not examples:
         raise ConfigError("train_data has no examples", key="train_data")
     heldout = load_examples(eval_data) if eval_data is not None else None
-    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups)
+    run = _FinetuneRun(run_config, out, on_batch_complete, export_groups, overwrite=overwrite)
     return await run.train(examples, heldout, reward, client, judge_client, judge_options)
 
 
@@ -755,8 +776,11 @@ class _FinetuneRun:
         out: str | Path | None,
         on_batch_complete: Callable[[BatchMetrics], Any] | None,
         export_groups: str | Path | None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
+        self.overwrite = overwrite
         self.out = out
         self.on_batch_complete = on_batch_complete
         self.export_groups = export_groups
@@ -838,6 +862,7 @@ class _FinetuneRun:
                 events=self.events,
                 export_groups=self.export_groups,
                 spend=self.spend,
+                overwrite=self.overwrite,
             ) as trainer:
                 summary = await trainer.run()
                 history = list(trainer.history)

@@ -15,6 +15,7 @@ A run without an output directory (``out=None``) writes none of them.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import orjson
 
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
+from ..learning.checkpoint import list_checkpoints
 from ..telemetry.events import MetricsLog
 from ..telemetry.records import dumps
 from ..telemetry.records import read_records as read_jsonl_records
@@ -55,11 +57,18 @@ class RunFiles:
         return None if self.out is None else self.out / "checkpoints"
 
     def prepare(self, config: RunConfig, start: int) -> None:
-        """Create the directory, keep only the metrics of steps before ``start`` (no duplicate
-        steps after a crash), open metrics.jsonl and write config.json."""
+        """Create the directory, keep only the metrics and checkpoints of steps up to
+        ``start`` (no duplicate steps after a crash; a run resumed from an older checkpoint
+        leaves no later one behind to be picked up next), open metrics.jsonl and write
+        config.json."""
         if self.out is None:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        for step, checkpoint in list_checkpoints(self.out / "checkpoints"):
+            if step > start and checkpoint.is_symlink():
+                checkpoint.unlink()  # never follow a planted link out of the run directory
+            elif step > start:
+                shutil.rmtree(checkpoint)
         path = self.out / "metrics.jsonl"
         if path.exists():
             keep = [r for r in read_jsonl_records(path) if int(r.get("step", -1)) < start]

@@ -63,6 +63,7 @@ from .heldout import evaluate_heldout, finite_mean
 from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
+from .rundir import RunDirClaim, claim_run_dir
 from .sources import TrainData, training_sources, validate_files
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
@@ -167,6 +168,10 @@ class TrainingManager:
             (:mod:`engine.telemetry.export`).
         spend: the spend meter shared with the policy's and judges' clients; default one
             from ``[prices]`` and ``limits.max_cost_usd`` (which then sees no requests).
+        run_dir: the caller's claim on ``out`` (:func:`~engine.training.rundir.claim_run_dir`);
+            default: :meth:`run` claims it, and :meth:`close` releases it.
+        overwrite: when :meth:`run` claims ``out`` and it holds another run (not resumed),
+            delete that run's files instead of refusing.
 
     Attributes:
         history: metrics of this process's last :data:`HISTORY_STEPS` steps (all of them
@@ -193,6 +198,8 @@ class TrainingManager:
         events: EventLog | None = None,
         export_groups: str | Path | None = None,
         spend: SpendMeter | None = None,
+        run_dir: RunDirClaim | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.spend = spend if spend is not None else SpendMeter.from_config(config)
@@ -216,6 +223,9 @@ class TrainingManager:
         self._own_events = events is None
         self.exporter = GroupExporter(export_groups) if export_groups is not None else None
         self.files = RunFiles(self.out)
+        self._claim = run_dir  # the lock on ``out`` while the run writes it
+        self._own_claim = False
+        self._overwrite = overwrite
         self.checkpoints = RunCheckpoints(config, self.learner, self.files.checkpoints)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
@@ -242,6 +252,8 @@ class TrainingManager:
         if self.exporter is not None:
             self.exporter.close()
         self.files.close()
+        if self._own_claim and self._claim is not None:
+            self._claim.release()
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Stop after the current step: in-flight requests are cancelled, a checkpoint written."""
@@ -307,14 +319,32 @@ class TrainingManager:
 
     # ----------------------------------------------------------------------- the run
 
-    async def run(self, *, resume: str | Path | None = None) -> RunSummary:
+    async def run(
+        self, *, resume: str | Path | None = None, force_resume: bool = False
+    ) -> RunSummary:
         """Train until ``config.steps``, early stop, or :meth:`request_stop`; the summary.
 
         Args:
             resume: a run directory (its latest checkpoint is used) or a checkpoint directory.
+            force_resume: resume even where this config differs from the checkpoint's in
+                keys that change the run (:func:`~engine.training.checkpoints.config_changes`).
+
+        Raises:
+            ConfigError: ``out`` is another live run's, or holds another run (neither resumed
+                nor ``overwrite``).
+            CheckpointError: nothing to resume, or a checkpoint of another config.
         """
         self._started = time.perf_counter()
         await anyio.to_thread.run_sync(validate_files, self.config)
+        if self.out is not None and self._claim is None:
+            claim = functools.partial(
+                claim_run_dir, self.out, resume=resume is not None, overwrite=self._overwrite
+            )
+            self._claim = await anyio.to_thread.run_sync(claim)
+            self._own_claim = True
+        self.checkpoints.force = force_resume
+        if self._claim is not None and resume is None:
+            await anyio.to_thread.run_sync(self._claim.replace_old_run)
         start = await self._resume(resume) if resume is not None else 0
         if self.spend.exhausted:  # a resumed run whose budget was already spent
             self._stop_requested = "budget"
@@ -350,7 +380,12 @@ class TrainingManager:
         path = ckpt.find_checkpoint(resume)
         if path is None:
             raise CheckpointError(f"{Path(resume)}: no checkpoint to resume from")
-        return await self.load_checkpoint(path)
+        start = await self.load_checkpoint(path)
+        if start > self.config.steps:
+            raise CheckpointError(
+                f"{path}: the run is at step {start} already: resume it with steps >= {start}"
+            )
+        return start
 
     def _log_start(self, start: int) -> None:
         self.run_id = uuid.uuid4().hex[:12]

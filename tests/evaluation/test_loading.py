@@ -101,8 +101,9 @@ async def test_prompt_policy_checkpoint_against_sim(tmp_path: Path) -> None:
             {f"policy/{k}": v for k, v in arrays.items()},
             {"policy": meta, "config": to_dict(cfg), "step": 3},
         )
-        a = await load_generator(f"{tmp_path}#ref")
-        b = await load_generator(tmp_path)
+        here = [f"endpoint.base_url='{sim.base_url}'"]  # the user names the endpoint
+        a = await load_generator(f"{tmp_path}#ref", overrides=here)
+        b = await load_generator(tmp_path, trust_saved_config=True)  # or trusts the saved one
         try:
             exs = [Example(id=f"q{i}", text=f"question {i}") for i in range(16)]
             result = await ModelComparator(

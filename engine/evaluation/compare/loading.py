@@ -11,8 +11,9 @@ the trainer held out.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from ...errors import CheckpointError, ConfigError
 from ...learning.checkpoint import latest_checkpoint, load_checkpoint
 from ...policies.prompt import Candidate, PromptFormat, render_completion, render_messages
 from ...training.assembly import build_components, make_client
+from ...training.saved import resolve_saved_config
 from ...types import Example
 from .generation import EndpointGenerator, PolicyGenerator, Prompt
 
@@ -63,7 +65,13 @@ class _Checkpoint:
     config: RunConfig
 
 
-async def load_generator(spec: str | Path) -> PolicyGenerator | EndpointGenerator:
+async def load_generator(
+    spec: str | Path,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    trust_saved_config: bool = False,
+) -> PolicyGenerator | EndpointGenerator:
     """A Generator from a spec string, as ``python -m engine compare --a/--b`` take it.
 
     * ``RUN_DIR`` or ``RUN_DIR/checkpoints/step-N``: the policy at that checkpoint (a run
@@ -74,10 +82,17 @@ async def load_generator(spec: str | Path) -> PolicyGenerator | EndpointGenerato
     * ``FILE.toml``: a run config; a fixed prompt on its ``[endpoint]`` (see
       :func:`endpoint_generator`).
 
+    A checkpoint's config is data: its endpoint (``provider``, ``base_url``, ``api_key_env``)
+    and its ``module:function`` reward functions are used only when the user's ``config``
+    file or ``overrides`` give them, or with ``trust_saved_config`` (printed on stderr first);
+    see :func:`engine.training.saved.resolve_saved_config`. ``config`` and ``overrides`` apply
+    over the checkpoint's config, not to a TOML spec (that is the user's own config).
+
     Generators on an endpoint hold a client: close them with ``await gen.aclose()``.
 
     Raises:
-        ConfigError: the spec is none of these, or the config is invalid.
+        ConfigError: the spec is none of these, the config is invalid, or the checkpoint
+            names an endpoint or reward imports the user did not give (without trust).
         CheckpointError: the checkpoint is unreadable, or of a policy kind not known here.
     """
     text = str(spec)
@@ -88,7 +103,10 @@ async def load_generator(spec: str | Path) -> PolicyGenerator | EndpointGenerato
             raise ConfigError(f"{text}: '{_REFERENCE}' applies to checkpoints, not configs")
         config = await anyio.to_thread.run_sync(load_config, path)
         return endpoint_generator(config, name=text)
-    checkpoint = await anyio.to_thread.run_sync(_read_checkpoint, path)
+    read = functools.partial(
+        _read_checkpoint, path, config=config, overrides=overrides, trust=trust_saved_config
+    )
+    checkpoint = await anyio.to_thread.run_sync(read)
     kind = checkpoint.meta.get("policy")
     if not isinstance(kind, str) or kind not in POLICY_KINDS:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of unknown policy {kind!r}")
@@ -118,8 +136,11 @@ def _checkpoint_dir(path: Path) -> Path:
     )
 
 
-def _read_checkpoint(path: Path) -> _Checkpoint:
-    """Blocking: the checkpoint at ``path`` (or a run directory's latest one)."""
+def _read_checkpoint(
+    path: Path, *, config: str | Path | None, overrides: Sequence[str], trust: bool
+) -> _Checkpoint:
+    """Blocking: the checkpoint at ``path`` (or a run directory's latest one), its config
+    under the user's ``config`` file and ``overrides``."""
     found = _checkpoint_dir(path)
     arrays, meta = load_checkpoint(found)
     config_data = meta.get("config")
@@ -132,7 +153,9 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
         state=state,
         meta=policy_meta,
         step=int(meta.get("step", 0)),
-        config=load_config(None, base=config_data),
+        config=resolve_saved_config(
+            config_data, source=str(found), path=config, overrides=overrides, trust=trust
+        ).config,
     )
 
 
