@@ -101,7 +101,8 @@ def _any(names: tuple[str, ...]) -> str:
     return "|".join(_spelled(n) for n in sorted(names, key=len, reverse=True))
 
 
-# Block and role names: a tag starting with one, with anything up to its '>'.
+# Block and role names: a tag starting with one, with anything up to its '>' (or without one:
+# a lenient reader may take ``</candidate`` at the end of a line for a closing tag).
 _TAG_NAMES: Final = (
     "candidate", "task", "reference", "rubric", "system", "user", "assistant", "developer",
     "instruction", "verdict", "model", "human", "judge", "grader", "tool", "think", "sys",
@@ -120,10 +121,10 @@ _BRACKET_NAMES: Final = (
     "tool_content", "think", "gmask", "smask", "mask", "img",
 )  # fmt: skip
 _BREAKOUT_RE: Final = re.compile(
-    rf"<\s*/?\s*(?:{_any(_TAG_NAMES)})[^<>]*>"
+    rf"<\s*/?\s*(?:{_any(_TAG_NAMES)})(?:[^<>]*>)?"  # closed or not
     rf"|<\s*/?\s*(?:{_any(_TOKEN_NAMES)})\s*>"
     r"|<\s*\|[^<>|]*\|\s*>"  # ChatML, Llama 3, Phi, DeepSeek, GPT-OSS: <|anything|>
-    rf"|<<\s*/?\s*(?:{_any(_BRACKET_NAMES + _TAG_NAMES)})\s*>>|<</?[A-Za-z_]{{1,20}}>>"
+    rf"|<<\s*/?\s*(?:{_any(_BRACKET_NAMES + _TAG_NAMES)})\s*>>|<</?[A-Za-z_]+>>"
     rf"|\[\s*/?\s*(?:{_any(_BRACKET_NAMES)})\s*\]",
     re.IGNORECASE,
 )

@@ -325,7 +325,7 @@ _TURN_RE: Final = re.compile(
     r"<\s*\|[^<>|]*\|\s*>"
     r"|<\s*/?\s*(?:start_of_turn|end_of_turn|s|bos|eos)\s*>"
     r"|\[\s*/?\s*(?:inst|system_prompt|available_tools|tool_calls|tool_results)\s*\]"
-    r"|<<\s*/?\s*[a-z_]+\s*>>",
+    r"|<<\s*/?\s*(?:sys|inst|judge|candidate)\s*>>|<</?[a-z_]+>>",
     re.IGNORECASE,
 )
 TURN: Final = "\ue000"
