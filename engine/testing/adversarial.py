@@ -340,6 +340,7 @@ def perceive(text: str, *, nonce_blind: bool = False) -> str:
     (``<candidate ...>`` with ``nonce_blind``: any nonce closes any block), and every chat
     control token read as a turn boundary, :data:`TURN`.
     """
+    text = text.replace(TURN, " ")  # a literal one in the text is not a turn boundary
     text = "".join(c for c in text if unicodedata.category(c) != "Cf" and c not in _UNSEEN)
     text = unicodedata.normalize("NFKC", text)
     text = "".join(_READ_AS.get(c, c) for c in text)
