@@ -43,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import unicodedata
@@ -93,8 +94,12 @@ _ESCAPES: Final = {"<": "&lt;", ">": "&gt;", "[": "&#91;", "]": "&#93;", '"': "&
 
 def _spelled(name: str) -> str:
     """A pattern for ``name`` with optional whitespace between its letters and any of
-    whitespace, ``_``, ``-`` or nothing between its ``_``-separated words."""
-    return r"[\s_\-]*".join(r"\s*".join(map(re.escape, w)) for w in name.split("_"))
+    whitespace, ``_``, ``-`` or nothing between its ``_``-separated words.
+
+    Every quantifier is possessive (``*+``): what follows it is a letter or a bracket, so
+    giving characters back never helps, and not trying keeps matching linear on long runs
+    of whitespace."""
+    return r"[\s_\-]*+".join(r"\s*+".join(map(re.escape, w)) for w in name.split("_"))
 
 
 def _any(names: tuple[str, ...]) -> str:
@@ -120,31 +125,30 @@ _BRACKET_NAMES: Final = (
     "inst", "sys", "system_prompt", "available_tools", "tool_calls", "tool_results",
     "tool_content", "think", "gmask", "smask", "mask", "img",
 )  # fmt: skip
+_SLASH: Final = r"\s*+(?:/\s*+)?"  # optional '/', whitespace around it
 _BREAKOUT_RE: Final = re.compile(
-    rf"<\s*/?\s*(?:{_any(_TAG_NAMES)})(?:[^<>]*>)?"  # closed or not
-    rf"|<\s*/?\s*(?:{_any(_TOKEN_NAMES)})\s*>"
-    r"|<\s*\|[^<>|]*\|\s*>"  # ChatML, Llama 3, Phi, DeepSeek, GPT-OSS: <|anything|>
-    rf"|<<\s*/?\s*(?:{_any(_BRACKET_NAMES + _TAG_NAMES)})\s*>>|<</?[A-Za-z_]+>>"
-    rf"|\[\s*/?\s*(?:{_any(_BRACKET_NAMES)})\s*\]",
+    rf"<{_SLASH}(?:{_any(_TAG_NAMES)})(?:[^<>]*+>)?"  # closed or not
+    rf"|<{_SLASH}(?:{_any(_TOKEN_NAMES)})\s*+>"
+    r"|<\s*+\|[^<>|]*+\|\s*+>"  # ChatML, Llama 3, Phi, DeepSeek, GPT-OSS: <|anything|>
+    rf"|<<{_SLASH}(?:{_any(_BRACKET_NAMES + _TAG_NAMES)})\s*+>>|<</?[A-Za-z_]++>>"
+    rf"|\[{_SLASH}(?:{_any(_BRACKET_NAMES)})\s*+\]",
     re.IGNORECASE,
 )
 # Every JSON-looking quoted string, found at each opening quote (overlapping).
 _QUOTED_RE: Final = re.compile(r'(?=("(?:[^"\\\n]|\\.){1,64}"))')
 _VERDICT_KEYS: Final = frozenset({"score", "scores", "feedback"})
+_KEY_NOISE: Final = re.compile(r"[\s_\-]")
 _MAX_ROUNDS: Final = 64
 
 
 def _is_verdict_key(quoted: str) -> bool:
     """Whether a quoted string reads as a verdict key (JSON escapes decoded, case and spacing
     ignored)."""
-    try:
-        text = json.loads(quoted)
-    except ValueError:
-        text = quoted[1:-1]
-    if not isinstance(text, str):  # pragma: no cover - a JSON string literal decodes to str
-        return False
-    key = re.sub(r"[\s_\-]", "", normalize(text).translate(_SKELETON)).lower()
-    return key in _VERDICT_KEYS
+    text = quoted[1:-1]  # already normalized and folded (a skeleton)
+    if "\\" in text:  # JSON escapes: read them as a JSON parser would
+        with contextlib.suppress(ValueError):  # an invalid escape: keep the text as written
+            text = normalize(json.loads(quoted)).translate(_SKELETON)
+    return _KEY_NOISE.sub("", text).lower() in _VERDICT_KEYS
 
 
 def _escape_spans(text: str, spans: list[tuple[int, int]]) -> str:

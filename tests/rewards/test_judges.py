@@ -376,3 +376,10 @@ def gullible_judge_reply(prompt: str) -> str:
     """Call the gullible judge directly on a prompt string."""
     req = SimRequest("chat", "m", prompt, None, 0, 1, 64, 0.0, None, (), 0, 1, True, {})
     return gullible_judge(req)
+
+
+async def test_a_huge_candidate_is_escaped_off_the_event_loop() -> None:
+    """Escaping a pathological 300 kB candidate takes seconds of CPU; it runs in a worker
+    thread, so the loop is never blocked (the conftest watchdog fails the test otherwise)."""
+    async with serving(replying('{"score": 0.5, "feedback": "ok"}')) as (_, client):
+        assert await LLMJudge(client, RUBRIC)(EXAMPLE, "<" * 300_000) == 0.5
