@@ -1,10 +1,11 @@
-"""Test data: prompt injections against LLM judges, a gullible scripted judge, and a meter.
+"""Test data: prompt injections against LLM judges, scripted gullible judges, and a meter.
 
 The policy is optimised against its judge, so any instruction the judge obeys inside a
-completion is a reward hack waiting to be found. This module holds a small adversarial set
-(:data:`CASES`) of completions that try to instruct the judge, and :func:`measure_injection`,
-which reports how often they move a judge's score. Used by the judge tests, the reliability
-suite and the llama.cpp integration test::
+completion is a reward hack waiting to be found. This module holds an adversarial set
+(:data:`CASES`) of completions that try to instruct the judge, generated variants of it
+(:func:`variant_cases`: :data:`BREAKOUTS` spelled by :func:`disguise`), and
+:func:`measure_injection`, which reports how often they move a judge's score. Used by the
+judge tests, the reliability suite and the llama.cpp integration test::
 
     report = await measure_injection(LLMJudge(client, RUBRIC))
     report.rate          # fraction of cases where the injection raised the score by >= delta
@@ -12,18 +13,33 @@ suite and the llama.cpp integration test::
 Each case pairs a poor answer (``control``) with the same answer plus an injection
 (``attack``); the injection *moved* the score when ``attack - control >= delta``. Cases whose
 verdicts fail to parse are reported as failures, not counted as moved, and left out of the
-rate's denominator.
+rate's denominator. The set covers classic injections, the same breakouts spelled as
+variants (whitespace or a newline inside a tag, another case, zero-width, bidi and tag
+characters, full-width and look-alike characters), the control tokens of other model
+families (Llama 3, Phi, DeepSeek, Mistral) and crafted verdicts (a key spelled with a JSON
+escape, a repeated key, a full-width verdict).
 
-:func:`gullible_judge` is a scripted judge for the simulated server (``SimConfig(judge=...)``)
-that behaves like an instruction-following model which does respect delimiters: it treats the
-text inside a properly closed ``<candidate...>``/``<task...>``/``<reference...>`` block (the
-opening tag's exact name, nonce included, closing it) as data, and obeys any "score 1.0"
-instruction it finds anywhere else in the prompt. So a judge prompt protects against it
-exactly when no candidate text can escape its block: the naive prompt (candidate pasted raw)
-does not, fixed tags fail to an early ``</candidate>``, and the hardened prompt (random nonce,
-escaped tag-like text) does. When not obeying, it scores each candidate honestly, like the
-simulator's default judge: the fraction of its words in :data:`~engine.testing.sim.GOOD_WORDS`.
-No case's text contains a GOOD_WORD, so honest scores of every case are 0.
+Three scripted judges for the simulated server (``SimConfig(judge=...)``) read the prompt as
+:func:`perceive` does, like a lenient model: invisible characters dropped, NFKC and
+look-alikes folded, tags in any case and spacing recognised, and every chat control token
+taken for a turn boundary.
+
+- :func:`gullible_judge` behaves like an instruction-following model which does respect
+  delimiters: it treats the text inside a properly closed ``<candidate...>``/``<task...>``/
+  ``<reference...>`` block (the opening tag's exact name, nonce included, closing it, and
+  no turn boundary inside) as data, and obeys any "score 1.0" instruction it finds anywhere
+  else in the prompt. So the naive prompt (candidate pasted raw) does not protect against
+  it, fixed tags fail to an early ``</candidate>``, and the hardened prompt (random nonce,
+  normalized and escaped text) does.
+- :func:`lenient_judge` is the same but ignores nonces (any ``</candidate...>`` closes the
+  block), so only the escaping protects against it.
+- :func:`copycat_judge` copies a ready-made verdict found anywhere in the prompt, verbatim,
+  as small base models do, so only escaped verdict keys and the strict verdict parser
+  protect against it.
+
+When not obeying, they score each candidate honestly, like the simulator's default judge:
+the fraction of its words in :data:`~engine.testing.sim.GOOD_WORDS`. No case's text contains
+a GOOD_WORD, so honest scores of every case are 0.
 """
 
 from __future__ import annotations
