@@ -2,10 +2,10 @@
 a judge asks for.
 
 Verdicts are parsed strictly. The reply must hold exactly one verdict object, starting at its
-first ``{`` (text around it, such as a code fence, is ignored; a second JSON object anywhere
-after it is not); the object has only the known keys (``score``/``scores`` and ``feedback``),
-each written plainly (a key spelled with JSON escapes, ``{"sc\\u006fre": 1}``, is not that
-key) and at most once; every score is a JSON number in [0, 1] (not a string, a boolean, NaN
+first ``{`` (text around it, such as a code fence, is ignored; a second JSON object, or the
+start of one, anywhere after it is not); the object has only the known keys
+(``score``/``scores`` and ``feedback``), each written plainly (a key spelled with JSON
+escapes, ``{"sc\\u006fre": 1}``, is not that key) and at most once; every score is a JSON number in [0, 1] (not a string, a boolean, NaN
 or out of range: a judge that answers 7 did not follow the format); ``feedback``, when
 present, is a string. Anything else raises :class:`~engine.errors.OutputParseError` carrying
 the raw reply, which makes the rollout a recorded failure (reward NaN, masked from the
@@ -69,6 +69,7 @@ _DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_consta
 """Refuses NaN, Infinity and duplicate keys."""
 _STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COLON_RE: Final = re.compile(r"[ \t\n\r]*:")
+_OBJECT_START_RE: Final = re.compile(r'\{[ \t\n\r]*["}]')
 _ONE_KEYS: Final = frozenset({"score", "feedback"})
 _GROUP_KEYS: Final = frozenset({"scores", "feedback"})
 
@@ -100,18 +101,13 @@ def _verdict_object(text: str) -> dict[str, Any]:
 
 
 def _holds_object(text: str, pos: int) -> bool:
-    """Whether a JSON object starts anywhere in ``text`` from ``pos`` on."""
-    pos = text.find("{", pos)
-    while pos != -1:
-        try:
-            _DECODER.raw_decode(text, pos)
-        except _DuplicateKey:
-            return True
-        except (ValueError, RecursionError):
-            pos = text.find("{", pos + 1)
-            continue
-        return True
-    return False
+    """Whether anything from ``pos`` on starts a JSON object (``{`` then a key or ``}``).
+
+    A start is enough: a complete second object would be ambiguous, a truncated one is not
+    a verdict either, and one linear scan keeps a long reply cheap (decoding at every ``{``
+    would be quadratic on nested braces).
+    """
+    return _OBJECT_START_RE.search(text, pos) is not None
 
 
 def _known_keys(obj: dict[str, Any], known: frozenset[str], text: str) -> None:
