@@ -5,11 +5,12 @@ Verdicts are parsed strictly. The reply must hold exactly one verdict object, st
 first ``{`` (text around it, such as a code fence, is ignored; a second JSON object, or the
 start of one, anywhere after it is not); the object has only the known keys
 (``score``/``scores`` and ``feedback``), each written plainly (a key spelled with JSON
-escapes, ``{"sc\\u006fre": 1}``, is not that key) and at most once; every score is a JSON number in [0, 1] (not a string, a boolean, NaN
-or out of range: a judge that answers 7 did not follow the format); ``feedback``, when
-present, is a string. Anything else raises :class:`~engine.errors.OutputParseError` carrying
-the raw reply, which makes the rollout a recorded failure (reward NaN, masked from the
-advantages), never a reward and never a silent 0.
+escapes, ``{"sc\\u006fre": 1}``, is not that key) and at most once; every score is a JSON
+number in [0, 1] (not a string, a boolean, NaN or out of range: a judge that answers 7 did
+not follow the format); ``feedback``, when present, is a string. Anything else raises
+:class:`~engine.errors.OutputParseError` carrying the raw reply, which makes the rollout a
+recorded failure (reward NaN, masked from the advantages), never a reward and never a
+silent 0.
 """
 
 from __future__ import annotations
