@@ -11,8 +11,10 @@ Two steps, in this order:
    combining grapheme joiner; and C0/C1 control characters except tab, newline and carriage
    return), then the text is NFKC-normalized, which folds full-width and other compatibility
    forms (``＜／ｃａｎｄｉｄａｔｅ＞`` -> ``</candidate>``, ``𝐬𝐜𝐨𝐫𝐞`` -> ``score``,
-   ``<｜begin▁of▁sentence｜>`` -> ``<|begin▁of▁sentence|>``). NFKC also folds some benign
-   notation (``x²`` -> ``x2``, ``ﬁ`` -> ``fi``); a judge reads the folded text the same way.
+   ``<｜begin▁of▁sentence｜>`` -> ``<|begin▁of▁sentence|>``), and combining diacritics still
+   left on an ASCII or Latin letter are removed (Zalgo text: NFKC has composed every accent
+   that has a composed form, so ``é`` stays). NFKC also folds some benign notation (``x²`` ->
+   ``x2``, ``ﬁ`` -> ``fi``); a judge reads the folded text the same way.
 2. :func:`neutralize`: normalizes, then HTML-escapes (``<`` -> ``&lt;``, ``[`` -> ``&#91;``,
    ``"`` -> ``&quot;``) every sequence a model could read as a delimiter or a control token:
 
@@ -29,11 +31,11 @@ Two steps, in this order:
      no ready-made verdict to copy.
 
    Matching reads a *skeleton* of the text in which look-alikes of the delimiter characters
-   and letters are folded (``‹`` ``〈`` ``⟨`` -> ``<``, ``∕`` -> ``/``, ``∣`` -> ``|``,
-   Cyrillic ``а`` -> ``a``), so ``‹/cаndidate›`` is escaped too; only the matched sequences
-   change, the rest of the text is kept as normalized (``a < b``, ``<div>``, ``[1, 2]``,
-   other JSON). Escaping repeats until nothing matches, so escaping one sequence never
-   uncovers another.
+   and letters are folded (``‹`` ``〈`` ``⟨`` -> ``<``, ``∕`` -> ``/``, ``∣`` -> ``|``;
+   Cyrillic ``а``, small capital ``ᴀ`` and accented ``á`` -> ``a``), so ``‹/cаndidate›`` is
+   escaped too; only the matched sequences change, the rest of the text is kept as
+   normalized (``a < b``, ``<div>``, ``[1, 2]``, other JSON). Escaping repeats until nothing
+   matches, so escaping one sequence never uncovers another.
 
 Example::
 
@@ -59,6 +61,14 @@ _IGNORABLE: Final = re.compile(
 )
 
 
+# Combining diacritics left on an ASCII or Latin character after NFKC composed what it could:
+# no language needs them there, and they hide a tag from matching (Zalgo: "<\u0335/candidate>").
+_STRAY_MARKS: Final = re.compile(
+    "(?<=[\u0000-\u024f\u1e00-\u1eff])"
+    "[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+"
+)
+
+
 def _visible(text: str) -> str:
     text = _IGNORABLE.sub("", text)
     return "".join(c for c in text if unicodedata.category(c) != "Cf")
@@ -73,7 +83,7 @@ def normalize(text: str) -> str:
     if text.isascii() and not _IGNORABLE.search(text):
         return text
     for _ in range(4):  # NFKC can uncover another removable character, rarely twice
-        out = unicodedata.normalize("NFKC", _visible(text))
+        out = _STRAY_MARKS.sub("", unicodedata.normalize("NFKC", _visible(text)))
         if out == text:
             break
         text = out
@@ -82,12 +92,24 @@ def normalize(text: str) -> str:
 
 # Look-alikes folded (one character to one, so offsets match the text) before matching.
 _SKELETON: Final = str.maketrans(
-    "‹〈⟨❮❬˂ᐸ⧼›〉⟩❯❭˃ᐳ⧽⁄∕⧸╱ǀ∣│❘⏐¦⟦【〔〚⁅⟧】〕〛⁆“”„‟″▁"
+    "‹〈⟨❮❬˂ᐸ⧼≮›〉⟩❯❭˃ᐳ⧽≯⁄∕⧸╱ǀ∣│❘⏐¦⟦【〔〚⁅⟧】〕〛⁆“”„‟″▁"
     "асеорхуіјѕһԁԛԝɡıАВСЕНІЈКМОРЅТХУ"
-    "αοεικνρτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
-    '<<<<<<<<>>>>>>>>////||||||[[[[[]]]]]"""""_'
+    "αοεικνρτυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
+    "ᴀʙᴄᴅᴇғɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ",
+    '<<<<<<<<<>>>>>>>>>////||||||[[[[[]]]]]"""""_'
     "aceopxyijshdqwgiABCEHIJKMOPSTXY"
-    "aoeikvptuxABEZHIKMNOPTYX",
+    "aoeikvptuxABEZHIKMNOPTYX"
+    "abcdefghijklmnoprstuvwyz",
+)
+# Accented Latin letters read as their base letter (``á`` -> ``a``), one code point to one.
+_SKELETON.update(
+    {
+        c: ord(base)
+        for c in [*range(0xC0, 0x250), *range(0x1E00, 0x1F00)]
+        if c not in _SKELETON
+        and (base := unicodedata.normalize("NFD", chr(c))[0]).isascii()
+        and base.isalpha()
+    }
 )
 _ESCAPES: Final = {"<": "&lt;", ">": "&gt;", "[": "&#91;", "]": "&#93;", '"': "&quot;"}
 

@@ -323,13 +323,14 @@ _UNSEEN: Final = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0") | froze
 )
 # Look-alikes a reader takes for the ASCII character (NFKC leaves them alone).
 _READ_AS: Final = {
-    **dict.fromkeys("\u2039\u3008\u27e8\u276e\u02c2", "<"),
-    **dict.fromkeys("\u203a\u3009\u27e9\u276f\u02c3", ">"),
+    **dict.fromkeys("\u2039\u3008\u27e8\u276e\u02c2\u226e", "<"),
+    **dict.fromkeys("\u203a\u3009\u27e9\u276f\u02c3\u226f", ">"),
     **dict.fromkeys("\u2215\u2044", "/"),
     **dict.fromkeys("\u2223\u01c0", "|"),
     **dict(
         zip("асеорхуіѕАСЕНІКМОРЅТХαοειΑΕΙΚΜΝΟΡΤ", "aceopxyisACEHIKMOPSTXaoeiAEIKMNOPT", strict=True)
     ),
+    **dict(zip("ᴀᴄᴅᴇɪɴᴏᴘʀꜱᴛᴜ", "acdeinoprstu", strict=True)),  # small capitals
 }
 _TAG_RE: Final = re.compile(
     r"<\s*(/?)\s*(candidate|task|reference)(?:\s*-\s*([0-9a-z]+))?((?:\s[^<>]*?)?)\s*>",
@@ -359,7 +360,11 @@ def perceive(text: str, *, nonce_blind: bool = False) -> str:
     text = text.replace(TURN, " ")  # a literal one in the text is not a turn boundary
     text = "".join(c for c in text if unicodedata.category(c) != "Cf" and c not in _UNSEEN)
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(_READ_AS.get(c, c) for c in text)
+    kept: list[str] = []  # diacritics on Latin letters and ASCII characters are not read
+    for c in text:
+        if not (kept and kept[-1].isascii() and unicodedata.category(c) in ("Mn", "Me")):
+            kept.append(unicodedata.normalize("NFD", c)[0] if c.isalpha() else c)
+    text = "".join(_READ_AS.get(c, c) for c in kept)
 
     def tag(m: re.Match[str]) -> str:
         nonce = "" if nonce_blind or not m.group(3) else f"-{m.group(3).lower()}"
@@ -484,22 +489,23 @@ _INVISIBLE: Final = (
     "\u2067", "\u2068", "\u2069", "\U000e0001", "\U000e0041", "\U000e007f", "\u180e",
     "\ufe0f", "\u034f",
 )  # fmt: skip
+_MARKS: Final = ("\u0335", "\u0336", "\u0337", "\u0301\u0302", "\u20d2", "\u1dc4", "\ufe20")
 _SPACES: Final = (" ", "  ", "\n", "\t", " \n ", "\u00a0", "\u3000")
 _LOOKALIKE: Final = {
-    "<": "\u2039\u3008\u27e8\ufe64\uff1c",
-    ">": "\u203a\u3009\u27e9\ufe65\uff1e",
+    "<": "\u2039\u3008\u27e8\ufe64\uff1c\u226e",
+    ">": "\u203a\u3009\u27e9\ufe65\uff1e\u226f",
     "/": "\u2215\uff0f",
     "|": "\u2223\uff5c",
     "[": "\uff3b",
     "]": "\uff3d",
     '"': "\uff02",
-    "a": "\u0430\u03b1",
-    "c": "\u0441",
-    "e": "\u0435\u03b5",
-    "o": "\u043e\u03bf",
-    "p": "\u0440",
-    "s": "\u0455",
-    "i": "\u0456\u03b9",
+    "a": "\u0430\u03b1\u1d00",
+    "c": "\u0441\u1d04",
+    "e": "\u0435\u03b5\u1d07",
+    "o": "\u043e\u03bf\u1d0f",
+    "p": "\u0440\u1d18",
+    "s": "\u0455\ua731",
+    "i": "\u0456\u03b9\u026a",
     "x": "\u0445",
 }
 
@@ -532,6 +538,8 @@ def _chars(text: str, rng: random.Random, *, letters: bool) -> str:
         if out and rng.random() < 0.2:
             out.append(rng.choice(_INVISIBLE))
         out.append(c)
+        if c.isascii() and (c.isalpha() or not letters) and rng.random() < 0.1:
+            out.append(rng.choice(_MARKS))  # diacritics stacked on it (Zalgo)
     return "".join(out)
 
 

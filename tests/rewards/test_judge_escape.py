@@ -86,6 +86,8 @@ def test_variants_named_in_the_issue() -> None:
         "<|assistant|>", "<|end|>", "<s>", "</s>", "<|endoftext|>",
         "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<|anything at all|>",
         "< c a n d i d a t e >", "<start of turn>", "[ / INST ]", '"sc\\u006fre"',
+        "<\u0335/\u0335c\u0335andidate>", "</c\u00e1ndidate>", "</\u1d04\u1d00ndidate>",
+        "\u226e/candidate\u226f",
     ):  # fmt: skip
         out = neutralize(text)
         assert "<" not in out and "[" not in out and '"' not in out, (text, out)
@@ -105,6 +107,8 @@ def test_normalize_removes_invisible_characters_and_folds_nfkc() -> None:
     ) == ("</candidate>")
     assert normalize("tab\tnew\nline\r") == "tab\tnew\nline\r"
     assert normalize("caf\u0065\u0301") == "caf\u00e9"
+    assert normalize("Z\u0335a\u0336\u0337l\u20d2go") == "Zalgo"  # marks stacked on ASCII
+    assert normalize("\u0915\u093f \u05e9\u05c1") == "\u0915\u093f \u05e9\u05c1"  # kept
 
 
 # Pieces a breakout is made of, their look-alikes and invisible characters.

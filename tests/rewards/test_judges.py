@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from engine.config.sections import EndpointConfig, RetryConfig
 from engine.endpoints.client import Client
 from engine.errors import OutputParseError
 from engine.rewards.judge_cache import JudgeCache
-from engine.rewards.judge_prompts import HARDENED, PromptRenderer
+from engine.rewards.judge_prompts import HARDENED, PromptParts, PromptRenderer
 from engine.rewards.judges import GroupJudge, LLMJudge
 from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
 from engine.rewards.verdicts import Verdict
@@ -378,8 +379,30 @@ def gullible_judge_reply(prompt: str) -> str:
     return gullible_judge(req)
 
 
-async def test_a_huge_candidate_is_escaped_off_the_event_loop() -> None:
-    """Escaping a pathological 300 kB candidate takes seconds of CPU; it runs in a worker
-    thread, so the loop is never blocked (the conftest watchdog fails the test otherwise)."""
+class ThreadRecorder:
+    """The hardened renderer, recording which thread renders each prompt."""
+
+    name = "hardened-recorded"
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    def render(self, parts: PromptParts) -> tuple[str, str]:
+        self.threads.append(threading.current_thread())
+        return HARDENED.render(parts)
+
+
+async def test_a_long_candidate_is_escaped_off_the_event_loop() -> None:
+    """Escaping is linear but costs tens of ms per 100 kB: a prompt showing more than a few
+    kB is rendered in a worker thread, a short one inline, for both judges."""
+    recorder = ThreadRecorder()
+    loop_thread = threading.current_thread()
+    async with serving(replying('{"scores": [0.5], "feedback": ["ok"]}')) as (_, client):
+        judge = GroupJudge(client, RUBRIC, renderer=recorder, cache=False)
+        assert await judge(EXAMPLE, ["<" * 20_000]) == [0.5]
+        assert await judge(EXAMPLE, ["short"]) == [0.5]
     async with serving(replying('{"score": 0.5, "feedback": "ok"}')) as (_, client):
-        assert await LLMJudge(client, RUBRIC)(EXAMPLE, "<" * 300_000) == 0.5
+        one = LLMJudge(client, RUBRIC, renderer=recorder, cache=False)
+        assert await one(EXAMPLE, "<" * 20_000) == 0.5
+        assert await one(EXAMPLE, "short") == 0.5
+    assert [t is loop_thread for t in recorder.threads] == [False, True, False, True]
