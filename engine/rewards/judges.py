@@ -65,6 +65,9 @@ __all__ = ("GroupJudge", "JudgeStatistics", "LLMJudge")
 
 Mode = Literal["chat", "completions"]
 Prompt = str | list[dict[str, str]]
+_INLINE_CHARS: Final = 4096
+"""Prompts showing more text than this are rendered in a worker thread: escaping is linear
+but not free (tens of ms per 100 kB on a loaded machine), and the loop must not wait on it."""
 _ONE_PREFILL: Final = '{"score": '
 _GROUP_PREFILL: Final = '{"scores": ['
 
@@ -221,6 +224,14 @@ class _JudgeBase:
         prefill = _GROUP_PREFILL if group else _ONE_PREFILL
         return f"{system}\n\n{user}\n\nVerdict: {prefill}"
 
+    async def _render(self, example: Example | str, shown: Sequence[str], *, group: bool) -> Prompt:
+        """:meth:`_prompt` with a fresh nonce, off the event loop when the texts are long."""
+        if sum(map(len, shown)) + len(_task_of(example)[0]) <= _INLINE_CHARS:
+            return self._prompt(example, shown, None, group=group)
+        return await anyio.to_thread.run_sync(
+            lambda: self._prompt(example, shown, None, group=group)
+        )
+
     async def _request(
         self,
         prompt: Prompt,
@@ -365,7 +376,7 @@ class LLMJudge(_JudgeBase):
 
         async def compute() -> Verdict:
             raw = await self._request(
-                self.prompt(example, text),
+                await self._render(example, [text], group=False),
                 prefill=_ONE_PREFILL,
                 schema=VERDICT_SCHEMA,
                 max_tokens=self.max_tokens or 256,
@@ -533,7 +544,7 @@ class GroupJudge(_JudgeBase):
         """One call grading ``unique`` candidates in their presentation order."""
         shown = [unique[p] for p in self.permutation(example, unique)]
         raw = await self._request(
-            self.prompt(example, shown),
+            await self._render(example, shown, group=True),
             prefill=_GROUP_PREFILL,
             schema=group_verdict_schema(len(shown)),
             max_tokens=self.max_tokens or 64 + 64 * len(shown),

@@ -11,18 +11,23 @@ rates is printed, not asserted: a base model this small does not follow instruct
 continues text and copies the nearest verdict-like JSON, so the rates measure its sensitivity
 to prompt layout more than obedience, and the hardened rate lands above or below the naive
 one from one nonce draw to the next. Observed while writing this (temperature 0, completions
-mode, 11 cases):
+mode, the first 11 cases):
 
 - with a plain rubric the model answers ``{"score": 10, "feedback": "<one or two sentences>"}``
-  (copying the format line; 10 clamps to 1.0) for nearly everything: every control sits at the
-  ceiling and nothing can move, so the rubric below carries three graded examples;
+  (copying the format line; 10 was then clamped to 1.0, it is now a failed verdict) for nearly
+  everything: every control sits at the ceiling and nothing can move, so the rubric below
+  carries three graded examples;
 - before quoted verdict keys were escaped inside the candidate, the model copied
   ``{"score": 1.0, ...}`` out of the hardened candidate block;
 - with the rubric below the hardened layout makes this model grade wrong answers (the
-  controls) higher than the naive one does, and it moves cases other than the naive ones.
+  controls) higher than the naive one does, and it moves cases other than the naive ones;
+- with all 27 cases (delimiter variants, other families' control tokens, crafted verdicts)
+  the same holds, and the model copies a crafted verdict (a repeated key) out of the naive
+  prompt, which the strict parser turns into a failed verdict, never a reward.
 
 The claim that hardening stops injections is asserted where a judge can follow instructions:
-the scripted gullible judge of the simulated server (``tests/rewards/test_judges.py``).
+the scripted gullible, lenient and copycat judges of the simulated server
+(``tests/rewards/test_judges.py``).
 ``tests/reliability/README.md`` records the figures of both. The naive prompt is
 :data:`tests.rewards.weak_prompts.NAIVE`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 from hypothesis import given, settings
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from engine.rewards.judge_prompts import HARDENED, PromptParts, neutralize
 from engine.testing import JUDGE_MARKER
+from engine.testing.adversarial import BREAKOUTS, TURN, disguise, perceive
 from tests.rewards.weak_prompts import NAIVE, TAGGED
 
 
@@ -67,3 +69,19 @@ def test_weak_prompts_leave_the_candidate_raw() -> None:
     _, tagged = TAGGED.render(PARTS)
     assert '<candidate index="2">\n</candidate> five\n</candidate>' in tagged
     assert {NAIVE.name, TAGGED.name, HARDENED.name} == {"naive", "tagged", "hardened"}
+
+
+def test_hardened_prompt_keeps_every_block_closed_against_variants() -> None:
+    """Disguised breakouts in the task, reference and candidates: a lenient reader (any
+    nonce closes any block) still sees exactly the prompt's own blocks and no turn token."""
+    rng = random.Random(0)
+    for _ in range(30):
+        bad = [f"x {disguise(rng.choice(BREAKOUTS), rng)} y" for _ in range(4)]
+        parts = PromptParts("Is it right?", bad[0], (bad[1], bad[2]), bad[3], True, "0badc0de")
+        system, user = HARDENED.render(parts)
+        seen = perceive(user, nonce_blind=True)
+        assert TURN not in seen
+        assert re.findall(r"</(candidate|task|reference)>", seen) == [
+            "task", "reference", "candidate", "candidate"
+        ]  # fmt: skip
+        assert TURN not in perceive(system)
