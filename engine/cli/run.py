@@ -1,7 +1,9 @@
 """Command line: ``python -m engine run``, train a policy with GRPO.
 
-SIGINT and SIGTERM stop a run cleanly with a checkpoint and exit status 130 or 143; a second
-signal stops at once.
+SIGINT, SIGTERM and SIGHUP stop a run cleanly with a checkpoint and the summary, exit status
+130, 143 or 129 (:mod:`engine.training.stopping`); a second signal stops at once. A run in
+which every group failed for ``trainer.max_failed_steps`` consecutive steps stops with exit
+status 3 and one ``error:`` line saying why.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,14 @@ from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
+from ..training.stopping import SignalStop
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
-__all__ = ("add_config_args", "add_run_parser", "run_command")
+__all__ = ("FAILURES_STATUS", "add_config_args", "add_run_parser", "run_command")
+
+FAILURES_STATUS = 3
+"""Exit status of a run stopped because every group failed for ``trainer.max_failed_steps``
+consecutive steps."""
 
 _RUN_EPILOG = """\
 With no arguments, trains the embedded tiny language model on the built-in task (reverse a
@@ -40,7 +46,10 @@ examples:
   python -m engine run --resume runs/latest          # continue from the latest checkpoint
   python -m engine run --print-config                # the full config reference
 
-exit status: 0 done, 2 bad input, 130 interrupted (SIGINT), 143 terminated (SIGTERM)
+exit status: 0 done, 2 bad input, 3 stopped because every group failed for
+trainer.max_failed_steps consecutive steps (e.g. every request failed), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP); a signal stops after the current
+step with a checkpoint and summary.json
 """
 
 
@@ -106,16 +115,18 @@ class _Progress:
         self.every = 1 if self.tty else max(1, total // 20)
 
     def __call__(self, m: BatchMetrics) -> None:
-        if self.quiet:
+        if self.quiet or getattr(sys.stderr, "broken", False):  # its reader has gone
             return
         step = m.batch_id + 1
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(step, 1) * (self.total - step)
         ev = m.all.get("eval/reward")
+        failed = m.all.get("eval/failures")
         line = (
             f"step {step:>4}/{self.total}  reward {m.avg_reward:6.3f}  kl {m.kl:7.4f}  "
             f"entropy {m.entropy:6.3f}  clip {m.clip_ratio:5.3f}  lr {m.lr:.2e}"
             + (f"  eval {ev:6.3f}" if ev is not None else "")
+            + (f" ({failed} failed)" if ev is not None and failed else "")
             + f"  {elapsed:5.1f}s eta {eta:4.0f}s"
         )
         if self.tty:
@@ -133,24 +144,34 @@ async def run_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine run``; returns the exit status (errors raise EngineError)."""
     config = config_from_args(args)
     progress = _Progress(config.steps, quiet=args.quiet)
-    signals_seen: list[int] = []
-    async with contextlib.AsyncExitStack() as stack:
-        parts = await _endpoint_parts(config, stack) if needs_endpoint(config) else {}
-        trainer = await stack.enter_async_context(
-            TrainingManager(
-                config, on_batch_complete=progress, export_groups=args.export_groups, **parts
-            )
-        )
-        attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
-        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, trainer, signals_seen)
-            summary = await trainer.run(resume=args.resume)
-            tg.cancel_scope.cancel()
+    stop = SignalStop()
+    summary: RunSummary | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(stop.watch)  # from here on a signal stops the run cleanly
+        with stop.startup():
+            async with contextlib.AsyncExitStack() as stack:
+                parts = await _endpoint_parts(config, stack) if needs_endpoint(config) else {}
+                trainer = await stack.enter_async_context(
+                    TrainingManager(
+                        config,
+                        on_batch_complete=progress,
+                        export_groups=args.export_groups,
+                        **parts,
+                    )
+                )
+                attach_event_log(trainer.events)  # structlog records join events.jsonl
+                tune_gc()  # everything is built: freeze it, collect the young generation rarely
+                stop.attach(trainer)
+                summary = await trainer.run(resume=args.resume)
+        tg.cancel_scope.cancel()
     progress.done()
-    print(_format_summary(summary), file=sys.stderr)
-    if signals_seen:
-        return 128 + signals_seen[0]
+    if summary is not None:
+        print(_format_summary(summary), file=sys.stderr)
+    if stop.status is not None:
+        return stop.status
+    if summary is not None and summary.stop_reason == "failures":
+        print(f"error: run stopped: {summary.extra.get('stop_detail')}", file=sys.stderr)
+        return FAILURES_STATUS
     return 0
 
 
@@ -163,16 +184,6 @@ async def _endpoint_parts(config: RunConfig, stack: contextlib.AsyncExitStack) -
     if config.policy == "hf" and config.hf.generation == "server":
         await open_hf_server(config, policy, stack, client=client, events=events)
     return {"policy": policy, "rewarder": rewarder, "events": events}
-
-
-async def _watch_signals(trainer: TrainingManager, seen: list[int]) -> None:
-    """SIGINT or SIGTERM asks the trainer to stop after its step; a second one exits now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            seen.append(signum)
-            trainer.request_stop("interrupted" if signum == signal.SIGINT else "terminated")
-            if len(seen) > 1:
-                raise SystemExit(128 + signum)
 
 
 def _fmt(x: float | None) -> str:

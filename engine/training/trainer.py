@@ -26,13 +26,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import platform
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import structlog
 from anyio.abc import ObjectReceiveStream
 
 from ..config.sections import RunConfig
-from ..data.sampler import GroupSampler
+from ..data.sampler import GroupSampler, take_async
 from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner, ScoredBatch
@@ -62,11 +63,15 @@ from .heldout import evaluate_heldout, finite_mean
 from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
-from .sources import TrainData, training_sources, validate_files
+from .sources import Source, TrainData, training_sources, validate_files
 
-__all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
+__all__ = ("EXTERNAL_STOPS", "BatchMetrics", "RunSummary", "TrainingManager")
 
 _log = get_logger("engine.training.trainer")
+
+EXTERNAL_STOPS = frozenset({"interrupted", "terminated", "hangup"})
+"""Stop reasons of :meth:`TrainingManager.request_stop` from the command line's signals
+(SIGINT, SIGTERM, SIGHUP)."""
 
 HISTORY_STEPS = 1024
 """Steps of metrics kept in memory (``TrainingManager.history``); metrics.jsonl has them all.
@@ -170,7 +175,11 @@ class TrainingManager:
             are in metrics.jsonl).
         progress: evaluations, early stopping and the first steps' rewards (kept on resume).
         checkpoints: saves and restores the run's state.
-        stop_reason: why the run stopped: ``steps``, ``early_stop``, ``interrupted``...
+        stop_reason: why the run stopped: ``steps`` (all done), ``early_stop``, ``failures``
+            (``trainer.max_failed_steps`` consecutive steps in which every group failed;
+            :attr:`stop_detail` says more), or what :meth:`request_stop` was given
+            (``interrupted``, ``terminated``, ``hangup`` from the command line).
+        stop_detail: a one-line explanation of a ``failures`` stop, else None.
         run_id: this process's run id (bound to every log record), once :meth:`run` started.
     """
 
@@ -196,7 +205,10 @@ class TrainingManager:
         self.rewarder = rewarder or default_reward
         if self.rewarder is None:
             raise ConfigError("no reward functions: pass rewarder= or set [reward] functions")
-        source, self.heldout = training_sources(config, train, heldout, default_train)
+        source, held = training_sources(config, train, heldout, default_train)
+        # file-backed held-out examples are read by run() (or evaluate()) off the event loop
+        self.heldout: list[Example] = held if isinstance(held, list) else []
+        self._heldout_source: Source | None = None if isinstance(held, list) else held
         self.sampler = GroupSampler(
             source,
             batch_size=config.data.batch_size,
@@ -213,8 +225,12 @@ class TrainingManager:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
         self.stop_reason = "steps"
+        self.stop_detail: str | None = None
         self._stop_requested: str | None = None
-        self._cancel: anyio.CancelScope | None = None
+        self._stop_scopes: set[anyio.CancelScope] = set()
+        self._failed_steps = 0  # consecutive steps in which every group failed
+        self._last_eval: tuple[int, dict[str, Any]] | None = None  # (policy version, result)
+        self._eval_failures: dict[str, int | None] = {"before": None, "after": None}
         self._group_runner: GroupRunner | None = None
         self.run_id: str | None = None
         self._started = 0.0
@@ -237,10 +253,25 @@ class TrainingManager:
         self.files.close()
 
     def request_stop(self, reason: str = "interrupted") -> None:
-        """Stop after the current step: in-flight requests are cancelled, a checkpoint written."""
+        """Stop soon: the update of the current step finishes, in-flight requests and a
+        running evaluation are cancelled, no further evaluation starts, and a checkpoint and
+        the summary are written. Asked before :meth:`run` has written anything (while it
+        reads the data), the run writes nothing."""
         self._stop_requested = reason
-        if self._cancel is not None:
-            self._cancel.cancel()
+        for scope in list(self._stop_scopes):
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that :meth:`request_stop` cancels (at once when it was called)."""
+        with anyio.CancelScope() as scope:
+            self._stop_scopes.add(scope)
+            if self._stop_requested is not None:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._stop_scopes.discard(scope)
 
     # ----------------------------------------------------------------------- rollouts
 
@@ -275,11 +306,28 @@ class TrainingManager:
 
     async def evaluate(self, examples: Sequence[Example] | None = None) -> dict[str, Any]:
         """Greedy decoding of the current policy on held-out examples; mean reward and more."""
+        if examples is None:
+            await self._load_heldout()
         exs = list(self.heldout if examples is None else examples)
         if not exs:
             return {}
         snap = self.policy.snapshot(self.learner.version)
         return await evaluate_heldout(self.policy, self.rewarder, snap, exs, self.config.seed)
+
+    async def _load_heldout(self) -> None:
+        """Read file-backed held-out examples (at most ``trainer.eval_size``), once."""
+        if self._heldout_source is not None:
+            it = iter(self._heldout_source())
+            self.heldout = await take_async(it, self.config.trainer.eval_size)
+            self._heldout_source = None
+
+    async def _stoppable_eval(self) -> dict[str, Any] | None:
+        """:meth:`evaluate`, or None when a stop cancelled it (or came before it)."""
+        with self._stoppable():
+            ev = await self.evaluate()
+            self._last_eval = (self.learner.version, ev)
+            return ev
+        return None
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -305,7 +353,11 @@ class TrainingManager:
             resume: a run directory (its latest checkpoint is used) or a checkpoint directory.
         """
         self._started = time.perf_counter()
-        await anyio.to_thread.run_sync(validate_files, self.config)
+        with self._stoppable():  # reads in worker threads, a chunk at a time
+            await validate_files(self.config)
+            await self._load_heldout()
+        if self._stop_requested is not None:  # stopped before anything was written
+            return self._unstarted()
         start = await self._resume(resume) if resume is not None else 0
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)
@@ -314,8 +366,7 @@ class TrainingManager:
         send, recv = anyio.create_memory_object_stream[ScoredBatch](max_buffer_size=1)
         try:
             if start < self.config.steps and self._stop_requested is None:
-                with anyio.CancelScope() as scope:
-                    self._cancel = scope
+                with self._stoppable():
                     async with anyio.create_task_group() as tg:
                         producer = BatchProducer(
                             self.config, self.sampler, self.learner, self.run_group
@@ -324,7 +375,6 @@ class TrainingManager:
                         await self._learn(recv)
                         # Cancel the producer before closing the stream it sends into.
                         tg.cancel_scope.cancel()
-                self._cancel = None
         finally:
             send.close()
             recv.close()
@@ -334,6 +384,22 @@ class TrainingManager:
         _log.info("run.stop", reason=self.stop_reason, steps_done=self.learner.version)
         with anyio.CancelScope(shield=True):
             return await self._finish(eval_before)
+
+    def _unstarted(self) -> RunSummary:
+        """The summary of a run stopped while it read its data: nothing was written."""
+        assert self._stop_requested is not None
+        self.stop_reason = self._stop_requested
+        _log.info("run.stop", reason=self.stop_reason, steps_done=0, written=False)
+        return RunSummary(
+            steps_done=self.learner.version,
+            stop_reason=self.stop_reason,
+            wall_time=time.perf_counter() - self._started,
+            reward_first=math.nan,
+            reward_last=math.nan,
+            eval_before=None,
+            eval_after=None,
+            out=None,
+        )
 
     async def _resume(self, resume: str | Path) -> int:
         path = ckpt.find_checkpoint(resume)
@@ -356,7 +422,10 @@ class TrainingManager:
     async def _eval_before(self, start: int) -> float | None:
         """The held-out reward before training (a resumed run: the one it recorded)."""
         if start == 0 and self.heldout and self.config.trainer.eval_every:
-            ev = await self.evaluate()
+            ev = await self._stoppable_eval()
+            if ev is None:  # a stop came during it: the run ends without training
+                return None
+            self._eval_failures["before"] = ev.get("eval/failures")
             eval_before = ev.get("eval/reward")
             value = eval_before if eval_before is not None else math.nan
             self.progress.record_eval(-1, value)
@@ -383,12 +452,14 @@ class TrainingManager:
             write = functools.partial(self.exporter.write, batch.groups, step=step)
             await anyio.to_thread.run_sync(write)
         self._step_metrics(batch, m)
+        self._count_failed(step, m)
         self.progress.record_step(step, m.get("reward", math.nan))
         eval_every = self.config.trainer.eval_every
         if eval_every and (step + 1) % eval_every == 0 and self.heldout:
-            ev = await self.evaluate()
-            m.update(ev)
-            await self._eval_done(step, ev)
+            ev = await self._stoppable_eval()  # a stop cancels it; the step is kept
+            if ev is not None:
+                m.update(ev)
+                await self._eval_done(step, ev)
         self.history.append(m)
         # the line is fsynced: a disk under load can take a second, so not on the event loop
         await anyio.to_thread.run_sync(self.files.write_metrics, m)
@@ -408,9 +479,36 @@ class TrainingManager:
         m.update(self.events.step_metrics(batch.step))
         m.setdefault("kl", math.nan)
 
+    def _count_failed(self, step: int, m: dict[str, Any]) -> None:
+        """Count a step in which every group failed; ``trainer.max_failed_steps`` of them in
+        a row stop the run with ``failures`` (the reason in :attr:`stop_detail`)."""
+        kept = m.get("groups/complete", 0) + m.get("groups/shrunk", 0)
+        if kept or not m.get("groups/dropped", 0):
+            self._failed_steps = 0
+            return
+        self._failed_steps += 1
+        limit = self.config.trainer.max_failed_steps
+        if not limit or self._failed_steps < limit or self._stop_requested is not None:
+            return
+        classes = sorted(
+            (k.removeprefix("errors/"), v) for k, v in m.items() if k.startswith("errors/")
+        )
+        why = ", ".join(f"{name} {n}" for name, n in classes) or "none recorded"
+        where = self.out / "events.jsonl" if self.out is not None else "the events"
+        self.stop_detail = (
+            f"every group failed in {limit} consecutive steps (steps {step - limit + 1} to "
+            f"{step}; in the last, {m.get('requests/errors', 0)} of "
+            f"{m.get('requests/total', 0)} requests failed, errors by class: {why}); details "
+            f"in {where}; trainer.max_failed_steps = {limit} (0 never stops)"
+        )
+        _log.info("run.failures", step=step, detail=self.stop_detail)
+        self._stop_requested = "failures"
+
     async def _eval_done(self, step: int, ev: dict[str, Any]) -> None:
         value = ev.get("eval/reward", math.nan)
-        _log.info("eval", step=step, reward=value, n=ev.get("eval/n"))
+        _log.info(
+            "eval", step=step, reward=value, n=ev.get("eval/n"), failures=ev.get("eval/failures")
+        )
         self.progress.record_eval(step, value)
         if self.on_eval is not None:
             await _call(self.on_eval, step, ev)
@@ -418,11 +516,25 @@ class TrainingManager:
         if self.progress.out_of_patience(self.config.trainer.early_stop_patience):
             self._stop_requested = "early_stop"
 
+    async def _final_eval(self) -> float | None:
+        """The held-out reward after training. After a stop from outside or for failures,
+        none is started: the last evaluation's, when it was of the final policy."""
+        if not (self.heldout and self.config.trainer.eval_every):
+            return None
+        ev: dict[str, Any] | None = None
+        if self.stop_reason in ("steps", "early_stop"):
+            ev = await self._stoppable_eval()
+            if ev is None and self._stop_requested is not None:  # stopped during it
+                self.stop_reason = self._stop_requested
+        elif self._last_eval is not None and self._last_eval[0] == self.learner.version:
+            ev = self._last_eval[1]
+        if ev is None:
+            return None
+        self._eval_failures["after"] = ev.get("eval/failures")
+        return ev.get("eval/reward")
+
     async def _finish(self, eval_before: float | None) -> RunSummary:
-        eval_after = None
-        if self.heldout and self.config.trainer.eval_every:
-            ev = await self.evaluate()
-            eval_after = ev.get("eval/reward")
+        eval_after = await self._final_eval()
         if self.out is not None and self.learner.version > 0:
             await self.checkpoints.save_step(self.progress)
         rewards = [m.get("reward", math.nan) for m in self.history]
@@ -430,7 +542,10 @@ class TrainingManager:
             "policy": self.policy.name,
             "convergence": convergence(rewards),
             "stale_dropped": self.learner.stale_dropped,
+            "eval_failures": dict(self._eval_failures),
         }
+        if self.stop_detail is not None:
+            extra["stop_detail"] = self.stop_detail
         if self.config.grpo.stale_groups == "withhold":  # as in the step metrics
             extra["stale_withheld"] = self.learner.stale_withheld
         summary = RunSummary(
