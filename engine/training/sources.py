@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
-from ..data.sampler import as_source, drain_async, split_source
+from ..data.sampler import as_source, drain_async, split_source, take
 from ..errors import ConfigError
 from ..types import Example
 
@@ -36,25 +36,28 @@ def training_sources(
     heldout: Sequence[Example] | None,
     default_train: list[Example] | None,
 ) -> tuple[Source, Heldout]:
-    """The training source and the held-out examples (see :data:`Heldout`); reads nothing.
+    """The training source and the held-out examples (see :data:`Heldout`); no file is read.
 
     Training data: ``train``, else ``data.train``, else ``default_train`` (a built-in task).
     Held out: ``heldout`` (its first ``trainer.eval_size``), else ``data.eval``, else a seeded
     ``data.eval_fraction`` split of the training source (which the returned source then leaves
-    out); the last two as sources.
+    out). Held-out examples that come from a file or a callable ``train`` are returned as a
+    source, to be read off the event loop; those of in-memory data as a list.
 
     Raises:
         ConfigError: no training data anywhere.
     """
     source = _train_source(config, train, default_train)
+    n_eval = config.trainer.eval_size
     if heldout is not None:
-        return source, list(heldout)[: config.trainer.eval_size]
+        return source, list(heldout)[:n_eval]
     if config.data.eval:
         path = config.data.eval
         return source, lambda: read_jsonl(path)
     if config.data.eval_fraction > 0:
         rest, held = split_source(source, config.data.eval_fraction, config.seed)
-        return rest, held
+        in_memory = not callable(train) if train is not None else not config.data.train
+        return rest, take(held(), n_eval) if in_memory else held
     return source, []
 
 
