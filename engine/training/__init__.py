@@ -4,5 +4,6 @@
 :mod:`~engine.training.trainer` runs GRPO with :mod:`~engine.training.producer` (batches ahead
 of the learner), :mod:`~engine.training.heldout` (evaluation), :mod:`~engine.training.progress`
 (early stopping), :mod:`~engine.training.checkpoints` and :mod:`~engine.training.outputs`
-(the run directory); :mod:`~engine.training.finetune` is the API for prompt fine-tuning.
+(the run directory); :mod:`~engine.training.stopping` turns signals into clean stops;
+:mod:`~engine.training.finetune` is the API for prompt fine-tuning.
 """

@@ -5,8 +5,9 @@ tg.start(stop.watch)``), so a signal at any moment after that is handled: during
 cancels the start-up (:meth:`SignalStop.startup`; nothing was written); once a trainer is
 attached it asks :meth:`~engine.training.trainer.TrainingManager.request_stop`, which ends
 the step, cancels the requests in flight and a running evaluation, checkpoints and writes
-the summary. A second signal exits at once. The exit status is ``128 + signal number``
-(130, 143, 129).
+the summary. A second signal ends the process at once, as a kill would (what the run wrote
+is crash-safe; the steps since the last checkpoint are lost). The exit status is
+``128 + signal number`` (130, 143, 129).
 
 The handlers run on the event loop, so they are only as prompt as the loop is free: the run
 keeps blocking work (data reads, checkpoint writes, fsyncs) in worker threads.
@@ -15,7 +16,9 @@ keeps blocking work (data reads, checkpoint writes, fsyncs) in worker threads.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Iterator
 
 import anyio
@@ -53,15 +56,14 @@ class SignalStop:
     async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Handle the signals until cancelled; ``started`` once the handlers are installed.
 
-        Raises:
-            SystemExit: a second signal (``128 + signum``).
+        A second signal ends the process at once with ``128 + signum``.
         """
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
             task_status.started()
             async for signum in signals:
                 self.seen.append(signum)
                 if len(self.seen) > 1:
-                    raise SystemExit(128 + signum)
+                    _exit_now(signum)
                 if self._trainer is not None:
                     self._trainer.request_stop(STOP_SIGNALS[signum])
                 elif self._startup is not None:
@@ -84,3 +86,12 @@ class SignalStop:
         self._trainer = trainer
         if self.seen:
             trainer.request_stop(STOP_SIGNALS[self.seen[0]])
+
+
+def _exit_now(signum: int) -> None:
+    """End the process at once: no cleanup, no traceback (a raise in a task would print an
+    exception group)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"error: second signal ({signal.Signals(signum).name}): exiting now\n")
+        sys.stderr.flush()
+    os._exit(128 + signum)
