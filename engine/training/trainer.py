@@ -65,13 +65,9 @@ from .producer import BatchProducer
 from .progress import RunProgress
 from .sources import Source, TrainData, training_sources, validate_files
 
-__all__ = ("EXTERNAL_STOPS", "BatchMetrics", "RunSummary", "TrainingManager")
+__all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 
 _log = get_logger("engine.training.trainer")
-
-EXTERNAL_STOPS = frozenset({"interrupted", "terminated", "hangup"})
-"""Stop reasons of :meth:`TrainingManager.request_stop` from the command line's signals
-(SIGINT, SIGTERM, SIGHUP)."""
 
 HISTORY_STEPS = 1024
 """Steps of metrics kept in memory (``TrainingManager.history``); metrics.jsonl has them all.
