@@ -130,14 +130,19 @@ class GuardedStream:
 @contextlib.contextmanager
 def guard_standard_streams() -> Iterator[None]:
     """Replace ``sys.stdout`` and ``sys.stderr`` by :class:`GuardedStream` for the block;
-    restored afterwards (a stream found broken stays pointed at ``/dev/null``)."""
+    restored afterwards (a stream found broken stays pointed at ``/dev/null``). A stream that
+    is None (the process started with that descriptor closed) is guarded as ``/dev/null``."""
     saved = sys.stdout, sys.stderr
-    sys.stdout = GuardedStream(saved[0])  # type: ignore[assignment]
-    sys.stderr = GuardedStream(saved[1])  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):  # what is still buffered, before restoring
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        sys.stdout, sys.stderr = saved
+    with contextlib.ExitStack() as stack:
+        guarded = [
+            GuardedStream(s if s is not None else stack.enter_context(open(os.devnull, "w")))
+            for s in saved
+        ]
+        sys.stdout, sys.stderr = guarded  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            for stream in guarded:  # what is still buffered, before restoring
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            sys.stdout, sys.stderr = saved

@@ -445,6 +445,17 @@ def test_a_closed_output_pipe_does_not_stop_the_run(tmp_path: Path) -> None:
     assert check_stopped(out, "steps") == steps
 
 
+def test_closed_output_descriptors_do_not_stop_the_run(tmp_path: Path) -> None:
+    """Started with stdout and stderr closed (``1>&- 2>&-``): the run trains, checkpoints and
+    exits 0 (it used to fail at start-up: sys.stderr is None)."""
+    out = tmp_path / "run"
+    args = ["run", "--steps", "6", "--out", str(out), *SMALL[:-1]]
+    cmd = " ".join([f"exec {sys.executable} -m engine", *args, "1>&- 2>&-"])
+    done = subprocess.run(["bash", "-c", cmd], env=engine_env(), cwd=REPO, timeout=300, check=False)
+    assert done.returncode == 0
+    assert check_stopped(out, "steps") == 6
+
+
 EVAL_LATENCY = 2.0
 """Seconds the sim takes per request in the stop-during-evaluation tests."""
 
