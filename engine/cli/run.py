@@ -190,13 +190,20 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+def _failed(summary: RunSummary) -> str:
+    """``; failed: before N, after M`` when held-out examples failed (left out of the mean)."""
+    counts = summary.extra.get("eval_failures") or {}
+    parts = [f"{k} {n}" for k, n in counts.items() if n]
+    return f"; failed: {', '.join(parts)}" if parts else ""
+
+
 def _format_summary(summary: RunSummary) -> str:
     return (
         f"\n{summary.stop_reason}: {summary.steps_done} steps in {summary.wall_time:.1f}s\n"
         f"  train reward   first 3 steps {_fmt(summary.reward_first)}  ->  "
         f"last 3 steps {_fmt(summary.reward_last)}\n"
         f"  eval reward    before {_fmt(summary.eval_before)}  ->  "
-        f"after {_fmt(summary.eval_after)}  (greedy, held-out)\n"
+        f"after {_fmt(summary.eval_after)}  (greedy, held-out{_failed(summary)})\n"
         f"  convergence    {describe(summary.extra.get('convergence'))}\n"
         f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
         "checkpoints/)"

@@ -265,6 +265,7 @@ async def test_max_failed_steps_zero_never_stops(tmp_path: Path) -> None:
     assert summary["stop_reason"] == "steps" and summary["steps_done"] == 4
     assert summary["eval_before"] is None and summary["eval_after"] is None
     assert summary["eval_failures"] == {"before": 4, "after": 4}
+    assert "before n/a  ->  after n/a  (greedy, held-out; failed: before 4, after 4)" in done.err
 
 
 async def test_max_failed_steps_is_validated(tmp_path: Path) -> None:
