@@ -225,6 +225,8 @@ class TrainingManager:
         self._stop_requested: str | None = None
         self._stop_scopes: set[anyio.CancelScope] = set()
         self._failed_steps = 0  # consecutive steps in which every group failed
+        self._steps_run = 0  # steps this process has run
+        self._last_failed: tuple[int, dict[str, Any]] | None = None  # its step and metrics
         self._last_eval: tuple[int, dict[str, Any]] | None = None  # (policy version, result)
         self._eval_failures: dict[str, int | None] = {"before": None, "after": None}
         self._group_runner: GroupRunner | None = None
@@ -369,6 +371,8 @@ class TrainingManager:
                         )
                         tg.start_soon(producer.produce, send, start)
                         await self._learn(recv)
+                        if self._stop_requested is None:
+                            self._all_steps_failed()
                         # Cancel the producer before closing the stream it sends into.
                         tg.cancel_scope.cancel()
         finally:
@@ -477,25 +481,50 @@ class TrainingManager:
 
     def _count_failed(self, step: int, m: dict[str, Any]) -> None:
         """Count a step in which every group failed; ``trainer.max_failed_steps`` of them in
-        a row stop the run with ``failures`` (the reason in :attr:`stop_detail`)."""
+        a row stop the run with ``failures`` (the reason in :attr:`stop_detail`), and so does
+        the end of a run in which every step failed (see :meth:`_all_steps_failed`)."""
+        self._steps_run += 1
         kept = m.get("groups/complete", 0) + m.get("groups/shrunk", 0)
         if kept or not m.get("groups/dropped", 0):
             self._failed_steps = 0
             return
         self._failed_steps += 1
+        self._last_failed = (step, m)
         limit = self.config.trainer.max_failed_steps
-        if not limit or self._failed_steps < limit or self._stop_requested is not None:
-            return
+        if limit and self._failed_steps >= limit and self._stop_requested is None:
+            self._stop_for_failures()
+
+    def _all_steps_failed(self) -> None:
+        """At the end of the steps: a run (of fewer than ``max_failed_steps`` steps) in which
+        every step failed stops with ``failures`` too."""
+        if (
+            self.config.trainer.max_failed_steps
+            and self._steps_run
+            and self._failed_steps == self._steps_run
+        ):
+            self._stop_for_failures()
+
+    def _stop_for_failures(self) -> None:
+        """Stop with ``failures``; :attr:`stop_detail` says which steps and what failed."""
+        assert self._last_failed is not None
+        step, m = self._last_failed
+        n = self._failed_steps
         classes = sorted(
             (k.removeprefix("errors/"), v) for k, v in m.items() if k.startswith("errors/")
         )
-        why = ", ".join(f"{name} {n}" for name, n in classes) or "none recorded"
+        why = ", ".join(f"{name} {v}" for name, v in classes) or "none recorded"
         where = self.out / "events.jsonl" if self.out is not None else "the events"
+        requests = (
+            f"{m.get('requests/errors', 0)} of {m.get('requests/total', 0)} requests failed, "
+            f"errors by class: {why}"
+        )
+        if n > 1:
+            requests = f"steps {step - n + 1} to {step}; in the last, {requests}"
+        span = f"{n} consecutive steps" if n > 1 else f"step {step}"
+        limit = self.config.trainer.max_failed_steps
         self.stop_detail = (
-            f"every group failed in {limit} consecutive steps (steps {step - limit + 1} to "
-            f"{step}; in the last, {m.get('requests/errors', 0)} of "
-            f"{m.get('requests/total', 0)} requests failed, errors by class: {why}); details "
-            f"in {where}; trainer.max_failed_steps = {limit} (0 never stops)"
+            f"every group failed in {span} ({requests}); details in {where}; "
+            f"trainer.max_failed_steps = {limit} (0 never stops)"
         )
         _log.info("run.failures", step=step, detail=self.stop_detail)
         self._stop_requested = "failures"

@@ -223,33 +223,38 @@ def failing_run(base_url: str, out: Path, *, steps: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("limit", [3, 5])
-async def test_every_request_failing_stops_the_run(tmp_path: Path, limit: int) -> None:
-    """Every request fails: the run stops after trainer.max_failed_steps all-failed steps with
-    exit status 3, stop reason 'failures' and one error line; the held-out evaluation counts
-    its failures and reports no reward (it used to score the empty texts 0)."""
+@pytest.mark.parametrize(("limit", "steps", "stop"), [(3, 1000, 3), (5, 1000, 5), (3, 2, 2)])
+async def test_every_request_failing_stops_the_run(
+    tmp_path: Path, limit: int, steps: int, stop: int
+) -> None:
+    """Every request fails: the run stops after trainer.max_failed_steps all-failed steps (or
+    at the end of a shorter run) with exit status 3, stop reason 'failures' and one error
+    line; the held-out evaluation counts its failures and reports no reward (it used to score
+    the empty texts 0)."""
     out = tmp_path / "run"
     async with SimServer(SimConfig(faults=Faults(server_error=1.0))) as sim:
-        (tmp_path / "run.toml").write_text(to_toml(failing_run(sim.base_url, out, steps=1000)))
+        (tmp_path / "run.toml").write_text(to_toml(failing_run(sim.base_url, out, steps=steps)))
         args = ["run", "--config", str(tmp_path / "run.toml")]
         args += ["--set", f"trainer.max_failed_steps={limit}"] if limit != 3 else []
         done = await run_engine(args, limit=300)
     assert done.returncode == 3, done.err[-3000:]
     assert "Traceback" not in done.err
     last = done.err.strip().splitlines()[-1]
-    assert last.startswith(f"error: run stopped: every group failed in {limit} consecutive"), last
-    assert f"steps 0 to {limit - 1}" in last and "server" in last, last
+    assert last.startswith(f"error: run stopped: every group failed in {stop} consecutive"), last
+    assert f"steps 0 to {stop - 1}" in last and "server" in last, last
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stop_reason"] == "failures" and summary["steps_done"] == limit
+    assert summary["stop_reason"] == "failures" and summary["steps_done"] == stop
     assert summary["stop_detail"] in last
     assert summary["eval_before"] is None and summary["best_eval"] is None
     assert summary["eval_failures"]["before"] == 4
     metrics = jsonl_records(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(limit))
+    assert [m["step"] for m in metrics] == list(range(stop))
     evals = [m for m in metrics if "eval/failures" in m]
     assert evals and all(m["eval/reward"] is None and m["eval/failures"] == 4 for m in evals)
-    assert (out / "checkpoints" / f"step-{limit}").is_dir()
-    record(f"all-failing-{limit}", {"exit": done.returncode, "steps_done": limit, "line": last})
+    assert (out / "checkpoints" / f"step-{stop}").is_dir()
+    record(
+        f"all-failing-{limit}-{steps}", {"exit": done.returncode, "steps_done": stop, "line": last}
+    )
 
 
 async def test_max_failed_steps_zero_never_stops(tmp_path: Path) -> None:
