@@ -25,7 +25,7 @@ from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
-from ..training.stopping import SignalStop
+from ..training.stopping import STOP_SIGNALS, SignalStop
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
 __all__ = ("FAILURES_STATUS", "add_config_args", "add_run_parser", "run_command")
@@ -165,11 +165,18 @@ async def run_command(args: argparse.Namespace) -> int:
                 summary = await trainer.run(resume=args.resume)
         tg.cancel_scope.cancel()
     progress.done()
-    if summary is not None:
-        print(_format_summary(summary), file=sys.stderr)
-    if stop.status is not None:
+    if summary is None:  # a signal during start-up: nothing was written
+        return stop.status or 0
+    print(_format_summary(summary), file=sys.stderr)
+    return _exit_status(summary, stop)
+
+
+def _exit_status(summary: RunSummary, stop: SignalStop) -> int:
+    """The exit status the summary's stop reason gives (a signal that came after the run was
+    done changes nothing); a ``failures`` stop also says why on stderr."""
+    if summary.stop_reason in STOP_SIGNALS.values() and stop.status is not None:
         return stop.status
-    if summary is not None and summary.stop_reason == "failures":
+    if summary.stop_reason == "failures":
         print(f"error: run stopped: {summary.extra.get('stop_detail')}", file=sys.stderr)
         return FAILURES_STATUS
     return 0
