@@ -212,6 +212,10 @@ def _format_summary(summary: RunSummary) -> str:
         f"  eval reward    before {_fmt(summary.eval_before)}  ->  "
         f"after {_fmt(summary.eval_after)}  (greedy, held-out{_failed(summary)})\n"
         f"  convergence    {describe(summary.extra.get('convergence'))}\n"
-        f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
-        "checkpoints/)"
+        + (
+            f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
+            "checkpoints/)"
+            if summary.out is not None
+            else "  outputs        none (stopped before the run started)"
+        )
     )

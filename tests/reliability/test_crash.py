@@ -26,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -417,6 +418,52 @@ def test_sigint_while_a_huge_batch_is_read(tmp_path: Path) -> None:
     assert proc.returncode == 130, err.decode()[-3000:]
     assert check_stopped(out, "interrupted") == 0
     record("stop-huge-batch", {"seconds_to_exit": round(elapsed, 3)})
+
+
+def test_sigint_while_a_large_dataset_is_validated(tmp_path: Path) -> None:
+    """SIGINT while the run reads a 40 MB dataset through before its start: the read stops at
+    the next chunk, the run exits 130 and writes no summary (it had not started)."""
+    data = tmp_path / "train.jsonl"
+    line = (
+        b'{"prompt": "review %d: a long enough sentence about a film, to pad it", "answer": "x"}\n'
+    )
+    with open(data, "wb") as fh:
+        for i in range(0, 500_000, 1000):
+            fh.write(b"".join(line % j for j in range(i, i + 1000)))
+    out = tmp_path / "run"
+    cfg = {
+        "policy": "prompt",
+        "steps": 5,
+        "out": str(out),
+        "prompt": {"instructions": ["Classify the sentiment of this review."]},
+        "endpoint": {"provider": "local", "base_url": "http://127.0.0.1:9/v1"},
+        "optim": {"lr": 0.01},  # below the prompt policy's hint: it warns (the marker)
+        "reward": {"functions": ["non_empty"]},
+        "data": {"train": str(data)},
+    }
+    (tmp_path / "run.toml").write_text(to_toml(cfg))
+    proc = engine("run", "--config", str(tmp_path / "run.toml"))
+    lines: list[bytes] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")))
+    reader.start()
+    try:  # the policy warns of its learning rate once built: the handlers are in place, and
+        # the run is about to read the data through (well before it is done, at this size)
+        wait_until(lambda: any(b"prompt_policy.low_lr" in ln for ln in lines), proc)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=STOP_BOUND)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+        proc.stderr.close()
+    err = b"".join(lines)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert b"outputs        none (stopped before the run started)" in err, err.decode()[-1500:]
+    assert not (out / "summary.json").exists() and not (out / "config.json").exists()
+    record("stop-validating", {"seconds_to_exit": round(elapsed, 3), "bytes": data.stat().st_size})
 
 
 def test_a_closed_output_pipe_does_not_stop_the_run(tmp_path: Path) -> None:
