@@ -503,8 +503,9 @@ def test_closed_output_descriptors_do_not_stop_the_run(tmp_path: Path) -> None:
     assert check_stopped(out, "steps") == 6
 
 
-EVAL_LATENCY = 2.0
-"""Seconds the sim takes per request in the stop-during-evaluation tests."""
+EVAL_LATENCY = 3.0
+"""Seconds the sim takes per request in the stop-during-evaluation tests: far longer than a
+signal takes to arrive, so the evaluation is still running when it does."""
 
 
 @pytest.mark.parametrize("phase", ["before", "periodic"])
