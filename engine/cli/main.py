@@ -17,6 +17,7 @@ import anyio
 from ..config.reference import config_reference
 from ..errors import EngineError, first_engine_error
 from ..telemetry.logs import configure_logging
+from ..telemetry.streams import guard_standard_streams
 from .compare import add_compare_parser, compare_command
 from .eval import add_eval_parser, eval_command
 from .report import add_report_parser, report_command
@@ -49,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m engine``; returns the exit status."""
+    """Entry point of ``python -m engine``; returns the exit status. A reader that closes
+    stdout or stderr (``| head``) ends the output to it, not the command
+    (:mod:`engine.telemetry.streams`)."""
+    with guard_standard_streams():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve-sim"]:  # all its options belong to the simulated server's own CLI
         return serve_sim_main(argv[1:])

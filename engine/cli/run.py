@@ -1,8 +1,10 @@
 """Command line: ``python -m engine run``, train a policy with GRPO.
 
-SIGINT and SIGTERM stop a run cleanly with a checkpoint and exit status 130 or 143; a second
-signal stops at once. A run whose spend budget (``limits.max_cost_usd``) is spent stops cleanly
-with a checkpoint and exit status 4.
+SIGINT, SIGTERM and SIGHUP stop a run cleanly with a checkpoint and the summary, exit status
+130, 143 or 129 (:mod:`engine.training.stopping`); a second signal stops at once. A run in
+which every group failed for ``trainer.max_failed_steps`` consecutive steps stops with exit
+status 3 and one ``error:`` line saying why. A run whose spend budget
+(``limits.max_cost_usd``) is spent stops cleanly with a checkpoint and exit status 4.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import argparse
 import contextlib
 import functools
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,9 +31,14 @@ from ..telemetry.monitor import describe
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.resume import ResumePlan, plan_resume
 from ..training.rundir import claim_run_dir
+from ..training.stopping import STOP_SIGNALS, SignalStop
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
-__all__ = ("add_config_args", "add_run_parser", "run_command")
+__all__ = ("FAILURES_STATUS", "add_config_args", "add_run_parser", "run_command")
+
+FAILURES_STATUS = 3
+"""Exit status of a run stopped because every group failed for ``trainer.max_failed_steps``
+consecutive steps."""
 
 _RUN_EPILOG = """\
 With no arguments, trains the embedded tiny language model on the built-in task (reverse a
@@ -69,8 +75,10 @@ count, a checkpoint is written, summary.json says stop_reason "budget" and spent
 run exits with status 4. Costs come from the provider's usage.cost, else [prices."model"]
 (USD per 1M input/output tokens) or the built-in table of common hosted models.
 
-exit status: 0 done, 2 bad input, 4 spend budget spent (limits.max_cost_usd), 130 interrupted
-(SIGINT), 143 terminated (SIGTERM)
+exit status: 0 done, 2 bad input, 3 stopped because every group failed for
+trainer.max_failed_steps consecutive steps (e.g. every request failed), 4 spend budget spent
+(limits.max_cost_usd), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hung up
+(SIGHUP); a signal stops after the current step with a checkpoint and summary.json
 """
 
 EXIT_BUDGET = 4
@@ -195,16 +203,18 @@ class _Progress:
         self.every = 1 if self.tty else max(1, total // 20)
 
     def __call__(self, m: BatchMetrics) -> None:
-        if self.quiet:
+        if self.quiet or getattr(sys.stderr, "broken", False):  # its reader has gone
             return
         step = m.batch_id + 1
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / max(step, 1) * (self.total - step)
         ev = m.all.get("eval/reward")
+        failed = m.all.get("eval/failures")
         line = (
             f"step {step:>4}/{self.total}  reward {m.avg_reward:6.3f}  kl {m.kl:7.4f}  "
             f"entropy {m.entropy:6.3f}  clip {m.clip_ratio:5.3f}  lr {m.lr:.2e}"
             + (f"  eval {ev:6.3f}" if ev is not None else "")
+            + (f" ({failed} failed)" if ev is not None and failed else "")
             + f"  {elapsed:5.1f}s eta {eta:4.0f}s"
         )
         if self.tty:
@@ -224,6 +234,49 @@ def _is_default_out(args: argparse.Namespace, config: RunConfig) -> bool:
     return args.out is None and config.out == RunConfig.__dataclass_fields__["out"].default
 
 
+async def _train(
+    args: argparse.Namespace,
+    config: RunConfig,
+    plan: ResumePlan | None,
+    spend: SpendMeter,
+    stop: SignalStop,
+    progress: _Progress,
+    stack: contextlib.AsyncExitStack,
+) -> RunSummary:
+    """Claim the run directory, build the trainer and run it (resumed where ``plan`` says)."""
+    latest = _is_default_out(args, config) and plan is None
+    claim = await anyio.to_thread.run_sync(
+        functools.partial(
+            claim_run_dir,
+            config.out,
+            resume=plan is not None,
+            overwrite=args.overwrite or latest,
+        )
+    )
+    stack.callback(claim.release)  # claimed before anything is written; released last
+    if latest and claim.replaces:
+        print(f"note: replacing the previous run in {config.out} (its name says latest; "
+              "give --out DIR to keep a run)", file=sys.stderr)  # fmt: skip
+    parts = await _endpoint_parts(config, stack, spend) if needs_endpoint(config) else {}
+    trainer = await stack.enter_async_context(
+        TrainingManager(
+            config,
+            on_batch_complete=progress,
+            export_groups=args.export_groups,
+            spend=spend,
+            run_dir=claim,
+            **parts,
+        )
+    )
+    attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
+    tune_gc()  # everything is built: freeze it, and collect the young generation rarely
+    stop.attach(trainer)
+    return await trainer.run(
+        resume=plan.checkpoint if plan is not None else None,
+        force_resume=args.force_resume,
+    )
+
+
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine run``; returns the exit status (errors raise EngineError)."""
     if not args.resume and (args.force_resume or args.trust_saved_config):
@@ -231,44 +284,30 @@ async def run_command(args: argparse.Namespace) -> int:
     plan = await anyio.to_thread.run_sync(resume_plan, args) if args.resume else None
     config = plan.config if plan is not None else config_from_args(args)
     progress = _Progress(config.steps, quiet=args.quiet)
-    signals_seen: list[int] = []
     spend = SpendMeter.from_config(config, on_threshold=_print_threshold)
-    async with contextlib.AsyncExitStack() as stack:
-        latest = _is_default_out(args, config) and plan is None
-        overwrite = args.overwrite or latest
-        claim = await anyio.to_thread.run_sync(
-            functools.partial(
-                claim_run_dir, config.out, resume=plan is not None, overwrite=overwrite
-            )
-        )
-        stack.callback(claim.release)  # claimed before anything is written; released last
-        if latest and claim.replaces:
-            print(f"note: replacing the previous run in {config.out} (its name says latest; "
-                  "give --out DIR to keep a run)", file=sys.stderr)  # fmt: skip
-        parts = await _endpoint_parts(config, stack, spend) if needs_endpoint(config) else {}
-        trainer = await stack.enter_async_context(
-            TrainingManager(
-                config,
-                on_batch_complete=progress,
-                export_groups=args.export_groups,
-                spend=spend,
-                run_dir=claim,
-                **parts,
-            )
-        )
-        attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
-        tune_gc()  # everything is built: freeze it, and collect the young generation rarely
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, trainer, signals_seen)
-            summary = await trainer.run(
-                resume=plan.checkpoint if plan is not None else None,
-                force_resume=args.force_resume,
-            )
-            tg.cancel_scope.cancel()
+    stop = SignalStop()
+    summary: RunSummary | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(stop.watch)  # from here on a signal stops the run cleanly
+        with stop.startup():
+            async with contextlib.AsyncExitStack() as stack:
+                summary = await _train(args, config, plan, spend, stop, progress, stack)
+        tg.cancel_scope.cancel()
     progress.done()
+    if summary is None:  # a signal during start-up: nothing was written
+        return stop.status or 0
     print(_format_summary(summary), file=sys.stderr)
-    if signals_seen:
-        return 128 + signals_seen[0]
+    return _exit_status(summary, stop)
+
+
+def _exit_status(summary: RunSummary, stop: SignalStop) -> int:
+    """The exit status the summary's stop reason gives (a signal that came after the run was
+    done changes nothing); a ``failures`` stop also says why on stderr."""
+    if summary.stop_reason in STOP_SIGNALS.values() and stop.status is not None:
+        return stop.status
+    if summary.stop_reason == "failures":
+        print(f"error: run stopped: {summary.extra.get('stop_detail')}", file=sys.stderr)
+        return FAILURES_STATUS
     if summary.stop_reason == "budget":
         return EXIT_BUDGET
     return 0
@@ -293,18 +332,15 @@ async def _endpoint_parts(
     return {"policy": policy, "rewarder": rewarder, "events": events}
 
 
-async def _watch_signals(trainer: TrainingManager, seen: list[int]) -> None:
-    """SIGINT or SIGTERM asks the trainer to stop after its step; a second one exits now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            seen.append(signum)
-            trainer.request_stop("interrupted" if signum == signal.SIGINT else "terminated")
-            if len(seen) > 1:
-                raise SystemExit(128 + signum)
-
-
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _failed(summary: RunSummary) -> str:
+    """``; failed: before N, after M`` when held-out examples failed (left out of the mean)."""
+    counts = summary.extra.get("eval_failures") or {}
+    parts = [f"{k} {n}" for k, n in counts.items() if n]
+    return f"; failed: {', '.join(parts)}" if parts else ""
 
 
 def _format_summary(summary: RunSummary) -> str:
@@ -313,11 +349,15 @@ def _format_summary(summary: RunSummary) -> str:
         f"  train reward   first 3 steps {_fmt(summary.reward_first)}  ->  "
         f"last 3 steps {_fmt(summary.reward_last)}\n"
         f"  eval reward    before {_fmt(summary.eval_before)}  ->  "
-        f"after {_fmt(summary.eval_after)}  (greedy, held-out)\n"
+        f"after {_fmt(summary.eval_after)}  (greedy, held-out{_failed(summary)})\n"
         f"  convergence    {describe(summary.extra.get('convergence'))}\n"
         + _spend_line(summary)
-        + f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
-        "checkpoints/)"
+        + (
+            f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
+            "checkpoints/)"
+            if summary.out is not None
+            else "  outputs        none (stopped before the run started)"
+        )
     )
 
 

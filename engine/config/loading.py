@@ -96,6 +96,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "trainer.keep_checkpoints": (1, None, False),
     "trainer.early_stop_patience": (0, None, False),
     "trainer.early_stop_min_delta": (0.0, None, False),
+    "trainer.max_failed_steps": (0, None, False),
     "prompt.max_demos": (0, None, False),
     "prompt.propose_every": (0, None, False),
     "prompt.max_candidates": (1, None, False),

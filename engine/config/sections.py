@@ -352,6 +352,10 @@ class TrainerConfig:
     """Stop after this many evaluations without improvement; 0 disables."""
     early_stop_min_delta: float = 0.0
     """Improvement needed to reset the patience counter."""
+    max_failed_steps: int = 3
+    """Stop the run (exit status 3, stop reason "failures") after this many consecutive steps
+    in which every group failed (all dropped, e.g. every request to the endpoint failed), or
+    at its end when every one of its steps did; 0 never stops."""
 
 
 @dataclass(frozen=True, slots=True)

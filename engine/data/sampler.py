@@ -3,28 +3,43 @@
 A *source* is a callable that starts a fresh pass over the examples (``lambda:
 read_jsonl(path)``), so files are streamed again each epoch instead of held in memory. The
 held-out split is decided per example by a seeded hash of its id, so it needs no second pass.
+
+Reading a source is blocking work (file reads, JSON parsing, shuffling). On the event loop it
+goes through :meth:`GroupSampler.abatches`, :func:`take_async` and :func:`drain_async`, which
+advance the iterator in a worker thread :data:`CHUNK` examples at a time: the loop stays free
+(signals are handled, requests progress) and a cancellation waits for one chunk at most, even
+with a huge ``data.batch_size``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import itertools
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 
 from ..errors import DataError
 from ..types import Example
 
 __all__ = (
+    "CHUNK",
     "Batch",
     "GroupSampler",
     "Source",
     "as_source",
+    "drain_async",
     "is_heldout",
     "split_source",
     "take",
+    "take_async",
 )
+
+CHUNK = 1024
+"""Examples read per worker-thread call by the async readers: small enough that a chunk takes
+milliseconds (a cancellation waits for one), large enough that the thread hops cost little."""
 
 Source = Callable[[], Iterable[Example]]
 """A callable starting one pass over a dataset's examples."""
@@ -108,6 +123,17 @@ class GroupSampler:
                 yield Batch(step, examples, self.group_size, self.seed)
             step += 1
 
+    async def abatches(self, start: int = 0) -> AsyncGenerator[Batch, None]:
+        """:meth:`batches` for the event loop: the same batches, read in a worker thread
+        :data:`CHUNK` examples at a time (see the module docstring)."""
+        stream = self._stream()
+        step = 0
+        while True:
+            examples = await take_async(stream, self.batch_size)
+            if step >= start:
+                yield Batch(step, tuple(examples), self.group_size, self.seed)
+            step += 1
+
     def _stream(self) -> Iterator[Example]:
         """Every pass, one after another; an empty pass is an error, not an endless loop."""
         epoch = 0
@@ -177,3 +203,35 @@ def take(examples: Iterable[Example], n: int) -> list[Example]:
             break
         out.append(ex)
     return out
+
+
+async def take_async(examples: Iterator[Example], n: int, chunk: int = CHUNK) -> list[Example]:
+    """:func:`take` from an event loop: at most ``n`` examples of ``examples``, read in a
+    worker thread ``chunk`` at a time (fewer when the iterator ends first)."""
+    out: list[Example] = []
+    while len(out) < n:
+        got = await anyio.to_thread.run_sync(_next_chunk, examples, min(chunk, n - len(out)))
+        if not got:
+            break
+        out.extend(got)
+    return out
+
+
+async def drain_async(examples: Iterable[Example], chunk: int = CHUNK) -> int:
+    """Read ``examples`` to the end in a worker thread, ``chunk`` at a time (to validate a
+    file: errors raise as they do in the thread); the number read."""
+    it = iter(examples)
+    n = 0
+    while True:
+        got = await anyio.to_thread.run_sync(_count_chunk, it, chunk)
+        n += got
+        if got < chunk:
+            return n
+
+
+def _next_chunk(it: Iterator[Example], n: int) -> list[Example]:
+    return list(itertools.islice(it, n))
+
+
+def _count_chunk(it: Iterator[Example], n: int) -> int:
+    return sum(1 for _ in itertools.islice(it, n))

@@ -7,6 +7,6 @@ of the learner), :mod:`~engine.training.heldout` (evaluation), :mod:`~engine.tra
 (the run directory), :mod:`~engine.training.rundir` (one owner per run directory) and
 :mod:`~engine.training.resume` (continuing a run where it is); :mod:`~engine.training.saved`
 decides what a saved config may supply (data, not authority: no endpoint, key variable or
-import unless the user gives or trusts it); :mod:`~engine.training.finetune` is the API for
-prompt fine-tuning.
+import unless the user gives or trusts it); :mod:`~engine.training.stopping` turns signals
+into clean stops; :mod:`~engine.training.finetune` is the API for prompt fine-tuning.
 """

@@ -2,7 +2,9 @@
 
 One output per example from one snapshot, scored by the run's rewarder; the mean reward is
 ``eval/reward`` in metrics.jsonl. An example whose generation or scoring failed counts in
-``eval/failures`` and is left out of the mean.
+``eval/failures`` and is left out of the mean: a failed request's empty text is never scored
+(it would score 0), as in ``python -m engine eval`` (:mod:`engine.rollout.evaluate`). When
+every example failed, ``eval/reward`` is NaN (``null`` in metrics.jsonl), not 0.
 """
 
 from __future__ import annotations
@@ -44,9 +46,13 @@ async def evaluate_heldout(
             samples = await policy.generate(
                 snap, ex, 1, np.random.default_rng([seed, i]), greedy=True
             )
-            score = await rewarder.score(ex, samples[0].text)
-            if samples[0].error or score.error:
+            if not samples or samples[0].error:  # a failed request has no output to score
                 failures += 1
+                return
+            score = await rewarder.score(ex, samples[0].text)
+            if score.error or not math.isfinite(score.reward):
+                failures += 1
+                return
             rewards[i] = score.reward
         except Exception:
             failures += 1

@@ -4,6 +4,8 @@ At most ``grpo.max_staleness + 1`` batches are in flight. Batch ``k`` is generat
 snapshot of version ``max(0, k - max_staleness)`` (:func:`~engine.learning.learner.
 snapshot_version_for`), each of its groups fanned out by the run's group function, and the
 scored batches go to the learner through a stream in step order, whatever order they finish.
+The sampler's reads run in a worker thread (:meth:`~engine.data.sampler.GroupSampler.
+abatches`), so a huge batch or a slow file never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
 import anyio
 import numpy as np
@@ -95,9 +98,9 @@ class BatchProducer:
                     del ready[k]
                     window.release()
 
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg, aclosing(self.sampler.abatches(start)) as it:
             tg.start_soon(forward)
-            for batch in self.sampler.batches(start):
+            async for batch in it:  # read in a worker thread: the loop stays free
                 if batch.step >= self.steps:
                     break
                 await window.acquire()

@@ -1,7 +1,10 @@
 """The training source and the held-out examples of a run.
 
 A source is a zero-argument callable returning a fresh iterator of examples per pass, so the
-sampler can shuffle and repeat it without holding a file open.
+sampler can shuffle and repeat it without holding a file open. Nothing here reads a file on
+the event loop: :func:`training_sources` returns file-backed held-out examples as a source
+(the trainer reads it with :func:`~engine.data.sampler.take_async`), and
+:func:`validate_files` reads in a worker thread, a chunk at a time, so a stop is not held up.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
-from ..data.sampler import as_source, split_source, take
+from ..data.sampler import as_source, drain_async, split_source, take
 from ..errors import ConfigError
 from ..types import Example
 
-__all__ = ("Source", "TrainData", "training_sources", "validate_files")
+__all__ = ("Heldout", "Source", "TrainData", "training_sources", "validate_files")
 
 Source = Callable[[], Iterable[Example]]
 """A zero-argument callable returning a fresh iterator of examples per pass."""
@@ -22,18 +25,24 @@ Source = Callable[[], Iterable[Example]]
 TrainData = Sequence[Example] | Source
 """Training examples as a caller passes them: a list, or a :data:`Source`."""
 
+Heldout = list[Example] | Source
+"""Held-out examples: a list when they are in memory, else a source to read them from (off
+the event loop; at most ``trainer.eval_size`` of them are taken)."""
+
 
 def training_sources(
     config: RunConfig,
     train: TrainData | None,
     heldout: Sequence[Example] | None,
     default_train: list[Example] | None,
-) -> tuple[Source, list[Example]]:
-    """The training source and at most ``trainer.eval_size`` held-out examples.
+) -> tuple[Source, Heldout]:
+    """The training source and the held-out examples (see :data:`Heldout`); no file is read.
 
     Training data: ``train``, else ``data.train``, else ``default_train`` (a built-in task).
-    Held out: ``heldout``, else ``data.eval``, else a seeded ``data.eval_fraction`` split of
-    the training source (which the returned source then leaves out).
+    Held out: ``heldout`` (its first ``trainer.eval_size``), else ``data.eval``, else a seeded
+    ``data.eval_fraction`` split of the training source (which the returned source then leaves
+    out). Held-out examples that come from a file or a callable ``train`` are returned as a
+    source, to be read off the event loop; those of in-memory data as a list.
 
     Raises:
         ConfigError: no training data anywhere.
@@ -43,10 +52,12 @@ def training_sources(
     if heldout is not None:
         return source, list(heldout)[:n_eval]
     if config.data.eval:
-        return source, take(read_jsonl(config.data.eval), n_eval)
+        path = config.data.eval
+        return source, lambda: read_jsonl(path)
     if config.data.eval_fraction > 0:
         rest, held = split_source(source, config.data.eval_fraction, config.seed)
-        return rest, take(held(), n_eval)
+        in_memory = not callable(train) if train is not None else not config.data.train
+        return rest, take(held(), n_eval) if in_memory else held
     return source, []
 
 
@@ -65,10 +76,9 @@ def _train_source(
     return as_source(list(train))
 
 
-def validate_files(config: RunConfig) -> None:
-    """Blocking: read every dataset file once before a run writes anything, so bad input
-    fails up front (DataError names the file and line)."""
+async def validate_files(config: RunConfig) -> None:
+    """Read every dataset file once before a run writes anything, so bad input fails up front
+    (DataError names the file and line); in a worker thread, a chunk at a time."""
     for path in (config.data.train, config.data.eval):
         if path:
-            for _ in read_jsonl(path):
-                pass
+            await drain_async(read_jsonl(path))

@@ -26,13 +26,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import platform
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import structlog
 from anyio.abc import ObjectReceiveStream
 
 from ..config.sections import RunConfig
-from ..data.sampler import GroupSampler
+from ..data.sampler import GroupSampler, take_async
 from ..endpoints.spend import SpendMeter
 from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
@@ -64,7 +65,7 @@ from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
 from .rundir import RunDirClaim, claim_run_dir
-from .sources import TrainData, training_sources, validate_files
+from .sources import Source, TrainData, training_sources, validate_files
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 
@@ -178,8 +179,12 @@ class TrainingManager:
             are in metrics.jsonl).
         progress: evaluations, early stopping and the first steps' rewards (kept on resume).
         checkpoints: saves and restores the run's state.
-        stop_reason: why the run stopped: ``steps``, ``early_stop``, ``budget`` (the spend
-            budget is spent), ``interrupted``...
+        stop_reason: why the run stopped: ``steps`` (all done), ``early_stop``, ``failures``
+            (``trainer.max_failed_steps`` consecutive steps in which every group failed;
+            :attr:`stop_detail` says more), ``budget`` (the spend budget is spent), or what
+            :meth:`request_stop` was given (``interrupted``, ``terminated``, ``hangup`` from
+            the command line).
+        stop_detail: a one-line explanation of a ``failures`` stop, else None.
         spend: the USD spent on requests and the budget (see :meth:`_budget_stop`).
         run_id: this process's run id (bound to every log record), once :meth:`run` started.
     """
@@ -210,7 +215,10 @@ class TrainingManager:
         self.rewarder = rewarder or default_reward
         if self.rewarder is None:
             raise ConfigError("no reward functions: pass rewarder= or set [reward] functions")
-        source, self.heldout = training_sources(config, train, heldout, default_train)
+        source, held = training_sources(config, train, heldout, default_train)
+        # file-backed held-out examples are read by run() (or evaluate()) off the event loop
+        self.heldout: list[Example] = held if isinstance(held, list) else []
+        self._heldout_source: Source | None = None if isinstance(held, list) else held
         self.sampler = GroupSampler(
             source,
             batch_size=config.data.batch_size,
@@ -230,8 +238,14 @@ class TrainingManager:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
         self.stop_reason = "steps"
+        self.stop_detail: str | None = None
         self._stop_requested: str | None = None
-        self._cancel: anyio.CancelScope | None = None
+        self._stop_scopes: set[anyio.CancelScope] = set()
+        self._failed_steps = 0  # consecutive steps in which every group failed
+        self._steps_run = 0  # steps this process has run
+        self._last_failed: tuple[int, dict[str, Any]] | None = None  # its step and metrics
+        self._last_eval: tuple[int, dict[str, Any]] | None = None  # (policy version, result)
+        self._eval_failures: dict[str, int | None] = {"before": None, "after": None}
         self._group_runner: GroupRunner | None = None
         self.run_id: str | None = None
         self._started = 0.0
@@ -256,10 +270,25 @@ class TrainingManager:
             self._claim.release()
 
     def request_stop(self, reason: str = "interrupted") -> None:
-        """Stop after the current step: in-flight requests are cancelled, a checkpoint written."""
+        """Stop soon: the update of the current step finishes, in-flight requests and a
+        running evaluation are cancelled, no further evaluation starts, and a checkpoint and
+        the summary are written. Asked before :meth:`run` has written anything (while it
+        reads the data), the run writes nothing."""
         self._stop_requested = reason
-        if self._cancel is not None:
-            self._cancel.cancel()
+        for scope in list(self._stop_scopes):
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that :meth:`request_stop` cancels (at once when it was called)."""
+        with anyio.CancelScope() as scope:
+            self._stop_scopes.add(scope)
+            if self._stop_requested is not None:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._stop_scopes.discard(scope)
 
     # ----------------------------------------------------------------------- rollouts
 
@@ -294,11 +323,28 @@ class TrainingManager:
 
     async def evaluate(self, examples: Sequence[Example] | None = None) -> dict[str, Any]:
         """Greedy decoding of the current policy on held-out examples; mean reward and more."""
+        if examples is None:
+            await self._load_heldout()
         exs = list(self.heldout if examples is None else examples)
         if not exs:
             return {}
         snap = self.policy.snapshot(self.learner.version)
         return await evaluate_heldout(self.policy, self.rewarder, snap, exs, self.config.seed)
+
+    async def _load_heldout(self) -> None:
+        """Read file-backed held-out examples (at most ``trainer.eval_size``), once."""
+        if self._heldout_source is not None:
+            it = iter(self._heldout_source())
+            self.heldout = await take_async(it, self.config.trainer.eval_size)
+            self._heldout_source = None
+
+    async def _stoppable_eval(self) -> dict[str, Any] | None:
+        """:meth:`evaluate`, or None when a stop cancelled it (or came before it)."""
+        with self._stoppable():
+            ev = await self.evaluate()
+            self._last_eval = (self.learner.version, ev)
+            return ev
+        return None
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -335,7 +381,11 @@ class TrainingManager:
             CheckpointError: nothing to resume, or a checkpoint of another config.
         """
         self._started = time.perf_counter()
-        await anyio.to_thread.run_sync(validate_files, self.config)
+        with self._stoppable():  # reads in worker threads, a chunk at a time
+            await validate_files(self.config)
+            await self._load_heldout()
+        if self._stop_requested is not None:  # stopped before anything was written
+            return self._unstarted()
         if self.out is not None and self._claim is None:
             claim = functools.partial(
                 claim_run_dir, self.out, resume=resume is not None, overwrite=self._overwrite
@@ -355,17 +405,17 @@ class TrainingManager:
         send, recv = anyio.create_memory_object_stream[ScoredBatch](max_buffer_size=1)
         try:
             if start < self.config.steps and self._stop_requested is None:
-                with anyio.CancelScope() as scope:
-                    self._cancel = scope
+                with self._stoppable():
                     async with anyio.create_task_group() as tg:
                         producer = BatchProducer(
                             self.config, self.sampler, self.learner, self.run_group
                         )
                         tg.start_soon(producer.produce, send, start)
                         await self._learn(recv)
+                        if self._stop_requested is None:
+                            self._all_steps_failed()
                         # Cancel the producer before closing the stream it sends into.
                         tg.cancel_scope.cancel()
-                self._cancel = None
         finally:
             send.close()
             recv.close()
@@ -375,6 +425,22 @@ class TrainingManager:
         _log.info("run.stop", reason=self.stop_reason, steps_done=self.learner.version)
         with anyio.CancelScope(shield=True):
             return await self._finish(eval_before)
+
+    def _unstarted(self) -> RunSummary:
+        """The summary of a run stopped while it read its data: nothing was written."""
+        assert self._stop_requested is not None
+        self.stop_reason = self._stop_requested
+        _log.info("run.stop", reason=self.stop_reason, steps_done=0, written=False)
+        return RunSummary(
+            steps_done=self.learner.version,
+            stop_reason=self.stop_reason,
+            wall_time=time.perf_counter() - self._started,
+            reward_first=math.nan,
+            reward_last=math.nan,
+            eval_before=None,
+            eval_after=None,
+            out=None,
+        )
 
     async def _resume(self, resume: str | Path) -> int:
         path = ckpt.find_checkpoint(resume)
@@ -402,7 +468,10 @@ class TrainingManager:
     async def _eval_before(self, start: int) -> float | None:
         """The held-out reward before training (a resumed run: the one it recorded)."""
         if start == 0 and self.heldout and self.config.trainer.eval_every:
-            ev = await self.evaluate()
+            ev = await self._stoppable_eval()
+            if ev is None:  # a stop came during it: the run ends without training
+                return None
+            self._eval_failures["before"] = ev.get("eval/failures")
             eval_before = ev.get("eval/reward")
             value = eval_before if eval_before is not None else math.nan
             self.progress.record_eval(-1, value)
@@ -453,13 +522,15 @@ class TrainingManager:
             write = functools.partial(self.exporter.write, batch.groups, step=step)
             await anyio.to_thread.run_sync(write)
         self._step_metrics(batch, m)
+        self._count_failed(step, m)
         self.progress.record_step(step, m.get("reward", math.nan))
         eval_every = self.config.trainer.eval_every
         due = eval_every and (step + 1) % eval_every == 0 and self.heldout
         if due and not self.spend.exhausted:  # no evaluation once the budget is spent
-            ev = await self.evaluate()
-            m.update(ev)
-            await self._eval_done(step, ev)
+            ev = await self._stoppable_eval()  # a stop cancels it; the step is kept
+            if ev is not None:
+                m.update(ev)
+                await self._eval_done(step, ev)
         self.history.append(m)
         # the line is fsynced: a disk under load can take a second, so not on the event loop
         await anyio.to_thread.run_sync(self.files.write_metrics, m)
@@ -485,9 +556,61 @@ class TrainingManager:
         m["cost/total_usd"] = self.spend.spent  # requests of batches ahead included
         m.setdefault("kl", math.nan)
 
+    def _count_failed(self, step: int, m: dict[str, Any]) -> None:
+        """Count a step in which every group failed; ``trainer.max_failed_steps`` of them in
+        a row stop the run with ``failures`` (the reason in :attr:`stop_detail`), and so does
+        the end of a run in which every step failed (see :meth:`_all_steps_failed`)."""
+        self._steps_run += 1
+        kept = m.get("groups/complete", 0) + m.get("groups/shrunk", 0)
+        if kept or not m.get("groups/dropped", 0):
+            self._failed_steps = 0
+            return
+        self._failed_steps += 1
+        self._last_failed = (step, m)
+        limit = self.config.trainer.max_failed_steps
+        if limit and self._failed_steps >= limit and self._stop_requested is None:
+            self._stop_for_failures()
+
+    def _all_steps_failed(self) -> None:
+        """At the end of the steps: a run (of fewer than ``max_failed_steps`` steps) in which
+        every step failed stops with ``failures`` too."""
+        if (
+            self.config.trainer.max_failed_steps
+            and self._steps_run
+            and self._failed_steps == self._steps_run
+        ):
+            self._stop_for_failures()
+
+    def _stop_for_failures(self) -> None:
+        """Stop with ``failures``; :attr:`stop_detail` says which steps and what failed."""
+        assert self._last_failed is not None
+        step, m = self._last_failed
+        n = self._failed_steps
+        classes = sorted(
+            (k.removeprefix("errors/"), v) for k, v in m.items() if k.startswith("errors/")
+        )
+        why = ", ".join(f"{name} {v}" for name, v in classes) or "none recorded"
+        where = self.out / "events.jsonl" if self.out is not None else "the events"
+        requests = (
+            f"{m.get('requests/errors', 0)} of {m.get('requests/total', 0)} requests failed, "
+            f"errors by class: {why}"
+        )
+        if n > 1:
+            requests = f"steps {step - n + 1} to {step}; in the last, {requests}"
+        span = f"{n} consecutive steps" if n > 1 else f"step {step}"
+        limit = self.config.trainer.max_failed_steps
+        self.stop_detail = (
+            f"every group failed in {span} ({requests}); details in {where}; "
+            f"trainer.max_failed_steps = {limit} (0 never stops)"
+        )
+        _log.info("run.failures", step=step, detail=self.stop_detail)
+        self._stop_requested = "failures"
+
     async def _eval_done(self, step: int, ev: dict[str, Any]) -> None:
         value = ev.get("eval/reward", math.nan)
-        _log.info("eval", step=step, reward=value, n=ev.get("eval/n"))
+        _log.info(
+            "eval", step=step, reward=value, n=ev.get("eval/n"), failures=ev.get("eval/failures")
+        )
         self.progress.record_eval(step, value)
         if self.on_eval is not None:
             await _call(self.on_eval, step, ev)
@@ -495,11 +618,26 @@ class TrainingManager:
         if self.progress.out_of_patience(self.config.trainer.early_stop_patience):
             self._stop_requested = "early_stop"
 
+    async def _final_eval(self) -> float | None:
+        """The held-out reward after training. After a stop from outside, for failures or
+        with the budget spent, none is started: the last evaluation's, when it was of the
+        final policy."""
+        if not (self.heldout and self.config.trainer.eval_every):
+            return None
+        ev: dict[str, Any] | None = None
+        if self.stop_reason in ("steps", "early_stop") and not self.spend.exhausted:
+            ev = await self._stoppable_eval()
+            if ev is None and self._stop_requested is not None:  # stopped during it
+                self.stop_reason = self._stop_requested
+        elif self._last_eval is not None and self._last_eval[0] == self.learner.version:
+            ev = self._last_eval[1]
+        if ev is None:
+            return None
+        self._eval_failures["after"] = ev.get("eval/failures")
+        return ev.get("eval/reward")
+
     async def _finish(self, eval_before: float | None) -> RunSummary:
-        eval_after = None
-        if self.heldout and self.config.trainer.eval_every and not self.spend.exhausted:
-            ev = await self.evaluate()
-            eval_after = ev.get("eval/reward")
+        eval_after = await self._final_eval()
         if self.out is not None and self.learner.version > 0:
             await self._save_step()
         rewards = [m.get("reward", math.nan) for m in self.history]
@@ -509,7 +647,10 @@ class TrainingManager:
             "stale_dropped": self.learner.stale_dropped,
             "spent_usd": self.spend.spent,
             "budget_usd": self.spend.budget,
+            "eval_failures": dict(self._eval_failures),
         }
+        if self.stop_detail is not None:
+            extra["stop_detail"] = self.stop_detail
         if self.config.grpo.stale_groups == "withhold":  # as in the step metrics
             extra["stale_withheld"] = self.learner.stale_withheld
         summary = RunSummary(

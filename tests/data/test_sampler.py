@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import aclosing
 
+import anyio
 import pytest
 
-from engine.data.sampler import GroupSampler, as_source, is_heldout, split_source, take
+from engine.data.sampler import (
+    GroupSampler,
+    as_source,
+    drain_async,
+    is_heldout,
+    split_source,
+    take,
+    take_async,
+)
 from engine.errors import DataError
 from engine.types import Example
 
@@ -85,3 +97,71 @@ def test_take_stops_early() -> None:
 
     assert [e.id for e in take(stream(), 3)] == ["e0", "e1", "e2"]
     assert len(seen) <= 4
+
+
+# ----------------------------------------------------------------------------- off the loop
+
+
+async def test_abatches_are_the_batches_read_off_the_loop() -> None:
+    """abatches gives exactly the batches of batches(), also from a resume point, and reads
+    the source in worker threads."""
+    threads: set[int] = set()
+
+    def source() -> Iterator[Example]:
+        threads.add(threading.get_ident())
+        yield from examples(37)
+
+    mk = lambda: GroupSampler(source, batch_size=5, group_size=2, seed=3)  # noqa: E731
+    want = [b.examples for _, b in zip(range(20), mk().batches(), strict=False)]
+    threads.clear()
+    got = []
+    async with aclosing(mk().abatches(start=4)) as it:
+        async for b in it:
+            got.append(b)
+            if len(got) == 16:
+                break
+    assert [b.step for b in got] == list(range(4, 20))
+    assert [b.examples for b in got] == want[4:20]
+    assert threads and threading.get_ident() not in threads
+
+
+async def test_a_huge_batch_leaves_the_loop_free_and_cancels_promptly() -> None:
+    """Reading a batch of 10^9 prompts neither blocks the loop (a ticker keeps ticking) nor a
+    cancellation (it waits for one chunk, not the batch)."""
+    sampler = GroupSampler(as_source(examples(100)), batch_size=10**9, group_size=2, seed=0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    t0 = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        with anyio.move_on_after(0.5):
+            async with aclosing(sampler.abatches()) as it:
+                async for _ in it:
+                    raise AssertionError("a batch of 10^9 came back")
+        tg.cancel_scope.cancel()
+    assert ticks >= 5  # the loop ran other tasks meanwhile
+    assert time.monotonic() - t0 < 30  # generous: one chunk is milliseconds
+
+
+async def test_take_async_and_drain_async() -> None:
+    """take_async stops at n or at the end; drain_async counts to the end and raises the
+    source's errors."""
+    assert [e.id for e in await take_async(iter(examples(10)), 4, chunk=3)] == [
+        "e0", "e1", "e2", "e3"
+    ]  # fmt: skip
+    assert len(await take_async(iter(examples(5)), 100, chunk=2)) == 5
+    assert await drain_async(examples(2500)) == 2500
+    assert await drain_async([]) == 0
+
+    def bad() -> Iterator[Example]:
+        yield from examples(3)
+        raise DataError("line 4: broken", path="x.jsonl", line=4)
+
+    with pytest.raises(DataError, match="line 4"):
+        await drain_async(bad(), chunk=2)

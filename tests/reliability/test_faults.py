@@ -202,3 +202,85 @@ async def test_cancelled_attempts_are_recorded(tmp_path: Path) -> None:
     assert sorted(e["error_class"] for e in evs) == ["cancelled", "cancelled", "server"]
     assert stats.by_endpoint["/v1/chat/completions"] == len(evs) == 3
     assert stats.cancelled == 2 and all(e["group_id"] == "0-0" for e in evs)
+
+
+# ----------------------------------------------------------------------------- all failing
+
+
+def failing_run(base_url: str, out: Path, *, steps: int) -> dict[str, Any]:
+    """The prompt policy on a sim that fails every request; evaluations every 2 steps."""
+    return {
+        "policy": "prompt",
+        "steps": steps,
+        "out": str(out),
+        "grpo": {"group_size": 2},
+        "prompt": {"instructions": INSTRUCTIONS[:1]},
+        "endpoint": {"provider": "local", "base_url": base_url, "max_tokens": 8},
+        "retry": {"max_attempts": 2, "backoff_base": 0.01, "backoff_cap": 0.02},
+        "reward": {"functions": ["non_empty"]},
+        "data": {"batch_size": 2},
+        "trainer": {"eval_every": 2, "eval_size": 4, "checkpoint_every": 0},
+    }
+
+
+@pytest.mark.parametrize(("limit", "steps", "stop"), [(3, 1000, 3), (5, 1000, 5), (3, 2, 2)])
+async def test_every_request_failing_stops_the_run(
+    tmp_path: Path, limit: int, steps: int, stop: int
+) -> None:
+    """Every request fails: the run stops after trainer.max_failed_steps all-failed steps (or
+    at the end of a shorter run) with exit status 3, stop reason 'failures' and one error
+    line; the held-out evaluation counts its failures and reports no reward (it used to score
+    the empty texts 0)."""
+    out = tmp_path / "run"
+    async with SimServer(SimConfig(faults=Faults(server_error=1.0))) as sim:
+        (tmp_path / "run.toml").write_text(to_toml(failing_run(sim.base_url, out, steps=steps)))
+        args = ["run", "--config", str(tmp_path / "run.toml")]
+        args += ["--set", f"trainer.max_failed_steps={limit}"] if limit != 3 else []
+        done = await run_engine(args, limit=300)
+    assert done.returncode == 3, done.err[-3000:]
+    assert "Traceback" not in done.err
+    last = done.err.strip().splitlines()[-1]
+    assert last.startswith(f"error: run stopped: every group failed in {stop} consecutive"), last
+    assert f"steps 0 to {stop - 1}" in last and "server" in last, last
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "failures" and summary["steps_done"] == stop
+    assert summary["stop_detail"] in last
+    assert summary["eval_before"] is None and summary["best_eval"] is None
+    assert summary["eval_failures"]["before"] == 4
+    metrics = jsonl_records(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(stop))
+    evals = [m for m in metrics if "eval/failures" in m]
+    assert evals and all(m["eval/reward"] is None and m["eval/failures"] == 4 for m in evals)
+    assert (out / "checkpoints" / f"step-{stop}").is_dir()
+    record(
+        f"all-failing-{limit}-{steps}", {"exit": done.returncode, "steps_done": stop, "line": last}
+    )
+
+
+async def test_max_failed_steps_zero_never_stops(tmp_path: Path) -> None:
+    """trainer.max_failed_steps = 0: a run whose requests all fail runs its steps (exit 0);
+    its evaluations still report failures, not a reward of 0."""
+    out = tmp_path / "run"
+    async with SimServer(SimConfig(faults=Faults(server_error=1.0))) as sim:
+        (tmp_path / "run.toml").write_text(to_toml(failing_run(sim.base_url, out, steps=4)))
+        args = ["run", "--config", str(tmp_path / "run.toml")]
+        done = await run_engine([*args, "--set", "trainer.max_failed_steps=0"], limit=300)
+    assert done.returncode == 0, done.err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "steps" and summary["steps_done"] == 4
+    assert summary["eval_before"] is None and summary["eval_after"] is None
+    assert summary["eval_failures"] == {"before": 4, "after": 4}
+    assert "before n/a  ->  after n/a  (greedy, held-out; failed: before 4, after 4)" in done.err
+
+
+async def test_max_failed_steps_is_validated(tmp_path: Path) -> None:
+    """A negative trainer.max_failed_steps is bad input: one error line, exit 2, no files."""
+    out = tmp_path / "run"
+    done = await run_engine(
+        ["run", "--out", str(out), "--set", "trainer.max_failed_steps=-1"], limit=120
+    )
+    assert done.returncode == 2
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "max_failed_steps" in lines[0]
+    assert "must be >= 0" in lines[0], lines
+    assert not out.exists()

@@ -263,3 +263,54 @@ async def test_withhold_changes_nothing_when_no_group_is_stale(tmp_path: Path) -
         assert all(r["stale_dropped"] == 0 and r.get("stale_withheld", 0) == 0 for r in rows)
     for k in curves["drop"]:
         np.testing.assert_array_equal(curves["withhold"][k], curves["drop"][k], err_msg=k)
+
+
+class CountsGreedy(TinyLM):
+    """TinyLM that counts its greedy (evaluation) generate calls."""
+
+    greedy_calls = 0
+
+    async def generate(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> list[Sample]:
+        self.greedy_calls += greedy
+        return await super().generate(snapshot, example, n, rng, greedy=greedy)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])
+async def test_a_stop_starts_no_final_evaluation(tmp_path: Path, stop_at: int) -> None:
+    """request_stop (what a signal does) ends the run with a checkpoint and the summary but no
+    final evaluation: eval_after is the last evaluation when it was of the final policy (the
+    one after step 3), else None."""
+    cfg = small("steps=20")
+    policy = CountsGreedy(cfg.tinylm, seed=cfg.seed)
+
+    def stop(m: BatchMetrics) -> None:
+        if m.batch_id == stop_at:
+            tm.request_stop("terminated")
+
+    async with TrainingManager(cfg, policy=policy, out=tmp_path, on_batch_complete=stop) as tm:
+        summary = await tm.run()
+    assert summary.stop_reason == "terminated" and summary.steps_done == stop_at + 1
+    evaluations = 1 + (stop_at + 1) // 2  # before training, then after steps 1 and 3
+    assert policy.greedy_calls == evaluations * cfg.trainer.eval_size
+    last = tm.progress.eval_history[-1]
+    assert summary.eval_after == (last[1] if last[0] == stop_at else None)
+    assert (tmp_path / "checkpoints" / f"step-{stop_at + 1}").is_dir()
+
+
+async def test_a_stop_before_the_run_writes_nothing(tmp_path: Path) -> None:
+    """A stop asked before run() (a signal during start-up): the run reads nothing more,
+    trains nothing and writes no file."""
+    out = tmp_path / "run"
+    async with TrainingManager(small(), out=out) as tm:
+        tm.request_stop("hangup")
+        summary = await tm.run()
+    assert summary.stop_reason == "hangup" and summary.steps_done == 0 and summary.out is None
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
