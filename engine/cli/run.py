@@ -19,6 +19,8 @@ import anyio
 
 from ..config.loading import load_config
 from ..config.sections import RunConfig
+from ..errors import EngineError
+from ..evaluation.report import write_report
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
@@ -39,6 +41,10 @@ examples:
   python -m engine run --config examples/local.toml --out runs/local
   python -m engine run --resume runs/latest          # continue from the latest checkpoint
   python -m engine run --print-config                # the full config reference
+
+experiment trackers: report_to = ["tensorboard", "mlflow", "wandb", "trackio"] in the config
+(or --set 'report_to=["mlflow"]') also logs metrics, config, summary and report.html to each;
+settings in [tracking]; each needs its extra: pip install 'grpo-engine[trackers]' (README).
 
 exit status: 0 done, 2 bad input, 130 interrupted (SIGINT), 143 terminated (SIGTERM)
 """
@@ -147,11 +153,24 @@ async def run_command(args: argparse.Namespace) -> int:
             tg.start_soon(_watch_signals, trainer, signals_seen)
             summary = await trainer.run(resume=args.resume)
             tg.cancel_scope.cancel()
+        await _report_to_trackers(trainer)
     progress.done()
     print(_format_summary(summary), file=sys.stderr)
     if signals_seen:
         return 128 + signals_seen[0]
     return 0
+
+
+async def _report_to_trackers(trainer: TrainingManager) -> None:
+    """With ``report_to`` set, write OUT/report.html and attach it to the trackers' runs."""
+    if not trainer.trackers or trainer.out is None:
+        return
+    try:
+        path = await anyio.to_thread.run_sync(write_report, trainer.out)
+    except (OSError, EngineError) as exc:  # the run is done: a report it cannot write is noted
+        print(f"warning: report.html not written for the trackers: {exc}", file=sys.stderr)
+        return
+    trainer.trackers.log_artifact(path)
 
 
 async def _endpoint_parts(config: RunConfig, stack: contextlib.AsyncExitStack) -> dict[str, Any]:

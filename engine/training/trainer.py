@@ -63,6 +63,7 @@ from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
 from .sources import TrainData, training_sources, validate_files
+from .tracking import RunTrackers
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 
@@ -210,6 +211,7 @@ class TrainingManager:
         self.exporter = GroupExporter(export_groups) if export_groups is not None else None
         self.files = RunFiles(self.out)
         self.checkpoints = RunCheckpoints(config, self.learner, self.files.checkpoints)
+        self.trackers = RunTrackers(config, self.out)  # report_to; missing library: ConfigError
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
         self.stop_reason = "steps"
@@ -226,10 +228,13 @@ class TrainingManager:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.trackers.close)
         self.close()
 
     def close(self) -> None:
-        """Flush and close the run's files."""
+        """Flush and close the run's files and trackers."""
+        self.trackers.close()
         if self._own_events:
             self.events.close()
         if self.exporter is not None:
@@ -308,6 +313,7 @@ class TrainingManager:
         await anyio.to_thread.run_sync(validate_files, self.config)
         start = await self._resume(resume) if resume is not None else 0
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
+        await anyio.to_thread.run_sync(self.trackers.start, start, resume is not None)
         self._log_start(start)
         eval_before = await self._eval_before(start)
         self._last_step_t = time.perf_counter()
@@ -392,6 +398,7 @@ class TrainingManager:
         self.history.append(m)
         # the line is fsynced: a disk under load can take a second, so not on the event loop
         await anyio.to_thread.run_sync(self.files.write_metrics, m)
+        self.trackers.log_metrics(step, m)
         if self.on_batch_complete is not None:
             await _call(self.on_batch_complete, BatchMetrics.from_metrics(step, m))
         every = self.config.trainer.checkpoint_every
@@ -451,4 +458,5 @@ class TrainingManager:
             },
         )
         await anyio.to_thread.run_sync(self.files.write_summary, summary.to_dict())
+        await anyio.to_thread.run_sync(self.trackers.finish, self.policy, summary.to_dict())
         return summary
