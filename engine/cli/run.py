@@ -25,6 +25,7 @@ from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
+from ..telemetry.trackers import require_trackers
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
 
@@ -138,6 +139,7 @@ class _Progress:
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine run``; returns the exit status (errors raise EngineError)."""
     config = config_from_args(args)
+    require_trackers(config.report_to)  # a missing extra: one error before anything is written
     progress = _Progress(config.steps, quiet=args.quiet)
     signals_seen: list[int] = []
     async with contextlib.AsyncExitStack() as stack:

@@ -18,6 +18,7 @@ it), the prompt policy's served prompt and the hf policy's adapter.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import orjson
 
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, EngineError
 from ..telemetry.trackers import (
     STATE_FILE,
     TrackerRun,
@@ -114,7 +115,12 @@ class RunTrackers:
         if self._out is None:
             return
         self.hub.log_summary(summary)
-        for path in run_artifacts(policy, self._out):
+        try:
+            paths = run_artifacts(policy, self._out)
+        except (OSError, EngineError) as exc:  # the run is done: a missing artifact is noted
+            print(f"warning: run artifacts not written for the trackers: {exc}", file=sys.stderr)
+            paths = []
+        for path in paths:
             self.hub.log_artifact(path)
 
     def close(self) -> None:

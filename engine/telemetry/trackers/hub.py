@@ -69,7 +69,7 @@ def require_trackers(names: Sequence[str]) -> None:
                 f"{name} needs {', '.join(missing)}: pip install 'grpo-engine[{spec.extra}]'"
             )
     if problems:
-        raise ConfigError("report_to: " + "; ".join(problems), key="report_to")
+        raise ConfigError("; ".join(problems), key="report_to")
 
 
 def read_state(path: Path) -> dict[str, dict[str, Any]]:

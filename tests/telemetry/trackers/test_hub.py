@@ -195,3 +195,26 @@ def test_an_unknown_tracker_is_a_config_error_listing_the_known_ones(tmp_path: P
         "known trackers: tensorboard, mlflow, wandb, trackio"
     )
     assert not out.exists()
+
+
+def test_a_missing_extra_stops_an_endpoint_run_before_it_writes(tmp_path: Path) -> None:
+    """A prompt-policy run (it opens its endpoint clients and event log first) names the
+    missing extra before touching its output directory or its server."""
+    out = tmp_path / "run"
+    proc = _cli(
+        "run",
+        "--out",
+        str(out),
+        "--set",
+        'policy="prompt"',
+        "--set",
+        'endpoint.base_url="http://127.0.0.1:9/v1"',
+        "--set",
+        'report_to=["wandb"]',
+        hide="wandb",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: key 'report_to': wandb needs wandb: pip install 'grpo-engine[wandb]'"
+    ]
+    assert not out.exists()
