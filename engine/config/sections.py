@@ -357,8 +357,8 @@ class TrackingConfig:
     """Directory of trackio's local database; empty = <out>/trackio."""
     queue_size: int = 1024
     """Calls buffered per tracker; when full the oldest is dropped (counted), never waited on."""
-    close_timeout: float = 30.0
-    """Seconds the end of a run waits for each tracker to flush before leaving it behind."""
+    close_timeout: float = 60.0
+    """Seconds the end of a run waits for the trackers to flush before leaving them behind."""
 
 
 @dataclass(frozen=True, slots=True)

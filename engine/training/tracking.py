@@ -124,7 +124,7 @@ class RunTrackers:
             self.hub.log_artifact(path)
 
     def close(self) -> None:
-        """Flush and close every tracker (``tracking.close_timeout`` each); blocking."""
+        """Flush and close every tracker (``tracking.close_timeout`` at most); blocking."""
         self.hub.close()
 
 

@@ -2,10 +2,11 @@
 
 :class:`Trackers` is what the trainer holds. Its ``log_*`` methods only queue (one
 :class:`~engine.telemetry.trackers.worker.TrackerWorker` per tracker), so they are safe to
-call from the event loop; :meth:`Trackers.close` blocks up to ``close_timeout`` per tracker
-and belongs in a worker thread. A tracker's first failure is warned about once (a structlog
-``tracker.failed`` warning and an ``warning: ...`` line on stderr), from the thread that
-calls the hub, never from the tracker's thread, so the run's event log has one writer.
+call from the event loop; :meth:`Trackers.close` blocks up to ``close_timeout`` (all the
+trackers flush at once) and belongs in a worker thread. A tracker's first failure is warned
+about once (a structlog ``tracker.failed`` warning and a ``warning: ...`` line on stderr),
+from the thread that calls the hub, never from the tracker's thread, so the run's event log
+has one writer.
 
 ``trackers.json`` in the run directory keeps each tracker's run id, written as soon as the
 tracker opened its run, so ``--resume`` continues the same tracker runs; at the end it also
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,7 +92,7 @@ class Trackers:
     Args:
         trackers: ``(tracker, run)`` pairs: each tracker and what it opens.
         queue_size: calls buffered per tracker.
-        close_timeout: seconds :meth:`close` waits for each tracker.
+        close_timeout: seconds :meth:`close` waits for the trackers to flush.
         state_path: where trackers.json goes; None keeps no state.
         state: the trackers.json read at a resume, kept for trackers not in this run.
     """
@@ -100,7 +102,7 @@ class Trackers:
         trackers: Sequence[tuple[Tracker, TrackerRun]] = (),
         *,
         queue_size: int = 1024,
-        close_timeout: float = 30.0,
+        close_timeout: float = 60.0,
         state_path: Path | None = None,
         state: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -152,12 +154,19 @@ class Trackers:
 
     def close(self, timeout: float | None = None) -> None:
         """Flush and close every tracker, waiting at most ``timeout`` (default
-        ``close_timeout``) seconds for each; idempotent. Blocking: call it from a thread."""
+        ``close_timeout``) seconds in all; idempotent. Blocking: call it from a thread."""
         if self._closed:
             return
         self._closed = True
         wait = self.close_timeout if timeout is None else timeout
-        late = [w.name for w in self.workers if self._started and not w.close(wait)]
+        for w in self.workers:  # every tracker flushes at once: one deadline for them all
+            w.request_close()
+        deadline = time.monotonic() + wait
+        late = [
+            w.name
+            for w in self.workers
+            if self._started and not w.close(deadline - time.monotonic())
+        ]
         self.warn_failures()
         for w in self.workers:
             if w.dropped:

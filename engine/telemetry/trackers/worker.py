@@ -76,14 +76,18 @@ class TrackerWorker:
             self._items.append((method, args))
             self._cond.notify()
 
-    def close(self, timeout: float) -> bool:
-        """Finish the queued calls and close the tracker, waiting at most ``timeout`` seconds;
-        True when it finished in time. Blocking (call it from a worker thread)."""
+    def request_close(self) -> None:
+        """Let the thread finish the queued calls, then close the tracker; never blocks."""
         with self._cond:
             self._closing = True
             self._cond.notify()
+
+    def close(self, timeout: float) -> bool:
+        """:meth:`request_close`, then wait at most ``timeout`` seconds for the thread; True
+        when it finished in time. Blocking (call it from a worker thread)."""
+        self.request_close()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, timeout))
         return not self._thread.is_alive()
 
     # ------------------------------------------------------------------ the thread

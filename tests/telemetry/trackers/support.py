@@ -31,6 +31,8 @@ SMALL = (
     "trainer.checkpoint_every=1",
     "--set",
     "endpoint.api_key_env=TRACKERS_TEST_KEY",
+    "--set",
+    "tracking.close_timeout=600",  # a loaded machine can take long to import and open them
     "--quiet",
 )
 

@@ -72,8 +72,6 @@ def test_mlflow_server_down_warns_once_and_the_run_goes_on(tmp_path: Path) -> No
         ["mlflow", "tensorboard"],
         "--set",
         'tracking.mlflow_tracking_uri="http://127.0.0.1:9"',
-        "--set",
-        "tracking.close_timeout=20",
         steps=4,
         env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
     )
