@@ -9,6 +9,7 @@ naming them (TensorBoard has no files). Resuming opens the same log directory wi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,11 @@ class TensorBoardTracker:
         logdir = Path(run.location)
         logdir.mkdir(parents=True, exist_ok=True)
         purge = run.start_step if run.resume_id is not None and run.start_step > 0 else None
-        self._writer = SummaryWriter(str(logdir), purge_step=purge, flush_secs=10)
+        # tensorboardX names a file by the second and opens it "wb": the pid keeps two
+        # writers of one second (a quick resume) from overwriting each other's file
+        self._writer = SummaryWriter(
+            str(logdir), purge_step=purge, flush_secs=10, filename_suffix=f".{os.getpid()}"
+        )
         self._step = run.start_step
         text = json.dumps(dict(run.config), indent=2, sort_keys=True, default=str)
         self._writer.add_text("config", _code(text), global_step=run.start_step)

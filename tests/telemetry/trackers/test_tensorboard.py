@@ -47,10 +47,13 @@ def test_tensorboard_resume_continues_the_same_logdir(tmp_path: Path) -> None:
     """A crash after step 3 whose last checkpoint is step 2 (step-3 removed): the resumed run
     redoes step 2, and purge_step drops the first run's events of it."""
     out = tmp_path / "run"
-    assert run_engine(out, ["tensorboard"], steps=3).returncode == 0
+    first = run_engine(out, ["tensorboard"], steps=3)
+    assert first.returncode == 0 and "warning: tracker" not in first.stderr, first.stderr
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     shutil.rmtree(out / "checkpoints" / "step-3")
     proc = run_engine(out, ["tensorboard"], steps=4, resume=True)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and "warning: tracker" not in proc.stderr, proc.stderr
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
     acc = _read(out / "tensorboard")
     rewards = acc.Scalars("reward")
     assert [e.step for e in rewards] == [0, 1, 2, 3]  # one event per step, none twice
