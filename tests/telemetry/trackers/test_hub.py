@@ -218,3 +218,14 @@ def test_a_missing_extra_stops_an_endpoint_run_before_it_writes(tmp_path: Path) 
         "error: key 'report_to': wandb needs wandb: pip install 'grpo-engine[wandb]'"
     ]
     assert not out.exists()
+
+
+def test_importing_the_engine_loads_no_tracker_library() -> None:
+    code = (
+        "import sys, engine, engine.cli.main, engine.training.trainer\n"
+        "libs = ('tensorboardX', 'tensorboard', 'mlflow', 'wandb', 'trackio')\n"
+        "print([m for m in libs if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
