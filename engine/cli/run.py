@@ -23,11 +23,13 @@ import anyio
 from ..config.loading import load_config
 from ..config.sections import RunConfig
 from ..endpoints.spend import SpendMeter, Threshold
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
+from ..evaluation.report import write_report
 from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
+from ..telemetry.trackers import require_trackers
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.resume import ResumePlan, plan_resume
 from ..training.rundir import claim_run_dir
@@ -74,6 +76,10 @@ spend budget: limits.max_cost_usd (USD, generation and judges together) warns on
 count, a checkpoint is written, summary.json says stop_reason "budget" and spent_usd, and the
 run exits with status 4. Costs come from the provider's usage.cost, else [prices."model"]
 (USD per 1M input/output tokens) or the built-in table of common hosted models.
+
+experiment trackers: report_to = ["tensorboard", "mlflow", "wandb", "trackio"] in the config
+(or --set 'report_to=["mlflow"]') also logs metrics, config, summary and report.html to each;
+settings in [tracking]; each needs its extra: pip install 'grpo-engine[trackers]' (README).
 
 exit status: 0 done, 2 bad input, 3 stopped because every group failed for
 trainer.max_failed_steps consecutive steps (e.g. every request failed), 4 spend budget spent
@@ -271,10 +277,12 @@ async def _train(
     attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
     tune_gc()  # everything is built: freeze it, and collect the young generation rarely
     stop.attach(trainer)
-    return await trainer.run(
+    summary = await trainer.run(
         resume=plan.checkpoint if plan is not None else None,
         force_resume=args.force_resume,
     )
+    await _report_to_trackers(trainer)
+    return summary
 
 
 async def run_command(args: argparse.Namespace) -> int:
@@ -283,6 +291,7 @@ async def run_command(args: argparse.Namespace) -> int:
         raise ConfigError("--force-resume and --trust-saved-config apply to --resume DIR")
     plan = await anyio.to_thread.run_sync(resume_plan, args) if args.resume else None
     config = plan.config if plan is not None else config_from_args(args)
+    require_trackers(config.report_to)  # a missing extra: one error before anything is written
     progress = _Progress(config.steps, quiet=args.quiet)
     spend = SpendMeter.from_config(config, on_threshold=_print_threshold)
     stop = SignalStop()
@@ -311,6 +320,18 @@ def _exit_status(summary: RunSummary, stop: SignalStop) -> int:
     if summary.stop_reason == "budget":
         return EXIT_BUDGET
     return 0
+
+
+async def _report_to_trackers(trainer: TrainingManager) -> None:
+    """With ``report_to`` set, write OUT/report.html and attach it to the trackers' runs."""
+    if not trainer.trackers or trainer.out is None:
+        return
+    try:
+        path = await anyio.to_thread.run_sync(write_report, trainer.out)
+    except (OSError, EngineError) as exc:  # the run is done: a report it cannot write is noted
+        print(f"warning: report.html not written for the trackers: {exc}", file=sys.stderr)
+        return
+    trainer.trackers.log_artifact(path)
 
 
 def _print_threshold(crossed: Threshold) -> None:

@@ -25,6 +25,7 @@ from .sections import (
     RolloutConfig,
     RunConfig,
     TinyLMConfig,
+    TrackingConfig,
     TrainerConfig,
 )
 
@@ -40,6 +41,7 @@ __all__ = (
     "RolloutConfig",
     "RunConfig",
     "TinyLMConfig",
+    "TrackingConfig",
     "TrainerConfig",
     "config_reference",
     "field_docs",

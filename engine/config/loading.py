@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from ..errors import ConfigError
 from .reference import type_name
-from .sections import RunConfig
+from .sections import TRACKERS, RunConfig
 
 __all__ = ("TORCH_MODULES", "given_keys", "load_config", "require_torch", "to_dict")
 
@@ -100,6 +100,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "prompt.max_demos": (0, None, False),
     "prompt.propose_every": (0, None, False),
     "prompt.max_candidates": (1, None, False),
+    "tracking.queue_size": (1, None, False),
+    "tracking.close_timeout": (0.0, None, True),
 }
 """Allowed range of each numeric key: ``(min, max, min_exclusive)``; None is unbounded."""
 
@@ -343,6 +345,7 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             key="optim.warmup_steps",
         )
     _check_hf(config, path)
+    _check_report_to(config.report_to, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):
         raise ConfigError(
@@ -350,6 +353,19 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             path=path,
             key="reward.weights",
         )
+
+
+def _check_report_to(names: Sequence[str], path: str | None) -> None:
+    """Every name of ``report_to`` a known tracker, none twice."""
+    for i, name in enumerate(names):
+        if name not in TRACKERS:
+            raise ConfigError(
+                f"unknown tracker {name!r}; known trackers: {', '.join(TRACKERS)}",
+                path=path,
+                key="report_to",
+            )
+        if name in names[:i]:
+            raise ConfigError(f"tracker {name!r} named twice", path=path, key="report_to")
 
 
 def _check_hf_server(config: RunConfig, path: str | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = (
+    "TRACKERS",
     "DataConfig",
     "EndpointConfig",
     "GRPOConfig",
@@ -26,6 +27,7 @@ __all__ = (
     "RolloutConfig",
     "RunConfig",
     "TinyLMConfig",
+    "TrackingConfig",
     "TrainerConfig",
 )
 
@@ -358,6 +360,38 @@ class TrainerConfig:
     at its end when every one of its steps did; 0 never stops."""
 
 
+TRACKERS: tuple[str, ...] = ("tensorboard", "mlflow", "wandb", "trackio")
+"""The experiment trackers ``report_to`` may name (each behind its own extra)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingConfig:
+    """Experiment trackers named in report_to (see README, Experiment trackers)."""
+
+    project: str = "grpo-engine"
+    """W&B and trackio project, MLflow experiment name."""
+    run_name: str = ""
+    """The tracker run's name; empty = the name of the run directory."""
+    tensorboard_dir: str = ""
+    """TensorBoard log directory; empty = <out>/tensorboard."""
+    mlflow_tracking_uri: str = ""
+    """MLflow tracking URI (http://HOST:PORT, sqlite:///FILE...); empty = $MLFLOW_TRACKING_URI,
+    else sqlite:///<out>/mlflow.db (artifacts in <out>/mlartifacts)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """W&B mode: offline writes the run under wandb_dir (wandb sync uploads it later);
+    online needs WANDB_API_KEY in the environment (never logged)."""
+    wandb_dir: str = ""
+    """Directory W&B writes its wandb/ folder into; empty = <out>."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty = the default of the API key."""
+    trackio_dir: str = ""
+    """Directory of trackio's local database; empty = <out>/trackio."""
+    queue_size: int = 1024
+    """Calls buffered per tracker; when full the oldest is dropped (counted), never waited on."""
+    close_timeout: float = 60.0
+    """Seconds the end of a run waits for the trackers to flush before leaving them behind."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """One run: what to train, on what, with which algorithm, and where outputs go."""
@@ -403,3 +437,8 @@ class RunConfig:
     table of common hosted models (engine.endpoints.spend.BUILTIN_PRICES), which applies only
     to the openai and openrouter providers. Unpriced models (local servers, llama.cpp, the
     embedded LM) cost 0."""
+    report_to: tuple[str, ...] = ()
+    """Experiment trackers to log to: tensorboard, mlflow, wandb, trackio (each needs its
+    extra, e.g. pip install 'grpo-engine[mlflow]'); empty = none."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Settings of the experiment trackers in report_to."""

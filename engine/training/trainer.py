@@ -66,6 +66,7 @@ from .producer import BatchProducer
 from .progress import RunProgress
 from .rundir import RunDirClaim, claim_run_dir
 from .sources import Source, TrainData, training_sources, validate_files
+from .tracking import RunTrackers
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
 
@@ -235,6 +236,7 @@ class TrainingManager:
         self._own_claim = False
         self._overwrite = overwrite
         self.checkpoints = RunCheckpoints(config, self.learner, self.files.checkpoints)
+        self.trackers = RunTrackers(config, self.out)  # report_to; missing library: ConfigError
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self.progress = RunProgress()
         self.stop_reason = "steps"
@@ -257,10 +259,13 @@ class TrainingManager:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.trackers.close)
         self.close()
 
     def close(self) -> None:
-        """Flush and close the run's files."""
+        """Flush and close the run's files and trackers."""
+        self.trackers.close()
         if self._own_events:
             self.events.close()
         if self.exporter is not None:
@@ -399,6 +404,7 @@ class TrainingManager:
         if self.spend.exhausted:  # a resumed run whose budget was already spent
             self._stop_requested = "budget"
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
+        await anyio.to_thread.run_sync(self.trackers.start, start, resume is not None)
         self._log_start(start)
         eval_before = await self._eval_before(start)
         self._last_step_t = time.perf_counter()
@@ -534,6 +540,7 @@ class TrainingManager:
         self.history.append(m)
         # the line is fsynced: a disk under load can take a second, so not on the event loop
         await anyio.to_thread.run_sync(self.files.write_metrics, m)
+        self.trackers.log_metrics(step, m)
         if self.on_batch_complete is not None:
             await _call(self.on_batch_complete, BatchMetrics.from_metrics(step, m))
         every = self.config.trainer.checkpoint_every
@@ -671,4 +678,5 @@ class TrainingManager:
             },
         )
         await anyio.to_thread.run_sync(self.files.write_summary, summary.to_dict())
+        await anyio.to_thread.run_sync(self.trackers.finish, self.policy, summary.to_dict())
         return summary
