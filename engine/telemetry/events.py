@@ -26,7 +26,15 @@ import numpy as np
 
 from .records import JsonlWriter, dumps
 
-__all__ = ("PHASES", "EventListener", "EventLog", "MetricsLog", "RequestStatistics", "RequestTally")
+__all__ = (
+    "PHASES",
+    "EventListener",
+    "EventLog",
+    "MetricsLog",
+    "RequestStatistics",
+    "RequestTally",
+    "step_of",
+)
 
 EventListener = Callable[[Mapping[str, Any]], None]
 """Called with every request and phase event as it is emitted (:meth:`EventLog.subscribe`)."""
@@ -230,7 +238,7 @@ class EventLog:
     def emit(self, **fields: Any) -> None:
         """Record one request attempt. ``ts`` is added when missing."""
         fields.setdefault("ts", time.time())
-        step = _step_of(fields)
+        step = step_of(fields)
         if step is None:
             tally = self._unstepped
         else:
@@ -354,7 +362,7 @@ class MetricsLog:
         self._writer.close()
 
 
-def _step_of(fields: Mapping[str, object]) -> int | None:
+def step_of(fields: Mapping[str, object]) -> int | None:
     """The batch step an event belongs to: its ``step`` field, or the ``STEP-J`` group id."""
     step = fields.get("step")
     if isinstance(step, int):
