@@ -15,6 +15,7 @@ import functools
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
+from ..telemetry.prometheus import PrometheusServer, RunMetrics
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.resume import ResumePlan, plan_resume
 from ..training.rundir import claim_run_dir
@@ -53,6 +55,7 @@ examples:
   python -m engine run --resume runs/latest --steps 300    # ... and run it for longer
   python -m engine run --out runs/latest --overwrite # replace the run there
   python -m engine run --print-config                # the full config reference
+  python -m engine run --prometheus-port 9464        # live metrics at 127.0.0.1:9464/metrics
 
 --resume DIR continues the run in DIR, writing DIR: its config.json is the base, and
 --config, --set and the flags apply over it. What may change: --steps (when optim.schedule
@@ -142,16 +145,29 @@ def add_run_parser(
         metavar="FILE",
         help="also write every scored group as JSONL for weight trainers (docs/export.md)",
     )
+    run.add_argument(
+        "--prometheus-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics (requests, errors by class, tokens, cost, in flight, "
+        "event-loop lag, step, reward) at http://127.0.0.1:PORT/metrics while training; 0 "
+        "picks a free port, printed at the start (config 'telemetry.prometheus_port'; the "
+        "address is 'telemetry.prometheus_host')",
+    )
     return run
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run config: ``--config``, then ``--set``, then ``--out``, ``--steps``, ``--seed``."""
+    """The run config: ``--config``, then ``--set``, then ``--out``, ``--steps``, ``--seed``,
+    ``--prometheus-port``."""
     overrides = list(args.overrides)
     for name in ("out", "steps", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             overrides.append(f"{name}={value!r}" if name == "out" else f"{name}={value}")
+    port = getattr(args, "prometheus_port", None)
+    if port is not None:
+        overrides.append(f"telemetry.prometheus_port={port}")
     return load_config(args.config, overrides)
 
 
@@ -244,6 +260,7 @@ async def _train(
     stack: contextlib.AsyncExitStack,
 ) -> RunSummary:
     """Claim the run directory, build the trainer and run it (resumed where ``plan`` says)."""
+    live = await _serve_metrics(args, config, stack)  # None unless a port is set
     latest = _is_default_out(args, config) and plan is None
     claim = await anyio.to_thread.run_sync(
         functools.partial(
@@ -261,13 +278,15 @@ async def _train(
     trainer = await stack.enter_async_context(
         TrainingManager(
             config,
-            on_batch_complete=progress,
+            on_batch_complete=progress if live is None else _both(progress, live),
             export_groups=args.export_groups,
             spend=spend,
             run_dir=claim,
             **parts,
         )
     )
+    if live is not None:
+        live.attach(trainer.events)
     attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
     tune_gc()  # everything is built: freeze it, and collect the young generation rarely
     stop.attach(trainer)
@@ -311,6 +330,38 @@ def _exit_status(summary: RunSummary, stop: SignalStop) -> int:
     if summary.stop_reason == "budget":
         return EXIT_BUDGET
     return 0
+
+
+async def _serve_metrics(
+    args: argparse.Namespace, config: RunConfig, stack: contextlib.AsyncExitStack
+) -> RunMetrics | None:
+    """The run's Prometheus endpoint (closed by ``stack``), on ``--prometheus-port`` or
+    ``telemetry.prometheus_port`` (a resumed run's saved config may not name the port it is
+    resumed with); its URL goes to stderr. Served before the run directory is claimed, so a
+    port that cannot be bound writes nothing."""
+    tel = config.telemetry
+    port = getattr(args, "prometheus_port", None)
+    port = tel.prometheus_port if port is None else port
+    if port is None:
+        return None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"must be a TCP port (0 to 65535), got {port}",
+                          key="telemetry.prometheus_port")  # fmt: skip
+    live = RunMetrics()
+    server = PrometheusServer(live, host=tel.prometheus_host, port=port)
+    await stack.enter_async_context(server)
+    print(f"prometheus metrics: {server.url}", file=sys.stderr, flush=True)
+    return live
+
+
+def _both(progress: _Progress, live: RunMetrics) -> Callable[[BatchMetrics], None]:
+    """The step callback: the progress line, then the live metrics."""
+
+    def on_step(m: BatchMetrics) -> None:
+        progress(m)
+        live.observe_step(m.batch_id, m.all)
+
+    return on_step
 
 
 def _print_threshold(crossed: Threshold) -> None:

@@ -24,6 +24,7 @@ from .sections import (
     RewardConfig,
     RolloutConfig,
     RunConfig,
+    TelemetryConfig,
     TinyLMConfig,
     TrainerConfig,
 )
@@ -39,6 +40,7 @@ __all__ = (
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
+    "TelemetryConfig",
     "TinyLMConfig",
     "TrainerConfig",
     "config_reference",

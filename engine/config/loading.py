@@ -100,6 +100,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "prompt.max_demos": (0, None, False),
     "prompt.propose_every": (0, None, False),
     "prompt.max_candidates": (1, None, False),
+    "telemetry.prometheus_port": (0, 65535, False),
 }
 """Allowed range of each numeric key: ``(min, max, min_exclusive)``; None is unbounded."""
 

@@ -25,6 +25,7 @@ __all__ = (
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
+    "TelemetryConfig",
     "TinyLMConfig",
     "TrainerConfig",
 )
@@ -359,6 +360,19 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Live monitoring of a run (its files are written whatever this says)."""
+
+    prometheus_port: int | None = None
+    """Serve Prometheus metrics at http://HOST:PORT/metrics while the run trains; 0 picks a
+    free port (printed at the start); none (the default) serves nothing."""
+    prometheus_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint binds: 127.0.0.1 serves this machine only; 0.0.0.0
+    serves every network the machine is on (the metrics carry no secret, but no auth
+    either)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """One run: what to train, on what, with which algorithm, and where outputs go."""
 
@@ -403,3 +417,5 @@ class RunConfig:
     table of common hosted models (engine.endpoints.spend.BUILTIN_PRICES), which applies only
     to the openai and openrouter providers. Unpriced models (local servers, llama.cpp, the
     embedded LM) cost 0."""
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    """Live monitoring: the Prometheus endpoint."""
