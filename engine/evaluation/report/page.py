@@ -2,7 +2,8 @@
 
 :func:`write_report` reads a run (:func:`~.run.load_run`) and writes ``RUN_DIR/report.html``:
 the run's summary, a convergence verdict (:func:`engine.telemetry.monitor.convergence`), the
-training plots (:mod:`.plots`) and, when the run holds ``comparison.json``, the A/B table.
+training plots (:mod:`.plots`), the step timeline of ``events.jsonl`` (:mod:`.timeline_charts`)
+and, when the run holds ``comparison.json``, the A/B table.
 The page needs nothing but a browser: no network, no script, no library; a small inline
 stylesheet styles it.
 """
