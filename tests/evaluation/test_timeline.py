@@ -16,6 +16,7 @@ import anyio
 import orjson
 import pytest
 
+from engine.cli.main import main
 from engine.evaluation.report import load_run, render_report, write_report
 from engine.evaluation.report.timeline import LEARNER_PHASES, build_timeline
 from engine.telemetry.records import read_records
@@ -117,7 +118,8 @@ def test_detailed_spans_lie_inside_their_step(judged_run: Path) -> None:
 
 def test_report_draws_the_timeline(judged_run: Path, tmp_path: Path) -> None:
     """The page has the overview, the slowest-steps table and the detailed steps, linked."""
-    page = render_report(load_run(judged_run, timeline_steps=[0, 2]))
+    page = render_report(load_run(judged_run, timeline_steps=[0, 2, 99]))
+    assert "No events of step 99." in page
     assert 'id="timeline-overview"' in page and "Slowest steps" in page
     for k in (0, 2):
         assert f'id="timeline-step-{k}"' in page and f'href="#timeline-step-{k}"' in page
@@ -125,6 +127,10 @@ def test_report_draws_the_timeline(judged_run: Path, tmp_path: Path) -> None:
     for kind in ("queue", "generation", "judge", "update", "checkpoint", "rollouts"):
         assert f'class="span span-{kind}"' in page, kind
     assert "<script" not in page.lower()
+    out = tmp_path / "r.html"
+    assert main(["report", str(judged_run), "--out", str(out), "--timeline-step", "1"]) == 0
+    cli_page = out.read_text()
+    assert 'id="timeline-step-1"' in cli_page and 'id="timeline-step-0"' not in cli_page
 
 
 def test_timeline_of_an_embedded_run_and_escaping(tmp_path: Path) -> None:

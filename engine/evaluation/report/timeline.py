@@ -137,12 +137,14 @@ class Timeline:
         detail: spans per detailed step, ordered by start.
         dropped: per detailed step, spans left out beyond :data:`MAX_DETAIL_SPANS`.
         has_phases: whether the events hold phase events (runs before they existed do not).
+        missing: steps asked for in detail that have no events.
     """
 
     steps: list[StepTimeline]
     detail: dict[int, list[Span]] = field(default_factory=dict)
     dropped: dict[int, int] = field(default_factory=dict)
     has_phases: bool = False
+    missing: list[int] = field(default_factory=list)
 
     def slowest(self, n: int) -> list[StepTimeline]:
         """The ``n`` steps with the longest known duration, slowest first."""
@@ -279,6 +281,7 @@ def build_timeline(
             chosen.add(tl.steps[-1].step)
     else:
         chosen = {k for k in steps if k in by_step}
+        tl.missing = sorted(set(steps) - chosen)
     if chosen:
         tl.detail, tl.dropped = _spans(path, {k: by_step[k] for k in sorted(chosen)})
     return tl

@@ -325,6 +325,8 @@ def timeline_section(tl: Timeline | None, why_absent: str = "") -> str:
         "request attempt drawn as its queue wait for a permit, then its time on the wire; "
         "failed attempts outlined red. Hover a bar for its figures.</p>"
     )
+    if tl.missing:
+        intro += f'<p class="absent">No events of step {esc(", ".join(map(str, tl.missing)))}.</p>'
     if not tl.has_phases:
         intro += (
             '<p class="absent">These events carry no phase events (a run written before '
