@@ -453,7 +453,8 @@ class GroupRunner:
         """``n`` samples from the policy; a raising call gives ``n`` failed samples."""
         t0 = time.perf_counter()
         error: str | None = None
-        track = self.events.track("generation") if self.embedded and self.events else _NO_TRACK
+        embedded_log = self.events if self.embedded else None
+        track = _NO_TRACK if embedded_log is None else embedded_log.track("generation")
         try:
             with track:
                 samples = list(await self.policy.generate(g.snapshot, g.example, n, rng))

@@ -153,6 +153,8 @@ def test_timeline_of_an_embedded_run_and_escaping(tmp_path: Path) -> None:
         fh.write(orjson.dumps(ev) + b"\n" + b'{"kind": "gen')
     page = write_report(out, timeline_steps=[3]).read_text()
     assert "3-&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    (out / "events.jsonl").write_bytes(b"")
+    assert "no request or phase events of any step" in render_report(load_run(out))
     (out / "events.jsonl").unlink()
     assert "No events.jsonl in this run directory." in render_report(load_run(out))
 

@@ -314,7 +314,8 @@ def _slowest_table(tl: Timeline, detailed: Sequence[int], n: int = 5) -> str:
 def timeline_section(tl: Timeline | None, why_absent: str = "") -> str:
     """The report's "Step timeline" section; ``why_absent`` when there is no timeline."""
     if tl is None or not tl.steps:
-        note = why_absent or "events.jsonl has no request or phase events of any step."
+        note = (why_absent or "No events.jsonl.") if tl is None else (
+            "events.jsonl has no request or phase events of any step.")  # fmt: skip
         return f'<h2 id="timeline">Step timeline</h2><p class="absent">{esc(note)}</p>'
     detailed = sorted(tl.detail)
     intro = (
