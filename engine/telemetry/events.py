@@ -1,7 +1,7 @@
 """Telemetry: per-request events, per-step metrics, and the request statistics between steps.
 
 - :class:`EventLog` -> ``OUT/events.jsonl``: one line per request attempt (generation or judge),
-  the phases of each step (``kind: "phase"``: rollouts, admission, update, eval, checkpoint;
+  the phases of each step (``kind: "phase"``: rollouts, admission, step, update, eval, checkpoint;
   :meth:`EventLog.phase`), plus the log records the CLI sends there.
 - :class:`MetricsLog` -> ``OUT/metrics.jsonl``: one line per optimizer step, fsynced.
 - :class:`RequestTally` counts events between steps; its :class:`RequestStatistics` give the
@@ -39,12 +39,14 @@ __all__ = (
 EventListener = Callable[[Mapping[str, Any]], None]
 """Called with every request and phase event as it is emitted (:meth:`EventLog.subscribe`)."""
 
-PHASES = ("rollouts", "admission", "update", "after_update", "eval", "checkpoint")
+PHASES = ("rollouts", "admission", "step", "update", "after_update", "eval", "checkpoint")
 """The phases a run records (``kind: "phase"`` events, :meth:`EventLog.phase`):
 
 - ``rollouts``: batch ``step`` generated and scored, from its first group to its last;
 - ``admission``: group ``group_id`` waited this long to be admitted against the limits
   (recorded only when it waited);
+- ``step``: the learner's whole work on batch ``step``, from its update to the end of its
+  checkpoint (the phases below, the metrics line and the callbacks);
 - ``update``: the learner's update on batch ``step``;
 - ``after_update``: the policy's work after the update (e.g. new prompt candidates);
 - ``eval``: the held-out evaluation after step ``step``;

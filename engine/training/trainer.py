@@ -490,7 +490,7 @@ class TrainingManager:
                 break
             self.events.record_phase("rollouts", step=batch.step, start=batch.started,
                                      duration=batch.gen_time)  # fmt: skip
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self.events.phase("step", step=batch.step):
                 with self.events.phase("update", step=batch.step):
                     m = await self.learner.update(batch)
                 await self._after_step(batch, m)

@@ -82,6 +82,7 @@ async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
     phases = {(e["phase"], e["step"]) for e in events if e["kind"] == "phase"}
     for name, steps in (
         ("rollouts", range(6)),
+        ("step", range(6)),
         ("update", range(6)),
         ("after_update", range(6)),
         ("eval", (1, 3, 5)),

@@ -1,9 +1,11 @@
 """Where the time of each step went, read from a run's ``events.jsonl``.
 
 A step is seen from the learner: it starts when the learner finished the previous step (or,
-for the first step of a process, when its batch began to generate) and ends when the last of
-its phases (``update``, ``after_update``, ``eval``, ``checkpoint``) ended. What is not a
-phase is time the learner waited for its batch's rollouts. The rollouts of batch ``k`` may
+for the first step of a process, when its batch began to generate) and ends when the
+learner's work on it (its ``step`` phase: ``update``, ``after_update``, ``eval``,
+``checkpoint``, the metrics line, the callbacks) ended. Until its update begins the learner
+waits for the batch's rollouts; what is in no phase after that is "other" (the metrics line
+written and fsynced, the callbacks). The rollouts of batch ``k`` may
 begin before step ``k`` does (generation runs ahead of the learner by ``max_staleness``).
 
 :func:`build_timeline` reads the file twice, streaming: once for every step's totals
@@ -230,8 +232,9 @@ def _add_phase(st: StepTimeline, ev: Mapping[str, Any]) -> None:
     name, start, dur = str(ev.get("phase")), _num(ev.get("start")), _num(ev.get("duration"))
     if not start:
         return
-    if name in LEARNER_PHASES:
-        st.phases[name] = st.phases.get(name, 0.0) + dur
+    if name in LEARNER_PHASES or name == "step":  # "step" spans the learner's whole work
+        if name != "step":
+            st.phases[name] = st.phases.get(name, 0.0) + dur
         end = start + dur
         st.end = end if math.isnan(st.end) else max(st.end, end)
         if name == "update" and not start >= st.update_start:
@@ -330,7 +333,7 @@ def _spans(
             continue
         if kind == "phase":
             step = _phase_step(ev)
-            if step in out:
+            if step in out and ev.get("phase") != "step":  # its parts are drawn instead
                 keep(step, _phase_span(ev))
             continue
         step = step_of(ev)
