@@ -60,8 +60,8 @@ examples:
 --resume DIR continues the run in DIR, writing DIR: its config.json is the base, and
 --config, --set and the flags apply over it. What may change: --steps (when optim.schedule
 is constant; a decaying schedule is a function of steps), trainer.checkpoint_every,
-trainer.keep_checkpoints, [limits], where the endpoint is (provider, base_url, api_key_env)
-and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
+trainer.keep_checkpoints, [limits], [telemetry], where the endpoint is (provider, base_url,
+api_key_env) and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
 policy...) would change the run's trajectory and is refused unless --force-resume. As for a
 checkpoint, the saved endpoint and module:function rewards are used only when you give them
 again or pass --trust-saved-config (printed first).
@@ -185,6 +185,8 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
     overrides += [
         f"{n}={getattr(args, n)}" for n in ("steps", "seed") if getattr(args, n) is not None
     ]
+    if getattr(args, "prometheus_port", None) is not None:
+        overrides.append(f"telemetry.prometheus_port={args.prometheus_port}")
     plan = plan_resume(
         args.resume,
         path=args.config,
@@ -202,8 +204,8 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
         raise ConfigError(
             f"--resume {args.resume} would change {shown}{more}, which changes the run's "
             "trajectory: a resumed run may change only --steps (constant schedule), "
-            "trainer.checkpoint_every, trainer.keep_checkpoints, [limits] and where the "
-            "endpoint is; pass --force-resume to change it anyway"
+            "trainer.checkpoint_every, trainer.keep_checkpoints, [limits], [telemetry] and "
+            "where the endpoint is; pass --force-resume to change it anyway"
         )
     return plan
 
@@ -260,7 +262,7 @@ async def _train(
     stack: contextlib.AsyncExitStack,
 ) -> RunSummary:
     """Claim the run directory, build the trainer and run it (resumed where ``plan`` says)."""
-    live = await _serve_metrics(args, config, stack)  # None unless a port is set
+    live = await _serve_metrics(config, stack)  # None unless telemetry.prometheus_port
     latest = _is_default_out(args, config) and plan is None
     claim = await anyio.to_thread.run_sync(
         functools.partial(
@@ -332,23 +334,15 @@ def _exit_status(summary: RunSummary, stop: SignalStop) -> int:
     return 0
 
 
-async def _serve_metrics(
-    args: argparse.Namespace, config: RunConfig, stack: contextlib.AsyncExitStack
-) -> RunMetrics | None:
-    """The run's Prometheus endpoint (closed by ``stack``), on ``--prometheus-port`` or
-    ``telemetry.prometheus_port`` (a resumed run's saved config may not name the port it is
-    resumed with); its URL goes to stderr. Served before the run directory is claimed, so a
-    port that cannot be bound writes nothing."""
+async def _serve_metrics(config: RunConfig, stack: contextlib.AsyncExitStack) -> RunMetrics | None:
+    """The run's Prometheus endpoint (closed by ``stack``), when ``telemetry.prometheus_port``
+    is set (``--prometheus-port``); its URL goes to stderr. Served before the run directory is
+    claimed, so a port that cannot be bound writes nothing."""
     tel = config.telemetry
-    port = getattr(args, "prometheus_port", None)
-    port = tel.prometheus_port if port is None else port
-    if port is None:
+    if tel.prometheus_port is None:
         return None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"must be a TCP port (0 to 65535), got {port}",
-                          key="telemetry.prometheus_port")  # fmt: skip
     live = RunMetrics()
-    server = PrometheusServer(live, host=tel.prometheus_host, port=port)
+    server = PrometheusServer(live, host=tel.prometheus_host, port=tel.prometheus_port)
     await stack.enter_async_context(server)
     print(f"prometheus metrics: {server.url}", file=sys.stderr, flush=True)
     return live

@@ -223,3 +223,16 @@ def test_bad_port_is_bad_input(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and "cannot serve Prometheus metrics" in proc.stderr
     assert not out.exists()
+
+
+def test_a_resumed_run_serves_its_metrics(tmp_path: Path) -> None:
+    """``--resume DIR --prometheus-port 0``: [telemetry] may change on resume (it does not
+    change the run's trajectory), and the resumed run serves its metrics."""
+    out = tmp_path / "run"
+    first = _run_cli("--out", str(out), "--steps", "2", "--quiet")
+    assert first.returncode == 0, first.stderr
+    again = _run_cli("--resume", str(out), "--steps", "3", "--quiet", "--prometheus-port", "0")
+    assert again.returncode == 0, again.stderr
+    assert _URL.search(again.stderr), again.stderr
+    rows = list(read_records(out / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1, 2]
