@@ -32,6 +32,7 @@ from .config.sections import (
     RetryConfig,
     RewardConfig,
     RunConfig,
+    TelemetryConfig,
     TinyLMConfig,
     TrainerConfig,
 )
@@ -138,6 +139,7 @@ __all__ = (
     "RunSummary",
     "ServerError",
     "Signature",
+    "TelemetryConfig",
     "TinyLM",
     "TinyLMConfig",
     "TrainerConfig",

@@ -20,12 +20,34 @@ def add_report_parser(
         "report",
         help="write a self-contained HTML report of a run",
         description="Write one self-contained HTML file (inline SVG plots, no network, no "
-        "script) with the run's summary, convergence, training plots and, when RUN_DIR holds "
-        "comparison.json, the A/B table.",
+        "script) with the run's summary, convergence, training plots, the step timeline from "
+        "events.jsonl (where each step's time went: queue waits, generation and judge "
+        "requests, update, eval, checkpoint) and, when RUN_DIR holds comparison.json, the "
+        "A/B table.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory")
     p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html)")
+    p.add_argument(
+        "--timeline-step",
+        dest="timeline_steps",
+        type=_step,
+        action="append",
+        metavar="N",
+        help="draw the detailed timeline of step N (repeatable; default: the 3 slowest steps "
+        "and the last)",
+    )
     return p
+
+
+def _step(text: str) -> int:
+    """A step index: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a step number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a step is >= 0, got {value}")
+    return value
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -33,6 +55,6 @@ def report_command(args: argparse.Namespace) -> int:
 
     Synchronous on purpose: it only reads a few files and writes one, with no event loop.
     """
-    path = write_report(args.run_dir, args.out)
+    path = write_report(args.run_dir, args.out, timeline_steps=args.timeline_steps)
     print(f"wrote {path}")
     return 0

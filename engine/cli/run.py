@@ -15,6 +15,7 @@ import functools
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..runtime import tune_gc
 from ..telemetry.events import EventLog
 from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
+from ..telemetry.prometheus import PrometheusServer, RunMetrics
 from ..telemetry.trackers import require_trackers
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.resume import ResumePlan, plan_resume
@@ -55,12 +57,13 @@ examples:
   python -m engine run --resume runs/latest --steps 300    # ... and run it for longer
   python -m engine run --out runs/latest --overwrite # replace the run there
   python -m engine run --print-config                # the full config reference
+  python -m engine run --prometheus-port 9464        # live metrics at 127.0.0.1:9464/metrics
 
 --resume DIR continues the run in DIR, writing DIR: its config.json is the base, and
 --config, --set and the flags apply over it. What may change: --steps (when optim.schedule
 is constant; a decaying schedule is a function of steps), trainer.checkpoint_every,
-trainer.keep_checkpoints, [limits], where the endpoint is (provider, base_url, api_key_env)
-and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
+trainer.keep_checkpoints, [limits], [telemetry], where the endpoint is (provider, base_url,
+api_key_env) and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
 policy...) would change the run's trajectory and is refused unless --force-resume. As for a
 checkpoint, the saved endpoint and module:function rewards are used only when you give them
 again or pass --trust-saved-config (printed first).
@@ -148,16 +151,29 @@ def add_run_parser(
         metavar="FILE",
         help="also write every scored group as JSONL for weight trainers (docs/export.md)",
     )
+    run.add_argument(
+        "--prometheus-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics (requests, errors by class, tokens, cost, in flight, "
+        "event-loop lag, step, reward) at http://127.0.0.1:PORT/metrics while training; 0 "
+        "picks a free port, printed at the start (config 'telemetry.prometheus_port'; the "
+        "address is 'telemetry.prometheus_host')",
+    )
     return run
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run config: ``--config``, then ``--set``, then ``--out``, ``--steps``, ``--seed``."""
+    """The run config: ``--config``, then ``--set``, then ``--out``, ``--steps``, ``--seed``,
+    ``--prometheus-port``."""
     overrides = list(args.overrides)
     for name in ("out", "steps", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             overrides.append(f"{name}={value!r}" if name == "out" else f"{name}={value}")
+    port = getattr(args, "prometheus_port", None)
+    if port is not None:
+        overrides.append(f"telemetry.prometheus_port={port}")
     return load_config(args.config, overrides)
 
 
@@ -175,6 +191,8 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
     overrides += [
         f"{n}={getattr(args, n)}" for n in ("steps", "seed") if getattr(args, n) is not None
     ]
+    if getattr(args, "prometheus_port", None) is not None:
+        overrides.append(f"telemetry.prometheus_port={args.prometheus_port}")
     plan = plan_resume(
         args.resume,
         path=args.config,
@@ -192,8 +210,8 @@ def resume_plan(args: argparse.Namespace) -> ResumePlan:
         raise ConfigError(
             f"--resume {args.resume} would change {shown}{more}, which changes the run's "
             "trajectory: a resumed run may change only --steps (constant schedule), "
-            "trainer.checkpoint_every, trainer.keep_checkpoints, [limits] and where the "
-            "endpoint is; pass --force-resume to change it anyway"
+            "trainer.checkpoint_every, trainer.keep_checkpoints, [limits], [telemetry] and "
+            "where the endpoint is; pass --force-resume to change it anyway"
         )
     return plan
 
@@ -250,6 +268,7 @@ async def _train(
     stack: contextlib.AsyncExitStack,
 ) -> RunSummary:
     """Claim the run directory, build the trainer and run it (resumed where ``plan`` says)."""
+    live = await _serve_metrics(config, stack)  # None unless telemetry.prometheus_port
     latest = _is_default_out(args, config) and plan is None
     claim = await anyio.to_thread.run_sync(
         functools.partial(
@@ -267,13 +286,15 @@ async def _train(
     trainer = await stack.enter_async_context(
         TrainingManager(
             config,
-            on_batch_complete=progress,
+            on_batch_complete=progress if live is None else _both(progress, live),
             export_groups=args.export_groups,
             spend=spend,
             run_dir=claim,
             **parts,
         )
     )
+    if live is not None:
+        live.attach(trainer.events)
     attach_event_log(trainer.events)  # structlog records join the run's events.jsonl
     tune_gc()  # everything is built: freeze it, and collect the young generation rarely
     stop.attach(trainer)
@@ -332,6 +353,30 @@ async def _report_to_trackers(trainer: TrainingManager) -> None:
         print(f"warning: report.html not written for the trackers: {exc}", file=sys.stderr)
         return
     trainer.trackers.log_artifact(path)
+
+
+async def _serve_metrics(config: RunConfig, stack: contextlib.AsyncExitStack) -> RunMetrics | None:
+    """The run's Prometheus endpoint (closed by ``stack``), when ``telemetry.prometheus_port``
+    is set (``--prometheus-port``); its URL goes to stderr. Served before the run directory is
+    claimed, so a port that cannot be bound writes nothing."""
+    tel = config.telemetry
+    if tel.prometheus_port is None:
+        return None
+    live = RunMetrics()
+    server = PrometheusServer(live, host=tel.prometheus_host, port=tel.prometheus_port)
+    await stack.enter_async_context(server)
+    print(f"prometheus metrics: {server.url}", file=sys.stderr, flush=True)
+    return live
+
+
+def _both(progress: _Progress, live: RunMetrics) -> Callable[[BatchMetrics], None]:
+    """The step callback: the progress line, then the live metrics."""
+
+    def on_step(m: BatchMetrics) -> None:
+        progress(m)
+        live.observe_step(m.batch_id, m.all)
+
+    return on_step
 
 
 def _print_threshold(crossed: Threshold) -> None:

@@ -102,6 +102,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "prompt.max_candidates": (1, None, False),
     "tracking.queue_size": (1, None, False),
     "tracking.close_timeout": (0.0, None, True),
+    "telemetry.prometheus_port": (0, 65535, False),
 }
 """Allowed range of each numeric key: ``(min, max, min_exclusive)``; None is unbounded."""
 

@@ -26,6 +26,7 @@ __all__ = (
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
+    "TelemetryConfig",
     "TinyLMConfig",
     "TrackingConfig",
     "TrainerConfig",
@@ -393,6 +394,19 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Live monitoring of a run (its files are written whatever this says)."""
+
+    prometheus_port: int | None = None
+    """Serve Prometheus metrics at http://HOST:PORT/metrics while the run trains; 0 picks a
+    free port (printed at the start); none (the default) serves nothing."""
+    prometheus_host: str = "127.0.0.1"
+    """Address the Prometheus endpoint binds: 127.0.0.1 serves this machine only; 0.0.0.0
+    serves every network the machine is on (the metrics carry no secret, but no auth
+    either)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """One run: what to train, on what, with which algorithm, and where outputs go."""
 
@@ -442,3 +456,5 @@ class RunConfig:
     extra, e.g. pip install 'grpo-engine[mlflow]'); empty = none."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Settings of the experiment trackers in report_to."""
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    """Live monitoring: the Prometheus endpoint."""

@@ -21,8 +21,10 @@ hold past its deadline fails at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import aiohttp
@@ -98,6 +100,11 @@ class AttemptEvents:
         self._events = events
         self._redact = redact
 
+    def track(self, ctx: CallContext) -> AbstractContextManager[None]:
+        """Counts the attempt as in flight while it is sent and answered."""
+        ev = self._events
+        return contextlib.nullcontext() if ev is None else ev.track(ctx.kind)
+
     def success(
         self,
         ctx: CallContext,
@@ -107,11 +114,12 @@ class AttemptEvents:
         attempt: int,
         n: int,
         cost: tuple[float, str] = (0.0, "none"),
+        queue_wait: float = 0.0,
     ) -> None:
         """An attempt that returned choices; ``cost``: its USD and where that came from."""
         self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
                    request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly,
-                   cost=cost)  # fmt: skip
+                   cost=cost, queue_wait=queue_wait)  # fmt: skip
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -127,6 +135,7 @@ class AttemptEvents:
             error_class=f.error.error_class,
             retry_in=retry_in,
             request_id=self._redact.id(h.get("x-request-id")) if h is not None else None,
+            queue_wait=f.queue_wait,
         )
 
     def cancelled(
@@ -137,12 +146,13 @@ class AttemptEvents:
         status: int | None,
         latency: float,
         cost: tuple[float, str] | None = None,
+        queue_wait: float = 0.0,
     ) -> None:
         """An attempt cancelled from outside (a fanned-out sibling failed, a straggler, a
         shutdown) after it was sent: recorded as ``error_class: "cancelled"``, since the
         server may have done (and billed) the work; ``cost`` when its answer had come."""
         self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n,
-                   error_class="cancelled", cost=cost)  # fmt: skip
+                   error_class="cancelled", cost=cost, queue_wait=queue_wait)  # fmt: skip
 
     def _emit(
         self,
@@ -158,6 +168,7 @@ class AttemptEvents:
         request_id: str | None = None,
         usage_anomaly: str | None = None,
         cost: tuple[float, str] | None = None,
+        queue_wait: float = 0.0,
     ) -> None:
         ev = self._events
         if ev is None:
@@ -172,6 +183,7 @@ class AttemptEvents:
             policy_version=ctx.policy_version,
             status=status,
             latency=latency,
+            queue_wait=queue_wait,
             attempt=attempt,
             n=n,
             prompt_chars=ctx.prompt_chars,
@@ -191,12 +203,15 @@ class AttemptEvents:
 class _AttemptState:
     """What one attempt has got to: its permit, when it was sent, the response status and
     headers, the outcome once decided and what it cost. ``by_attempt``: the watchdog was
-    moved from the call's deadline to the attempt's own timeout."""
+    moved from the call's deadline to the attempt's own timeout. ``t_start``: when it began
+    to queue."""
 
-    __slots__ = ("by_attempt", "cost", "headers", "outcome", "permit", "status", "t_send")
+    __slots__ = ("by_attempt", "cost", "headers", "outcome", "permit", "status", "t_send",
+                 "t_start")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, t_start: float) -> None:
         self.permit: PermitProtocol | None = None
+        self.t_start = t_start
         self.t_send: float | None = None
         self.by_attempt = False
         self.status: int | None = None
@@ -265,15 +280,17 @@ class AttemptRunner:
         task = asyncio.current_task()
         assert task is not None
         alarm = ctx.watchdog.arm(task, ctx.loop_end)
-        state = _AttemptState()
+        state = _AttemptState(self._clock())
         try:
             await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
         except asyncio.CancelledError:
             if not alarm.fired or task.uncancel() > alarm.cancelling:
                 if state.t_send is not None:  # sent, or being sent: the server may have it
                     latency = self._clock() - state.t_send
+                    wait = state.t_send - state.t_start
                     self._events.cancelled(ctx, n, attempt, state.status, latency,
-                                           state.cost if state.outcome else None)  # fmt: skip
+                                           state.cost if state.outcome else None,
+                                           wait)  # fmt: skip
                 raise  # not ours, or someone else cancelled as well
             alarm.fired = False  # handled: the cancellation is taken back
             state.outcome = self._timed_out(state, attempt, ctx.path)
@@ -342,7 +359,8 @@ class AttemptRunner:
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
             ctx.watchdog.move(alarm, attempt_end)
-        raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
+        with self._events.track(ctx):
+            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
         if isinstance(raw, Failure):
             # timeouts and transport errors keep the reservation: the server may have
             # done the work
@@ -441,13 +459,16 @@ class AttemptRunner:
         (other failures are recorded by the retry loop)."""
         outcome = state.outcome
         assert outcome is not None
-        latency = 0.0 if state.t_send is None else self._clock() - state.t_send
+        now = self._clock()
+        latency = 0.0 if state.t_send is None else now - state.t_send
+        queue_wait = (now if state.t_send is None else state.t_send) - state.t_start
         if isinstance(outcome, Result):
             self._limiter.on_success()
             self._events.success(ctx, outcome, state.status or 200, latency, attempt, n,
-                                 state.cost)  # fmt: skip
+                                 state.cost, queue_wait)  # fmt: skip
             return outcome
         outcome.latency = latency
+        outcome.queue_wait = queue_wait
         err = outcome.error
         if isinstance(err, EndpointTimeout) and err.status is None:
             self._limiter.on_timeout(permit=outcome.permit)

@@ -136,10 +136,12 @@ class Failure:
         rate_limited: a 429, or a 429 code inside a 200 body: the limiter is told.
         immediate: the server disconnected a reused keep-alive connection: resend at once.
         latency: seconds from sending to the failure (set by the client).
+        queue_wait: seconds the attempt waited for its permit (set by the client).
         permit: the permit the attempt held, for the limiter's reports (set by the client).
     """
 
-    __slots__ = ("error", "error_body", "headers", "immediate", "latency", "permit", "rate_limited")
+    __slots__ = ("error", "error_body", "headers", "immediate", "latency", "permit", "queue_wait",
+                 "rate_limited")  # fmt: skip
 
     def __init__(
         self,
@@ -156,6 +158,7 @@ class Failure:
         self.rate_limited = rate_limited
         self.immediate = immediate
         self.latency = 0.0
+        self.queue_wait = 0.0
         self.permit: PermitProtocol | None = None
 
 

@@ -68,6 +68,7 @@ class ScoredBatch:
         step: the batch index.
         groups: its groups, in sampler order.
         gen_time: seconds the batch took to generate and score.
+        started: wall time (``time.time``) its generation began; NaN when unknown.
         rollout_metrics: the batch's group counters (:mod:`engine.rollout.groups`), for the
             step's metrics line.
     """
@@ -76,6 +77,7 @@ class ScoredBatch:
     groups: list[Group]
     gen_time: float = 0.0
     rollout_metrics: dict[str, float] = field(default_factory=dict)
+    started: float = math.nan
 
 
 def _rewards_matrix(groups: Sequence[Group]) -> np.ndarray:

@@ -56,6 +56,7 @@ trainer's producer, :mod:`engine.training.trainer`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -74,7 +75,7 @@ from ..rewards.rewarder import Rewarder, Score
 from ..telemetry.events import EventLog
 from ..telemetry.logs import get_logger
 from ..types import Example, Group, Rollout, Sample
-from .admission import GroupGate
+from .admission import GroupGate, Ticket
 
 __all__ = (
     "GroupCompletion",
@@ -85,6 +86,10 @@ __all__ = (
 )
 
 _log = get_logger("engine.rollout.groups")
+
+_ADMISSION_RECORDED = 1e-3
+"""Seconds of waiting at the admission gate from which the wait is recorded as a phase."""
+_NO_TRACK = contextlib.nullcontext()
 
 
 def derive_rng(rng: np.random.Generator, *path: int) -> np.random.Generator:
@@ -373,7 +378,7 @@ class GroupRunner:
         n = len(indices)
         rng = g.rng if attempt == 0 else derive_rng(g.rng, attempt)
         cost = 1 if self._n_honoured() else n
-        with await self.gate.acquire(cost, front=attempt > 0):
+        with await self._admit(g, cost, attempt):
             samples = await self._generate(g, n, rng)
         for i, s in zip(indices, samples, strict=True):
             g.slots[i] = Rollout(g.group_id, i, g.snapshot.version, s)
@@ -391,7 +396,7 @@ class GroupRunner:
         scopes: dict[int, anyio.CancelScope] = {}
         pending = total  # member generations not finished yet
 
-        ticket = await self.gate.acquire(total, front=attempt > 0)
+        ticket = await self._admit(g, total, attempt)
         try:
             async with anyio.create_task_group() as tg:
 
@@ -431,14 +436,28 @@ class GroupRunner:
             i = free.popleft()
             g.slots[i] = Rollout(g.group_id, i, g.snapshot.version, sample)
 
+    async def _admit(self, g: _GroupRun, cost: int, attempt: int) -> Ticket:
+        """The gate's ticket for ``cost`` units; a wait is recorded as an ``admission`` phase
+        of the group (:data:`engine.telemetry.events.PHASES`)."""
+        wall, t0 = time.time(), time.perf_counter()
+        ticket = await self.gate.acquire(cost, front=attempt > 0)
+        waited = time.perf_counter() - t0
+        if self.events is not None and waited >= _ADMISSION_RECORDED:
+            self.events.record_phase("admission", start=wall, duration=waited,
+                                     group_id=g.group_id, attempt=attempt)  # fmt: skip
+        return ticket
+
     # ------------------------------------------------------------------ generation, scoring
 
     async def _generate(self, g: _GroupRun, n: int, rng: np.random.Generator) -> list[Sample]:
         """``n`` samples from the policy; a raising call gives ``n`` failed samples."""
         t0 = time.perf_counter()
         error: str | None = None
+        embedded_log = self.events if self.embedded else None
+        track = _NO_TRACK if embedded_log is None else embedded_log.track("generation")
         try:
-            samples = list(await self.policy.generate(g.snapshot, g.example, n, rng))
+            with track:
+                samples = list(await self.policy.generate(g.snapshot, g.example, n, rng))
         except Exception as exc:  # generation failed for the whole call: recorded, not lost
             error = f"{type(exc).__name__}: {exc}"
             samples = []

@@ -1,7 +1,8 @@
 """Telemetry: per-request events, per-step metrics, and the request statistics between steps.
 
 - :class:`EventLog` -> ``OUT/events.jsonl``: one line per request attempt (generation or judge),
-  plus the log records the CLI sends there.
+  the phases of each step (``kind: "phase"``: rollouts, admission, step, update, eval, checkpoint;
+  :meth:`EventLog.phase`), plus the log records the CLI sends there.
 - :class:`MetricsLog` -> ``OUT/metrics.jsonl``: one line per optimizer step, fsynced.
 - :class:`RequestTally` counts events between steps; its :class:`RequestStatistics` give the
   token, latency and error metrics of a step.
@@ -12,9 +13,11 @@ most the last line.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,32 @@ import numpy as np
 
 from .records import JsonlWriter, dumps
 
-__all__ = ("EventLog", "MetricsLog", "RequestStatistics", "RequestTally")
+__all__ = (
+    "PHASES",
+    "EventListener",
+    "EventLog",
+    "MetricsLog",
+    "RequestStatistics",
+    "RequestTally",
+    "step_of",
+)
+
+EventListener = Callable[[Mapping[str, Any]], None]
+"""Called with every request and phase event as it is emitted (:meth:`EventLog.subscribe`)."""
+
+PHASES = ("rollouts", "admission", "step", "update", "after_update", "eval", "checkpoint")
+"""The phases a run records (``kind: "phase"`` events, :meth:`EventLog.phase`):
+
+- ``rollouts``: batch ``step`` generated and scored, from its first group to its last;
+- ``admission``: group ``group_id`` waited this long to be admitted against the limits
+  (recorded only when it waited);
+- ``step``: the learner's whole work on batch ``step``, from its update to the end of its
+  checkpoint (the phases below, the metrics line and the callbacks);
+- ``update``: the learner's update on batch ``step``;
+- ``after_update``: the policy's work after the update (e.g. new prompt candidates);
+- ``eval``: the held-out evaluation after step ``step``;
+- ``checkpoint``: the checkpoint written after step ``step``.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +211,15 @@ class EventLog:
     ``step`` field or of its ``STEP-J`` group id; requests of no step (evaluation, reflection)
     are reported with the next step.
 
+    A phase of a step (:meth:`phase`) is one line ``{"kind": "phase", "phase": "update",
+    "step": 3, "start": <wall s>, "ts": <wall s at its end>, "duration": <s>, "mono_start":
+    ..., "mono_end": ...}`` (``time.time`` and ``time.monotonic``); it is not a request.
+    Request events carry ``queue_wait``: seconds the attempt waited for a limiter permit
+    before it was sent (its ``latency`` starts at the send; both end at ``ts``).
+
     Attributes:
-        count: events emitted in total.
+        count: request events emitted in total.
+        in_flight: requests sent and not answered yet, by kind (:meth:`track`).
     """
 
     def __init__(self, path: str | Path | None = None, *, flush_every: int = 256) -> None:
@@ -193,7 +228,9 @@ class EventLog:
         self._flush_every = flush_every
         self._unstepped = RequestTally()
         self._by_step: dict[int, RequestTally] = {}
+        self._listeners: list[EventListener] = []
         self.count = 0
+        self.in_flight: Counter[str] = Counter()
 
     @property
     def path(self) -> Path | None:
@@ -203,7 +240,7 @@ class EventLog:
     def emit(self, **fields: Any) -> None:
         """Record one request attempt. ``ts`` is added when missing."""
         fields.setdefault("ts", time.time())
-        step = _step_of(fields)
+        step = step_of(fields)
         if step is None:
             tally = self._unstepped
         else:
@@ -212,10 +249,63 @@ class EventLog:
                 tally = self._by_step[step] = RequestTally()
         tally.record(fields)
         self.count += 1
+        self._notify(fields)
         if self._writer.enabled:
             self._buf.append(dumps(fields))
             if len(self._buf) >= self._flush_every:
                 self.flush()
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Call ``listener`` with every later request and phase event (synchronously, on the
+        emitting thread: it must be quick). A listener that raises is dropped, not retried."""
+        self._listeners.append(listener)
+
+    def _notify(self, fields: Mapping[str, Any]) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(fields)
+            except Exception:  # an observer never breaks the run
+                self._listeners.remove(listener)
+
+    @contextlib.contextmanager
+    def track(self, kind: str) -> Iterator[None]:
+        """Count a request of ``kind`` in :attr:`in_flight` while the block runs."""
+        self.in_flight[kind] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[kind] -= 1
+
+    @contextlib.contextmanager
+    def phase(self, name: str, *, step: int | None = None, **fields: Any) -> Iterator[None]:
+        """Record the block as phase ``name`` of ``step`` when it completes (see the class
+        docstring; a block that raises records nothing)."""
+        wall, mono = time.time(), time.monotonic()
+        yield
+        self.record_phase(name, start=wall, duration=time.monotonic() - mono, step=step,
+                          mono_start=mono, **fields)  # fmt: skip
+
+    def record_phase(
+        self,
+        name: str,
+        *,
+        start: float,
+        duration: float,
+        step: int | None = None,
+        mono_start: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record a phase measured elsewhere: it began at wall time ``start`` and lasted
+        ``duration`` seconds (an unknown ``start``, NaN, records nothing)."""
+        if not math.isfinite(start):
+            return
+        event: dict[str, Any] = {"kind": "phase", "phase": name, "step": step, **fields}
+        event.update(start=start, ts=start + duration, duration=duration)
+        if mono_start is not None:
+            event.update(mono_start=mono_start, mono_end=mono_start + duration)
+        self._notify(event)
+        if self._writer.enabled:
+            self._buf.append(dumps(event))
 
     def statistics(self) -> RequestStatistics:
         """The requests recorded and not yet reported by :meth:`step_metrics`, of any step."""
@@ -274,7 +364,7 @@ class MetricsLog:
         self._writer.close()
 
 
-def _step_of(fields: Mapping[str, object]) -> int | None:
+def step_of(fields: Mapping[str, object]) -> int | None:
     """The batch step an event belongs to: its ``step`` field, or the ``STEP-J`` group id."""
     step = fields.get("step")
     if isinstance(step, int):

@@ -33,12 +33,14 @@ RESUMABLE_KEYS = (
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "limits",
+    "telemetry",
     *(f"{s}.{f}" for s in ("endpoint", "judge") for f in ("provider", "base_url", "api_key_env")),
 )
 """Keys (or whole sections) a resumed run may change: more (or fewer) ``steps`` where the
 learning-rate schedule is constant (a decaying one is a function of ``steps``), where outputs
-go and how often checkpoints are kept, the client-side ``[limits]``, and where the endpoint is
-(not which model it serves). Everything else changes the run's trajectory."""
+go and how often checkpoints are kept, the client-side ``[limits]``, the live monitoring of
+``[telemetry]``, and where the endpoint is (not which model it serves). Everything else
+changes the run's trajectory."""
 
 
 def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -5,7 +5,7 @@
     OUT/
       config.json      the run config
       metrics.jsonl    one line per step (a resumed run first drops the steps it will redo)
-      events.jsonl     request and log events (written by the event log)
+      events.jsonl     request, phase and log events (written by the event log)
       checkpoints/     step-N/ directories, the newest ``trainer.keep_checkpoints`` kept
       summary.json     what the run did
 

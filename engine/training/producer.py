@@ -60,7 +60,7 @@ class BatchProducer:
         ``rollouts/*``) travel in ``ScoredBatch.rollout_metrics``."""
         version = snapshot_version_for(batch.step, self.max_staleness)
         snap = await self.learner.snapshot_at(version)
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         groups: list[Group | None] = [None] * len(batch.examples)
         counters = RolloutCounters()
 
@@ -77,6 +77,7 @@ class BatchProducer:
             [g for g in groups if g is not None],
             gen_time=time.perf_counter() - t0,
             rollout_metrics=dict(counters.statistics().metrics()),
+            started=started,
         )
 
     async def produce(self, send: ObjectSendStream[ScoredBatch], start: int) -> None:

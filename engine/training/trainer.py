@@ -494,8 +494,11 @@ class TrainingManager:
                 last = await self._budget_stop(batch.step)
             if last is not None and (batch.step > last or not batch.groups):
                 break
-            with anyio.CancelScope(shield=True):
-                m = await self.learner.update(batch)
+            self.events.record_phase("rollouts", step=batch.step, start=batch.started,
+                                     duration=batch.gen_time)  # fmt: skip
+            with anyio.CancelScope(shield=True), self.events.phase("step", step=batch.step):
+                with self.events.phase("update", step=batch.step):
+                    m = await self.learner.update(batch)
                 await self._after_step(batch, m)
             if self._stop_requested is not None:
                 break
@@ -523,7 +526,9 @@ class TrainingManager:
         step = batch.step
         m = {"step": step, **m}
         # e.g. prompt candidate growth; in the learner's task, so no race with the update
-        m.update(await self.policy.after_update(step, batch.groups, version=self.learner.version))
+        with self.events.phase("after_update", step=step):
+            version = self.learner.version
+            m.update(await self.policy.after_update(step, batch.groups, version=version))
         if self.exporter is not None:  # advantages are set on the rollouts by now
             write = functools.partial(self.exporter.write, batch.groups, step=step)
             await anyio.to_thread.run_sync(write)
@@ -533,7 +538,8 @@ class TrainingManager:
         eval_every = self.config.trainer.eval_every
         due = eval_every and (step + 1) % eval_every == 0 and self.heldout
         if due and not self.spend.exhausted:  # no evaluation once the budget is spent
-            ev = await self._stoppable_eval()  # a stop cancels it; the step is kept
+            with self.events.phase("eval", step=step):
+                ev = await self._stoppable_eval()  # a stop cancels it; the step is kept
             if ev is not None:
                 m.update(ev)
                 await self._eval_done(step, ev)
@@ -545,7 +551,8 @@ class TrainingManager:
             await _call(self.on_batch_complete, BatchMetrics.from_metrics(step, m))
         every = self.config.trainer.checkpoint_every
         if self.out is not None and every and (step + 1) % every == 0:
-            await self._save_step()
+            with self.events.phase("checkpoint", step=step):
+                await self._save_step()
 
     async def _save_step(self) -> None:
         """The step's checkpoint, with the spend so far."""

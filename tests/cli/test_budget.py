@@ -51,7 +51,7 @@ def run_config(base_url: str, out: Path, budget: float) -> dict[str, Any]:
 
 
 def requests_of(out: Path) -> list[dict[str, Any]]:
-    return [e for e in jsonl_records(out / "events.jsonl") if e.get("kind") != "log"]
+    return [e for e in jsonl_records(out / "events.jsonl") if e.get("kind") not in ("log", "phase")]
 
 
 def thresholds_logged(out: Path) -> list[int]:

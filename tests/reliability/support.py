@@ -281,6 +281,8 @@ def reconcile(
         if kind == "log":
             rec.logged[str(ev.get("event"))] += 1
             continue
+        if kind == "phase":  # a step's phases (update, checkpoint...), not requests
+            continue
         assert kind in ("generation", "judge"), ev
         rec.attempts[kind] += 1
         cls = ev.get("error_class")

@@ -77,7 +77,18 @@ async def test_run_writes_outputs_and_calls_back(tmp_path: Path) -> None:
     ]
     assert summary.steps_done == 6 and summary.stop_reason == "steps"
     assert (tmp_path / "summary.json").exists()
-    assert sum(1 for _ in read_records(tmp_path / "events.jsonl")) == 6 * 4
+    events = list(read_records(tmp_path / "events.jsonl"))
+    assert sum(1 for e in events if e["kind"] != "phase") == 6 * 4  # one request per group
+    phases = {(e["phase"], e["step"]) for e in events if e["kind"] == "phase"}
+    for name, steps in (
+        ("rollouts", range(6)),
+        ("step", range(6)),
+        ("update", range(6)),
+        ("after_update", range(6)),
+        ("eval", (1, 3, 5)),
+        ("checkpoint", (1, 3, 5)),
+    ):
+        assert {s for p, s in phases if p == name} == set(steps), name
 
 
 async def test_resume_continues_exactly(tmp_path: Path) -> None:

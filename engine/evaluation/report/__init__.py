@@ -3,7 +3,8 @@
 ``python -m engine report RUN_DIR [--out FILE]`` reads ``metrics.jsonl``, ``summary.json``,
 ``config.json`` and, when present, ``comparison.json`` (from ``python -m engine compare
 --out RUN_DIR``), and writes ``RUN_DIR/report.html``: the run's summary, a convergence verdict
-(:func:`engine.telemetry.monitor.convergence`), plots over steps and the A/B table.
+(:func:`engine.telemetry.monitor.convergence`), plots over steps, the step timeline drawn from
+``events.jsonl`` (:mod:`.timeline`: where each step's time went) and the A/B table.
 
 The page needs nothing but a browser: no network, no script, no library. Plots are inline SVG
 drawn here (:mod:`.charts`: axes with "nice" ticks, titles, legends), styled by a small inline

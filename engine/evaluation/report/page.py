@@ -2,7 +2,8 @@
 
 :func:`write_report` reads a run (:func:`~.run.load_run`) and writes ``RUN_DIR/report.html``:
 the run's summary, a convergence verdict (:func:`engine.telemetry.monitor.convergence`), the
-training plots (:mod:`.plots`) and, when the run holds ``comparison.json``, the A/B table.
+training plots (:mod:`.plots`), the step timeline of ``events.jsonl`` (:mod:`.timeline_charts`)
+and, when the run holds ``comparison.json``, the A/B table.
 The page needs nothing but a browser: no network, no script, no library; a small inline
 stylesheet styles it.
 """
@@ -10,7 +11,7 @@ stylesheet styles it.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ...telemetry.monitor import convergence, describe
 from .charts import esc, finite, format_value
 from .plots import training_charts
 from .run import RunData, load_run
+from .timeline_charts import timeline_section
 
 __all__ = ("render_report", "write_report")
 
@@ -47,6 +49,10 @@ figure{margin:0;background:var(--card);border:1px solid var(--line);border-radiu
 padding:8px 8px 4px}
 figcaption{color:var(--muted);font-size:12px;padding:0 8px 6px}
 svg.chart{width:100%;height:auto;display:block}
+svg.timeline .grid{stroke:var(--line)}
+.timelines figure{margin-top:14px}
+table.slowest a{color:#3b6fb6}
+h3{font-size:14px;margin:18px 0 8px}
 svg .title{font-size:14px;font-weight:600;fill:var(--ink)}
 svg .legend text{font-size:11px;fill:#3e4c59}
 svg .tick{font-size:10.5px;fill:var(--muted);font-variant-numeric:tabular-nums}
@@ -281,20 +287,28 @@ def render_report(run: RunData) -> str:
         "python -m engine report &middot; hover a plot for the values at each step</p></header>"
         f"{_summary_section(run, conv)}"
         f'<h2>Training</h2><div class="grid">{figures}</div>{absent_note}'
+        f"{timeline_section(run.timeline, 'No events.jsonl in this run directory.')}"
         f"{_comparison_section(run.comparison)}{config}"
         "</main></body></html>\n"
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the HTML report of ``run_dir`` to ``out`` (default RUN_DIR/report.html).
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    timeline_steps: Collection[int] | None = None,
+) -> Path:
+    """Write the HTML report of ``run_dir`` to ``out`` (default RUN_DIR/report.html);
+    ``timeline_steps``: the steps whose timeline is drawn in detail (default the slowest few
+    and the last).
 
     Blocking file I/O; written to a temporary file and renamed into place.
 
     Raises:
         DataError: not a run directory, or one of its JSON files is invalid.
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, timeline_steps=timeline_steps)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

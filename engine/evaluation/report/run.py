@@ -1,8 +1,10 @@
-"""A run directory as the report reads it: metrics rows, summary, config and comparison."""
+"""A run directory as the report reads it: metrics rows, summary, config, comparison and the
+step timeline of its events."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import orjson
 from ...errors import DataError
 from ...telemetry.records import read_records
 from .charts import finite
+from .timeline import Timeline, build_timeline
 
 __all__ = ("RunData", "load_run")
 
@@ -36,6 +39,8 @@ class RunData:
         summary: ``summary.json``, or None when the run did not finish.
         config: ``config.json``, or None.
         comparison: ``comparison.json`` (``python -m engine compare --out``), or None.
+        timeline: the step timeline of ``events.jsonl`` (:mod:`.timeline`), or None when
+            there is no such file.
     """
 
     run_dir: Path
@@ -43,6 +48,7 @@ class RunData:
     summary: dict[str, Any] | None
     config: dict[str, Any] | None
     comparison: dict[str, Any] | None
+    timeline: Timeline | None = None
 
     def column(self, key: str, missing: float = math.nan) -> list[float]:
         """Values of ``key`` per metrics row; ``missing`` where absent, NaN where null."""
@@ -66,8 +72,11 @@ class RunData:
         return sorted(found, key=key)
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(run_dir: str | Path, *, timeline_steps: Collection[int] | None = None) -> RunData:
     """Read a run directory (blocking file I/O).
+
+    ``timeline_steps``: the steps whose timeline is drawn in detail; default the slowest
+    few and the last (:func:`~.timeline.build_timeline`).
 
     Raises:
         DataError: the directory has neither ``metrics.jsonl`` nor ``summary.json``, or a
@@ -85,10 +94,12 @@ def load_run(run_dir: str | Path) -> RunData:
     if not rows and summary is None:
         raise DataError("not a run directory: no metrics.jsonl or summary.json", path=str(d))
     rows.sort(key=lambda r: r.get("step", 0))
+    events = d / "events.jsonl"
     return RunData(
         run_dir=d,
         rows=rows,
         summary=summary,
         config=_load_json(d / "config.json"),
         comparison=_load_json(d / "comparison.json"),
+        timeline=build_timeline(events, steps=timeline_steps) if events.is_file() else None,
     )
