@@ -49,6 +49,7 @@ from .errors import (
     RequestRejected,
     ResponseError,
     RewardError,
+    RunDirError,
     ServerError,
     TransportError,
 )
@@ -131,6 +132,7 @@ __all__ = (
     "RewardSpec",
     "Rewarder",
     "RunConfig",
+    "RunDirError",
     "RunSummary",
     "ServerError",
     "Signature",

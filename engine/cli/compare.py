@@ -34,6 +34,7 @@ from ..evaluation.compare import (
     load_generator,
 )
 from ..evaluation.compare.generation import Closeable, Configured
+from ..files import atomic_write_bytes, ensure_dir
 from ..rewards.rewarder import Rewarder
 from ..runtime import tune_gc
 from ..training.assembly import build_judge, build_rewarder, make_client
@@ -215,12 +216,8 @@ async def compare_command(args: argparse.Namespace) -> int:
         out = Path(args.out)
 
         def write() -> Path:
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / "comparison.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_bytes(result.to_json())
-            tmp.replace(path)
-            return path
+            ensure_dir(out, follow=True)
+            return atomic_write_bytes(out / "comparison.json", result.to_json())
 
         path = await anyio.to_thread.run_sync(write)
         print(f"\nwrote {path}", file=sys.stderr)

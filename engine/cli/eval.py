@@ -27,6 +27,7 @@ import math
 import sys
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,6 +40,7 @@ from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.sampler import take
 from ..errors import ConfigError
+from ..files import atomic_write_bytes, ensure_dir
 from ..learning.checkpoint import load_policy_checkpoint
 from ..policies.base import Policy, PolicySnapshot
 from ..rollout.evaluate import EvalResult, evaluate_policy, jsonable
@@ -205,9 +207,13 @@ def _restore(
 
 async def _write_rows(path: str, result: EvalResult) -> None:
     lines = b"".join(orjson.dumps(jsonable(row)) + b"\n" for row in result.rows)
-    out = anyio.Path(path)
-    await out.parent.mkdir(parents=True, exist_ok=True)
-    await out.write_bytes(lines)
+
+    def write() -> None:
+        out = Path(path)
+        ensure_dir(out.parent, follow=True)
+        atomic_write_bytes(out, lines)  # never through a symlink (engine.files)
+
+    await anyio.to_thread.run_sync(write)
 
 
 def _format_summary(s: dict[str, Any]) -> str:

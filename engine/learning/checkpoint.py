@@ -6,9 +6,11 @@ A checkpoint is a directory::
       meta.json      {"format": 1, "kind": "grpo-engine", "complete": true, ...}
       arrays.npz     every array, by name (policy, optimizer moments, snapshots)
 
-It is written into a hidden temporary directory beside the target, every file fsynced, then
-renamed into place and the parent directory fsynced, so a crash at any moment leaves either the
-old checkpoint or the new one, never half of one. Loading uses ``np.load(allow_pickle=False)``
+It is written into a hidden temporary directory beside the target (created exclusively under
+a random name, its files too, so a symlink planted in the run directory is never written
+through: :mod:`engine.files`), every file fsynced, then renamed into place and the parent
+directory fsynced, so a crash at any moment leaves either the old checkpoint or the new one,
+never half of one. Loading uses ``np.load(allow_pickle=False)``
 and ``orjson``: no pickle, no eval, nothing in a checkpoint can run code.
 """
 
@@ -16,8 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 import orjson
 
 from ..errors import CheckpointError
+from ..files import create_exclusive, fsync_dir, make_temp_dir
 
 __all__ = (
     "FORMAT_VERSION",
@@ -42,14 +45,6 @@ __all__ = (
 FORMAT_VERSION = 1
 _KIND = "grpo-engine"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -82,24 +77,23 @@ def save_checkpoint(
         )
     except TypeError as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON data: {exc}") from None
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = make_temp_dir(target)  # exclusive, random name: nothing planted is written through
     try:
-        with open(tmp / "arrays.npz", "wb") as fh:
+        with create_exclusive(tmp / "arrays.npz") as fh:
             np.savez(fh, **data)  # type: ignore[arg-type]
             fh.flush()
             os.fsync(fh.fileno())
-        with open(tmp / "meta.json", "wb") as fh:
+        with create_exclusive(tmp / "meta.json") as fh:
             fh.write(meta_bytes)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.lexists(target):  # a symlink there is renamed away, never followed
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(8)}"
             os.rename(target, old)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import orjson
 
+from ..files import open_append, open_read
+
 __all__ = ("JsonlWriter", "dumps", "read_records")
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -37,7 +39,7 @@ def _default(obj: object) -> object:
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     """The records of a JSON lines file written here, in order; a torn final line is skipped."""
-    with open(path, "rb") as fh:
+    with open_read(path) as fh:  # never through a symlink (engine.files)
         for raw in fh:
             if not raw.endswith(b"\n"):
                 return  # torn last line from a crash: ignore it
@@ -72,8 +74,9 @@ class JsonlWriter:
         if self._fh is None:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _cut_torn_tail(self.path)  # appending after a crash: no line may join a fragment
-            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+            fh = open_append(self.path, read=True)  # never through a symlink (engine.files)
+            _cut_torn_tail(fh)  # appending after a crash: no line may join a fragment
+            self._fh = fh
         self._fh.write(data)
 
     def write(self, record: Mapping[str, object]) -> None:
@@ -93,24 +96,20 @@ class JsonlWriter:
             self._fh = None
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline: drop a torn last line a crash left behind."""
-    try:
-        fh = open(path, "rb+")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        return
-    with fh:
-        end = fh.seek(0, os.SEEK_END)
-        pos = end
-        while pos > 0:
-            start = max(0, pos - 65536)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            i = chunk.rfind(b"\n")
-            if i >= 0:
-                if start + i + 1 < end:
-                    fh.truncate(start + i + 1)
-                return
-            pos = start
-        if end:
-            fh.truncate(0)
+def _cut_torn_tail(fh: IO[bytes]) -> None:
+    """Truncate the file open in ``fh`` after its last newline: drop a torn last line a crash
+    left behind (the file is opened for appending, so later writes still go to the end)."""
+    end = fh.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        start = max(0, pos - 65536)
+        fh.seek(start)
+        chunk = fh.read(pos - start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            if start + i + 1 < end:
+                fh.truncate(start + i + 1)
+            return
+        pos = start
+    if end:
+        fh.truncate(0)

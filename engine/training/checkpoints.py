@@ -16,6 +16,7 @@ import anyio
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
 from ..errors import CheckpointError
+from ..files import ensure_dir
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner
 from ..telemetry.logs import get_logger
@@ -75,6 +76,7 @@ class RunCheckpoints:
         newest ``trainer.keep_checkpoints``; None without a directory."""
         if self.directory is None:
             return None
+        await anyio.to_thread.run_sync(ensure_dir, self.directory)  # not a planted symlink
         path = await self.save(self.directory / f"step-{self.learner.version}", progress)
         _log.info("checkpoint.saved", step=self.learner.version, path=str(path))
         keep = self.config.trainer.keep_checkpoints

@@ -14,7 +14,6 @@ A run without an output directory (``out=None``) writes none of them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import orjson
 
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
+from ..files import atomic_write_bytes, ensure_dir
 from ..telemetry.events import MetricsLog
 from ..telemetry.records import dumps
 from ..telemetry.records import read_records as read_jsonl_records
@@ -59,16 +59,14 @@ class RunFiles:
         steps after a crash), open metrics.jsonl and write config.json."""
         if self.out is None:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.out, follow=True)  # --out onto a file: one RunDirError
         path = self.out / "metrics.jsonl"
-        if path.exists():
+        if path.exists() or path.is_symlink():  # a symlink is refused by the reader
             keep = [r for r in read_jsonl_records(path) if int(r.get("step", -1)) < start]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_bytes(b"".join(dumps(r) + b"\n" for r in keep))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, b"".join(dumps(r) + b"\n" for r in keep))
         self._metrics = MetricsLog(path)
-        (self.out / "config.json").write_bytes(
-            orjson.dumps(to_dict(config), option=orjson.OPT_INDENT_2)
+        atomic_write_bytes(
+            self.out / "config.json", orjson.dumps(to_dict(config), option=orjson.OPT_INDENT_2)
         )
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
@@ -80,12 +78,13 @@ class RunFiles:
         """Write summary.json."""
         if self.out is None:
             return
-        (self.out / "summary.json").write_bytes(
+        atomic_write_bytes(
+            self.out / "summary.json",
             orjson.dumps(
                 summary,
                 option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
                 default=lambda o: None,
-            )
+            ),
         )
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ...files import atomic_write_text, ensure_dir
 from ...telemetry.monitor import convergence, describe
 from .charts import esc, finite, format_value
 from .plots import training_charts
@@ -279,15 +280,14 @@ def render_report(run: RunData) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of ``run_dir`` to ``out`` (default RUN_DIR/report.html).
 
-    Blocking file I/O; written to a temporary file and renamed into place.
+    Blocking file I/O; written to a new temporary file and renamed into place, so a symlink
+    at the target is replaced, not followed.
 
     Raises:
         DataError: not a run directory, or one of its JSON files is invalid.
     """
     run = load_run(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(run), encoding="utf-8")
-    tmp.replace(path)
+    ensure_dir(path.parent, follow=True)
+    atomic_write_text(path, render_report(run))  # never through a symlink (engine.files)
     return path
