@@ -39,6 +39,7 @@ from ..rewards.rewarder import Rewarder
 from ..runtime import tune_gc
 from ..training.assembly import build_judge, build_rewarder, make_client
 from ..types import Example
+from .args import MAX_CONCURRENCY, MAX_RESAMPLES, MAX_SAMPLES, check_output_dir, int_range
 
 __all__ = ("add_compare_parser", "compare_command")
 
@@ -89,10 +90,16 @@ def add_compare_parser(
         help=f"comma-separated, among {', '.join(BUILTIN_METRICS)} "
         "(default: quality,diversity,relevance)",
     )
-    p.add_argument("--samples", type=int, default=4, metavar="K", help="samples per input (4)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed (0)")
+    p.add_argument(
+        "--samples",
+        type=int_range(1, MAX_SAMPLES),
+        default=4,
+        metavar="K",
+        help="samples per input (4)",
+    )
+    p.add_argument("--seed", type=int_range(0), default=0, metavar="S", help="seed (0)")
     p.add_argument("--out", metavar="DIR", help="write DIR/comparison.json")
-    p.add_argument("--limit", type=int, metavar="N", help="use at most N inputs")
+    p.add_argument("--limit", type=int_range(1), metavar="N", help="use at most N inputs")
     p.add_argument(
         "--quality",
         metavar="FN",
@@ -110,9 +117,19 @@ def add_compare_parser(
         help="config whose judge endpoint (or endpoint) judges A vs B; its reward.judge_prompt "
         "is the rubric",
     )
-    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="calls in flight (16)")
     p.add_argument(
-        "--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples (10000)"
+        "--concurrency",
+        type=int_range(1, MAX_CONCURRENCY),
+        default=16,
+        metavar="N",
+        help="calls in flight (16)",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int_range(1, MAX_RESAMPLES),
+        default=10_000,
+        metavar="N",
+        help="bootstrap resamples (10000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -172,6 +189,7 @@ def _examples(args: argparse.Namespace, a: Generator, b: Generator) -> list[Exam
 
 async def compare_command(args: argparse.Namespace) -> int:
     """A/B testing CLI: run ``python -m engine compare``; returns the exit status."""
+    check_output_dir(args.out, "--out")  # refused before the comparison, not after it
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")

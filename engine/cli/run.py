@@ -25,6 +25,7 @@ from ..telemetry.logs import attach_event_log
 from ..telemetry.monitor import describe
 from ..training.assembly import build_components, needs_endpoint, open_clients, open_hf_server
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
+from .args import check_output_dir, check_output_file, int_range
 
 __all__ = ("add_config_args", "add_run_parser", "run_command")
 
@@ -70,8 +71,12 @@ def add_run_parser(
     )
     add_config_args(run)
     run.add_argument("--out", metavar="DIR", help="output directory (default: config 'out')")
-    run.add_argument("--steps", type=int, metavar="N", help="optimizer steps (config 'steps')")
-    run.add_argument("--seed", type=int, metavar="S", help="random seed (config 'seed')")
+    run.add_argument(
+        "--steps", type=int_range(1), metavar="N", help="optimizer steps (config 'steps')"
+    )
+    run.add_argument(
+        "--seed", type=int_range(0), metavar="S", help="random seed >= 0 (config 'seed')"
+    )
     run.add_argument("--resume", metavar="DIR", help="resume from a run dir or checkpoint dir")
     run.add_argument(
         "--print-config", action="store_true", help="print the config reference and exit"
@@ -132,6 +137,8 @@ class _Progress:
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine run``; returns the exit status (errors raise EngineError)."""
     config = config_from_args(args)
+    check_output_dir(config.out, "--out")  # refused before anything is written
+    check_output_file(args.export_groups, "--export-groups", append=True)
     progress = _Progress(config.steps, quiet=args.quiet)
     signals_seen: list[int] = []
     async with contextlib.AsyncExitStack() as stack:

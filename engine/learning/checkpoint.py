@@ -16,12 +16,13 @@ and ``orjson``: no pickle, no eval, nothing in a checkpoint can run code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ from ..files import create_exclusive, fsync_dir, make_temp_dir
 
 __all__ = (
     "FORMAT_VERSION",
+    "MALFORMED",
     "find_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_policy_checkpoint",
     "prune_checkpoints",
+    "restoring",
     "save_checkpoint",
 )
 
@@ -137,6 +140,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     return arrays, meta
 
 
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+"""What restoring state from a malformed ``meta.json`` raises (a value of the wrong type, a
+missing key, a string where a number goes): :func:`restoring` turns each into one
+CheckpointError."""
+
+
+@contextlib.contextmanager
+def restoring(path: str | Path) -> Iterator[None]:
+    """Restore a policy or learner from the checkpoint at ``path`` inside this block: a
+    malformed value in its metadata becomes one CheckpointError naming ``path``, never an
+    unclassified exception (a checkpoint is outside input)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except MALFORMED as exc:
+        raise CheckpointError(
+            f"{path}: malformed checkpoint state: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every complete-looking ``step-N`` checkpoint, oldest first."""
     d = Path(directory)
@@ -181,7 +205,7 @@ def load_policy_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dic
     if p is None:
         raise CheckpointError(f"{Path(path)}: not a checkpoint, a run directory or a saved model")
     arrays, meta = load_checkpoint(p)
-    if "policy" not in meta or "config" not in meta:
+    if not isinstance(meta.get("policy"), Mapping) or not isinstance(meta.get("config"), Mapping):
         raise CheckpointError(f"{p}: the checkpoint holds no policy state and config")
     policy_arrays = {k[len("policy/") :]: v for k, v in arrays.items() if k.startswith("policy/")}
     return policy_arrays, meta, p

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from ..errors import RunDirError
 from ..files import open_append, open_read
 
 __all__ = ("JsonlWriter", "dumps", "read_records")
@@ -37,14 +38,38 @@ def _default(obj: object) -> object:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSON lines file written here, in order; a torn final line is skipped."""
+def read_records(path: str | Path, *, int_keys: Collection[str] = ()) -> Iterator[dict[str, Any]]:
+    """The records of a JSON lines file written here, in order; a torn final line is skipped.
+
+    The file is outside input when read back (a run directory another process or person may
+    have edited), so every line is checked: it must be a JSON object, and each key of
+    ``int_keys`` it holds must be an integer.
+
+    Raises:
+        RunDirError: a symlink or special file there, or a line that is not such an object
+            (the message names the file and the line).
+    """
     with open_read(path) as fh:  # never through a symlink (engine.files)
-        for raw in fh:
+        for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
                 return  # torn last line from a crash: ignore it
             if raw.strip():
-                yield orjson.loads(raw)
+                yield _record(raw, path, lineno, int_keys)
+
+
+def _record(raw: bytes, path: str | Path, lineno: int, int_keys: Collection[str]) -> dict[str, Any]:
+    """One checked line of :func:`read_records`."""
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RunDirError(f"{path}:{lineno}: invalid JSON: {exc}") from None
+    if not isinstance(rec, dict):
+        raise RunDirError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    for key in int_keys:
+        value = rec.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunDirError(f"{path}:{lineno}: {key!r} is not an integer: {value!r}")
+    return rec
 
 
 class JsonlWriter:

@@ -68,8 +68,9 @@ class RunCheckpoints:
         """
         arrays, meta = await anyio.to_thread.run_sync(ckpt.load_checkpoint, path)
         check_compatible(meta.get("config", {}), to_dict(self.config), str(path))
-        self.learner.load_state(arrays, meta)
-        return RunProgress.from_meta(meta.get("trainer", {}))
+        with ckpt.restoring(path):  # a malformed meta.json: one CheckpointError
+            self.learner.load_state(arrays, meta)
+            return RunProgress.from_meta(meta.get("trainer", {}))
 
     async def save_step(self, progress: RunProgress) -> Path | None:
         """Save ``step-N`` for the learner's version N in the directory, then keep only the

@@ -72,7 +72,7 @@ from ..data.jsonl import parse_example, read_jsonl
 from ..endpoints.client import Client
 from ..errors import CheckpointError, ConfigError
 from ..files import temp_name
-from ..learning.checkpoint import load_policy_checkpoint, save_checkpoint
+from ..learning.checkpoint import load_policy_checkpoint, restoring, save_checkpoint
 from ..policies.hf import build_hf_policy
 from ..policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
 from ..rewards.rewarder import Rewarder
@@ -475,7 +475,8 @@ class FineTunedModel:
         policy = PromptPolicy(
             client, config.prompt, endpoint=config.endpoint, candidates=[("", (), None)]
         )
-        policy.load_state(arrays, meta["policy"])
+        with restoring(found):  # a malformed meta.json: one CheckpointError
+            policy.load_state(arrays, meta["policy"])
         return cls(policy, config, clients=owned)
 
     # ------------------------------------------------------------------ lifecycle

@@ -62,7 +62,8 @@ class RunFiles:
         ensure_dir(self.out, follow=True)  # --out onto a file: one RunDirError
         path = self.out / "metrics.jsonl"
         if path.exists() or path.is_symlink():  # a symlink is refused by the reader
-            keep = [r for r in read_jsonl_records(path) if int(r.get("step", -1)) < start]
+            rows = read_jsonl_records(path, int_keys=("step",))  # RunDirError names a bad line
+            keep = [r for r in rows if r.get("step", -1) < start]
             atomic_write_bytes(path, b"".join(dumps(r) + b"\n" for r in keep))
         self._metrics = MetricsLog(path)
         atomic_write_bytes(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.sampler import as_source, split_source, take
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..types import Example
 
 __all__ = ("Source", "TrainData", "training_sources", "validate_files")
@@ -67,8 +67,9 @@ def _train_source(
 
 def validate_files(config: RunConfig) -> None:
     """Blocking: read every dataset file once before a run writes anything, so bad input
-    fails up front (DataError names the file and line)."""
+    fails up front (DataError names the file and line, or the training file that is empty)."""
     for path in (config.data.train, config.data.eval):
         if path:
-            for _ in read_jsonl(path):
-                pass
+            n = sum(1 for _ in read_jsonl(path))
+            if n == 0 and path == config.data.train:
+                raise DataError("the dataset has no examples", path=path)

@@ -306,6 +306,7 @@ class TrainingManager:
         """
         self._started = time.perf_counter()
         await anyio.to_thread.run_sync(validate_files, self.config)
+        await anyio.to_thread.run_sync(self.sampler.require_examples)  # before any file
         start = await self._resume(resume) if resume is not None else 0
         await anyio.to_thread.run_sync(self.files.prepare, self.config, start)
         self._log_start(start)

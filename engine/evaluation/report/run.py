@@ -10,20 +10,25 @@ from typing import Any
 import orjson
 
 from ...errors import DataError
+from ...files import open_read
 from ...telemetry.records import read_records
 from .charts import finite
 
 __all__ = ("RunData", "load_run")
 
 
-def _load_json(path: Path) -> Any:
-    """The JSON in ``path``, or None when there is no such file."""
+def _load_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when there is no such file."""
     try:
-        return orjson.loads(path.read_bytes())
+        with open_read(path) as fh:  # a symlink or special file: RunDirError
+            data = orjson.loads(fh.read())
     except FileNotFoundError:
         return None
     except orjson.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc}", path=str(path)) from None
+    if not isinstance(data, dict):
+        raise DataError(f"expected a JSON object, got {type(data).__name__}", path=str(path))
+    return data
 
 
 @dataclass(slots=True)
@@ -70,17 +75,18 @@ def load_run(run_dir: str | Path) -> RunData:
     """Read a run directory (blocking file I/O).
 
     Raises:
-        DataError: the directory has neither ``metrics.jsonl`` nor ``summary.json``, or a
-            file is not valid JSON.
+        DataError: not a directory, or it has neither ``metrics.jsonl`` nor ``summary.json``,
+            or a JSON file is not valid JSON or not an object.
+        RunDirError: a line of ``metrics.jsonl`` is not a JSON object with an integer step,
+            or a file of the run is a symlink or a special file.
     """
     d = Path(run_dir)
+    if not d.is_dir():
+        raise DataError("not a run directory", path=str(d))
     mpath = d / "metrics.jsonl"
     rows: list[dict[str, Any]] = []
-    if mpath.is_file():
-        try:
-            rows = list(read_records(mpath))
-        except orjson.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON line: {exc}", path=str(mpath)) from None
+    if mpath.exists() or mpath.is_symlink():
+        rows = list(read_records(mpath, int_keys=("step",)))  # RunDirError names a bad line
     summary = _load_json(d / "summary.json")
     if not rows and summary is None:
         raise DataError("not a run directory: no metrics.jsonl or summary.json", path=str(d))
