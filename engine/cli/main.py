@@ -56,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_sim_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None:  # the help on stdout, the one error line on stderr
         parser.print_help()
+        print_error("no command given: run, eval, compare, report or serve-sim")
         return 2
     try:
         return _dispatch(parser, args)

@@ -18,7 +18,7 @@ import orjson
 from ..errors import RunDirError
 from ..files import open_append, open_read
 
-__all__ = ("JsonlWriter", "dumps", "read_records")
+__all__ = ("JsonlWriter", "dumps", "read_json_object", "read_records")
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -36,6 +36,26 @@ def _default(obj: object) -> object:
     if isinstance(obj, BaseException):
         return f"{type(obj).__name__}: {obj}"
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in a file of a run directory (``config.json``, ``summary.json``), or
+    None when there is no such file.
+
+    Raises:
+        RunDirError: a symlink or special file there, not valid JSON (a truncated write, a
+            garbage edit), or a JSON value other than an object; the message names the file.
+    """
+    try:
+        with open_read(path) as fh:  # never through a symlink (engine.files)
+            data = orjson.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_records(path: str | Path, *, int_keys: Collection[str] = ()) -> Iterator[dict[str, Any]]:

@@ -7,28 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ...errors import DataError
-from ...files import open_read
-from ...telemetry.records import read_records
+from ...telemetry.records import read_json_object, read_records
 from .charts import finite
 
 __all__ = ("RunData", "load_run")
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when there is no such file."""
-    try:
-        with open_read(path) as fh:  # a symlink or special file: RunDirError
-            data = orjson.loads(fh.read())
-    except FileNotFoundError:
-        return None
-    except orjson.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc}", path=str(path)) from None
-    if not isinstance(data, dict):
-        raise DataError(f"expected a JSON object, got {type(data).__name__}", path=str(path))
-    return data
 
 
 @dataclass(slots=True)
@@ -75,10 +58,10 @@ def load_run(run_dir: str | Path) -> RunData:
     """Read a run directory (blocking file I/O).
 
     Raises:
-        DataError: not a directory, or it has neither ``metrics.jsonl`` nor ``summary.json``,
-            or a JSON file is not valid JSON or not an object.
-        RunDirError: a line of ``metrics.jsonl`` is not a JSON object with an integer step,
-            or a file of the run is a symlink or a special file.
+        DataError: not a directory, or it has neither ``metrics.jsonl`` nor ``summary.json``.
+        RunDirError: a JSON file is not valid JSON or not an object, a line of
+            ``metrics.jsonl`` is not a JSON object with an integer step, or a file of the run
+            is a symlink or a special file.
     """
     d = Path(run_dir)
     if not d.is_dir():
@@ -87,7 +70,7 @@ def load_run(run_dir: str | Path) -> RunData:
     rows: list[dict[str, Any]] = []
     if mpath.exists() or mpath.is_symlink():
         rows = list(read_records(mpath, int_keys=("step",)))  # RunDirError names a bad line
-    summary = _load_json(d / "summary.json")
+    summary = read_json_object(d / "summary.json")
     if not rows and summary is None:
         raise DataError("not a run directory: no metrics.jsonl or summary.json", path=str(d))
     rows.sort(key=lambda r: r.get("step", 0))
@@ -95,6 +78,6 @@ def load_run(run_dir: str | Path) -> RunData:
         run_dir=d,
         rows=rows,
         summary=summary,
-        config=_load_json(d / "config.json"),
-        comparison=_load_json(d / "comparison.json"),
+        config=read_json_object(d / "config.json"),
+        comparison=read_json_object(d / "comparison.json"),
     )
