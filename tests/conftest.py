@@ -10,6 +10,8 @@ How: a ``call_later`` chain (not a task, so it never shows in ``asyncio.all_task
 the test's loop; a thread notices when the beat stops and samples the loop thread's stack.
 Synchronous work in the test function's own body (a finite-difference check, building data)
 is not counted: a block whose innermost coroutine is the test itself is the test's business.
+Nor is a beat that is late while the loop waits in its selector: on a loaded machine the
+process may get no core for a while, which blocks nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ def _innermost_coroutine(frame: FrameType | None) -> CodeType | None:
     return None
 
 
+def _waiting_in_selector(frame: FrameType) -> bool:
+    """Whether the loop thread is in the selector's ``select``: the loop is idle, waiting for
+    I/O or its next timer. A beat that is late while the loop idles means the process got no
+    core in time (a loaded machine), not that anything blocked the loop."""
+    return frame.f_code.co_name in ("select", "poll") and frame.f_code.co_filename.endswith(
+        "selectors.py"
+    )
+
+
 class _LoopWatchdog:
     """Finds the longest block of the running loop not spent in the test's own body."""
 
@@ -76,6 +87,8 @@ class _LoopWatchdog:
             if counted != beat:  # a new block: look where the loop is stuck
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is None or _innermost_coroutine(frame) is self._own:
+                    continue
+                if _waiting_in_selector(frame):  # idle, the beat only late: a loaded machine
                     continue
                 counted, stack = beat, "".join(traceback.format_stack(frame)[-12:])
             if blocked > self.worst:
