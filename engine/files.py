@@ -38,6 +38,7 @@ from .errors import RunDirError
 __all__ = (
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable",
     "create_exclusive",
     "ensure_dir",
     "fsync_dir",
@@ -190,6 +191,22 @@ def create_exclusive(path: str | Path) -> BinaryIO:
     from :func:`make_temp_dir`."""
     fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666)
     return os.fdopen(fd, "wb")
+
+
+def check_writable(path: str | Path, *, directory: bool = False) -> None:
+    """Refuse, before a run writes anything, what :func:`open_append` (or, with ``directory``,
+    :func:`ensure_dir`) would refuse later: a symlink at ``path``, or something there that is
+    not a regular file (not a directory). Nothing there is fine.
+
+    Raises:
+        RunDirError: naming ``path``.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise RunDirError(f"{p}: is a symlink; refusing to write through it")
+    if p.exists() and not (p.is_dir() if directory else p.is_file()):
+        kind = "a directory" if directory else "a regular file"
+        raise RunDirError(f"{p}: exists and is not {kind}")
 
 
 def ensure_dir(path: str | Path, *, follow: bool = False) -> Path:

@@ -11,6 +11,7 @@ from engine.errors import RunDirError
 from engine.files import (
     atomic_write_bytes,
     atomic_write_text,
+    check_writable,
     create_exclusive,
     ensure_dir,
     make_temp_dir,
@@ -138,3 +139,18 @@ def test_ensure_dir(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(RunDirError):
         ensure_dir(run_dir / "file" / "below", follow=True)
     assert ensure_dir(run_dir / "a" / "b").is_dir()
+
+
+def test_check_writable(run_dir: Path, outside: Path) -> None:
+    """What a run will append to or fill is checked before it writes anything."""
+    check_writable(run_dir / "absent.jsonl")
+    (run_dir / "events.jsonl").symlink_to(outside)
+    with pytest.raises(RunDirError, match="symlink"):
+        check_writable(run_dir / "events.jsonl")
+    (run_dir / "metrics.jsonl").mkdir()
+    with pytest.raises(RunDirError, match="not a regular file"):
+        check_writable(run_dir / "metrics.jsonl")
+    check_writable(run_dir / "metrics.jsonl", directory=True)
+    (run_dir / "checkpoints").write_text("x")
+    with pytest.raises(RunDirError, match="not a directory"):
+        check_writable(run_dir / "checkpoints", directory=True)

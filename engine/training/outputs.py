@@ -22,7 +22,7 @@ import orjson
 
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
-from ..files import atomic_write_bytes, ensure_dir
+from ..files import atomic_write_bytes, check_writable, ensure_dir
 from ..telemetry.events import MetricsLog
 from ..telemetry.records import dumps
 from ..telemetry.records import read_records as read_jsonl_records
@@ -60,6 +60,9 @@ class RunFiles:
         if self.out is None:
             return
         ensure_dir(self.out, follow=True)  # --out onto a file: one RunDirError
+        for name in ("metrics.jsonl", "events.jsonl"):  # planted symlinks: refused up front
+            check_writable(self.out / name)
+        check_writable(self.out / "checkpoints", directory=True)
         path = self.out / "metrics.jsonl"
         if path.exists() or path.is_symlink():  # a symlink is refused by the reader
             rows = read_jsonl_records(path, int_keys=("step",))  # RunDirError names a bad line

@@ -118,6 +118,7 @@ def test_run_refuses_a_symlinked_log_or_checkpoint_dir(
     assert "Traceback" not in run.stderr
     assert outside.snapshot() == before
     assert sorted(p.name for p in outside.dir.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [name]  # refused before writing anything
 
 
 def test_report_out_symlink_is_replaced(tmp_path: Path, outside: Outside) -> None:
