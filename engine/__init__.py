@@ -51,6 +51,7 @@ from .errors import (
     RequestRejected,
     ResponseError,
     RewardError,
+    RunDirError,
     ServerError,
     TransportError,
 )
@@ -136,6 +137,7 @@ __all__ = (
     "RewardSpec",
     "Rewarder",
     "RunConfig",
+    "RunDirError",
     "RunSummary",
     "ServerError",
     "Signature",

@@ -6,6 +6,7 @@
     ├── ConfigError            bad config: names the file and the key
     ├── DataError              bad dataset line: names the file and the line number
     ├── CheckpointError        unreadable, incompatible or half-written checkpoint
+    ├── RunDirError            a run directory's file is unsafe to write or unreadable
     ├── ClientClosedError      a client or resource used after close
     ├── RewardError            a reward function or judge failed for one rollout
     ├── OutputParseError       model output that does not fit a signature or verdict format
@@ -44,6 +45,7 @@ __all__ = (
     "RequestRejected",
     "ResponseError",
     "RewardError",
+    "RunDirError",
     "ServerError",
     "TransportError",
     "first_engine_error",
@@ -76,6 +78,11 @@ class DataError(EngineError):
 
 class CheckpointError(EngineError):
     """A checkpoint cannot be written or loaded (missing, corrupt, wrong version, incompatible)."""
+
+
+class RunDirError(EngineError):
+    """A run directory cannot be written or read safely: a symlink or a non-regular file
+    where the engine writes, or a file of the run that is missing, truncated or malformed."""
 
 
 class ClientClosedError(EngineError):

@@ -10,6 +10,10 @@ How: a ``call_later`` chain (not a task, so it never shows in ``asyncio.all_task
 the test's loop; a thread notices when the beat stops and samples the loop thread's stack.
 Synchronous work in the test function's own body (a finite-difference check, building data)
 is not counted: a block whose innermost coroutine is the test itself is the test's business.
+Nor is time the loop thread spends waiting for a core: on a loaded machine a beat can be late
+while the loop idles in its selector, or while its thread is runnable but not running; a
+block is wall-clock time while the thread sleeps outside the selector (``time.sleep``, a
+blocking call), or CPU time while it runs (Linux: ``/proc`` and the thread's CPU clock).
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ def _innermost_coroutine(frame: FrameType | None) -> CodeType | None:
     return None
 
 
+def _waiting_in_selector(frame: FrameType) -> bool:
+    """Whether the loop thread is in the selector's ``select``: the loop is idle, waiting for
+    I/O or its next timer. A beat that is late while the loop idles means the process got no
+    core in time (a loaded machine), not that anything blocked the loop."""
+    return frame.f_code.co_name in ("select", "poll") and frame.f_code.co_filename.endswith(
+        "selectors.py"
+    )
+
+
 class _LoopWatchdog:
     """Finds the longest block of the running loop not spent in the test's own body."""
 
@@ -53,7 +66,9 @@ class _LoopWatchdog:
         self._own = own  # the test function's code: its own synchronous work is exempt
         self._limit = limit
         self._loop_thread = threading.get_ident()
+        self._loop_task = threading.get_native_id()  # its /proc/self/task entry
         self._beat = time.perf_counter()  # written by the loop, read by the watcher
+        self._beat_cpu = time.thread_time()  # the loop thread's CPU time at that beat
         self.worst = 0.0  # seconds of the longest counted block
         self.stack = ""  # where the loop was stuck during it
         self._handle: asyncio.TimerHandle | None = loop.call_later(_TICK, self._tick)
@@ -62,6 +77,7 @@ class _LoopWatchdog:
         self._watcher.start()
 
     def _tick(self) -> None:
+        self._beat_cpu = time.thread_time()
         self._beat = time.perf_counter()
         self._handle = self._loop.call_later(_TICK, self._tick)
 
@@ -69,17 +85,34 @@ class _LoopWatchdog:
         counted: float | None = None  # the beat that a counted block started after
         stack = ""
         while not self._done.wait(_TICK):
-            beat = self._beat
+            beat, beat_cpu = self._beat, self._beat_cpu
             blocked = time.perf_counter() - beat - _TICK
+            if blocked <= self._limit:
+                continue
+            blocked = self._measure(blocked, beat_cpu)
             if blocked <= self._limit:
                 continue
             if counted != beat:  # a new block: look where the loop is stuck
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is None or _innermost_coroutine(frame) is self._own:
                     continue
+                if _waiting_in_selector(frame):  # idle, the beat only late: a loaded machine
+                    continue
                 counted, stack = beat, "".join(traceback.format_stack(frame)[-12:])
             if blocked > self.worst:
                 self.worst, self.stack = blocked, stack
+
+    def _measure(self, wall: float, beat_cpu: float) -> float:
+        """How long the loop has been held: the wall-clock time since the beat while its thread
+        sleeps outside the loop (``time.sleep``, a blocking call), else the CPU time it ran.
+        A thread that is runnable but waits for a core (a loaded machine) holds nothing."""
+        try:
+            cpu = time.clock_gettime(time.pthread_getcpuclockid(self._loop_thread)) - beat_cpu
+            with open(f"/proc/self/task/{self._loop_task}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (AttributeError, OSError, IndexError):  # not Linux: wall-clock time only
+            return wall
+        return wall if state in ("S", "D") else cpu
 
     def stop(self) -> None:
         if self._handle is not None:

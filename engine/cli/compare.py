@@ -34,10 +34,12 @@ from ..evaluation.compare import (
     load_generator,
 )
 from ..evaluation.compare.generation import Closeable, Configured
+from ..files import atomic_write_bytes, ensure_dir
 from ..rewards.rewarder import Rewarder
 from ..runtime import tune_gc
 from ..training.assembly import build_judge, build_rewarder, make_client
 from ..types import Example
+from .args import MAX_CONCURRENCY, MAX_RESAMPLES, MAX_SAMPLES, check_output_dir, int_range
 
 __all__ = ("add_compare_parser", "compare_command")
 
@@ -94,10 +96,16 @@ def add_compare_parser(
         help=f"comma-separated, among {', '.join(BUILTIN_METRICS)} "
         "(default: quality,diversity,relevance)",
     )
-    p.add_argument("--samples", type=int, default=4, metavar="K", help="samples per input (4)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed (0)")
+    p.add_argument(
+        "--samples",
+        type=int_range(1, MAX_SAMPLES),
+        default=4,
+        metavar="K",
+        help="samples per input (4)",
+    )
+    p.add_argument("--seed", type=int_range(0), default=0, metavar="S", help="seed (0)")
     p.add_argument("--out", metavar="DIR", help="write DIR/comparison.json")
-    p.add_argument("--limit", type=int, metavar="N", help="use at most N inputs")
+    p.add_argument("--limit", type=int_range(1), metavar="N", help="use at most N inputs")
     p.add_argument(
         "--quality",
         metavar="FN",
@@ -115,6 +123,28 @@ def add_compare_parser(
         help="config whose judge endpoint (or endpoint) judges A vs B; its reward.judge_prompt "
         "is the rubric",
     )
+    _add_saved_config_args(p)
+    p.add_argument(
+        "--concurrency",
+        type=int_range(1, MAX_CONCURRENCY),
+        default=16,
+        metavar="N",
+        help="calls in flight (16)",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int_range(1, MAX_RESAMPLES),
+        default=10_000,
+        metavar="N",
+        help="bootstrap resamples (10000)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def _add_saved_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and ``--trust-saved-config``: what the user gives over each
+    checkpoint's saved config (which is data, not authority)."""
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -134,12 +164,6 @@ def add_compare_parser(
         action="store_true",
         help="use the endpoint and reward imports a checkpoint names (printed first)",
     )
-    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="calls in flight (16)")
-    p.add_argument(
-        "--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples (10000)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress display")
-    return p
 
 
 def _import_function(spec: str) -> Any:
@@ -206,6 +230,7 @@ def _examples(args: argparse.Namespace, a: Generator, b: Generator) -> list[Exam
 
 async def compare_command(args: argparse.Namespace) -> int:
     """A/B testing CLI: run ``python -m engine compare``; returns the exit status."""
+    check_output_dir(args.out, "--out")  # refused before the comparison, not after it
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
@@ -250,12 +275,8 @@ async def compare_command(args: argparse.Namespace) -> int:
         out = Path(args.out)
 
         def write() -> Path:
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / "comparison.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_bytes(result.to_json())
-            tmp.replace(path)
-            return path
+            ensure_dir(out, follow=True)
+            return atomic_write_bytes(out / "comparison.json", result.to_json())
 
         path = await anyio.to_thread.run_sync(write)
         print(f"\nwrote {path}", file=sys.stderr)

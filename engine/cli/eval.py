@@ -30,6 +30,7 @@ import math
 import sys
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,8 +42,9 @@ from ..config.loading import load_config
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.sampler import take
-from ..errors import ConfigError
-from ..learning.checkpoint import load_policy_checkpoint
+from ..errors import ConfigError, DataError
+from ..files import atomic_write_bytes, ensure_dir
+from ..learning.checkpoint import load_policy_checkpoint, restoring
 from ..policies.base import Policy, PolicySnapshot
 from ..rollout.evaluate import EvalResult, evaluate_policy, jsonable
 from ..runtime import tune_gc
@@ -50,6 +52,7 @@ from ..telemetry.events import EventLog
 from ..training.assembly import build_components, needs_endpoint, open_clients
 from ..training.saved import resolve_saved_config
 from ..types import Example
+from .args import MAX_CONCURRENCY, check_output_file, finite_float, int_range
 
 __all__ = ("add_eval_parser", "eval_command")
 
@@ -97,13 +100,19 @@ def add_eval_parser(
         help="use the endpoint and reward imports the checkpoint names (printed first)",
     )
     p.add_argument("--data", metavar="FILE", required=True, help="JSONL examples to score")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
+    p.add_argument("--limit", type=int_range(1), metavar="N", help="only the first N examples")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --sample")
+    p.add_argument("--seed", type=int_range(0), default=0, metavar="S", help="seed for --sample")
     p.add_argument(
-        "--pass-threshold", type=float, default=1.0, metavar="R", help="reward that passes"
+        "--pass-threshold", type=finite_float, default=1.0, metavar="R", help="reward that passes"
     )
-    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="examples in flight")
+    p.add_argument(
+        "--concurrency",
+        type=int_range(1, MAX_CONCURRENCY),
+        default=16,
+        metavar="N",
+        help="examples in flight",
+    )
     p.add_argument("--out", metavar="FILE", help="write one JSON line per example")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -144,6 +153,7 @@ async def eval_command(args: argparse.Namespace) -> int:
     """Run ``python -m engine eval``; returns the exit status (errors raise EngineError)."""
     if not args.checkpoint and not args.config:
         raise ConfigError("eval needs --checkpoint DIR or --config FILE (or both)")
+    check_output_file(args.out, "--out")  # refused before the evaluation, not after it
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     if args.checkpoint:
@@ -179,8 +189,15 @@ async def eval_command(args: argparse.Namespace) -> int:
 
 
 def _read_examples(path: str, limit: int | None) -> list[Example]:
-    """Blocking: the examples of ``path``, the first ``limit`` of them when given."""
-    return take(read_jsonl(path), limit) if limit else list(read_jsonl(path))
+    """Blocking: the examples of ``path``, the first ``limit`` of them when given.
+
+    Raises:
+        DataError: a malformed line, or no examples at all (nothing to evaluate).
+    """
+    examples = take(read_jsonl(path), limit) if limit else list(read_jsonl(path))
+    if not examples:
+        raise DataError("the dataset has no examples", path=path)
+    return examples
 
 
 async def _evaluate(
@@ -200,7 +217,10 @@ async def _evaluate(
         policy, rewarder, _ = build_components(config, client=client, judge_client=judge_client)
         if rewarder is None:
             raise ConfigError("no reward functions: set [reward] functions", key="reward")
-        snapshot = _restore(policy, arrays, meta) if args.checkpoint else None
+        snapshot = None
+        if args.checkpoint:
+            with restoring(args.checkpoint):  # a malformed meta.json: one CheckpointError
+                snapshot = _restore(policy, arrays, meta)
         progress = _Progress(len(examples), args.quiet)
         tune_gc()  # everything is built: freeze it, and collect the young generation rarely
         return await evaluate_policy(
@@ -229,9 +249,13 @@ def _restore(
 
 async def _write_rows(path: str, result: EvalResult) -> None:
     lines = b"".join(orjson.dumps(jsonable(row)) + b"\n" for row in result.rows)
-    out = anyio.Path(path)
-    await out.parent.mkdir(parents=True, exist_ok=True)
-    await out.write_bytes(lines)
+
+    def write() -> None:
+        out = Path(path)
+        ensure_dir(out.parent, follow=True)
+        atomic_write_bytes(out, lines)  # never through a symlink (engine.files)
+
+    await anyio.to_thread.run_sync(write)
 
 
 def _format_summary(s: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from ..config.reference import config_reference
 from ..errors import EngineError, first_engine_error
 from ..telemetry.logs import configure_logging
 from ..telemetry.streams import guard_standard_streams
+from .args import OneLineParser, print_error
 from .compare import add_compare_parser, compare_command
 from .eval import add_eval_parser, eval_command
 from .report import add_report_parser, report_command
@@ -29,7 +30,7 @@ __all__ = ("build_parser", "main")
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m engine`` with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m engine",
         description="grpo-engine: Group Relative Policy Optimization as an asyncio batch engine.",
     )
@@ -63,22 +64,45 @@ def _main(argv: Sequence[str] | None) -> int:
         return serve_sim_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None:  # the help on stdout, the one error line on stderr
         parser.print_help()
+        print_error("no command given: run, eval, compare, report or serve-sim")
         return 2
     try:
         return _dispatch(parser, args)
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
+        return 2
+    except OSError as exc:  # a path the user named cannot be read or written
+        print_error(_os_error(exc))
         return 2
     except BaseExceptionGroup as group:
-        found = first_engine_error(group)
+        found = first_engine_error(group) or _first_os_error(group)
         if found is None:
             raise
-        print(f"error: {found}", file=sys.stderr)
+        print_error(_os_error(found) if isinstance(found, OSError) else str(found))
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _os_error(exc: OSError) -> str:
+    """``PATH: strerror`` of a failed file operation (``errno``'s text without the repr)."""
+    where = ": ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    """The first OSError in an exception group, recursively (as first_engine_error)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _first_os_error(sub)
+            if found is not None:
+                return found
+    return None
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..evaluation.report import write_report
+from .args import check_output_file
 
 __all__ = ("add_report_parser", "report_command")
 
@@ -55,6 +56,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     Synchronous on purpose: it only reads a few files and writes one, with no event loop.
     """
+    check_output_file(args.out, "--out")  # refused before the run directory is read
     path = write_report(args.run_dir, args.out, timeline_steps=args.timeline_steps)
     print(f"wrote {path}")
     return 0

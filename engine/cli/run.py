@@ -37,6 +37,7 @@ from ..training.resume import ResumePlan, plan_resume
 from ..training.rundir import claim_run_dir
 from ..training.stopping import STOP_SIGNALS, SignalStop
 from ..training.trainer import BatchMetrics, RunSummary, TrainingManager
+from .args import check_output_dir, check_output_file, int_range
 
 __all__ = ("FAILURES_STATUS", "add_config_args", "add_run_parser", "run_command")
 
@@ -120,8 +121,12 @@ def add_run_parser(
     )
     add_config_args(run)
     run.add_argument("--out", metavar="DIR", help="output directory (default: config 'out')")
-    run.add_argument("--steps", type=int, metavar="N", help="optimizer steps (config 'steps')")
-    run.add_argument("--seed", type=int, metavar="S", help="random seed (config 'seed')")
+    run.add_argument(
+        "--steps", type=int_range(1), metavar="N", help="optimizer steps (config 'steps')"
+    )
+    run.add_argument(
+        "--seed", type=int_range(0), metavar="S", help="random seed >= 0 (config 'seed')"
+    )
     run.add_argument(
         "--resume",
         metavar="DIR",
@@ -153,7 +158,7 @@ def add_run_parser(
     )
     run.add_argument(
         "--prometheus-port",
-        type=int,
+        type=int_range(0, 65535),
         metavar="PORT",
         help="serve Prometheus metrics (requests, errors by class, tokens, cost, in flight, "
         "event-loop lag, step, reward) at http://127.0.0.1:PORT/metrics while training; 0 "
@@ -313,6 +318,8 @@ async def run_command(args: argparse.Namespace) -> int:
     plan = await anyio.to_thread.run_sync(resume_plan, args) if args.resume else None
     config = plan.config if plan is not None else config_from_args(args)
     require_trackers(config.report_to)  # a missing extra: one error before anything is written
+    check_output_dir(config.out, "--out")  # refused before anything is written
+    check_output_file(args.export_groups, "--export-groups", append=True)
     progress = _Progress(config.steps, quiet=args.quiet)
     spend = SpendMeter.from_config(config, on_threshold=_print_threshold)
     stop = SignalStop()

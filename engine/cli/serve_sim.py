@@ -17,29 +17,30 @@ from collections.abc import Callable
 import orjson
 
 from ..testing.sim import ALL_FAULT_KINDS, Faults, SimConfig, SimServer
+from .args import OneLineParser, finite_float, int_range, print_error
 
 __all__ = ("main",)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="python -m engine serve-sim",
         description="Serve the simulated OpenAI-compatible server; prints the base URL first.",
     )
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--latency", type=float, default=0.0, help="median seconds per request")
-    ap.add_argument("--latency-sigma", type=float, default=0.0, help="log-normal sigma")
-    ap.add_argument("--per-token-latency", type=float, default=0.0)
-    ap.add_argument("--rpm", type=float, default=None, help="enforced requests per minute")
-    ap.add_argument("--tpm", type=float, default=None, help="enforced tokens per minute")
-    ap.add_argument("--burst-seconds", type=float, default=60.0)
+    ap.add_argument("--port", type=int_range(0, 65535), default=8000, help="0 picks a free port")
+    ap.add_argument("--seed", type=int_range(0), default=0)
+    ap.add_argument("--latency", type=finite_float, default=0.0, help="median seconds per request")
+    ap.add_argument("--latency-sigma", type=finite_float, default=0.0, help="log-normal sigma")
+    ap.add_argument("--per-token-latency", type=finite_float, default=0.0)
+    ap.add_argument("--rpm", type=finite_float, default=None, help="enforced requests per minute")
+    ap.add_argument("--tpm", type=finite_float, default=None, help="enforced tokens per minute")
+    ap.add_argument("--burst-seconds", type=finite_float, default=60.0)
     ap.add_argument("--honor-n", dest="honor_n", action="store_true", default=True)
     ap.add_argument("--ignore-n", dest="honor_n", action="store_false")
     ap.add_argument(
         "--fault-rate",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="total fault probability split evenly over every kind but timeout",
     )
@@ -51,11 +52,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a fault rate (repeatable, overrides --fault-rate); kinds: "
         + ", ".join(ALL_FAULT_KINDS),
     )
-    ap.add_argument("--hang-seconds", type=float, default=30.0)
-    ap.add_argument("--retry-after", type=float, default=0.05, help="seconds asked by 429 faults")
+    ap.add_argument("--hang-seconds", type=finite_float, default=30.0)
+    ap.add_argument(
+        "--retry-after", type=finite_float, default=0.05, help="seconds asked by 429 faults"
+    )
     ap.add_argument("--no-rate-headers", dest="rate_headers", action="store_false", default=True)
-    ap.add_argument("--max-concurrency-served", type=int, default=None)
-    ap.add_argument("--keepalive-timeout", type=float, default=5.0)
+    ap.add_argument("--max-concurrency-served", type=int_range(1), default=None)
+    ap.add_argument("--keepalive-timeout", type=finite_float, default=5.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument(
         "--strict-models",
@@ -69,10 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=True,
         help="no /v1/load_lora_adapter routes (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
     )
-    ap.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank loaded")
+    ap.add_argument(
+        "--max-lora-rank", type=int_range(1, 65536), default=16, help="largest adapter rank loaded"
+    )
     ap.add_argument(
         "--usage-cost",
-        type=float,
+        type=finite_float,
         default=None,
         metavar="USD",
         help="report usage.cost (as OpenRouter does) at USD per prompt + completion token",
@@ -89,7 +94,10 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
             raise ValueError(
                 f"--fault expects KIND=RATE with KIND in {ALL_FAULT_KINDS}, got {item!r}"
             )
-        rates[kind] = float(rate)
+        try:
+            rates[kind] = finite_float(rate)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--fault {item!r}: {exc}") from None
     return Faults(**rates, **extra) if rates else Faults.spread(args.fault_rate, **extra)
 
 
@@ -145,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         config = _config_from_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, TypeError) as e:
+        print_error(str(e))
         return 2
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config, args.host, args.port))
+        try:
+            return runner.run(_serve(config, args.host, args.port))
+        except OSError as e:  # the address cannot be bound: in use, not ours, not an address
+            print_error(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}")
+            return 2

@@ -31,11 +31,14 @@ TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
 
 T = TypeVar("T")
 
+_INT64 = 2**63
+
 Table = dict[str, Any]
 """A TOML table as tomllib decodes it: str keys, TOML values (nested tables are dicts)."""
 
 _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     # key: (min, max, min_exclusive)
+    "seed": (0, None, False),
     "steps": (1, None, False),
     "grpo.group_size": (2, None, False),
     "grpo.epsilon": (0.0, 1.0, True),
@@ -122,6 +125,8 @@ def load_config(
         ConfigError: unreadable file, TOML syntax error (with line), unknown key, wrong type or
             out-of-range value; the message names the file (or ``--set``) and the key.
     """
+    if base is not None and not isinstance(base, Mapping):  # a saved config that is not one
+        raise ConfigError(f"the saved config is not a table: {type(base).__name__}")
     data: Table = dict(base or {})
     where = str(path) if path is not None else None
     if path is not None:
@@ -301,6 +306,8 @@ def _coerce_scalar(value: object, tp: object, key: str, path: str | None) -> obj
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _mismatch("an integer", value, key, path)
+        if not -_INT64 <= value < _INT64:  # JSON files, checkpoints and numpy hold 64 bits
+            raise ConfigError(f"integer out of the 64-bit range: {value}", path=path, key=key)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -7,7 +7,8 @@ Two line formats are accepted, one JSON object per line:
 - a plain prompt: ``{"prompt": "...", "answer": "..."}`` (any other keys go to ``Example.meta``;
   ``answer``, ``target`` or ``completion`` become ``Example.target``).
 
-Blank lines are skipped. A malformed line raises :class:`~engine.errors.DataError` naming the
+Blank lines are skipped; a line may be at most :data:`MAX_LINE_BYTES` long. A malformed line
+raises :class:`~engine.errors.DataError` naming the
 file and the 1-based line number. Files are streamed, never loaded whole.
 """
 
@@ -22,7 +23,11 @@ import orjson
 from ..errors import DataError
 from ..types import Example
 
-__all__ = ("parse_example", "read_jsonl")
+__all__ = ("MAX_LINE_BYTES", "parse_example", "read_jsonl")
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""The longest line a dataset may have: a longer one (a file with no newline, such as
+``/dev/zero`` or a binary) is a DataError, not a read without end."""
 
 _TARGET_KEYS = ("answer", "target", "completion")
 """Keys of a plain-prompt line that give the reference answer, the first present wins."""
@@ -36,7 +41,11 @@ def read_jsonl(path: str | Path) -> Iterator[Example]:
     except OSError as exc:
         raise DataError(f"cannot open dataset: {exc.strerror}", path=where) from None
     with fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lineno = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:  # /dev/zero, a binary file: no newline in sight
+                raise DataError(f"line longer than {MAX_LINE_BYTES} bytes", path=where, line=lineno)
             if not raw.strip():
                 continue
             try:

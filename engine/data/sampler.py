@@ -113,6 +113,13 @@ class GroupSampler:
         self.shuffle = shuffle
         self.buffer_size = buffer_size
 
+    def require_examples(self) -> None:
+        """Blocking: raise DataError unless a pass over the source yields an example (read up
+        to the first one), so an empty dataset fails before a run writes anything."""
+        for _ in self._source():
+            return
+        raise DataError("the training data has no examples")
+
     def batches(self, start: int = 0) -> Iterator[Batch]:
         """Yield batches ``start, start + 1, ...`` forever (the data cycles)."""
         stream = self._stream()

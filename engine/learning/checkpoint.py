@@ -6,20 +6,23 @@ A checkpoint is a directory::
       meta.json      {"format": 1, "kind": "grpo-engine", "complete": true, ...}
       arrays.npz     every array, by name (policy, optimizer moments, snapshots)
 
-It is written into a hidden temporary directory beside the target, every file fsynced, then
-renamed into place and the parent directory fsynced, so a crash at any moment leaves either the
-old checkpoint or the new one, never half of one. Loading uses ``np.load(allow_pickle=False)``
+It is written into a hidden temporary directory beside the target (created exclusively under
+a random name, its files too, so a symlink planted in the run directory is never written
+through: :mod:`engine.files`), every file fsynced, then renamed into place and the parent
+directory fsynced, so a crash at any moment leaves either the old checkpoint or the new one,
+never half of one. Loading uses ``np.load(allow_pickle=False)``
 and ``orjson``: no pickle, no eval, nothing in a checkpoint can run code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import shutil
-import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +30,24 @@ import numpy as np
 import orjson
 
 from ..errors import CheckpointError
+from ..files import create_exclusive, fsync_dir, make_temp_dir
 
 __all__ = (
     "FORMAT_VERSION",
+    "MALFORMED",
     "find_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_policy_checkpoint",
     "prune_checkpoints",
+    "restoring",
     "save_checkpoint",
 )
 
 FORMAT_VERSION = 1
 _KIND = "grpo-engine"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -82,24 +80,23 @@ def save_checkpoint(
         )
     except TypeError as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON data: {exc}") from None
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = make_temp_dir(target)  # exclusive, random name: nothing planted is written through
     try:
-        with open(tmp / "arrays.npz", "wb") as fh:
+        with create_exclusive(tmp / "arrays.npz") as fh:
             np.savez(fh, **data)  # type: ignore[arg-type]
             fh.flush()
             os.fsync(fh.fileno())
-        with open(tmp / "meta.json", "wb") as fh:
+        with create_exclusive(tmp / "meta.json") as fh:
             fh.write(meta_bytes)
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.lexists(target):  # a symlink there is renamed away, never followed
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(8)}"
             os.rename(target, old)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -141,6 +138,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{p}/arrays.npz: unreadable: {exc}") from None
     return arrays, meta
+
+
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+"""What restoring state from a malformed ``meta.json`` raises (a value of the wrong type, a
+missing key, a string where a number goes): :func:`restoring` turns each into one
+CheckpointError."""
+
+
+@contextlib.contextmanager
+def restoring(path: str | Path) -> Iterator[None]:
+    """Restore a policy or learner from the checkpoint at ``path`` inside this block: a
+    malformed value in its metadata becomes one CheckpointError naming ``path``, never an
+    unclassified exception (a checkpoint is outside input)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except MALFORMED as exc:
+        raise CheckpointError(
+            f"{path}: malformed checkpoint state: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -187,7 +205,7 @@ def load_policy_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dic
     if p is None:
         raise CheckpointError(f"{Path(path)}: not a checkpoint, a run directory or a saved model")
     arrays, meta = load_checkpoint(p)
-    if "policy" not in meta or "config" not in meta:
+    if not isinstance(meta.get("policy"), Mapping) or not isinstance(meta.get("config"), Mapping):
         raise CheckpointError(f"{p}: the checkpoint holds no policy state and config")
     policy_arrays = {k[len("policy/") :]: v for k, v in arrays.items() if k.startswith("policy/")}
     return policy_arrays, meta, p

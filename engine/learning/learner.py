@@ -283,7 +283,7 @@ class Learner:
             self.stale_withheld = int(meta.get("stale_withheld", 0))  # absent before it existed
             snap_versions = [int(v) for v in meta["snapshots"]]
             norm_state = meta.get("norm")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise CheckpointError(f"learner state is incomplete: {exc!r}") from None
         if self.norm is not None and norm_state:
             self.norm = RunningNorm.from_state(norm_state)

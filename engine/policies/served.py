@@ -243,9 +243,11 @@ class ServedAdapters:
 
     def _write_checked(self, version: int, path: Path) -> None:
         """Write version ``version``'s adapter into a fresh ``path``; it must hold both files."""
-        if path.exists():
+        if path.is_symlink():  # planted: removed, never followed
+            path.unlink()
+        elif path.exists():
             shutil.rmtree(path)  # left by an earlier run or a failed load: written anew
-        path.mkdir(parents=True)
+        path.mkdir(parents=True)  # exclusive: the adapter files go into a directory of ours
         self._write(version, path)
         missing = [f for f in _ADAPTER_FILES if not (path / f).is_file()]
         if missing:

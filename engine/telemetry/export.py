@@ -48,7 +48,6 @@ at or after the step it writes, so a resumed run never duplicates a step.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -57,6 +56,7 @@ import numpy as np
 import orjson
 
 from ..errors import DataError
+from ..files import atomic_write_bytes, open_append, open_read
 from ..types import Group, Rollout
 
 __all__ = (
@@ -174,12 +174,12 @@ class GroupExporter:
 
     def _open(self, first_step: int) -> IO[bytes]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # a resumed (or repeated) run: keep only the earlier steps
+        # A resumed (or repeated) run: keep only the earlier steps. A symlink is refused by
+        # the reader, never followed (engine.files).
+        if self.path.exists() or self.path.is_symlink():
             keep = [r for r in _raw_lines(self.path) if _step_of(r) < first_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(keep))
-            os.replace(tmp, self.path)
-        return open(self.path, "ab", buffering=0)
+            atomic_write_bytes(self.path, b"".join(keep))  # never through a symlink
+        return open_append(self.path)
 
     def write(self, groups: Sequence[Group], *, step: int | None = None) -> int:
         """Write one line per group; returns how many. ``step`` defaults to each group's."""
@@ -209,7 +209,7 @@ class GroupExporter:
 
 
 def _raw_lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
+    with open_read(path) as fh:  # a symlink is refused, not followed
         for raw in fh:
             if raw.strip() and raw.endswith(b"\n"):  # a torn final line is dropped
                 yield raw

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-__all__ = ("JsonlWriter", "dumps", "read_records")
+from ..errors import RunDirError
+from ..files import open_append, open_read
+
+__all__ = ("JsonlWriter", "dumps", "read_json_object", "read_records")
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -35,14 +38,58 @@ def _default(obj: object) -> object:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSON lines file written here, in order; a torn final line is skipped."""
-    with open(path, "rb") as fh:
-        for raw in fh:
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in a file of a run directory (``config.json``, ``summary.json``), or
+    None when there is no such file.
+
+    Raises:
+        RunDirError: a symlink or special file there, not valid JSON (a truncated write, a
+            garbage edit), or a JSON value other than an object; the message names the file.
+    """
+    try:
+        with open_read(path) as fh:  # never through a symlink (engine.files)
+            data = orjson.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_records(path: str | Path, *, int_keys: Collection[str] = ()) -> Iterator[dict[str, Any]]:
+    """The records of a JSON lines file written here, in order; a torn final line is skipped.
+
+    The file is outside input when read back (a run directory another process or person may
+    have edited), so every line is checked: it must be a JSON object, and each key of
+    ``int_keys`` it holds must be an integer.
+
+    Raises:
+        RunDirError: a symlink or special file there, or a line that is not such an object
+            (the message names the file and the line).
+    """
+    with open_read(path) as fh:  # never through a symlink (engine.files)
+        for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
                 return  # torn last line from a crash: ignore it
             if raw.strip():
-                yield orjson.loads(raw)
+                yield _record(raw, path, lineno, int_keys)
+
+
+def _record(raw: bytes, path: str | Path, lineno: int, int_keys: Collection[str]) -> dict[str, Any]:
+    """One checked line of :func:`read_records`."""
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RunDirError(f"{path}:{lineno}: invalid JSON: {exc}") from None
+    if not isinstance(rec, dict):
+        raise RunDirError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    for key in int_keys:
+        value = rec.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunDirError(f"{path}:{lineno}: {key!r} is not an integer: {value!r}")
+    return rec
 
 
 class JsonlWriter:
@@ -72,8 +119,9 @@ class JsonlWriter:
         if self._fh is None:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _cut_torn_tail(self.path)  # appending after a crash: no line may join a fragment
-            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+            fh = open_append(self.path, read=True)  # never through a symlink (engine.files)
+            _cut_torn_tail(fh)  # appending after a crash: no line may join a fragment
+            self._fh = fh
         self._fh.write(data)
 
     def write(self, record: Mapping[str, object]) -> None:
@@ -93,24 +141,20 @@ class JsonlWriter:
             self._fh = None
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline: drop a torn last line a crash left behind."""
-    try:
-        fh = open(path, "rb+")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        return
-    with fh:
-        end = fh.seek(0, os.SEEK_END)
-        pos = end
-        while pos > 0:
-            start = max(0, pos - 65536)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            i = chunk.rfind(b"\n")
-            if i >= 0:
-                if start + i + 1 < end:
-                    fh.truncate(start + i + 1)
-                return
-            pos = start
-        if end:
-            fh.truncate(0)
+def _cut_torn_tail(fh: IO[bytes]) -> None:
+    """Truncate the file open in ``fh`` after its last newline: drop a torn last line a crash
+    left behind (the file is opened for appending, so later writes still go to the end)."""
+    end = fh.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        start = max(0, pos - 65536)
+        fh.seek(start)
+        chunk = fh.read(pos - start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            if start + i + 1 < end:
+                fh.truncate(start + i + 1)
+            return
+        pos = start
+    if end:
+        fh.truncate(0)

@@ -18,6 +18,7 @@ import anyio
 from ..config.loading import load_config, to_dict
 from ..config.sections import RunConfig
 from ..errors import CheckpointError, ConfigError
+from ..files import ensure_dir
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner
 from ..telemetry.logs import get_logger
@@ -120,14 +121,16 @@ class RunCheckpoints:
         except ConfigError as exc:
             raise CheckpointError(f"{path}: checkpoint config: {exc}") from None
         check_compatible(saved, to_dict(self.config), str(path), force=self.force)
-        self.learner.load_state(arrays, meta)
-        return RunProgress.from_meta(meta.get("trainer", {}))
+        with ckpt.restoring(path):  # a malformed meta.json: one CheckpointError
+            self.learner.load_state(arrays, meta)
+            return RunProgress.from_meta(meta.get("trainer", {}))
 
     async def save_step(self, progress: RunProgress) -> Path | None:
         """Save ``step-N`` for the learner's version N in the directory, then keep only the
         newest ``trainer.keep_checkpoints``; None without a directory."""
         if self.directory is None:
             return None
+        await anyio.to_thread.run_sync(ensure_dir, self.directory)  # not a planted symlink
         path = await self.save(self.directory / f"step-{self.learner.version}", progress)
         _log.info("checkpoint.saved", step=self.learner.version, path=str(path))
         keep = self.config.trainer.keep_checkpoints

@@ -49,8 +49,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import secrets
 import shutil
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,8 @@ from ..data.jsonl import parse_example, read_jsonl
 from ..endpoints.client import Client
 from ..endpoints.spend import SpendMeter
 from ..errors import CheckpointError, ConfigError
-from ..learning.checkpoint import load_policy_checkpoint, save_checkpoint
+from ..files import temp_name
+from ..learning.checkpoint import load_policy_checkpoint, restoring, save_checkpoint
 from ..policies.hf import build_hf_policy
 from ..policies.prompt import Candidate, Demo, PromptPolicy, render_completion, render_messages
 from ..rewards.rewarder import Rewarder
@@ -493,7 +494,8 @@ class FineTunedModel:
         policy = PromptPolicy(
             client, config.prompt, endpoint=config.endpoint, candidates=[("", (), None)]
         )
-        policy.load_state(arrays, meta["policy"])
+        with restoring(found):  # a malformed meta.json: one CheckpointError
+            policy.load_state(arrays, meta["policy"])
         return cls(policy, config, clients=owned)
 
     # ------------------------------------------------------------------ lifecycle
@@ -612,7 +614,7 @@ class HFFineTunedModel(FineTunedModel):
             "summary": self.summary.to_dict() if self.summary is not None else None,
         }
         target = Path(path)
-        tmp = target.parent / f".{target.name}.save-{uuid.uuid4().hex[:8]}"
+        tmp = temp_name(target)  # random: nothing can be planted there (engine.files)
         try:
             save_checkpoint(tmp, {f"policy/{k}": v for k, v in arrays.items()}, meta)
             if self.policy.hf.full_finetune:
@@ -659,8 +661,8 @@ class HFFineTunedModel(FineTunedModel):
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Rename the finished directory ``tmp`` to ``target``, replacing what was there."""
     old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.lexists(target):  # a symlink there is renamed away, never followed
+        old = target.parent / f".{target.name}.old-{secrets.token_hex(8)}"
         os.rename(target, old)
     os.rename(tmp, target)
     if old is not None:

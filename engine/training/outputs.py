@@ -14,7 +14,6 @@ A run without an output directory (``out=None``) writes none of them.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import orjson
 
 from ..config.loading import to_dict
 from ..config.sections import RunConfig
+from ..files import atomic_write_bytes, check_writable, ensure_dir
 from ..learning.checkpoint import list_checkpoints
 from ..telemetry.events import MetricsLog
 from ..telemetry.records import dumps
@@ -63,21 +63,23 @@ class RunFiles:
         config.json."""
         if self.out is None:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.out, follow=True)  # --out onto a file: one RunDirError
+        for name in ("metrics.jsonl", "events.jsonl"):  # planted symlinks: refused up front
+            check_writable(self.out / name)
+        check_writable(self.out / "checkpoints", directory=True)
         for step, checkpoint in list_checkpoints(self.out / "checkpoints"):
             if step > start and checkpoint.is_symlink():
                 checkpoint.unlink()  # never follow a planted link out of the run directory
             elif step > start:
                 shutil.rmtree(checkpoint)
         path = self.out / "metrics.jsonl"
-        if path.exists():
-            keep = [r for r in read_jsonl_records(path) if int(r.get("step", -1)) < start]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_bytes(b"".join(dumps(r) + b"\n" for r in keep))
-            os.replace(tmp, path)
+        if path.exists() or path.is_symlink():  # a symlink is refused by the reader
+            rows = read_jsonl_records(path, int_keys=("step",))  # RunDirError names a bad line
+            keep = [r for r in rows if r.get("step", -1) < start]
+            atomic_write_bytes(path, b"".join(dumps(r) + b"\n" for r in keep))
         self._metrics = MetricsLog(path)
-        (self.out / "config.json").write_bytes(
-            orjson.dumps(to_dict(config), option=orjson.OPT_INDENT_2)
+        atomic_write_bytes(
+            self.out / "config.json", orjson.dumps(to_dict(config), option=orjson.OPT_INDENT_2)
         )
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
@@ -89,12 +91,13 @@ class RunFiles:
         """Write summary.json."""
         if self.out is None:
             return
-        (self.out / "summary.json").write_bytes(
+        atomic_write_bytes(
+            self.out / "summary.json",
             orjson.dumps(
                 summary,
                 option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
                 default=lambda o: None,
-            )
+            ),
         )
 
     def close(self) -> None:

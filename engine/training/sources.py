@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.sampler import as_source, drain_async, split_source, take
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..types import Example
 
 __all__ = ("Heldout", "Source", "TrainData", "training_sources", "validate_files")
@@ -78,7 +78,10 @@ def _train_source(
 
 async def validate_files(config: RunConfig) -> None:
     """Read every dataset file once before a run writes anything, so bad input fails up front
-    (DataError names the file and line); in a worker thread, a chunk at a time."""
+    (DataError names the file and line, or the training file that is empty); in a worker
+    thread, a chunk at a time."""
     for path in (config.data.train, config.data.eval):
         if path:
-            await drain_async(read_jsonl(path))
+            n = await drain_async(read_jsonl(path))
+            if n == 0 and path == config.data.train:
+                raise DataError("the dataset has no examples", path=path)

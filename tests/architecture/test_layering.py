@@ -17,7 +17,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 
 # Floors in data-flow order. A module may import from its own floor and the floors before it.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("errors", "types", "_blas", "runtime"),
+    ("errors", "types", "_blas", "runtime", "files"),
     ("config",),
     ("telemetry",),
     ("data",),

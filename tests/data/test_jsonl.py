@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data import jsonl
 from engine.data.jsonl import parse_example, read_jsonl
 from engine.errors import DataError
 
@@ -79,3 +80,18 @@ def test_parse_example_keeps_extra_fields() -> None:
     assert dict(ex.meta) == {"source": "web"}
     with pytest.raises(DataError, match="'id' must be"):
         parse_example({"prompt": "p", "id": True})
+
+
+def test_a_line_without_end_is_a_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line longer than MAX_LINE_BYTES (a file with no newline: /dev/zero, a binary) is a
+    DataError naming the line, read in bounded pieces rather than whole."""
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n' + b"\x00" * 1000)
+    got = []
+    with pytest.raises(DataError, match=r"long.jsonl:2: line longer than 64 bytes"):
+        for ex in jsonl.read_jsonl(path):
+            got.append(ex.text)
+    assert got == ["ok"]

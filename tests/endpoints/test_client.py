@@ -731,7 +731,7 @@ async def test_latency_uses_the_injected_clock(server: Scripted) -> None:
         t0 = time.monotonic()
         out = await client.complete("x")
     assert out.latency == pytest.approx(3.0)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.5  # the 3 s wait was not slept for real (loaded or not)
 
 
 def test_local_named_key_variable_must_be_set() -> None:

@@ -59,7 +59,7 @@ def test_virtual_loop_sleeps_without_real_time() -> None:
 
     real0 = time.monotonic()
     assert main() == pytest.approx(3600)
-    assert time.monotonic() - real0 < 1.0
+    assert time.monotonic() - real0 < 60.0  # not the hour: holds on a loaded machine too
 
 
 def test_virtual_loop_reports_a_deadlock_instead_of_hanging() -> None:

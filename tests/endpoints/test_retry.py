@@ -620,11 +620,12 @@ async def test_429_retry_after_pauses_other_senders(server: Scripted) -> None:
 
 async def test_deadline_in_flight_and_no_leftover_cancellation(server: Scripted) -> None:
     """A deadline passing mid-request raises DeadlineExceeded and leaves the task uncancelled."""
-    server.push(Step(delay=1.0))
+    server.push(Step(delay=3.0))
     client, _, _ = make_client(server, timeout=60.0)
     async with client:
         with pytest.raises(DeadlineExceeded, match="in flight"):
-            await client.complete("hi", deadline=0.03)
+            # long enough that the request is sent before it passes, even on a loaded machine
+            await client.complete("hi", deadline=0.3)
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
         await asyncio.sleep(0)  # no stray CancelledError arrives later

@@ -16,6 +16,7 @@ from engine.learning.checkpoint import (
     load_checkpoint,
     load_policy_checkpoint,
     prune_checkpoints,
+    restoring,
     save_checkpoint,
 )
 
@@ -108,3 +109,34 @@ def test_find_and_load_a_policy_checkpoint(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "bare", arrays, {"step": 0})
     with pytest.raises(CheckpointError, match="no policy state"):
         load_policy_checkpoint(tmp_path / "bare")
+
+
+def test_saved_state_of_the_wrong_shape_is_one_checkpoint_error(tmp_path: Path) -> None:
+    """A meta.json whose config or policy is not a table, or whose values break a restore, is
+    a CheckpointError naming the checkpoint, never another exception."""
+    arrays = {"policy/w": np.zeros(2)}
+    for bad in ({"config": [1], "policy": {}}, {"config": {}, "policy": 5}):
+        path = save_checkpoint(tmp_path / "bad", arrays, bad)
+        with pytest.raises(CheckpointError, match="no policy state and config"):
+            load_policy_checkpoint(path)
+    for exc in (KeyError("version"), TypeError("int"), AttributeError("get"), OverflowError()):
+        with (
+            pytest.raises(CheckpointError, match=r"step-3: malformed checkpoint state"),
+            restoring(tmp_path / "step-3"),
+        ):
+            raise exc
+    with pytest.raises(CheckpointError, match=r"^as raised$"), restoring(tmp_path / "x"):
+        raise CheckpointError("as raised")
+
+
+def test_save_never_writes_through_planted_symlinks(tmp_path: Path) -> None:
+    """A symlink at the target (to a directory outside) is renamed away, not written into; the
+    temporary directory has a fresh random name."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "step-1").symlink_to(outside, target_is_directory=True)
+    save_checkpoint(tmp_path / "ck" / "step-1", {"a": np.ones(1)}, {})
+    assert list(outside.iterdir()) == []
+    assert (tmp_path / "ck" / "step-1" / "meta.json").is_file()
+    assert not (tmp_path / "ck" / "step-1").is_symlink()

@@ -277,8 +277,11 @@ async def test_signal_with_requests_in_flight(
         await eventually(lambda: sim.counters.in_flight == 0, 5)  # it sees the connections close
         stats = sim.statistics()
     assert done.returncode == status, done.err[-3000:]
-    assert elapsed < LATENCY * 0.75, f"took {elapsed:.2f} s: in-flight requests were awaited"
+    # The requests in flight were dropped, not awaited: the server saw each one cancelled
+    # before it answered (an awaited one would have been answered). That holds however slowly a
+    # loaded machine runs the stop; the wall-clock bound only says the stop is bounded.
     assert stats.cancelled >= in_flight > 0
+    assert elapsed < 30, f"took {elapsed:.2f} s to stop"
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["stop_reason"] == ("interrupted" if signum == signal.SIGINT else "terminated")
     steps = summary["steps_done"]

@@ -30,7 +30,7 @@ from ...data.sampler import as_source, split_source
 from ...data.tasks import make_examples
 from ...endpoints.client import Client
 from ...errors import CheckpointError, ConfigError
-from ...learning.checkpoint import latest_checkpoint, load_checkpoint
+from ...learning.checkpoint import latest_checkpoint, load_checkpoint, restoring
 from ...policies.prompt import Candidate, PromptFormat, render_completion, render_messages
 from ...training.assembly import build_components, make_client
 from ...training.saved import resolve_saved_config
@@ -148,11 +148,13 @@ def _read_checkpoint(
     if not isinstance(config_data, Mapping) or not isinstance(policy_meta, Mapping):
         raise CheckpointError(f"{found}: checkpoint has no config or policy metadata")
     state = {k[len("policy/") :]: v for k, v in arrays.items() if k.startswith("policy/")}
+    with restoring(found):
+        step = int(meta.get("step", 0))
     return _Checkpoint(
         path=found,
         state=state,
         meta=policy_meta,
-        step=int(meta.get("step", 0)),
+        step=step,
         config=resolve_saved_config(
             config_data, source=str(found), path=config, overrides=overrides, trust=trust
         ).config,
@@ -178,12 +180,13 @@ def _restored_generator(
     """
     config = checkpoint.config
     policy, _, _ = build_components(config, client=client)
-    if not reference:
-        policy.load_state(checkpoint.state, checkpoint.meta)
-    elif checkpoint.meta.get("policy") != "hf" or any(
-        k.startswith("ref/") for k in checkpoint.state
-    ):
-        policy.load_state(_reference_state(checkpoint.state), checkpoint.meta)
+    with restoring(checkpoint.path):  # a malformed meta.json: one CheckpointError
+        if not reference:
+            policy.load_state(checkpoint.state, checkpoint.meta)
+        elif checkpoint.meta.get("policy") != "hf" or any(
+            k.startswith("ref/") for k in checkpoint.state
+        ):
+            policy.load_state(_reference_state(checkpoint.state), checkpoint.meta)
     step = 0 if reference else checkpoint.step
     return PolicyGenerator(
         policy,

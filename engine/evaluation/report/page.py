@@ -11,12 +11,14 @@ stylesheet styles it.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
+from ...errors import DataError
+from ...files import atomic_write_text, ensure_dir
 from ...telemetry.monitor import convergence, describe
 from .charts import esc, finite, format_value
 from .plots import training_charts
@@ -257,11 +259,34 @@ def _sample_table(cmp: Mapping[str, Any]) -> str:
 # ============================================================================ the page
 
 
+T = TypeVar("T")
+
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
+"""What drawing a section raises when a file of the run holds values of another shape (a list
+where a table goes, a string where a number goes): the files are outside input."""
+
+
+def _drawn(file: str, run: RunData, draw: Callable[[], T]) -> T:
+    """``draw()``; a value of an unexpected shape in ``file`` becomes one DataError naming it."""
+    try:
+        return draw()
+    except _SHAPE_ERRORS as exc:
+        raise DataError(
+            f"unexpected value: {type(exc).__name__}: {exc}", path=str(run.run_dir / file)
+        ) from None
+
+
 def render_report(run: RunData) -> str:
-    """The whole HTML page for a loaded run."""
-    rewards = run.column("reward")
+    """The whole HTML page for a loaded run.
+
+    Raises:
+        DataError: a file of the run holds a value of a shape the page cannot show.
+    """
+    rewards = _drawn("metrics.jsonl", run, lambda: run.column("reward"))
     conv = convergence(rewards) if rewards else convergence([])
-    charts, absent = training_charts(run, conv)
+    charts, absent = _drawn("metrics.jsonl", run, lambda: training_charts(run, conv))
+    summary = _drawn("summary.json", run, lambda: _summary_section(run, conv))
+    comparison = _drawn("comparison.json", run, lambda: _comparison_section(run.comparison))
     figures = "".join(
         f"<figure>{c.svg}<figcaption>{esc(c.caption)}</figcaption></figure>" for c in charts
     )
@@ -285,10 +310,10 @@ def render_report(run: RunData) -> str:
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>"
         f"<header><h1>{esc(title)}</h1><p>{esc(run.run_dir)} &middot; generated {now} by "
         "python -m engine report &middot; hover a plot for the values at each step</p></header>"
-        f"{_summary_section(run, conv)}"
+        f"{summary}"
         f'<h2>Training</h2><div class="grid">{figures}</div>{absent_note}'
         f"{timeline_section(run.timeline, 'No events.jsonl in this run directory.')}"
-        f"{_comparison_section(run.comparison)}{config}"
+        f"{comparison}{config}"
         "</main></body></html>\n"
     )
 
@@ -303,15 +328,14 @@ def write_report(
     ``timeline_steps``: the steps whose timeline is drawn in detail (default the slowest few
     and the last).
 
-    Blocking file I/O; written to a temporary file and renamed into place.
+    Blocking file I/O; written to a new temporary file and renamed into place, so a symlink
+    at the target is replaced, not followed.
 
     Raises:
         DataError: not a run directory, or one of its JSON files is invalid.
     """
     run = load_run(run_dir, timeline_steps=timeline_steps)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(run), encoding="utf-8")
-    tmp.replace(path)
+    ensure_dir(path.parent, follow=True)
+    atomic_write_text(path, render_report(run))  # never through a symlink (engine.files)
     return path

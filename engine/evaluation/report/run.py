@@ -9,24 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ...errors import DataError
-from ...telemetry.records import read_records
+from ...telemetry.records import read_json_object, read_records
 from .charts import finite
 from .timeline import Timeline, build_timeline
 
 __all__ = ("RunData", "load_run")
-
-
-def _load_json(path: Path) -> Any:
-    """The JSON in ``path``, or None when there is no such file."""
-    try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except orjson.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc}", path=str(path)) from None
 
 
 @dataclass(slots=True)
@@ -79,18 +67,19 @@ def load_run(run_dir: str | Path, *, timeline_steps: Collection[int] | None = No
     few and the last (:func:`~.timeline.build_timeline`).
 
     Raises:
-        DataError: the directory has neither ``metrics.jsonl`` nor ``summary.json``, or a
-            file is not valid JSON.
+        DataError: not a directory, or it has neither ``metrics.jsonl`` nor ``summary.json``.
+        RunDirError: a JSON file is not valid JSON or not an object, a line of
+            ``metrics.jsonl`` is not a JSON object with an integer step, or a file of the run
+            is a symlink or a special file.
     """
     d = Path(run_dir)
+    if not d.is_dir():
+        raise DataError("not a run directory", path=str(d))
     mpath = d / "metrics.jsonl"
     rows: list[dict[str, Any]] = []
-    if mpath.is_file():
-        try:
-            rows = list(read_records(mpath))
-        except orjson.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON line: {exc}", path=str(mpath)) from None
-    summary = _load_json(d / "summary.json")
+    if mpath.exists() or mpath.is_symlink():
+        rows = list(read_records(mpath, int_keys=("step",)))  # RunDirError names a bad line
+    summary = read_json_object(d / "summary.json")
     if not rows and summary is None:
         raise DataError("not a run directory: no metrics.jsonl or summary.json", path=str(d))
     rows.sort(key=lambda r: r.get("step", 0))
@@ -99,7 +88,7 @@ def load_run(run_dir: str | Path, *, timeline_steps: Collection[int] | None = No
         run_dir=d,
         rows=rows,
         summary=summary,
-        config=_load_json(d / "config.json"),
-        comparison=_load_json(d / "comparison.json"),
+        config=read_json_object(d / "config.json"),
+        comparison=read_json_object(d / "comparison.json"),
         timeline=build_timeline(events, steps=timeline_steps) if events.is_file() else None,
     )
