@@ -65,7 +65,8 @@ examples:
 is constant; a decaying schedule is a function of steps), trainer.checkpoint_every,
 trainer.keep_checkpoints, [limits], [telemetry], where the endpoint is (provider, base_url,
 api_key_env) and --quiet, --export-groups. Any other change (lr, data, rewards, seed, group size,
-policy...) would change the run's trajectory and is refused unless --force-resume. As for a
+policy...) would change the run's trajectory and is refused unless --force-resume, and so
+is a dataset file whose content changed (the checkpoint keeps its SHA-256). As for a
 checkpoint, the saved endpoint and module:function rewards are used only when you give them
 again or pass --trust-saved-config (printed first).
 

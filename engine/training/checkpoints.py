@@ -88,6 +88,7 @@ class RunCheckpoints:
         self.learner = learner
         self.directory = directory
         self.force = False  # resume under a changed config (only the policy kind must agree)
+        self.data_digests: dict[str, str] = {}  # the dataset files' SHA-256, by config key
 
     async def save(self, path: str | Path, progress: RunProgress) -> Path:
         """Write the learner's state and ``progress`` to ``path`` atomically."""
@@ -97,6 +98,7 @@ class RunCheckpoints:
             "step": self.learner.version,
             "config": to_dict(self.config),
             "trainer": progress.to_meta(),
+            "data": dict(self.data_digests),
             "rng": {
                 "kind": "counter",
                 "seed": self.config.seed,
@@ -121,9 +123,25 @@ class RunCheckpoints:
         except ConfigError as exc:
             raise CheckpointError(f"{path}: checkpoint config: {exc}") from None
         check_compatible(saved, to_dict(self.config), str(path), force=self.force)
+        self._check_data(meta.get("data"), path)
         with ckpt.restoring(path):  # a malformed meta.json: one CheckpointError
             self.learner.load_state(arrays, meta)
             return RunProgress.from_meta(meta.get("trainer", {}))
+
+    def _check_data(self, saved: Any, path: str | Path) -> None:
+        """The dataset files are those the checkpoint was trained on (their SHA-256), unless
+        ``force``; a checkpoint that kept no digests (an older one) is not checked."""
+        if not isinstance(saved, Mapping) or self.force:
+            return
+        for key, digest in self.data_digests.items():
+            was = saved.get(key)
+            if isinstance(was, str) and was != digest:
+                file = self.config.data.train if key == "data.train" else self.config.data.eval
+                raise CheckpointError(
+                    f"{path}: the file of {key} ({file}) changed since this checkpoint (SHA-256 "
+                    f"{was[:12]}... then, {digest[:12]}... now), which changes the run's "
+                    "trajectory; pass --force-resume to resume on the new data anyway"
+                )
 
     async def save_step(self, progress: RunProgress) -> Path | None:
         """Save ``step-N`` for the learner's version N in the directory, then keep only the

@@ -9,6 +9,7 @@ the event loop: :func:`training_sources` returns file-backed held-out examples a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
 from ..config.sections import RunConfig
@@ -74,6 +75,24 @@ def _train_source(
     if callable(train):
         return train
     return as_source(list(train))
+
+
+def data_digests(config: RunConfig) -> dict[str, str]:
+    """Blocking: the SHA-256 of each dataset file the config names (``data.train``,
+    ``data.eval``), by key; a checkpoint keeps them so that a resume over changed data is
+    refused (the built-in tasks and in-memory data have none)."""
+    out: dict[str, str] = {}
+    for key, path in (("data.train", config.data.train), ("data.eval", config.data.eval)):
+        if path:
+            h = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            except OSError as exc:
+                raise DataError(f"cannot read the dataset: {exc.strerror}", path=path) from None
+            out[key] = h.hexdigest()
+    return out
 
 
 async def validate_files(config: RunConfig) -> None:

@@ -65,7 +65,7 @@ from .outputs import OUTPUT_FILES, RunFiles
 from .producer import BatchProducer
 from .progress import RunProgress
 from .rundir import RunDirClaim, claim_run_dir
-from .sources import Source, TrainData, training_sources, validate_files
+from .sources import Source, TrainData, data_digests, training_sources, validate_files
 from .tracking import RunTrackers
 
 __all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
@@ -401,6 +401,7 @@ class TrainingManager:
         self.checkpoints.force = force_resume
         if self._claim is not None and resume is None:
             await anyio.to_thread.run_sync(self._claim.replace_old_run)
+        self.checkpoints.data_digests = await anyio.to_thread.run_sync(data_digests, self.config)
         start = await self._resume(resume) if resume is not None else 0
         if self.spend.exhausted:  # a resumed run whose budget was already spent
             self._stop_requested = "budget"

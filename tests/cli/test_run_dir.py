@@ -220,3 +220,28 @@ def test_two_runs_on_one_out_and_a_stale_lock(tmp_path: Path) -> None:
     assert "run_dir.stale_lock" in resumed.stderr and str(first.pid) in resumed.stderr
     assert [r["step"] for r in metrics(out)] == list(range(done + 2))
     assert not (out / "run.lock").exists()
+
+
+def test_a_resume_over_changed_data_is_refused_unless_forced(tmp_path: Path) -> None:
+    """The checkpoint keeps the SHA-256 of the dataset file: resuming after the file changed
+    (same path, new content) is one error naming it; --force-resume resumes anyway."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(orjson.dumps({"prompt": "abcde"[i % 5 :] + "xy"}).decode() + "\n"
+                            for i in range(40)))  # fmt: skip
+    out = tmp_path / "run"
+    flags = ["--set", f"data.train='{data}'", "--set", "data.eval_fraction=0",
+             "--set", "trainer.checkpoint_every=1", "--set", "trainer.max_failed_steps=0",
+             "--set", "data.batch_size=2", "--set", "grpo.group_size=2", "--quiet"]  # fmt: skip
+    first = engine("run", "--steps", "2", "--out", str(out), *flags, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    same = engine("run", "--resume", str(out), "--steps", "3", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr[-2000:]  # unchanged data resumes
+    with data.open("a") as f:
+        f.write('{"prompt": "zz"}\n')
+    before = files(out)
+    refused = one_error(engine("run", "--resume", str(out), "--steps", "4", cwd=tmp_path))
+    assert "data.train" in refused and str(data) in refused and "changed" in refused
+    assert files(out) == before
+    forced = engine("run", "--resume", str(out), "--steps", "4", "--force-resume", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert [r["step"] for r in metrics(out)] == [0, 1, 2, 3]
