@@ -611,9 +611,12 @@ class TrainingManager:
         why = ", ".join(f"{name} {v}" for name, v in classes) or "none recorded"
         where = self.out / "events.jsonl" if self.out is not None else "the events"
         requests = (
+            f"{m.get('rollouts/failed', 0)} rollouts failed; "
             f"{m.get('requests/errors', 0)} of {m.get('requests/total', 0)} requests failed, "
             f"errors by class: {why}"
         )
+        if not m.get("requests/errors"):  # no request failed: the policy or the reward did
+            requests += " (the rollouts failed without a request error: see group.dropped)"
         if n > 1:
             requests = f"steps {step - n + 1} to {step}; in the last, {requests}"
         span = f"{n} consecutive steps" if n > 1 else f"step {step}"

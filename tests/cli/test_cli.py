@@ -151,3 +151,22 @@ def test_serve_sim_passes_options_through() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_rollouts_failing_without_a_request_error_stop_the_run_and_say_where(
+    tmp_path: Path,
+) -> None:
+    """The embedded LM on prompts outside its vocabulary: every rollout fails with no request
+    error; after trainer.max_failed_steps such steps the run stops (exit 3) and its one
+    error line counts the failed rollouts and points at the group.dropped records."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"prompt": "word{i}"}}\n' for i in range(20)))
+    proc = run_cli(
+        "run", "--set", f"data.train={str(data)!r}", "--set", "data.eval_fraction=0",
+        "--set", "data.batch_size=2", "--set", "grpo.group_size=2", "--steps", "5",
+        "--out", str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: run stopped: every group failed in 3 consecutive steps")
+    assert "rollouts failed" in last and "group.dropped" in last, last
