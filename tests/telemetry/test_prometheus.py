@@ -216,6 +216,9 @@ def test_bad_port_is_bad_input(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _run_cli("--out", str(out), "--prometheus-port", "70000")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "--prometheus-port" in proc.stderr
+    proc = _run_cli("--out", str(out), "--set", "telemetry.prometheus_port=70000")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and "telemetry.prometheus_port" in proc.stderr
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
