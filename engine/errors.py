@@ -28,6 +28,8 @@ Messages never contain an API key: the client redacts keys before building them.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = (
     "AuthenticationError",
     "BudgetSpent",
@@ -49,6 +51,7 @@ __all__ = (
     "ServerError",
     "TransportError",
     "first_engine_error",
+    "first_error",
 )
 
 
@@ -202,17 +205,25 @@ _ERROR_CLASS: dict[type, str] = {
 }
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def first_error(exc: BaseException, cls: type[E]) -> E | None:
+    """The first ``cls`` instance in ``exc`` or, recursively, in its exception groups."""
+    if isinstance(exc, cls):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = first_error(sub, cls)
+            if found is not None:
+                return found
+    return None
+
+
 def first_engine_error(exc: BaseException) -> EngineError | None:
     """The first :class:`EngineError` in ``exc`` or, recursively, in its exception groups.
 
     Task groups wrap errors in ``ExceptionGroup``; callers that report one readable line use
     this to find the error worth reporting.
     """
-    if isinstance(exc, EngineError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = first_engine_error(sub)
-            if found is not None:
-                return found
-    return None
+    return first_error(exc, EngineError)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import anyio
 
 from ..config.reference import config_reference
-from ..errors import EngineError, first_engine_error
+from ..errors import EngineError, first_engine_error, first_error
 from ..telemetry.logs import configure_logging
 from ..telemetry.streams import guard_standard_streams
 from .args import OneLineParser, print_error
@@ -77,7 +77,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print_error(_os_error(exc))
         return 2
     except BaseExceptionGroup as group:
-        found = first_engine_error(group) or _first_os_error(group)
+        found = first_engine_error(group) or first_error(group, OSError)
         if found is None:
             raise
         print_error(_os_error(found) if isinstance(found, OSError) else str(found))
@@ -91,18 +91,6 @@ def _os_error(exc: OSError) -> str:
     where = ": ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
     what = exc.strerror or str(exc)
     return f"{where}: {what}" if where else what
-
-
-def _first_os_error(exc: BaseException) -> OSError | None:
-    """The first OSError in an exception group, recursively (as first_engine_error)."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = _first_os_error(sub)
-            if found is not None:
-                return found
-    return None
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
