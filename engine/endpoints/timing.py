@@ -55,7 +55,7 @@ class Timing:
         return self.loop().call_later(max(0.0, when - self.now()), callback)
 
 
-def granted(fut: asyncio.Future[None]) -> bool:
+def granted(fut: asyncio.Future[Any]) -> bool:
     """Whether a waiter's future was resolved with a grant (not cancelled, not failed)."""
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
