@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .budget import TokenBudget
-from .retry import parse_duration
+from .retry import lower_keys, parse_duration
 
 __all__ = ("RateHeaders", "WindowLearner", "parse_rate_headers")
 
@@ -77,10 +77,11 @@ def parse_rate_headers(headers: Mapping[str, str] | None, kind: Kind) -> RateHea
 
     ``reset`` may be a Go-style duration (``1s``, ``6m0s``, ``20ms``) or plain seconds.
     Junk (negative, NaN, infinities, garbage, above 1e15 or a day) is treated as absent.
-    Header names are matched case-insensitively when ``headers`` is a multidict (aiohttp's).
+    Header names are matched case-insensitively.
     """
     if not headers:
         return None
+    headers = lower_keys(headers)
     remaining = _count(headers.get(f"x-ratelimit-remaining-{kind}"))
     if remaining is None:
         return None
