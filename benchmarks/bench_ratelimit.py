@@ -15,8 +15,11 @@ so every arm meets full buckets, and pushes chat requests at ``--concurrency`` f
   ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers;
 - ``openai``: ``openai.AsyncOpenAI`` as it comes (``max_retries`` 2, no client-side limit);
 - ``openai+aiolimiter``: the SDK behind two :class:`aiolimiter.AsyncLimiter` buckets of the
-  server's rpm and tpm per minute (the idiomatic way to add a client-side limit), with the
-  engine's retry count (``max_retries = RetryConfig().max_attempts - 1``).
+  server's rpm and tpm per minute (``AsyncLimiter(rpm, 60)``: the idiomatic way to add a
+  client-side limit), with the engine's retry count
+  (``max_retries = RetryConfig().max_attempts - 1``);
+- ``openai+aiolimiter-1s``: the same with one-second buckets (``AsyncLimiter(rpm / 60, 1)``):
+  what a user who knows the server enforces a one-second window would pick.
 
 Reported per arm: successes, failures, wall time, goodput as a fraction of what the server
 allows in that wall time, and the 429 rate (429 responses / all responses, from the server's
@@ -31,7 +34,7 @@ Scaling: the windows are real (60 s and 1 s) and so are the rates; what is short
 (``--seconds``, 20 by default, a third of the long window), so a minute-window server's burst
 is most of what it allows in a run, and an arm that gives the burst up scores low. Run::
 
-    python benchmarks/bench_ratelimit.py                        # 2 servers x 4 arms x 20 s
+    python benchmarks/bench_ratelimit.py                        # 2 servers x 5 arms x 20 s
     python benchmarks/bench_ratelimit.py --windows 1 --arms engine,openai+aiolimiter
 """
 
@@ -63,7 +66,7 @@ MAX_TOKENS = 16
 FAKE_KEY = "sk-bench-not-a-real-key"
 CHARGE = len(PROMPT) // 4 + 1 + MAX_TOKENS
 """Tokens the simulator charges per request at admission (its estimate; never refunded)."""
-ARMS = ("engine", "engine+headers", "openai", "openai+aiolimiter")
+ARMS = ("engine", "engine+headers", "openai", "openai+aiolimiter", "openai+aiolimiter-1s")
 
 
 def start_server(
@@ -139,14 +142,17 @@ async def run_engine(url: str, args: argparse.Namespace) -> dict:
     return out
 
 
-async def run_openai(url: str, args: argparse.Namespace, *, limited: bool) -> dict:
+async def run_openai(url: str, args: argparse.Namespace, *, period: float | None) -> dict:
+    """The SDK, bare (``period`` None) or behind aiolimiter buckets of ``period`` seconds."""
     import openai
     from aiolimiter import AsyncLimiter
 
+    limited = period is not None
     retries = RetryConfig().max_attempts - 1 if limited else openai.DEFAULT_MAX_RETRIES
     client = openai.AsyncOpenAI(base_url=url, api_key=FAKE_KEY, max_retries=retries)
-    rpm = AsyncLimiter(args.rpm, 60.0)
-    tpm = AsyncLimiter(args.tpm, 60.0)
+    p = period or 60.0
+    rpm = AsyncLimiter(args.rpm * p / 60.0, p)
+    tpm = AsyncLimiter(args.tpm * p / 60.0, p)
     try:
 
         async def call() -> object:
@@ -161,7 +167,9 @@ async def run_openai(url: str, args: argparse.Namespace, *, limited: bool) -> di
 
         out = await drive(call, args.concurrency, args.seconds)
         out["client"] = f"max_retries={client.max_retries}" + (
-            f", AsyncLimiter({args.rpm:g}, 60) + AsyncLimiter({args.tpm:g}, 60)" if limited else ""
+            f", AsyncLimiter({rpm.max_rate:g}, {p:g}) + AsyncLimiter({tpm.max_rate:g}, {p:g})"
+            if limited
+            else ""
         )
     finally:
         await client.close()
@@ -182,7 +190,8 @@ async def run_arm(arm: str, window: float, args: argparse.Namespace) -> tuple[di
         if arm.startswith("engine"):
             out = await run_engine(url, args)
         else:
-            out = await run_openai(url, args, limited=arm == "openai+aiolimiter")
+            periods = {"openai": None, "openai+aiolimiter": 60.0, "openai+aiolimiter-1s": 1.0}
+            out = await run_openai(url, args, period=periods[arm])
         stats = server_stats(url)
     finally:
         proc.terminate()
