@@ -46,7 +46,7 @@ from ..errors import ClientClosedError
 from .budget import TokenBudget
 from .gate import RateLimitGate
 from .timing import Clock, Timing, discard, granted
-from .window import WindowLearner
+from .window import READ_GAP, WindowLearner
 
 __all__ = ("Limiter", "LimiterProtocol", "LimiterStatistics", "Permit", "PermitProtocol")
 
@@ -267,6 +267,7 @@ class Limiter:
         "_max",
         "_old_open",
         "_open_permits",
+        "_quiet_until",
         "_rate_limited",
         "_refund",
         "_requests_admitted",
@@ -326,6 +327,7 @@ class Limiter:
                 learners[1] = WindowLearner(self._budget, "tokens")
         self._windows = tuple(learners)
         self._learning = any(w is not None for w in learners)
+        self._quiet_until = -math.inf  # successful answers before this are not read
         self._refund = limits.tpm_refund
         self._gate = RateLimitGate(self._timing, gate_backoff, gate_backoff_cap)
         # AIMD: permits are numbered in admission order; those numbered below
@@ -549,9 +551,16 @@ class Limiter:
         if self._closed:
             return
         now = self._timing.now()
-        for learner, mark in zip(self._windows, permit._marks, strict=True):
-            if learner is not None:
-                learner.answered(headers, ok=ok, mark=mark, granted_at=permit._at, now=now)
+        if ok and now < self._quiet_until:
+            return  # every bucket reads its headers, and read them moments ago
+        rpm, tokens = self._windows
+        at = permit._at
+        if rpm is not None:
+            rpm.answered(headers, ok=ok, mark=permit._marks[0], granted_at=at, now=now)
+        if tokens is not None:
+            tokens.answered(headers, ok=ok, mark=permit._marks[1], granted_at=at, now=now)
+        if (rpm is None or rpm.mode == "headers") and (tokens is None or tokens.mode == "headers"):
+            self._quiet_until = now + READ_GAP
 
     def on_rate_limited(
         self, retry_after: float | None = None, *, permit: PermitProtocol | None = None

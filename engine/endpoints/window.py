@@ -36,12 +36,16 @@ from typing import Literal
 from .budget import TokenBudget
 from .retry import lower_keys, parse_duration
 
-__all__ = ("RateHeaders", "WindowLearner", "parse_rate_headers")
+__all__ = ("READ_GAP", "RateHeaders", "WindowLearner", "has_rate_headers", "parse_rate_headers")
 
 _MAX_COUNT = 1e15
 """A limit or remaining count above this is junk, not a count."""
 _MAX_RESET = 86_400.0
 """Seconds: a reset beyond a day is junk."""
+READ_GAP = 0.01
+"""Seconds: successful answers with headers are read at most this often per bucket (each
+is a lower bound on the server's level; at a thousand answers a second reading them all
+would cost more CPU than the freshness is worth). Failed answers are always read."""
 
 Kind = Literal["requests", "tokens"]
 
@@ -125,7 +129,7 @@ class WindowLearner:
             429 that ended the probing (or once the capacity reached its ceiling).
     """
 
-    __slots__ = ("_history", "_next", "_pending", "budget", "closed", "kind", "mode")
+    __slots__ = ("_history", "_last", "_next", "_pending", "budget", "closed", "kind", "mode")
 
     def __init__(self, budget: TokenBudget, kind: Kind) -> None:
         self.budget = budget
@@ -137,6 +141,7 @@ class WindowLearner:
         self._next = budget.capacity / 32.0
         self._pending: float | None = None
         self._history: list[tuple[float, float]] = []
+        self._last = -math.inf  # clock time of the last answer whose headers were read
 
     def __repr__(self) -> str:
         return (
@@ -170,10 +175,13 @@ class WindowLearner:
         now: float,
     ) -> None:
         """A response to a request granted at ``granted_at`` (with ``mark``) arrived."""
+        if self.mode == "headers" and ok and now - self._last < READ_GAP:
+            return
         info = parse_rate_headers(headers, self.kind)
         if info is not None:
             self.mode = "headers"
             self._pending = None
+            self._last = now
             self._from_headers(info, ok=ok, mark=mark, granted_at=granted_at, now=now)
             return
         if self.mode == "unknown" and ok and not has_rate_headers(headers):
@@ -202,7 +210,9 @@ class WindowLearner:
         budget = self.budget
         # the server's refill rate: its stated per-minute limit, else our own rate
         rate = info.limit / 60.0 if info.limit else budget.rate
-        budget.resize(info.remaining + info.reset * rate)
+        capacity = min(budget.max_capacity, max(1.0, info.remaining + info.reset * rate))
+        if abs(capacity - budget.capacity) > 0.5 + 1e-3 * budget.capacity:  # not rounding
+            budget.resize(capacity)
         after = max(0.0, self.granted - mark)  # granted after this request: not counted yet
         low = info.remaining - after - self.in_flight
         high = min(info.remaining + max(0.0, now - granted_at) * rate, budget.capacity) - after
