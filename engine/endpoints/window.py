@@ -15,8 +15,9 @@ server's burst; a client bucket of a minute draws 429 storms from a one-second-w
   it *probes*: it enlarges itself by a small step (1/32 of the starting capacity) and grants
   the step at once; when a request granted after the step has succeeded the step is kept and
   the next one is twice as large. The first 429 that follows a step takes the capacity back
-  to before that step and ends the probing. Against a one-second window this costs a 429 or
-  two; against a minute window the whole minute's burst is found in about eleven round trips.
+  to before that step and ends the probing. Against a one-second window this costs a few
+  429s (one to four in ``benchmarks/bench_ratelimit.py``); against a minute window most of
+  the minute's burst is found in about eleven round trips.
 
 Headers are untrusted: a value that is not a finite number in range (or a duration
 :func:`~engine.endpoints.retry.parse_duration` reads) is ignored, and whatever they say,

@@ -223,6 +223,23 @@ async def test_junk_headers_are_ignored() -> None:
 # ----------------------------------------------------------------------------- against the sim
 
 
+@pytest.mark.parametrize("window", [60.0, 1.0])
+def test_the_simulators_counts_give_its_window(window: float) -> None:
+    """What the learning relies on: the simulator's remaining + reset * limit / 60 is its
+    bucket, a minute's or a second's worth of the same rate, for requests and tokens."""
+    now = [1000.0]
+    server = RateLimits(1200, 36_000, window, headers=True, clock=lambda: now[0])
+    for _ in range(5):
+        refused, headers = server.admit(33)
+        assert refused is None
+        now[0] += 0.01
+    for kind, per_minute in (("requests", 1200), ("tokens", 36_000)):
+        info = parse_rate_headers(headers, kind)  # type: ignore[arg-type]
+        assert info is not None and info.limit == per_minute
+        full = info.remaining + info.reset * per_minute / 60.0
+        assert full == pytest.approx(per_minute * window / 60.0, abs=1.01)
+
+
 async def _drive(
     limiter: Limiter, server: RateLimits, requests: int, latency: float = 0.05
 ) -> tuple[int, int]:
