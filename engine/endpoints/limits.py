@@ -183,7 +183,9 @@ class Permit:
         """The server answered this permit's request: ``headers`` are the response's, ``ok``
         whether it succeeded. The limiter learns the server's window from them (the
         ``x-ratelimit-*`` counts, or a success after a probe step); a 429 is reported
-        through :meth:`Limiter.on_rate_limited` as well."""
+        through :meth:`Limiter.on_rate_limited` as well. Call it inside the permit's
+        ``async with`` block, once: later calls, and calls after the block, are ignored (a
+        permit's request is in flight until it is answered or its block exits)."""
         self._limiter._answered(self, headers, ok)
 
 

@@ -1,8 +1,9 @@
 """Endpoint stage: the clock and event loop the limits read, and their FIFO waiter queues.
 
 Time comes from one clock: by default the running event loop's ``time()``; tests inject a
-virtual clock (or run on a virtual-time loop) and never sleep. aiolimiter always reads the
-loop's ``time()``, so an injected clock must advance with the loop's (an offset is fine).
+virtual clock (or run on a virtual-time loop) and never sleep. Timers are set on the loop as
+delays from the clock's reading, so an injected clock must advance with the loop's (an
+offset is fine).
 """
 
 from __future__ import annotations
