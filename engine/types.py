@@ -88,6 +88,9 @@ class Sample:
         latency: seconds the request took.
         choice: policy-specific choice made while sampling (the prompt candidate index).
         error: set when generation failed; the rollout is then masked from advantages.
+        episode: the record of a multi-turn episode (an
+            :class:`~engine.environments.base.EpisodeRecord`: its turns, per-turn rewards and
+            why it ended) when the sample came from an environment; None for one completion.
     """
 
     text: str
@@ -100,6 +103,7 @@ class Sample:
     latency: float = 0.0
     choice: int | None = None
     error: str | None = None
+    episode: Any = None
 
 
 @dataclass(slots=True)
