@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from ..types import Usage
+from ..types import ToolCall, Usage
 
 if TYPE_CHECKING:
     from ..types import Example, Sample
@@ -102,25 +102,6 @@ class Tool(Protocol):
     async def __call__(self, arguments: Mapping[str, Any]) -> str:
         """Run the tool on the (already JSON-decoded) arguments; the result text."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One call the policy made, as parsed from its turn (untrusted).
-
-    Attributes:
-        id: the call's id: the server's ``tool_calls[].id`` in chat mode (one is made up
-            when it sent none), ``call_{turn}_{i}`` in the text protocol.
-        name: the tool named ("" when the call named none).
-        arguments: the arguments as the model wrote them: JSON text of an object.
-        error: why the call is malformed (not an object, no name, bad JSON...), None when it
-            is well formed; an unknown tool is found when the call is run.
-    """
-
-    id: str
-    name: str
-    arguments: str
-    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
