@@ -35,10 +35,19 @@ from engine.policies.prompt import PromptPolicy
 from engine.rewards.rewarder import Rewarder
 from engine.rollout.groups import GroupRunner, RolloutCounters
 from engine.telemetry.events import EventLog
-from engine.testing.sim import Faults, SimConfig, SimReply, SimRequest, SimServer, SimToolCall
-from engine.testing.sim import ToolScript
+from engine.testing.sim import (
+    Faults,
+    SimConfig,
+    SimReply,
+    SimRequest,
+    SimServer,
+    SimToolCall,
+    ToolScript,
+)
 from engine.types import Example
 
+NO_FAULTS = Faults()
+ZERO = Rewarder([lambda ex, text: 0.0])  # unused: episodes are scored by their environment
 EX = Example("q1", "What is 2+2, and what is 3*3? Add them.", target="13")
 PARALLEL = SimReply(
     tool_calls=(
@@ -68,7 +77,7 @@ async def endpoint_policy(
     *,
     events: EventLog | None = None,
     latency: float = 0.0,
-    faults: Faults = Faults(),
+    faults: Faults = NO_FAULTS,
     retry: RetryConfig | None = None,
 ) -> AsyncIterator[tuple[PromptPolicy, SimServer]]:
     """A prompt policy (one instruction) on a client of a simulated server serving ``model``."""
@@ -221,9 +230,10 @@ async def test_max_tokens_caps_every_turn_and_ends_the_episode() -> None:
 
 
 async def test_an_endpoint_failure_fails_the_episode_never_a_zero() -> None:
-    async with endpoint_policy(
-        ToolScript([ALWAYS_CALLS]), faults=Faults(server_error=1.0)
-    ) as (policy, _):
+    async with endpoint_policy(ToolScript([ALWAYS_CALLS]), faults=Faults(server_error=1.0)) as (
+        policy,
+        _,
+    ):
         sample = (
             await EpisodeRunner(CalculatorEnvironment()).generate(
                 policy, policy.snapshot(0), EX, 1, rng()
@@ -338,7 +348,7 @@ async def test_a_group_of_episodes_masks_the_one_that_failed(
     async with endpoint_policy(script) as (policy, _):
         cfg = group_config(partial)
         runner = GroupRunner(
-            policy, Rewarder([lambda ex, text: 0.0]), cfg,
+            policy, ZERO, cfg,
             episodes=EpisodeRunner(FailsOnce(fail=2), EpisodeLimits(max_turns=4)),
         )  # fmt: skip
         counters = RolloutCounters()
@@ -359,7 +369,7 @@ async def test_a_group_of_episodes_masks_the_one_that_failed(
 
 async def test_the_rollout_stage_runs_episodes_from_the_config() -> None:
     async with endpoint_policy(ToolScript([PARALLEL, "Answer: 13"])) as (policy, _):
-        runner = GroupRunner.for_policy(policy, Rewarder([lambda ex, text: 0.0]), group_config("retry"))
+        runner = GroupRunner.for_policy(policy, ZERO, group_config("retry"))
         assert runner.episodes is not None
         group = await runner.run(policy.snapshot(0), EX, "3-1", rng(), 3)
     assert group is not None and [r.reward for r in group.rollouts] == [1.0] * 4

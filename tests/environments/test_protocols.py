@@ -84,7 +84,7 @@ def test_instructions_name_every_tool_and_the_tags() -> None:
     assert "calculator" in text and tp.CALL_OPEN in text and tp.RESULT_OPEN in text
 
 
-# ----------------------------------------------------------------------------- chat tool_calls guard
+# ----------------------------------------------------------------------------- tool_calls guard
 
 
 def test_read_tool_calls_accepts_the_openai_shape() -> None:
@@ -166,7 +166,8 @@ async def test_tool_failures_and_malformed_calls_become_results() -> None:
         ToolCall("g", "", "", "malformed: the parser said so"),
     ]
     r = await run_calls(tools, calls)
-    assert r[0].content == "error: x must be positive" and r[0].error == "ToolError: x must be positive"
+    assert r[0].content == "error: x must be positive"
+    assert r[0].error == "ToolError: x must be positive"
     assert r[1].error == "ZeroDivisionError: integer division or modulo by zero"
     assert not r[0].malformed and not r[1].malformed
     assert r[2].malformed and "unknown tool 'nope'; tools: bug, t" in r[2].content

@@ -11,10 +11,12 @@ ToolScript(...))``) that answers turn ``t`` of a conversation with its ``t``-th
     ])
     async with SimServer(SimConfig(model=script)) as sim: ...
 
-The turn is read from the request itself, so concurrent episodes each follow the script:
-in chat mode it is the number of assistant messages so far; in completions mode the number of
-calls already answered in the prompt (a ``</tool_call>`` directly followed by a
-``<tool_result>``, :mod:`~engine.environments.text_protocol`). ``scripts`` picks a script by a
+The turn is read from the request itself, so concurrent episodes each follow the script: the
+number of turns so far that made calls (the turns an episode goes on after). In chat mode,
+assistant messages with ``tool_calls`` (or the text protocol's ``</tool_call>``; few-shot
+demonstrations do not count); in completions mode, calls already answered in the prompt (a
+``</tool_call>`` directly followed by a ``<tool_result>``,
+:mod:`~engine.environments.text_protocol`). ``scripts`` picks a script by a
 substring of the prompt (the first that matches), so one server can serve different episodes.
 
 In chat mode a reply's calls are the message's ``tool_calls`` (``finish_reason:
@@ -104,8 +106,16 @@ def reply_text(reply: SimReply) -> str:
 def turn_of(req: SimRequest) -> int:
     """Which turn of its episode a request is (see the module docstring)."""
     if req.messages is not None:
-        return sum(1 for m in req.messages if m.get("role") == "assistant")
+        return sum(1 for m in req.messages if _calls_tools(m))
     return req.prompt.count(f"{CALL_CLOSE}\n{RESULT_OPEN}")
+
+
+def _calls_tools(message: Mapping[str, Any]) -> bool:
+    """An assistant message that made calls (``tool_calls``, or the text protocol's tags)."""
+    if message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    return bool(message.get("tool_calls")) or (isinstance(content, str) and CALL_CLOSE in content)
 
 
 class ToolScript:
