@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("Example", "Group", "Rollout", "Sample", "Usage")
+__all__ = ("Example", "Group", "Rollout", "Sample", "ToolCall", "Usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,25 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call the policy made, as parsed from its turn (untrusted).
+
+    Attributes:
+        id: the call's id: the server's ``tool_calls[].id`` in chat mode (``call_<i>`` when
+            it sent none), ``call_{turn}_{i}`` in the text protocol.
+        name: the tool named ("" when the call named none).
+        arguments: the arguments as the model wrote them: JSON text of an object.
+        error: why the call is malformed (not an object, no name, bad JSON...), None when it
+            is well formed; an unknown tool is found when the call is run.
+    """
+
+    id: str
+    name: str
+    arguments: str
+    error: str | None = None
+
+
 @dataclass(slots=True)
 class Sample:
     """One completion produced by a policy, before it is scored.
@@ -88,6 +107,9 @@ class Sample:
         latency: seconds the request took.
         choice: policy-specific choice made while sampling (the prompt candidate index).
         error: set when generation failed; the rollout is then masked from advantages.
+        episode: the record of a multi-turn episode (an
+            :class:`~engine.environments.base.EpisodeRecord`: its turns, per-turn rewards and
+            why it ended) when the sample came from an environment; None for one completion.
     """
 
     text: str
@@ -100,6 +122,7 @@ class Sample:
     latency: float = 0.0
     choice: int | None = None
     error: str | None = None
+    episode: Any = None
 
 
 @dataclass(slots=True)
