@@ -1,0 +1,89 @@
+"""The sandbox launcher: isolates itself, sets the limits, forks the code's process, reports.
+
+Run by :mod:`engine.sandbox.runner` as ``python -I -S _launcher.py SPEC`` in a new session,
+never imported: it uses the standard library only. ``SPEC`` is a JSON object (see
+``runner._spec``). Steps, each reported as one JSON line on the status pipe (``status_fd``),
+which the code never sees (it is closed on exec):
+
+1. join the run's pids cgroup when one is given (before leaving the root user namespace);
+2. ``unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID)``: a network namespace with only a
+   downed loopback (no route anywhere), and a PID namespace whose first process is the code;
+3. resource limits (inherited by everything the code starts);
+4. fork: the child asks for SIGKILL when the launcher dies (so killing the launcher's
+   process group takes the whole PID namespace down, even a process that left the group),
+   then execs the interpreter on the code; the launcher waits and reports its exit status
+   and CPU time.
+
+With ``probe`` set it stops after step 2 and reports whether it could isolate.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
+PR_SET_PDEATHSIG = 1
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    status = spec["status_fd"]
+
+    def report(event: str, **fields: object) -> None:
+        line = json.dumps({"e": event, "t": time.monotonic(), **fields}) + "\n"
+        os.write(status, line.encode())
+
+    report("start")
+    if spec.get("cgroup"):
+        with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        report("error", stage="unshare", errno=err, message=os.strerror(err))
+        return 125
+    report("isolated")
+    if spec.get("probe"):
+        return 0
+    limits = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_CPU, spec["cpu"]),
+        (resource.RLIMIT_AS, spec["memory"]),
+        (resource.RLIMIT_FSIZE, spec["fsize"]),
+        (resource.RLIMIT_NOFILE, spec["nofile"]),
+        (resource.RLIMIT_NPROC, spec["nproc"]),
+    ]
+    for which, value in limits:
+        resource.setrlimit(which, (value, value))
+    pid = os.fork()
+    if pid == 0:  # PID 1 of the new namespace
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        for fd in spec["keep_fds"]:
+            os.set_inheritable(fd, True)
+        report("exec")
+        try:
+            os.execve(spec["argv"][0], spec["argv"], spec["env"])
+        except OSError as exc:
+            report("error", stage="exec", errno=exc.errno, message=str(exc))
+        os._exit(127)
+    for fd in spec["keep_fds"]:
+        os.close(fd)
+    _, wstatus, usage = os.wait4(pid, 0)
+    code = os.waitstatus_to_exitcode(wstatus)
+    report(
+        "exit",
+        code=code if code >= 0 else None,
+        signal=-code if code < 0 else None,
+        cpu=usage.ru_utime + usage.ru_stime,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
