@@ -48,9 +48,12 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
 
     The fenced blocks (```` ```python ... ``` ````; an unclosed one runs to the end) tagged
     python, py or untagged: the last that defines ``entry_point`` when given, else the first.
-    With no opening fence, the text before a closing fence (a prompt that ended with
-    ```` ```python ````), else the whole text. Empty when there is no code.
+    Text before an unmatched first fence is the code when there is any (the completion closes
+    a fence its prompt opened); with no fence at all, the whole text.
     """
+    head = text.split("```", 1)[0]
+    if text.count("```") % 2 == 1 and head.strip():  # closes a fence the prompt opened
+        return head.strip("\n")
     blocks = [
         body
         for lang, body in _FENCE_RE.findall(text)
@@ -62,8 +65,6 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
             if defining:
                 return defining[-1].strip("\n")
         return blocks[0].strip("\n")
-    if "```" in text:
-        return text.split("```", 1)[0].strip("\n")
     return text.strip("\n")
 
 
