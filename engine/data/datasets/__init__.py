@@ -12,6 +12,9 @@ decides the score (the prompt policy's llama.cpp example and integration test).
 reward (:mod:`engine.rewards.code`) scores a completion by the fraction of its ``tests`` the
 code passes in the sandbox; ``answer`` (the target) is a reference solution that passes all.
 
+``calculator``: 48 arithmetic word problems (``output.generated`` is the number), the data of
+the calculator-tool environment (:mod:`engine.environments.calculator`).
+
 Example::
 
     from engine.data import datasets
