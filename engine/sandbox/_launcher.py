@@ -11,8 +11,9 @@ which the code never sees (it is closed on exec):
 3. resource limits (inherited by everything the code starts);
 4. fork: the child asks for SIGKILL when the launcher dies (so killing the launcher's
    process group takes the whole PID namespace down, even a process that left the group),
-   then execs the interpreter on the code; the launcher waits and reports its exit status
-   and CPU time.
+   closes the status pipe, adds the site directories and runs the script in itself (with
+   ``exec`` set: execs a fresh ``python -I`` on it instead, an interpreter start more); the
+   launcher waits and reports its exit status and CPU time.
 
 With ``probe`` set it stops after step 2 and reports whether it could isolate.
 """
@@ -31,9 +32,30 @@ CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
 
 
+def run_here(args: list) -> None:
+    """Run ``args[0]`` (a script, then its arguments) as ``python -I`` would, in this
+    process: no second interpreter start. The launcher started with ``-I -S``; the site
+    directories are added now, before the code runs."""
+    import runpy
+    import site
+    import traceback
+
+    site.main()
+    sys.argv = list(args)
+    try:
+        runpy.run_path(args[0], run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException:  # what the interpreter does with an uncaught exception
+        traceback.print_exc()
+        sys.exit(1)
+    sys.exit(0)
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     status = spec["status_fd"]
+    os.set_inheritable(status, False)  # pass_fds made it inheritable: never to the code
 
     def report(event: str, **fields: object) -> None:
         line = json.dumps({"e": event, "t": time.monotonic(), **fields}) + "\n"
@@ -64,14 +86,18 @@ def main() -> int:
     pid = os.fork()
     if pid == 0:  # PID 1 of the new namespace
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        for fd in spec["keep_fds"]:
-            os.set_inheritable(fd, True)
+        if spec["exec"]:
+            for fd in spec["keep_fds"]:
+                os.set_inheritable(fd, True)
+            report("exec")
+            try:
+                os.execve(spec["argv"][0], spec["argv"], spec["env"])
+            except OSError as exc:
+                report("error", stage="exec", errno=exc.errno, message=str(exc))
+            os._exit(127)
         report("exec")
-        try:
-            os.execve(spec["argv"][0], spec["argv"], spec["env"])
-        except OSError as exc:
-            report("error", stage="exec", errno=exc.errno, message=str(exc))
-        os._exit(127)
+        os.close(status)  # the code must not be able to write the launcher's reports
+        run_here(spec["argv"][2:])
     for fd in spec["keep_fds"]:
         os.close(fd)
     _, wstatus, usage = os.wait4(pid, 0)

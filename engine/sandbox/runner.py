@@ -379,6 +379,7 @@ def _spec(
             "keep_fds": [chan_w] if chan_w >= 0 else [],
             "cgroup": str(cgroup) if cgroup is not None else "",
             "argv": [python, "-I", *args],
+            "exec": config.fresh_interpreter,
             "env": env,
             "cpu": max(1, math.ceil(config.cpu_seconds)),
             "memory": config.memory_mb * 1024 * 1024,

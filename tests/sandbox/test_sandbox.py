@@ -52,15 +52,23 @@ def exists(path: str | Path) -> bool:
     return Path(path).exists()
 
 
-async def test_runs_code_with_a_minimal_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The code's output comes back; none of the engine's environment reaches it."""
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_runs_code_with_a_minimal_environment(
+    monkeypatch: pytest.MonkeyPatch, fresh: bool
+) -> None:
+    """The code's output comes back; none of the engine's environment reaches it; the
+    launcher's status pipe is closed to it."""
     monkeypatch.setenv("GRPO_TEST_SECRET", "hunter2")
-    code = "import os, sys\nprint(sorted(os.environ))\nprint(sys.flags.isolated)"
-    result = await sandbox().run(code)
+    code = (
+        "import os, sys\nprint(sorted(os.environ))\nprint(sys.flags.isolated)\n"
+        "print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))"
+    )
+    result = await sandbox(fresh_interpreter=fresh).run(code)
     assert result.ok and result.exit_code == 0 and result.limit is None
-    names, isolated = result.stdout.splitlines()
+    names, isolated, fds = result.stdout.splitlines()
     assert "GRPO_TEST_SECRET" not in names and "hunter2" not in result.stdout
     assert isolated == "1"  # python -I
+    assert {int(fd) for fd in fds.strip("[]").split(", ")} <= {0, 1, 2, 3}  # stdio (3: the listing itself), nothing inherited
     assert set(result.timings) == {"spawn", "launcher", "isolate", "setup", "code"}
 
 

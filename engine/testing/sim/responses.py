@@ -172,7 +172,7 @@ def _choice_tokens(
     salt = adapter.digest if adapter is not None else b""
     code = canned_code(prompt, p.temperature, p.seed, server_seed, number, index, salt)
     if code is not None:  # a built-in code-task prompt (engine.testing.sim.code)
-        return finish(code, p.stop, p.max_tokens)
+        return (*finish(code, p.stop, p.max_tokens), None)
     tokens = default_tokens(prompt, p.temperature, p.seed, server_seed, number, index, salt)
     if p.stop:
         return (*finish("".join(tokens), p.stop, p.max_tokens), None)
