@@ -68,7 +68,8 @@ async def test_runs_code_with_a_minimal_environment(
     names, isolated, fds = result.stdout.splitlines()
     assert "GRPO_TEST_SECRET" not in names and "hunter2" not in result.stdout
     assert isolated == "1"  # python -I
-    assert {int(fd) for fd in fds.strip("[]").split(", ")} <= {0, 1, 2, 3}  # stdio (3: the listing itself), nothing inherited
+    # stdio, and 3: the listing's own descriptor; nothing of the launcher's is inherited
+    assert {int(fd) for fd in fds.strip("[]").split(", ")} <= {0, 1, 2, 3}
     assert set(result.timings) == {"spawn", "launcher", "isolate", "setup", "code"}
 
 
