@@ -326,6 +326,9 @@ class SandboxConfig:
     """Runs at once; the rest wait their turn."""
     python: str = ""
     """The interpreter that runs the code (with -I); empty = the engine's own."""
+    site_packages: bool = False
+    """Let the code import the interpreter's site-packages (numpy...); false = the standard
+    library only (faster to start, and the engine's own packages out of reach)."""
     fresh_interpreter: bool = False
     """Exec a fresh interpreter for the code; false runs it in the launcher's forked child
     (isolated mode too, one interpreter start fewer per run)."""

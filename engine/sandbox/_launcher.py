@@ -11,7 +11,7 @@ which the code never sees (it is closed on exec):
 3. resource limits (inherited by everything the code starts);
 4. fork: the child asks for SIGKILL when the launcher dies (so killing the launcher's
    process group takes the whole PID namespace down, even a process that left the group),
-   closes the status pipe, adds the site directories and runs the script in itself (with
+   closes the status pipe, adds the site directories if asked, and runs the script in itself (with
    ``exec`` set: execs a fresh ``python -I`` on it instead, an interpreter start more); the
    launcher waits and reports its exit status and CPU time.
 
@@ -32,21 +32,27 @@ CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
 
 
-def run_here(args: list) -> None:
+def run_here(args: list, with_site: bool) -> None:
     """Run ``args[0]`` (a script, then its arguments) as ``python -I`` would, in this
-    process: no second interpreter start. The launcher started with ``-I -S``; the site
-    directories are added now, before the code runs."""
-    import runpy
-    import site
-    import traceback
+    process: no second interpreter start. The launcher started with ``-I -S``; with
+    ``with_site`` the site directories are added now, before the code runs."""
+    if with_site:
+        import site
 
-    site.main()
+        site.main()
     sys.argv = list(args)
+    main_module = type(sys)("__main__")
+    main_module.__file__ = args[0]
+    sys.modules["__main__"] = main_module
     try:
-        runpy.run_path(args[0], run_name="__main__")
+        with open(args[0], "rb") as fh:
+            source = fh.read()
+        exec(compile(source, args[0], "exec"), main_module.__dict__)
     except SystemExit:
         raise
     except BaseException:  # what the interpreter does with an uncaught exception
+        import traceback
+
         traceback.print_exc()
         sys.exit(1)
     sys.exit(0)
@@ -97,7 +103,7 @@ def main() -> int:
             os._exit(127)
         report("exec")
         os.close(status)  # the code must not be able to write the launcher's reports
-        run_here(spec["argv"][2:])
+        run_here(spec["argv"][spec["argv"].index("-I") + 1 :], spec["site"])
     for fd in spec["keep_fds"]:
         os.close(fd)
     _, wstatus, usage = os.wait4(pid, 0)

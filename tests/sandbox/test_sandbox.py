@@ -273,3 +273,13 @@ async def test_a_failed_exec_is_a_sandbox_error() -> None:
     box.python = "/nonexistent/python3"  # after the probe: the exec itself fails
     with pytest.raises(SandboxError):
         await box.run("print(1)")
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_site_packages_only_when_asked(fresh: bool) -> None:
+    """The code sees the standard library; the interpreter's site-packages (here orjson, an
+    engine dependency) only with site_packages."""
+    code = "try:\n    import orjson\n    print('site')\nexcept ImportError:\n    print('stdlib')"
+    plain = await sandbox(fresh_interpreter=fresh).run(code)
+    with_site = await sandbox(fresh_interpreter=fresh, site_packages=True).run(code)
+    assert (plain.stdout, with_site.stdout) == ("stdlib\n", "site\n")
