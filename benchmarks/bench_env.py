@@ -8,13 +8,14 @@ the code task.
 
 The peer, in the same run: a sequential loop that runs the same harness on the same files as
 a plain subprocess per episode (``python -I``, a fresh directory, no isolation), one at a
-time, the way a synchronous trainer would score code.
+time, the way a synchronous trainer would score code; and the same loop with ``-S`` (no
+site-packages, as the sandbox runs code by default).
 
 Where the time goes (concurrency 1, medians): ``spawn`` (fork and exec of the launcher),
 ``launcher`` (its interpreter start), ``isolate`` (unshare of the namespaces), ``setup``
-(limits and fork of the code's process), ``code`` (exec of the code's interpreter, its start,
-the solution and its tests); the interpreter's start alone is measured apart (an empty
-program through the sandbox), so ``code`` minus it is the code itself.
+(limits and fork of the code's process), ``code`` (the code's process: the harness, the
+solution and its tests, the exit); an empty program through the sandbox is measured apart, so
+``code`` minus it is the code itself.
 
     python benchmarks/bench_env.py [--episodes 48] [--levels 1,2,4,8,16]
 """
@@ -58,7 +59,7 @@ def episodes(n: int) -> list[tuple[Example, str]]:
     return out
 
 
-def plain_episode(code: str, tests: list[str], seconds: float) -> float:
+def plain_episode(code: str, tests: list[str], seconds: float, site: bool = True) -> float:
     """The peer: the harness as a plain subprocess in a fresh directory; the fraction passed."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-plain-"))
     try:
@@ -70,7 +71,7 @@ def plain_episode(code: str, tests: list[str], seconds: float) -> float:
         nonce = secrets.token_hex(16)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "SANDBOX_CHANNEL_FD": str(write_fd)}
         with subprocess.Popen(
-            [sys.executable, "-I", HARNESS],
+            [sys.executable, "-I", *(() if site else ("-S",)), HARNESS],
             cwd=workdir,
             env=env,
             stdin=subprocess.PIPE,
@@ -93,16 +94,18 @@ def plain_episode(code: str, tests: list[str], seconds: float) -> float:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def sequential(work: list[tuple[Example, str]], seconds: float) -> tuple[float, list[float]]:
+def sequential(
+    work: list[tuple[Example, str]], seconds: float, site: bool = True
+) -> tuple[float, list[float]]:
     """Episodes per second of the plain loop, and its rewards."""
     t0 = time.perf_counter()
-    rewards = [plain_episode(code, ex.meta["tests"], seconds) for ex, code in work]
+    rewards = [plain_episode(code, ex.meta["tests"], seconds, site) for ex, code in work]
     return len(work) / (time.perf_counter() - t0), rewards
 
 
 async def interpreter_start(repeats: int = 12) -> float:
-    """Median ``code`` time of an empty program through the sandbox: the exec and start of
-    the code's interpreter, with nothing to run."""
+    """Median ``code`` time of an empty program through the sandbox: the code's process
+    with nothing to run (its start and exit, the PID and network namespaces' end)."""
     sandbox = Sandbox(SandboxConfig(max_concurrency=1))
     runs = [await sandbox.run("pass") for _ in range(repeats)]
     return statistics.median(r.timings["code"] for r in runs)
@@ -132,6 +135,7 @@ async def main() -> None:
     print(f"{len(work)} code-task episodes, {os.cpu_count()} cores, load {os.getloadavg()}")
     start = await interpreter_start()
     loop_rate, loop_rewards = await asyncio.to_thread(sequential, work, seconds)
+    bare_rate, _ = await asyncio.to_thread(sequential, work, seconds, False)
     rows = []
     breakdown: dict[str, float] = {}
     for c in levels:
@@ -146,7 +150,11 @@ async def main() -> None:
     print(f"\nmean reward {statistics.fmean(loop_rewards):.3f} (sandbox and loop agree)")
     print("\n| runner | concurrency | episodes/s | x sequential loop |")
     print("|---|---|---|---|")
-    print(f"| plain subprocess loop (peer, mean of 2) | 1 | {peer:.2f} | 1.00 |")
+    print(f"| plain subprocess loop, `python -I` (peer, mean of 2) | 1 | {peer:.2f} | 1.00 |")
+    print(
+        f"| plain subprocess loop, `python -I -S` (no site, as the sandbox's code) | 1 | "
+        f"{bare_rate:.2f} | {bare_rate / peer:.2f} |"
+    )
     for c, rate in rows:
         print(f"| sandbox | {c} | {rate:.2f} | {rate / peer:.2f} |")
     total = sum(breakdown.values())
@@ -157,9 +165,9 @@ async def main() -> None:
         print(f"| {k} | {v * 1e3:.1f} | {v / total:.0%} |")
     print(f"| total | {total * 1e3:.1f} | 100% |")
     itself = (breakdown["code"] - start) * 1e3
-    print(f"\nthe code's interpreter start alone (an empty program's `code`): {start * 1e3:.1f}")
-    print(f"ms, so the code itself (harness, solution, tests) is about {itself:.1f} ms of")
-    print(f"`code`; the peer's whole episode: {1e3 / peer:.1f} ms")
+    print("\nthe code's process alone (an empty program's `code`: its start and exit, the")
+    print(f"namespace's end): {start * 1e3:.1f} ms, so the code itself (harness, solution, tests)")
+    print(f"is about {itself:.1f} ms of `code`; the peer's whole episode: {1e3 / peer:.1f} ms")
 
 
 if __name__ == "__main__":
