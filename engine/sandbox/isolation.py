@@ -33,6 +33,8 @@ LAUNCHER = str(Path(__file__).with_name("_launcher.py"))
 """The launcher script (run with ``python -I -S``, never imported)."""
 
 _CGROUP_FS = Path("/sys/fs/cgroup")
+_PROBE_SECONDS = 60.0
+"""How long the probe waits for the launcher (a loaded machine can take seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,14 @@ async def _launch_probe(python: str) -> str | None:
         return f"cannot start the sandbox interpreter {python!r}: {exc}"
     finally:
         os.close(write_fd)
-    _, stderr = await proc.communicate()
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), _PROBE_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        await proc.wait()
+        os.close(read_fd)
+        return f"the sandbox launcher did not answer within {_PROBE_SECONDS:g} s"
     status = await asyncio.to_thread(_read_all, read_fd)
     for line in status.splitlines():
         event = orjson.loads(line)
