@@ -9,6 +9,9 @@ import pytest
 
 from engine.config.loading import load_config
 from engine.config.sections import SandboxConfig
+from engine.data.jsonl import parse_example
+from engine.environments.base import EpisodeRecord, TurnRecord
+from engine.environments.code import CodeEnvironment
 from engine.environments.python_tool import PythonTool
 from engine.environments.registry import make_environment
 from engine.environments.tools import run_call
@@ -25,6 +28,7 @@ PROBLEM = {
     "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
     "answer": "```python\ndef add(a, b):\n    return a + b\n```",
 }
+CALL = ToolCall(id="c0", name="python", arguments='{"code": "print(1)"}')
 SCRIPT = ToolScript(
     [
         SimReply(tool_calls=(SimToolCall("python", {"code": "print(1 + 2)"}),)),
@@ -63,9 +67,8 @@ async def test_code_episodes_run_the_tool_and_score_the_answer(tmp_path: Path) -
 async def test_a_sandbox_failure_in_the_tool_ends_the_episode() -> None:
     """The python tool's SandboxError is not returned to the model: it propagates."""
     tool = PythonTool(Sandbox(SandboxConfig(python="/nonexistent/python3")))
-    call = ToolCall(id="c0", name="python", arguments='{"code": "print(1)"}')
     with pytest.raises(SandboxError):
-        await run_call({"python": tool}, call)
+        await run_call({"python": tool}, CALL)
 
 
 def test_the_code_environment_takes_the_run_sandbox_limits() -> None:
@@ -74,3 +77,17 @@ def test_the_code_environment_takes_the_run_sandbox_limits() -> None:
     env = make_environment("code", config)
     assert env.name == "code"
     assert env.sandbox.config.memory_mb == 256  # type: ignore[attr-defined]
+
+
+async def test_a_sandbox_failure_in_the_tests_fails_the_episode() -> None:
+    """The answer's tests cannot run: finish raises (NaN for the runner), it does not score 0."""
+    env = CodeEnvironment(Sandbox(SandboxConfig(python="/nonexistent/python3")))
+    example = parse_example(PROBLEM)
+    episode = await env.start(example)
+    record = EpisodeRecord("g.0", "code", [TurnRecord(0, PROBLEM["answer"])])
+    with pytest.raises(SandboxError):
+        await episode.finish(record)
+    good = await CodeEnvironment().start(example)
+    assert await good.finish(record) == 1.0
+    calling = EpisodeRecord("g.1", "code", [TurnRecord(0, "", tool_calls=(CALL,))])
+    assert await good.finish(calling) == 0.0  # cut while still calling: no answer, a real 0
