@@ -9,6 +9,8 @@
     ├── RunDirError            a run directory's file is unsafe to write or unreadable
     ├── ClientClosedError      a client or resource used after close
     ├── RewardError            a reward function or judge failed for one rollout
+    ├── SandboxError           the code sandbox failed (not the code): a recorded failure
+    │   └── SandboxUnavailable    it cannot isolate code here, so it refuses to run any
     ├── OutputParseError       model output that does not fit a signature or verdict format
     └── EndpointError          a request to a model endpoint failed (status, attempt, endpoint)
         ├── TransportError     connection refused/reset, server disconnected
@@ -48,6 +50,8 @@ __all__ = (
     "ResponseError",
     "RewardError",
     "RunDirError",
+    "SandboxError",
+    "SandboxUnavailable",
     "ServerError",
     "TransportError",
     "first_engine_error",
@@ -94,6 +98,16 @@ class ClientClosedError(EngineError):
 
 class RewardError(EngineError):
     """A reward function or judge failed for one rollout; the rollout is masked, not zeroed."""
+
+
+class SandboxError(EngineError):
+    """The code sandbox failed (could not start, its harness broke): a failure of that rollout
+    or episode, never the code's score."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The sandbox cannot isolate code on this platform (no user or network namespace, no way
+    to cap processes), so it refuses to run it; the message says why."""
 
 
 class OutputParseError(EngineError):

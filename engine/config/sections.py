@@ -27,6 +27,7 @@ __all__ = (
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
+    "SandboxConfig",
     "TelemetryConfig",
     "TinyLMConfig",
     "TrackingConfig",
@@ -312,6 +313,37 @@ class RewardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """The code sandbox of the unit_tests reward and the python tool (see README, Sandbox)."""
+
+    cpu_seconds: float = 5.0
+    """CPU time one run may use (RLIMIT_CPU, every process of the run counted apart)."""
+    wall_seconds: float = 10.0
+    """Wall-clock time one run may take; at it the run's processes are killed."""
+    memory_mb: int = 512
+    """Address space of each process of a run, MiB (RLIMIT_AS)."""
+    max_processes: int = 32
+    """Processes and threads a run may have at once (RLIMIT_NPROC, or a pids cgroup when
+    the engine runs as root, where RLIMIT_NPROC does not apply)."""
+    max_output_bytes: int = 65536
+    """stdout and stderr kept per run, bytes each; more kills the run (marked truncated)."""
+    max_file_mb: int = 16
+    """Largest file a run may write, MiB (RLIMIT_FSIZE)."""
+    test_seconds: float = 2.0
+    """unit_tests: wall-clock time of one test before it counts as failed."""
+    max_concurrency: int = 4
+    """Runs at once; the rest wait their turn."""
+    python: str = ""
+    """The interpreter that runs the code (with -I); empty = the engine's own."""
+    site_packages: bool = False
+    """Let the code import the interpreter's site-packages (numpy...); false = the standard
+    library only (faster to start, and the engine's own packages out of reach)."""
+    fresh_interpreter: bool = False
+    """Exec a fresh interpreter for the code; false runs it in the launcher's forked child
+    (isolated mode too, one interpreter start fewer per run)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutConfig:
     """How a group is fanned out and completed: admission, stragglers, partial groups."""
 
@@ -471,6 +503,8 @@ class RunConfig:
     """Rewards and judges."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Group fan-out, stragglers and partial groups."""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """Limits of the code sandbox (the unit_tests reward, the python tool)."""
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     """Multi-turn episodes with tools; empty name = single-turn rollouts."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -3,7 +3,10 @@
 A built-in comes with its dataset (used when ``data.train`` is empty):
 
 - ``calculator``: arithmetic word problems and a calculator tool
-  (:mod:`engine.environments.calculator`, dataset ``calculator``).
+  (:mod:`engine.environments.calculator`, dataset ``calculator``);
+- ``code``: function-writing problems, the sandboxed ``python`` tool, and the ``unit_tests``
+  reward (:mod:`engine.environments.code`, dataset ``code``), on a sandbox with the run's
+  ``[sandbox]`` limits.
 
 Any other name is an import path ``module:function`` of a function (or class) that takes no
 argument and returns an :class:`~engine.environments.base.Environment`.
@@ -15,30 +18,41 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from ..config.sections import RunConfig, SandboxConfig
 from ..data import datasets
 from ..errors import ConfigError
+from ..sandbox import Sandbox
 from ..types import Example
 from .base import Environment
 from .calculator import CalculatorEnvironment
+from .code import CodeEnvironment
 
 __all__ = ("BUILTIN_DATASETS", "BUILTIN_ENVIRONMENTS", "builtin_examples", "make_environment")
 
 BUILTIN_ENVIRONMENTS: dict[str, Callable[[], Environment]] = {
     "calculator": CalculatorEnvironment,
+    "code": CodeEnvironment,
 }
 """Built-in environments by name."""
 
-BUILTIN_DATASETS: dict[str, str] = {"calculator": "calculator"}
+BUILTIN_DATASETS: dict[str, str] = {"calculator": "calculator", "code": "code"}
 """The built-in dataset (:mod:`engine.data.datasets`) of each built-in environment."""
 
 
-def make_environment(name: str) -> Environment:
-    """The environment called ``name`` (a built-in, or ``module:function``).
+def _code_environment(sandbox: SandboxConfig) -> Environment:
+    return CodeEnvironment(Sandbox(sandbox))
+
+
+def make_environment(name: str, config: RunConfig | None = None) -> Environment:
+    """The environment called ``name`` (a built-in, or ``module:function``); ``config``
+    gives the built-in ``code`` environment its ``[sandbox]`` limits (default ones without).
 
     Raises:
         ConfigError: an unknown name, an import path that does not resolve, or a factory
             that does not return an Environment.
     """
+    if name == "code":
+        return _code_environment(config.sandbox if config is not None else SandboxConfig())
     factory: Any = BUILTIN_ENVIRONMENTS.get(name)
     if factory is None:
         if ":" not in name:

@@ -141,7 +141,8 @@ class EpisodeRunner:
             deadline=section.deadline or None,
             max_tokens=section.max_tokens or None,
         )
-        return cls(make_environment(section.name), limits, protocol=section.tools, events=events)
+        environment = make_environment(section.name, config)
+        return cls(environment, limits, protocol=section.tools, events=events)
 
     # ------------------------------------------------------------------ policies
 

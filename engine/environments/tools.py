@@ -8,7 +8,9 @@
   run; its result says what is wrong (``error`` starts with ``malformed``);
 - a tool that raises :class:`~engine.environments.base.ToolError` returns the message to the
   model as its result; any other exception likewise as ``ExceptionName: message`` (a tool's
-  bug is the model's information, not the episode's end); both set ``error``;
+  bug is the model's information, not the episode's end); both set ``error``; except a
+  :class:`~engine.errors.SandboxError` (the code sandbox itself failed, e.g. it cannot
+  isolate code here): that ends the episode as a failure (NaN), it is not the model's doing;
 - a result longer than ``max_chars`` is cut (the model reads that it was).
 
 Cancellation (the episode's deadline) goes through: it is not a tool error.
@@ -29,6 +31,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
+from ..errors import SandboxError
 from .base import Tool, ToolCall, ToolError, ToolResult
 
 __all__ = ("MAX_RESULT_CHARS", "FunctionTool", "run_call", "run_calls", "tool_specs")
@@ -90,7 +93,8 @@ def tool_specs(tools: Sequence[Tool]) -> list[dict[str, Any]]:
 async def run_call(
     tools: Mapping[str, Tool], call: ToolCall, *, max_chars: int = MAX_RESULT_CHARS
 ) -> ToolResult:
-    """Run one call (see the module docstring); never raises but for cancellation."""
+    """Run one call (see the module docstring); never raises but for cancellation and a
+    :class:`~engine.errors.SandboxError`."""
 
     def result(content: str, error: str | None = None) -> ToolResult:
         if len(content) > max_chars:
@@ -116,6 +120,8 @@ async def run_call(
         content = await tool(arguments)
     except ToolError as exc:
         return result(f"error: {exc}", f"ToolError: {exc}")
+    except SandboxError:  # the sandbox failed, not the model: the episode's failure
+        raise
     except Exception as exc:  # a tool's failure is the model's to read, not the episode's end
         why = f"{type(exc).__name__}: {exc}"
         return result(f"error: {why}", why)

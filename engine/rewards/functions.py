@@ -12,7 +12,11 @@ name               value                                                        
 ``numeric_match``  the first number in the output equals the target's number      {0, 1}
 ``length_penalty`` 0 up to a word limit, falling linearly to -1 at twice the limit [-1, 0]
 ``non_empty``      the output has a non-space character                            {0, 1}
+``unit_tests``     fraction of the example's ``tests`` its code passes (sandboxed) [0, 1]
 =================  ==============================================================  ===========
+
+``unit_tests`` (:mod:`engine.rewards.code`) is async: the code runs in the sandbox's
+subprocess; the others are cheap enough to run inline.
 
 Normalization (:func:`normalize`): lower case, Unicode NFKC, whitespace collapsed, and
 punctuation stripped from both ends, so ``" Positive."`` matches ``positive``.
@@ -35,6 +39,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..types import Example
+from .code import unit_tests
 
 __all__ = (
     "REWARD_FUNCTIONS",
@@ -45,6 +50,7 @@ __all__ = (
     "normalize",
     "numeric_match",
     "resolve_reward_fn",
+    "unit_tests",
 )
 
 _PUNCT = " \t\n\r.,;:!?\"'`()[]{}<>*_-"
@@ -112,7 +118,7 @@ def non_empty(example: Example, text: str) -> float:
     return float(bool(text.strip()))
 
 
-REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], float]] = MappingProxyType(
+REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], Any]] = MappingProxyType(
     {
         "exact_match": exact_match,
         "contains_answer": contains_answer,
@@ -120,10 +126,11 @@ REWARD_FUNCTIONS: Mapping[str, Callable[[Example, str], float]] = MappingProxyTy
         "length_penalty": length_penalty,
         "non_empty": non_empty,
         "nonempty": non_empty,
+        "unit_tests": unit_tests,
     }
 )
-"""The built-in reward functions by config name (``RewardConfig.functions``); all are cheap
-enough to run inline."""
+"""The built-in reward functions by config name (``RewardConfig.functions``); all but the
+async ``unit_tests`` are cheap enough to run inline."""
 
 
 def resolve_reward_fn(

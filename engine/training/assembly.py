@@ -33,9 +33,11 @@ from ..policies.hf.server import ServerGeneration
 from ..policies.prompt import PromptPolicy
 from ..policies.served import ServedAdapters
 from ..policies.tinylm import TinyLM
+from ..rewards.code import UnitTestsReward
 from ..rewards.functions import REWARD_FUNCTIONS, resolve_reward_fn
 from ..rewards.judges import GroupJudge, LLMJudge
 from ..rewards.rewarder import GroupJudgeLike, JudgeSpec, Rewarder, RewardSpec, RolloutJudgeLike
+from ..sandbox import Sandbox
 from ..telemetry.events import EventLog
 from ..telemetry.logs import get_logger
 from ..types import Example
@@ -51,6 +53,7 @@ __all__ = (
     "needs_endpoint",
     "open_clients",
     "open_hf_server",
+    "reward_registry",
     "rewarder_from_config",
     "task_rewarder",
 )
@@ -258,10 +261,16 @@ def build_rewarder(
         reward = dataclasses.replace(reward, functions=default_functions, weights=())
     return rewarder_from_config(
         reward,
-        registry=REWARD_FUNCTIONS,
+        registry=reward_registry(config),
         judge_client=judge_client,
         judge_options=_judge_options(config, judge_options),
     )
+
+
+def reward_registry(config: RunConfig) -> dict[str, Callable[..., Any]]:
+    """The built-in reward functions, ``unit_tests`` on a sandbox with the run's
+    ``[sandbox]`` limits."""
+    return {**REWARD_FUNCTIONS, "unit_tests": UnitTestsReward(Sandbox(config.sandbox)).__call__}
 
 
 def finetune_rewarder(

@@ -21,6 +21,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("telemetry",),
     ("data",),
+    ("sandbox",),
     ("endpoints",),
     ("policies",),
     ("rewards",),

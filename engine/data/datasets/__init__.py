@@ -6,6 +6,12 @@ Gemma 3 270M (a base model) answers ``positive``/``negative`` almost never zero-
 of the time with a few balanced demonstrations: a task where the prompt, not the weights,
 decides the score (the prompt policy's llama.cpp example and integration test).
 
+``code``: 24 function-writing problems (the code task), plain-prompt lines
+``{"prompt": "Write a Python function `add(a, b)` that ...", "entry_point": "add",
+"tests": ["assert add(1, 2) == 3", ...], "answer": "```python ...```"}``: the ``unit_tests``
+reward (:mod:`engine.rewards.code`) scores a completion by the fraction of its ``tests`` the
+code passes in the sandbox; ``answer`` (the target) is a reference solution that passes all.
+
 ``calculator``: 48 arithmetic word problems (``output.generated`` is the number), the data of
 the calculator-tool environment (:mod:`engine.environments.calculator`).
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import orjson
 
+from .code import code_answer
 from .config import SimRequest
 
 __all__ = (
@@ -194,7 +195,11 @@ def default_model(req: SimRequest) -> str:
     """1-32 words from :data:`VOCAB`, a pure function of the prompt and: nothing else at
     ``temperature == 0``; the request's ``seed`` and the choice index when it has one; else the
     server seed, the request number and the choice index; and of the LoRA adapter the request
-    names, if any (its digest salts every draw)."""
+    names, if any (its digest salts every draw). A prompt holding a built-in code-task problem
+    gets code instead (:func:`~engine.testing.sim.code.code_answer`)."""
+    code = code_answer(req)
+    if code is not None:
+        return code
     salt = req.adapter.digest if req.adapter is not None else b""
     return "".join(
         default_tokens(

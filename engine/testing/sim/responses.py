@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from .adapters import SimAdapter
+from .code import canned_code
 from .config import ModelFn, SimRequest
 from .model import (
     chat_logprobs,
@@ -169,6 +170,9 @@ def _choice_tokens(
         return tokens, reason, chat_tool_calls(out, turn_of(req))
     # the default model without building a SimRequest: the fast path
     salt = adapter.digest if adapter is not None else b""
+    code = canned_code(prompt, p.temperature, p.seed, server_seed, number, index, salt)
+    if code is not None:  # a built-in code-task prompt (engine.testing.sim.code)
+        return (*finish(code, p.stop, p.max_tokens), None)
     tokens = default_tokens(prompt, p.temperature, p.seed, server_seed, number, index, salt)
     if p.stop:
         return (*finish("".join(tokens), p.stop, p.max_tokens), None)
