@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("Example", "Group", "Rollout", "Sample", "Usage")
+__all__ = ("Example", "Group", "Rollout", "Sample", "ToolCall", "Usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,25 @@ class Usage:
     def total_tokens(self) -> int:
         """Prompt and completion tokens together."""
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call the policy made, as parsed from its turn (untrusted).
+
+    Attributes:
+        id: the call's id: the server's ``tool_calls[].id`` in chat mode (``call_<i>`` when
+            it sent none), ``call_{turn}_{i}`` in the text protocol.
+        name: the tool named ("" when the call named none).
+        arguments: the arguments as the model wrote them: JSON text of an object.
+        error: why the call is malformed (not an object, no name, bad JSON...), None when it
+            is well formed; an unknown tool is found when the call is run.
+    """
+
+    id: str
+    name: str
+    arguments: str
+    error: str | None = None
 
 
 @dataclass(slots=True)

@@ -71,6 +71,8 @@ class CallContext:
         t_end: the call's deadline on the client's (injectable) clock.
         loop: the running loop; ``loop_end`` is the same deadline on its clock.
         watchdog: cancels attempts whose time is up.
+        episode, turn: the episode and turn of a multi-turn rollout the call is for (recorded
+            in its events only when set).
     """
 
     session: aiohttp.ClientSession
@@ -89,6 +91,8 @@ class CallContext:
     loop: asyncio.AbstractEventLoop
     watchdog: Watchdog
     loop_end: float
+    episode: str | None = None
+    turn: int | None = None
 
 
 class AttemptEvents:
@@ -197,6 +201,7 @@ class AttemptEvents:
             retry_in=retry_in,
             request_id=request_id,
             usage_anomaly=usage_anomaly,
+            **({} if ctx.episode is None else {"episode": ctx.episode, "turn": ctx.turn}),
         )
 
 

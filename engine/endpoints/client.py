@@ -283,6 +283,9 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         deadline: float | None = None,
         model: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        episode: str | None = None,
+        turn: int | None = None,
     ) -> Completion:
         """Sample ``n`` completions of ``prompt``: a :class:`Completion` of exactly ``n`` choices.
 
@@ -300,11 +303,15 @@ class Client:
                 ``EndpointConfig.deadline``.
             model: the model to name in the request (e.g. a LoRA adapter a server loaded);
                 None uses the endpoint's. Events record the model named.
+            tools: the OpenAI ``tools`` parameter (chat mode); the choices carry the calls
+                in :attr:`~engine.endpoints.parsing.Choice.tool_calls`.
+            episode, turn: the episode and turn the call is for, recorded in its events
+                (multi-turn rollouts, :mod:`engine.environments`).
 
         Raises:
             EndpointError: a subclass saying why, with status, attempt and endpoint.
             ClientClosedError: the client was closed.
-            ValueError: ``n`` < 1, or chat messages in completions mode.
+            ValueError: ``n`` < 1, or chat messages or tools in completions mode.
         """
         transport = self._transport_or_raise()
         if n < 1:
@@ -316,10 +323,13 @@ class Client:
         model = model or self._resolved.model
         body = build_body(self._endpoint, model, prompt, mode, max_tokens=max_tokens,
                           temperature=temperature, logprobs=logprobs, stop=stop,
-                          response_format=response_format, extra_body=extra_body)  # fmt: skip
+                          response_format=response_format, extra_body=extra_body,
+                          tools=tools)  # fmt: skip
         ctx = self._call_context(transport, prompt, mode, model, max_tokens, t0, deadline,
                                  kind=kind, group_id=group_id, sample_index=sample_index,
                                  policy_version=policy_version)  # fmt: skip
+        if episode is not None:
+            ctx.episode, ctx.turn = episode, turn
         self._calls += 1
         try:
             parts = await self._gather(ctx, body, n, seed)

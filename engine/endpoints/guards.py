@@ -11,6 +11,11 @@ there); what remains to check once it is parsed lives here:
   not integers, negative or absurd is an *anomaly*: it is recorded (the attempt's event
   carries ``usage_anomaly``, the client counts them) and replaced by an estimate, so a server
   cannot put the token budget into a debt that blocks every later call.
+- :func:`read_tool_calls`: a chat message's ``tool_calls`` of the wrong shape (not an array,
+  an entry without a ``function`` object or a string name, arguments that are neither JSON
+  text nor an object, more than :data:`MAX_TOOL_CALLS` calls, names and arguments beyond
+  their bounds) are kept as *malformed* calls (:attr:`~engine.types.ToolCall.error`), which
+  the environment answers with an error result: the shape never fails the response.
 - :func:`scrub_choice`: a server that echoes the API key in a successful answer does not get
   it into completions (text and tokens), hence exports, checkpoints or events.
 """
@@ -20,14 +25,18 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from ..types import Usage
+import orjson
+
+from ..types import ToolCall, Usage
 from .redaction import Redactor
 from .spend import reported_cost
 
 __all__ = (
     "MAX_JSON_DEPTH",
+    "MAX_TOOL_CALLS",
     "USAGE_ANOMALIES",
     "estimated_usage",
+    "read_tool_calls",
     "read_usage",
     "scrub_tokens",
     "too_deep",
@@ -50,6 +59,13 @@ byte-level tokenizer spends at most 4 tokens on a character (16 times the estima
 _USAGE_FLOOR: Final = 4096
 """Tokens allowed above the scaled estimate: chat templates and tokenizers that split
 finely add tokens the character estimate does not see."""
+
+MAX_TOOL_CALLS: Final = 32
+"""Tool calls read from one message; the rest are answered by one malformed call."""
+_MAX_TOOL_NAME: Final = 200
+"""The longest tool name or call id kept."""
+_MAX_TOOL_ARGUMENTS: Final = 65_536
+"""The longest arguments text of one call."""
 
 _MAX_COST: Final = 1e6
 """A reported cost above this (in the provider's currency) for one request is not believed."""
@@ -174,3 +190,48 @@ def scrub_tokens(tokens: list[str], redact: Redactor) -> list[str] | None:
             kept.append(text[i:end])
         out.append("".join(kept))
     return out
+
+
+def read_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
+    """The ``tool_calls`` of a chat message as :class:`~engine.types.ToolCall` s (see the
+    module docstring); ``()`` when absent or null. Calls without a usable id get
+    ``call_<i>``."""
+    if raw is None:
+        return ()
+    if type(raw) is not list:
+        return (ToolCall("call_0", "", "", "malformed: tool_calls is not an array"),)
+    calls = [_tool_call(entry, i) for i, entry in enumerate(raw[:MAX_TOOL_CALLS])]
+    if len(raw) > MAX_TOOL_CALLS:
+        why = f"malformed: more than {MAX_TOOL_CALLS} tool calls in one message"
+        calls.append(ToolCall(f"call_{MAX_TOOL_CALLS}", "", "", why))
+    return tuple(calls)
+
+
+def _tool_call(entry: Any, i: int) -> ToolCall:
+    """One entry of ``tool_calls``: ``{"id", "type": "function", "function": {"name",
+    "arguments"}}``, arguments as JSON text (an object is accepted and re-encoded)."""
+    if type(entry) is not dict:
+        return ToolCall(f"call_{i}", "", "", "malformed: a tool call is not an object")
+    cid = entry.get("id")
+    call_id = cid if type(cid) is str and 0 < len(cid) <= _MAX_TOOL_NAME else f"call_{i}"
+    fn = entry.get("function")
+    if type(fn) is not dict:
+        return ToolCall(call_id, "", "", 'malformed: a tool call has no "function" object')
+    name = fn.get("name")
+    if type(name) is not str or not name:
+        return ToolCall(call_id, "", "", "malformed: a tool call has no function name")
+    if len(name) > _MAX_TOOL_NAME:
+        why = f"malformed: a function name longer than {_MAX_TOOL_NAME} characters"
+        return ToolCall(call_id, name[:_MAX_TOOL_NAME], "", why)
+    args = fn.get("arguments")
+    if type(args) is dict:
+        args = orjson.dumps(args).decode()
+    elif args is None:
+        args = ""
+    elif type(args) is not str:
+        why = "malformed: the arguments are neither JSON text nor an object"
+        return ToolCall(call_id, name, "", why)
+    if len(args) > _MAX_TOOL_ARGUMENTS:
+        why = f"malformed: arguments longer than {_MAX_TOOL_ARGUMENTS} characters"
+        return ToolCall(call_id, name, "", why)
+    return ToolCall(call_id, name, args)

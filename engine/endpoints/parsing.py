@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from ..errors import EndpointError, ResponseError
-from ..types import Usage
-from .guards import MAX_JSON_DEPTH, read_usage, scrub_tokens, too_deep
+from ..types import ToolCall, Usage
+from .guards import MAX_JSON_DEPTH, read_tool_calls, read_usage, scrub_tokens, too_deep
 from .limits import PermitProtocol
 from .redaction import Redactor, strip_url
 from .retry import code_status, should_retry, status_error
@@ -59,6 +59,9 @@ class Choice:
         token_ids: completion token ids when the server returns them (vLLM), else None.
         logprobs: per-token log-probabilities of the sampled tokens, when asked and returned.
         tokens: the sampled tokens as strings, aligned with ``logprobs``.
+        tool_calls: the chat message's ``tool_calls``, checked by
+            :func:`~engine.endpoints.guards.read_tool_calls` (a call of the wrong shape is
+            kept as a malformed call); empty when the message made none.
     """
 
     index: int
@@ -67,6 +70,7 @@ class Choice:
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     tokens: list[str] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +305,20 @@ def _scrub(c: Choice, redact: Redactor) -> Choice:
     tokens = scrub_tokens(c.tokens, redact) if c.tokens else None
     fr = c.finish_reason
     reason = redact.secrets(fr) if fr is not None else None
-    if text is c.text and tokens is None and reason is fr:
+    calls = tuple(_scrub_call(t, redact) for t in c.tool_calls)
+    same_calls = all(a is b for a, b in zip(calls, c.tool_calls, strict=True))
+    if text is c.text and tokens is None and reason is fr and same_calls:
         return c  # the usual case: nothing echoed
     ids = None if text is not c.text or tokens is not None else c.token_ids
-    return Choice(c.index, text, reason, ids, c.logprobs, tokens if tokens else c.tokens)
+    return Choice(c.index, text, reason, ids, c.logprobs, tokens if tokens else c.tokens, calls)
+
+
+def _scrub_call(t: ToolCall, redact: Redactor) -> ToolCall:
+    """A tool call cleared of the key a server echoed (its name, arguments and id)."""
+    name, args, cid = redact.secrets(t.name), redact.secrets(t.arguments), redact.secrets(t.id)
+    if name is t.name and args is t.arguments and cid is t.id:
+        return t
+    return ToolCall(cid, name, args, t.error)
 
 
 def _redirect(
@@ -391,6 +405,7 @@ def _float_list(values: list[Any]) -> list[float]:
 def parse_choice(c: dict[str, Any], index: int) -> Choice:
     msg = c.get("message")
     text = text_of(msg.get("content")) if type(msg) is dict else text_of(c.get("text"))
+    calls = read_tool_calls(msg.get("tool_calls")) if type(msg) is dict else ()
     logprobs: list[float] | None = None
     tokens: list[str] | None = None
     lp = c.get("logprobs")
@@ -414,7 +429,13 @@ def parse_choice(c: dict[str, Any], index: int) -> Choice:
             token_ids = None
     fr = c.get("finish_reason")
     return Choice(
-        index, text, fr if type(fr) is str or fr is None else str(fr), token_ids, logprobs, tokens
+        index,
+        text,
+        fr if type(fr) is str or fr is None else str(fr),
+        token_ids,
+        logprobs,
+        tokens,
+        calls,
     )
 
 
@@ -449,7 +470,7 @@ def error_object(data: Any) -> Mapping[str, Any] | None:
 
 
 def reindex(c: Choice, index: int) -> Choice:
-    return Choice(index, c.text, c.finish_reason, c.token_ids, c.logprobs, c.tokens)
+    return Choice(index, c.text, c.finish_reason, c.token_ids, c.logprobs, c.tokens, c.tool_calls)
 
 
 def _choice_order(raw: list[Any]) -> Callable[[Choice], int]:

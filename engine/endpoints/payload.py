@@ -62,11 +62,14 @@ def build_body(
     stop: Sequence[str] | None,
     response_format: Mapping[str, Any] | None,
     extra_body: Mapping[str, Any] | None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The body shared by a call's requests; a None argument takes the endpoint config's value.
 
+    ``tools`` (chat mode only) is the OpenAI ``tools`` parameter, sent as given.
+
     Raises:
-        ValueError: chat messages in completions mode.
+        ValueError: chat messages, or tools, in completions mode.
     """
     want_logprobs = endpoint.logprobs if logprobs is None else logprobs
     body: dict[str, Any] = {"model": model}
@@ -77,9 +80,13 @@ def build_body(
             body["messages"] = [dict(m) for m in prompt]
         if want_logprobs:
             body["logprobs"] = True
+        if tools:
+            body["tools"] = [dict(t) for t in tools]
     else:
         if not isinstance(prompt, str):
             raise ValueError("completions mode takes a prompt string, not chat messages")
+        if tools:
+            raise ValueError("completions mode has no tools parameter: use the text protocol")
         body["prompt"] = prompt
         if want_logprobs:
             body["logprobs"] = 1

@@ -24,6 +24,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("endpoints",),
     ("policies",),
     ("rewards",),
+    ("environments",),
     ("rollout",),
     ("learning",),
     ("training",),
