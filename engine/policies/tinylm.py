@@ -58,12 +58,14 @@ from .base import PolicySnapshot
 from .objective import GRPOTerms, grpo_objective, sequence_weights
 from .toolvocab import ToolTokenizer
 
-__all__ = ("TinyLM",)
+__all__ = ("CALCULATOR_TURN_TOKENS", "TinyLM")
 
 _PARAM_NAMES = ("embed", "W1", "b1", "W2", "b2")
 # Config fields that fix the architecture or the meaning of token ids; a checkpoint must match.
 _ARCH_FIELDS = ("task", "prompt_len", "vocab_digits", "context", "embed_dim", "hidden")
 _STATE_FORMAT = 1
+CALCULATOR_TURN_TOKENS = 16
+"""A turn's token cap (``max_new_tokens``) with ``tinylm.vocab = "calculator"``."""
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -151,7 +153,8 @@ class TinyLM(ArrayPolicy):
     Attributes:
         tinylm: the model's configuration.
         tokenizer: the task tokenizer (input and output vocabularies).
-        max_new_tokens: the generation cap, ``prompt_len`` answer digits plus ``<eos>``; the
+        max_new_tokens: the generation cap, ``prompt_len`` answer digits plus ``<eos>`` (a
+            turn's, :data:`CALCULATOR_TURN_TOKENS`, with the calculator vocabulary); the
             ``dr_grpo`` normalizer.
         params: the live parameters ``embed`` (V_in, E), ``W1`` (C*E, H), ``b1`` (H,),
             ``W2`` (H, V_out) and ``b2`` (V_out,).
@@ -162,10 +165,11 @@ class TinyLM(ArrayPolicy):
 
     def __init__(self, tinylm: TinyLMConfig, *, seed: int) -> None:
         self.tinylm = tinylm
+        calculator = tinylm.vocab == "calculator"
         self.tokenizer: TaskTokenizer | ToolTokenizer = (
-            ToolTokenizer() if tinylm.vocab == "calculator" else TaskTokenizer(tinylm.vocab_digits)
+            ToolTokenizer() if calculator else TaskTokenizer(tinylm.vocab_digits)
         )
-        self.max_new_tokens = tinylm.prompt_len + 1
+        self.max_new_tokens = CALCULATOR_TURN_TOKENS if calculator else tinylm.prompt_len + 1
         rng = np.random.default_rng(seed)
         v_in, v_out = self.tokenizer.vocab_size, self.tokenizer.num_outputs
         c, e, hid, s = tinylm.context, tinylm.embed_dim, tinylm.hidden, tinylm.init_scale
