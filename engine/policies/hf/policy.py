@@ -449,15 +449,22 @@ class HFPolicy(Policy):
         """The next turn after ``context_ids`` from ``snapshot``
         (:meth:`~engine.policies.base.TurnPolicy.generate_turn`): one ``model.generate`` call
         on the model thread, seeded from ``rng``, ending at end-of-sequence, at a stop string
-        of ``stop`` or after ``max_tokens``; ``logprobs`` as in :meth:`generate`. Turns are
-        generated in-process also when the policy serves its rollouts through a server."""
+        of ``stop`` or of ``hf.stop`` (the policy's own apply to every turn), or after
+        ``max_tokens``; ``logprobs`` as in :meth:`generate`. Turns are generated in-process
+        also when the policy serves its rollouts through a server."""
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         context = [int(t) for t in np.asarray(context_ids).tolist()]
         seed = int(rng.integers(0, 2**62))
         start = time.perf_counter()
         out = await self._thread.run(
-            self._turn_sync, snapshot.params, context, tuple(stop), max_tokens, seed, greedy
+            self._turn_sync,
+            snapshot.params,
+            context,
+            (*stop, *(s for s in self.hf.stop if s not in stop)),
+            max_tokens,
+            seed,
+            greedy,
         )
         out.latency = time.perf_counter() - start
         return out
