@@ -42,6 +42,7 @@ from ..config.loading import load_config
 from ..config.sections import RunConfig
 from ..data.jsonl import read_jsonl
 from ..data.sampler import take
+from ..environments.runner import EpisodeRunner
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_bytes, ensure_dir
 from ..learning.checkpoint import load_policy_checkpoint, restoring
@@ -233,6 +234,7 @@ async def _evaluate(
             concurrency=args.concurrency,
             pass_threshold=args.pass_threshold,
             on_result=progress,
+            episodes=EpisodeRunner.from_config(config, events=events),
         )
 
 

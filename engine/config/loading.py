@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 import tomllib
 import types
 import typing
@@ -32,6 +33,9 @@ TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
 T = TypeVar("T")
 
 _INT64 = 2**63
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
+"""An environment name: a built-in's (``calculator``) or ``module:function``."""
 
 Table = dict[str, Any]
 """A TOML table as tomllib decodes it: str keys, TOML values (nested tables are dicts)."""
@@ -90,6 +94,9 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "rollout.min_group_size": (1, None, False),
     "rollout.oversample": (0, None, False),
     "rollout.max_groups_in_flight": (0, None, False),
+    "environment.max_turns": (1, None, False),
+    "environment.deadline": (0.0, None, False),
+    "environment.max_tokens": (0, None, False),
     "data.eval_fraction": (0.0, 1.0, False),
     "data.batch_size": (1, None, False),
     "data.num_examples": (2, None, False),
@@ -353,6 +360,7 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             key="optim.warmup_steps",
         )
     _check_hf(config, path)
+    _check_environment(config, path)
     _check_report_to(config.report_to, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):
@@ -360,6 +368,25 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             f"{len(reward.weights)} weights for {len(reward.functions)} functions",
             path=path,
             key="reward.weights",
+        )
+
+
+def _check_environment(config: RunConfig, path: str | None) -> None:
+    """``[environment]``: a name that is a built-in's or a ``module:function`` path, and the
+    chat tool protocol only where the requests are chat requests."""
+    env = config.environment
+    if env.name and not _ENV_NAME_RE.fullmatch(env.name):
+        raise ConfigError(
+            f"expected a built-in environment name or module:function, got {env.name!r}",
+            path=path,
+            key="environment.name",
+        )
+    if env.name and env.tools == "chat" and config.endpoint.mode != "chat":
+        raise ConfigError(
+            'the chat tool protocol needs endpoint.mode = "chat" (completions mode uses '
+            'tools = "text" or "auto")',
+            path=path,
+            key="environment.tools",
         )
 
 

@@ -16,6 +16,7 @@ __all__ = (
     "TRACKERS",
     "DataConfig",
     "EndpointConfig",
+    "EnvironmentConfig",
     "GRPOConfig",
     "HFConfig",
     "LimitsConfig",
@@ -325,6 +326,26 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvironmentConfig:
+    """Multi-turn, tool-using episodes instead of single completions (README: Environments
+    and tools)."""
+
+    name: str = ""
+    """The environment: a built-in (calculator) or a 'module:function' import path of a
+    function returning an Environment; empty = one completion per rollout."""
+    max_turns: int = 8
+    """Policy turns per episode at most."""
+    deadline: float = 0.0
+    """Seconds per episode, its turns and tools together; 0 = no deadline."""
+    max_tokens: int = 0
+    """The episode's context (first prompt, turns and replies) in tokens at most; each turn's
+    generation is capped to what is left; 0 = no cap."""
+    tools: Literal["auto", "chat", "text"] = "auto"
+    """How tool calls travel: chat = the OpenAI tools parameter (chat mode); text = tags in
+    the text (<tool_call>...</tool_call>); auto = chat in chat mode, text otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
 class DataConfig:
     """Datasets: JSONL files or the built-in task."""
 
@@ -444,6 +465,8 @@ class RunConfig:
     """Rewards and judges."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Group fan-out, stragglers and partial groups."""
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    """Multi-turn episodes with tools; empty name = single-turn rollouts."""
     data: DataConfig = field(default_factory=DataConfig)
     """Datasets."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

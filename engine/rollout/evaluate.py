@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from ..environments.runner import EpisodeRunner, episode_score
 from ..policies.base import Policy, PolicySnapshot
 from ..rewards.rewarder import Rewarder
 from ..types import Example
@@ -73,6 +74,7 @@ async def evaluate_policy(
     concurrency: int = 16,
     pass_threshold: float = 1.0,
     on_result: Callable[[int, dict[str, Any]], Any] | None = None,
+    episodes: EpisodeRunner | None = None,
 ) -> EvalResult:
     """Generate one output per example from ``snapshot`` and score it.
 
@@ -87,6 +89,8 @@ async def evaluate_policy(
         concurrency: examples in flight at once (the client's limits apply on top).
         pass_threshold: a reward at or above it counts as a pass.
         on_result: called with ``(done_count, row)`` after each example.
+        episodes: with an ``[environment]``, each example is one episode, scored by its
+            environment (the row's ``output`` is its answer, ``ended`` why it ended).
     """
     if snapshot is None:
         snapshot = policy.live_snapshot() or policy.snapshot(0)
@@ -100,7 +104,7 @@ async def evaluate_policy(
         nonlocal done
         async with limiter:
             rng = np.random.default_rng([seed, i])
-            row = await _evaluate_one(policy, snap, rewarder, ex, rng, greedy)
+            row = await _evaluate_one(policy, snap, rewarder, ex, rng, greedy, episodes)
             rows[i] = row
             done += 1
             if on_result is not None:
@@ -119,9 +123,13 @@ async def _evaluate_one(
     ex: Example,
     rng: np.random.Generator,
     greedy: bool,
+    episodes: EpisodeRunner | None = None,
 ) -> dict[str, Any]:
     """One example's row: its output, scored unless its generation failed."""
-    sample = (await policy.generate(snapshot, ex, 1, rng, greedy=greedy))[0]
+    if episodes is not None:
+        sample = (await episodes.generate(policy, snapshot, ex, 1, rng, greedy=greedy))[0]
+    else:
+        sample = (await policy.generate(snapshot, ex, 1, rng, greedy=greedy))[0]
     row: dict[str, Any] = {
         "id": ex.id,
         "input": ex.text,
@@ -135,7 +143,11 @@ async def _evaluate_one(
         "completion_tokens": sample.usage.completion_tokens,
         "choice": sample.choice,
     }
-    if sample.error is None:
+    if sample.episode is not None:
+        row["ended"] = sample.episode.ended
+        score = episode_score(sample)
+        row["reward"], row["parts"], row["error"] = score.reward, score.parts, score.error
+    elif sample.error is None:
         score = await rewarder.score(ex, sample.text)
         row["reward"], row["parts"], row["error"] = score.reward, score.parts, score.error
     return row

@@ -48,6 +48,12 @@ seed sequence, ``SeedSequence(entropy, spawn_key=(attempt, member))`` (see
 :func:`derive_rng`): a pure function of ``(seed, step, j, attempt, member)``, independent of
 the parent stream and of the order tasks run in.
 
+**Episodes.** With ``[environment]`` set, every member is one multi-turn episode
+(:class:`~engine.environments.runner.EpisodeRunner`) instead of one completion, scored by its
+environment (:func:`~engine.environments.runner.episode_score`) instead of the rewarder;
+the rest is unchanged (a failed episode is a failed member; every episode costs one admission
+unit, as its turns are requests of their own; ``episodes/*`` counts how they ended).
+
 **Overlap.** Each member's rewards start as soon as it is generated (per member) or as soon as
 its group's call returns (whole group), while other groups keep generating; batch ``k + 1``
 generates while batch ``k`` is scored and learned from, bounded by ``max_staleness`` (the
@@ -59,9 +65,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
@@ -70,6 +76,7 @@ import structlog
 
 from ..config.sections import RolloutConfig, RunConfig
 from ..endpoints.client import Client
+from ..environments.runner import EpisodeRunner, episode_metrics, episode_score, tally_episode
 from ..policies.base import Policy, PolicySnapshot
 from ..rewards.rewarder import Rewarder, Score
 from ..telemetry.events import EventLog
@@ -134,10 +141,14 @@ class RolloutStatistics:
     """Member generations or scorings that failed (each failure counted once)."""
     cancelled_stragglers: int = 0
     """Oversampled members not kept: cancelled in flight, or finished after the group was full."""
+    episodes: Mapping[str, int] = field(default_factory=dict)
+    """Episodes by how they ended, and their turns and calls
+    (:func:`~engine.environments.runner.tally_episode`); empty without an environment."""
 
     def metrics(self) -> dict[str, int]:
         """``groups/complete``, ``groups/retried``, ``groups/shrunk``, ``groups/dropped``,
-        ``rollouts/retried``, ``rollouts/failed``, ``rollouts/cancelled_stragglers``."""
+        ``rollouts/retried``, ``rollouts/failed``, ``rollouts/cancelled_stragglers``, and
+        ``episodes/*`` when episodes ran."""
         return {
             "groups/complete": self.complete,
             "groups/retried": self.retried,
@@ -146,7 +157,7 @@ class RolloutStatistics:
             "rollouts/retried": self.rollouts_retried,
             "rollouts/failed": self.rollouts_failed,
             "rollouts/cancelled_stragglers": self.cancelled_stragglers,
-        }
+        } | episode_metrics(Counter(self.episodes))
 
 
 @dataclass(slots=True)
@@ -161,6 +172,7 @@ class RolloutCounters:
     rollouts_retried: int = 0
     rollouts_failed: int = 0
     cancelled_stragglers: int = 0
+    episodes: Counter[str] = field(default_factory=Counter)
 
     def statistics(self) -> RolloutStatistics:
         """A frozen snapshot of the counters."""
@@ -172,6 +184,7 @@ class RolloutCounters:
             rollouts_retried=self.rollouts_retried,
             rollouts_failed=self.rollouts_failed,
             cancelled_stragglers=self.cancelled_stragglers,
+            episodes=dict(self.episodes),
         )
 
 
@@ -266,6 +279,7 @@ class GroupRunner:
         events: where an embedded policy's generation calls are recorded as request events.
         n_honoured: whether the endpoint honours ``n`` now (a whole group then costs one
             unit); None: ``config.endpoint.use_n``.
+        episodes: runs each member as an episode (``[environment]``); None: completions.
 
     Attributes:
         completion: the partial-group policy.
@@ -285,6 +299,7 @@ class GroupRunner:
         gate: GroupGate | None = None,
         events: EventLog | None = None,
         n_honoured: Callable[[], bool] | None = None,
+        episodes: EpisodeRunner | None = None,
     ) -> None:
         rollout = config.rollout
         self.policy = policy
@@ -299,6 +314,10 @@ class GroupRunner:
         self.events = events
         use_n = config.endpoint.use_n
         self._n_honoured = n_honoured or (lambda: use_n)
+        self.episodes = episodes
+        if episodes is not None:
+            episodes.check(policy)
+            self._n_honoured = lambda: False  # an episode's turns are requests of its own
         self.group_scoring = any(j.judge.per_group for j in rewarder.judges)
         self.completion = GroupCompletion(
             rollout, self.group_size, group_scoring=self.group_scoring
@@ -321,7 +340,9 @@ class GroupRunner:
         if isinstance(client, Client):
             capacity, n_honoured = _client_capacity(client), _client_honours_n(client, config)
         gate = GroupGate(capacity, max_groups=config.rollout.max_groups_in_flight)
-        return cls(policy, rewarder, config, gate=gate, events=events, n_honoured=n_honoured)
+        episodes = EpisodeRunner.from_config(config, events=events)
+        return cls(policy, rewarder, config, gate=gate, events=events, n_honoured=n_honoured,
+                   episodes=episodes)  # fmt: skip
 
     # ------------------------------------------------------------------ one group
 
@@ -453,11 +474,15 @@ class GroupRunner:
         """``n`` samples from the policy; a raising call gives ``n`` failed samples."""
         t0 = time.perf_counter()
         error: str | None = None
-        embedded_log = self.events if self.embedded else None
+        episodes = self.episodes  # an episode runner records its own turns
+        embedded_log = self.events if self.embedded and episodes is None else None
         track = _NO_TRACK if embedded_log is None else embedded_log.track("generation")
         try:
             with track:
-                samples = list(await self.policy.generate(g.snapshot, g.example, n, rng))
+                if episodes is not None:
+                    samples = await episodes.generate(self.policy, g.snapshot, g.example, n, rng)
+                else:
+                    samples = list(await self.policy.generate(g.snapshot, g.example, n, rng))
         except Exception as exc:  # generation failed for the whole call: recorded, not lost
             error = f"{type(exc).__name__}: {exc}"
             samples = []
@@ -465,7 +490,9 @@ class GroupRunner:
             why = error or f"the policy returned {len(samples)} of {n} samples"
             samples += [Sample(text="", error=why) for _ in range(n - len(samples))]
         del samples[n:]
-        if self.embedded and self.events is not None:
+        for s in samples:
+            tally_episode(g.counters.episodes, s.episode)
+        if embedded_log is not None:
             self._record_embedded(g, samples, n, error, time.perf_counter() - t0)
         return samples
 
@@ -496,10 +523,14 @@ class GroupRunner:
         if not slots:
             return
         rollouts = [r for _, r in slots]
-        texts = [r.sample.text if r.sample.error is None else None for r in rollouts]
-        scores: list[Score] = await self.rewarder.score_group(
-            g.example, texts, group_id=g.group_id, sample_indices=[i for i, _ in slots]
-        )
+        scores: list[Score]
+        if self.episodes is not None:  # an episode is scored by its environment
+            scores = [_episode_score(r.sample) for r in rollouts]
+        else:
+            texts = [r.sample.text if r.sample.error is None else None for r in rollouts]
+            scores = await self.rewarder.score_group(
+                g.example, texts, group_id=g.group_id, sample_indices=[i for i, _ in slots]
+            )
         for r, score in zip(rollouts, scores, strict=True):
             r.reward = score.reward
             r.reward_parts = score.parts
@@ -507,6 +538,14 @@ class GroupRunner:
             r.feedback = score.feedback
             if r.sample.error is None and not (r.error is None and math.isfinite(r.reward)):
                 g.counters.rollouts_failed += 1
+
+
+def _episode_score(sample: Sample) -> Score:
+    """An episode's score; a member whose generation failed before its episode began has
+    none (NaN, its error)."""
+    if sample.episode is None:
+        return Score(math.nan, {}, sample.error or "the episode did not run")
+    return episode_score(sample)
 
 
 def _client_capacity(client: Client) -> Callable[[], int]:

@@ -25,6 +25,7 @@ from ..data import datasets, tasks
 from ..endpoints.adapters import AdapterClient
 from ..endpoints.client import Client
 from ..endpoints.spend import SpendMeter
+from ..environments.registry import builtin_examples
 from ..errors import ConfigError
 from ..policies.base import Policy
 from ..policies.hf import build_hf_policy
@@ -60,6 +61,10 @@ default, 0.01, suits the embedded LM); a warning says so."""
 
 SENTIMENT_INSTRUCTION = "Classify the sentiment of this review."
 """The prompt policy's base prompt on the built-in sentiment dataset."""
+
+ENVIRONMENT_INSTRUCTION = "Answer the question."
+"""The prompt policy's base prompt on a built-in environment's dataset (the environment's own
+instructions are in each episode's first prompt)."""
 
 RewardItem = Callable[..., Any] | RewardSpec | JudgeSpec | RolloutJudgeLike | GroupJudgeLike
 """What :func:`finetune_rewarder` accepts besides a Rewarder: a function or a judge."""
@@ -367,7 +372,7 @@ def _hf_components(
     """The open-weight model of ``[hf]`` (loaded here: a GGUF is converted once and cached),
     the ``[reward]`` rewarder (default ``exact_match``; None while its judge has no client),
     and the built-in sentiment examples unless ``data.train``."""
-    examples = None if config.data.train else datasets.load("sentiment")
+    examples = None if config.data.train else _builtin_examples(config)
     policy = policy or build_hf_policy(config.hf, seed=config.seed)
     reward = None
     if judge_client is not None or not config.reward.judge_prompt.strip():
@@ -380,7 +385,7 @@ def _prompt_components(
 ) -> tuple[Policy, Rewarder | None, list[Example] | None]:
     """The prompt policy on ``client``, the ``[reward]`` rewarder (None while its judge has no
     client), and the built-in sentiment examples unless ``data.train``."""
-    examples = None if config.data.train else datasets.load("sentiment")
+    examples = None if config.data.train else _builtin_examples(config)
     if policy is None:
         policy = _new_prompt_policy(config, client, examples)
     reward = None
@@ -389,12 +394,20 @@ def _prompt_components(
     return policy, reward, examples
 
 
+def _builtin_examples(config: RunConfig) -> list[Example]:
+    """The built-in data of a run without ``data.train``: the environment's dataset when a
+    built-in environment is selected, else the sentiment reviews."""
+    name = config.environment.name
+    return (builtin_examples(name) if name else None) or datasets.load("sentiment")
+
+
 def _new_prompt_policy(
     config: RunConfig, client: Client | None, examples: list[Example] | None
 ) -> PromptPolicy:
     instructions = config.prompt.instructions
     if not instructions and examples is not None:
-        instructions = (SENTIMENT_INSTRUCTION,)
+        env = config.environment.name
+        instructions = (ENVIRONMENT_INSTRUCTION if env else SENTIMENT_INSTRUCTION,)
     if client is None:
         raise ConfigError(
             "policy 'prompt' needs an endpoint client: pass client= (the CLI opens "

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import anyio
 import numpy as np
 
+from ..environments.runner import EpisodeRunner, episode_score
 from ..policies.base import Policy, PolicySnapshot
 from ..rewards.rewarder import Rewarder
 from ..types import Example
@@ -34,22 +35,30 @@ async def evaluate_heldout(
     snap: PolicySnapshot,
     examples: Sequence[Example],
     seed: int,
+    *,
+    episodes: EpisodeRunner | None = None,
 ) -> dict[str, float | int]:
     """``eval/reward``, ``eval/n`` and ``eval/failures`` of ``snap`` on ``examples``; example
-    ``i`` is decoded with a generator seeded by ``(seed, i)``."""
+    ``i`` is decoded with a generator seeded by ``(seed, i)``. With ``episodes`` (an
+    ``[environment]``), each example is one greedy episode scored by its environment."""
     rewards: list[float] = [math.nan] * len(examples)
     failures = 0
 
     async def one(i: int, ex: Example) -> None:
         nonlocal failures
         try:
-            samples = await policy.generate(
-                snap, ex, 1, np.random.default_rng([seed, i]), greedy=True
-            )
+            rng = np.random.default_rng([seed, i])
+            if episodes is not None:
+                samples = await episodes.generate(policy, snap, ex, 1, rng, greedy=True)
+            else:
+                samples = await policy.generate(snap, ex, 1, rng, greedy=True)
             if not samples or samples[0].error:  # a failed request has no output to score
                 failures += 1
                 return
-            score = await rewarder.score(ex, samples[0].text)
+            if samples[0].episode is not None:
+                score = episode_score(samples[0])
+            else:
+                score = await rewarder.score(ex, samples[0].text)
             if score.error or not math.isfinite(score.reward):
                 failures += 1
                 return

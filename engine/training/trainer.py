@@ -47,6 +47,7 @@ from anyio.abc import ObjectReceiveStream
 from ..config.sections import RunConfig
 from ..data.sampler import GroupSampler, take_async
 from ..endpoints.spend import SpendMeter
+from ..environments.runner import EpisodeRunner
 from ..errors import CheckpointError, ConfigError
 from ..learning import checkpoint as ckpt
 from ..learning.learner import Learner, ScoredBatch
@@ -334,7 +335,10 @@ class TrainingManager:
         if not exs:
             return {}
         snap = self.policy.snapshot(self.learner.version)
-        return await evaluate_heldout(self.policy, self.rewarder, snap, exs, self.config.seed)
+        episodes = EpisodeRunner.from_config(self.config, events=self.events)
+        return await evaluate_heldout(
+            self.policy, self.rewarder, snap, exs, self.config.seed, episodes=episodes
+        )
 
     async def _load_heldout(self) -> None:
         """Read file-backed held-out examples (at most ``trainer.eval_size``), once."""

@@ -6,6 +6,9 @@ Gemma 3 270M (a base model) answers ``positive``/``negative`` almost never zero-
 of the time with a few balanced demonstrations: a task where the prompt, not the weights,
 decides the score (the prompt policy's llama.cpp example and integration test).
 
+``calculator``: 48 arithmetic word problems (``output.generated`` is the number), the data of
+the calculator-tool environment (:mod:`engine.environments.calculator`).
+
 Example::
 
     from engine.data import datasets

@@ -68,6 +68,7 @@ from ...errors import CheckpointError, EngineError
 from ...types import Example, Group, Rollout, Sample
 from ..arrays import ArrayPolicy
 from ..base import CompletionClient, PolicySnapshot
+from ..episodes import EpisodeOpening
 from ..objective import grpo_objective
 from .candidates import (
     Candidate,
@@ -369,6 +370,45 @@ class PromptPolicy(ArrayPolicy):
             for j, (pos, members) in enumerate(by_pick.items()):
                 tg.start_soon(one, j, pos, members)
         return [s for s in out if s is not None]
+
+    def open_episode(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> EpisodeOpening:
+        """One multi-turn episode's candidate, drawn from ``snapshot`` as :meth:`generate`
+        draws one per rollout (the most probable when ``greedy``, then at temperature 0), and
+        its rendered first prompt; every turn of the episode is sent through the client by the
+        episode runner (:mod:`engine.environments.runner`), and the episode's sample carries
+        the candidate and ``[log pi_old(candidate)]`` as a rollout's does."""
+        logits = np.asarray(snapshot.params["logits"])
+        ids = np.asarray(snapshot.params["ids"])
+        slots = np.flatnonzero(np.asarray(snapshot.params["visible"]))  # (M,)
+        if slots.size == 0:
+            raise ValueError("the snapshot shows no candidate")
+        logp = _log_softmax(logits[slots])  # (M,)
+        pos = int(np.argmax(logp)) if greedy else int(rng.choice(slots.size, p=np.exp(logp)))
+        slot = int(slots[pos])
+        cand = self.table.registry[int(ids[slot])]
+        prompt = self.render(cand, example)
+        stop = () if self.mode == "chat" or self.endpoint.stop else tuple(self.fmt.stop)
+        return EpisodeOpening(
+            prompt=prompt,
+            mode=self.mode,
+            policy_version=snapshot.version,
+            temperature=0.0 if greedy else cand.temperature,
+            stop=stop,
+            fields={
+                "choice": cand.id,
+                "slot": slot,
+                "logprobs": np.array([float(logp[pos])]),
+                "messages": tuple(prompt) if isinstance(prompt, list) else None,
+            },
+            sample_type=PromptSample,
+        )
 
     async def complete(
         self,

@@ -44,6 +44,11 @@ pure function of the prompt and
 - a request ``seed``: the seed and the choice index;
 - otherwise: the server seed, the request number (counted from 1 per server) and the index.
 
+Tool calls: a fake model may return a :class:`SimReply` (text and tool calls: chat
+``message.tool_calls`` with ``finish_reason: "tool_calls"``, or the text protocol's tags in
+completions mode); :class:`ToolScript` scripts each turn of an episode (parallel calls, a
+malformed call, then an answer...), see :mod:`~engine.testing.sim.script`.
+
 Judge calls are recognised from the request itself (:func:`~.model.is_judge_call`): a prompt
 that asks for a reply opening with ``{"score":`` or ``{"scores":`` (as every judge prompt
 does), a ``response_format`` JSON schema with a ``score`` or ``scores`` property, a prompt
@@ -95,6 +100,7 @@ from .model import (
 )
 from .process import sim_subprocess
 from .responses import format_duration
+from .script import SimReply, SimToolCall, ToolScript
 from .server import SimServer
 
 __all__ = (
@@ -113,9 +119,12 @@ __all__ = (
     "ModelFn",
     "SimAdapter",
     "SimConfig",
+    "SimReply",
     "SimRequest",
     "SimServer",
     "SimStatistics",
+    "SimToolCall",
+    "ToolScript",
     "default_judge",
     "default_model",
     "format_duration",

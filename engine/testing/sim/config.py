@@ -179,7 +179,9 @@ class SimRequest:
     """The loaded LoRA adapter the request's ``model`` names; None for a base model."""
 
 
-ModelFn = Callable[[SimRequest], str]
+ModelFn = Callable[[SimRequest], Any]
+"""A fake model: the completion text of one choice, or a
+:class:`~engine.testing.sim.script.SimReply` (text and tool calls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +210,10 @@ class SimConfig:
     rate_headers: bool = True
     """Send ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for configured limits."""
     model: ModelFn | None = None
-    """Fake model: returns the completion text of one choice; None uses :func:`default_model`."""
+    """Fake model: returns the completion text of one choice, or a
+    :class:`~engine.testing.sim.script.SimReply` with tool calls (a
+    :class:`~engine.testing.sim.script.ToolScript` scripts whole episodes); None uses
+    :func:`default_model`."""
     judge: ModelFn | None = None
     """Scripted judge for judge calls; None uses :func:`default_judge`."""
     max_concurrency_served: int | None = None

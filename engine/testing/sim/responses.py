@@ -21,6 +21,7 @@ from .model import (
     token_id,
 )
 from .requests import ParsedRequest
+from .script import SimReply, chat_tool_calls, reply_text, turn_of
 
 __all__ = (
     "JSON_HEADERS",
@@ -110,11 +111,17 @@ def build_payload(
     lengths: list[int] = []
     for pi, prompt in enumerate(p.prompts):
         for j in range(n_out):
-            tokens, reason = _choice_tokens(p, fn, prompt, j, n_out, server_seed, number, adapter)
+            tokens, reason, calls = _choice_tokens(
+                p, fn, prompt, j, n_out, server_seed, number, adapter
+            )
             if error_choices:
-                tokens, reason = [], "error"
+                tokens, reason, calls = [], "error", None
             index = pi * n_out + j
-            choices.append(_choice(p, prompt, tokens, reason, index, error_choices, adapter))
+            choice = _choice(p, prompt, tokens, reason, index, error_choices, adapter)
+            if calls is not None:
+                choice["message"]["tool_calls"] = calls
+                choice["finish_reason"] = "tool_calls"
+            choices.append(choice)
             lengths.append(len(tokens))
     completion_tokens = sum(lengths)
     body: dict[str, Any] = {
@@ -146,22 +153,28 @@ def _choice_tokens(
     server_seed: int,
     number: int,
     adapter: SimAdapter | None,
-) -> tuple[list[str], str]:
-    """One choice's tokens and finish reason."""
+) -> tuple[list[str], str, Any]:
+    """One choice's tokens, finish reason and chat ``tool_calls`` (None: no calls)."""
     if fn is not None:
         req = SimRequest(
             p.endpoint, p.model, prompt, p.messages, index, n_out, p.max_tokens,
             p.temperature, p.seed, p.stop, server_seed, number, p.is_judge, p.body, adapter,
         )  # fmt: skip
-        return finish(fn(req), p.stop, p.max_tokens)
+        out = fn(req)
+        if not isinstance(out, SimReply):
+            return (*finish(out, p.stop, p.max_tokens), None)
+        if p.endpoint != "chat":
+            return (*finish(reply_text(out), p.stop, p.max_tokens), None)
+        tokens, reason = finish(out.content, p.stop, p.max_tokens)
+        return tokens, reason, chat_tool_calls(out, turn_of(req))
     # the default model without building a SimRequest: the fast path
     salt = adapter.digest if adapter is not None else b""
     tokens = default_tokens(prompt, p.temperature, p.seed, server_seed, number, index, salt)
     if p.stop:
-        return finish("".join(tokens), p.stop, p.max_tokens)
+        return (*finish("".join(tokens), p.stop, p.max_tokens), None)
     if len(tokens) > p.max_tokens:
-        return tokens[: p.max_tokens], "length"
-    return tokens, "stop"
+        return tokens[: p.max_tokens], "length", None
+    return tokens, "stop", None
 
 
 def _choice(
