@@ -170,10 +170,15 @@ class TokenConversation:
                 cost=usage.cost,
             ),
             latency=self._latency,
-            error=None if mask.any() else "the episode generated no token of the policy",
+            error=None if mask.any() else _no_token(record, len(self.prompt_ids)),
             episode=record,
             loss_mask=mask,
         )
+
+
+def _no_token(record: EpisodeRecord, prompt_tokens: int) -> str:
+    why = f" (ended: {record.ended}; the first prompt is {prompt_tokens} tokens)"
+    return "the episode has no token of the policy to train" + why
 
 
 def token_conversation(
