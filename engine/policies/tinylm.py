@@ -307,6 +307,8 @@ class TinyLM(ArrayPolicy):
         """Vectorized sampling of n sequences; returns tokens, logprobs (n, T), lengths, stopped."""
         c, p = self.tinylm.context, len(prompt_ids)
         t_max = p - 2 + 1  # as many answer digits as prompt digits, plus <eos>
+        if isinstance(self.tokenizer, ToolTokenizer):  # text prompts: a turn's cap
+            t_max = self.max_new_tokens
         eos, pad = self.tokenizer.eos, self.tokenizer.pad
         rows = np.full((n, c + p + t_max), pad, dtype=np.int64)  # (n, C + P + T)
         rows[:, c : c + p] = prompt_ids
