@@ -182,6 +182,10 @@ async def test_calculator_episodes_in_the_text_protocol_train_with_masks(gemma: 
     adapter. The figures print with ``-s``."""
     arrays, meta = gemma.state()
     own = gemma.hf
+    # from the base model whatever the tests before trained: LoRA B = 0 is the fresh adapter
+    gemma.load_state(
+        {k: np.zeros_like(v) if ".lora_B." in k else v for k, v in arrays.items()}, meta
+    )
     # a turn ends at </tool_call> (the protocol's stop) or a blank line; the prompt is the
     # runner's: the tool instructions, the task's instruction with one demonstration, the problem
     gemma.hf = dataclasses.replace(own, prompt_template="{text}\n", stop=("\n\n",))
