@@ -7,8 +7,10 @@ calls are parsed from its text, and the environment's answer (the ``<tool_result
 its message, :func:`~engine.environments.text_protocol.render_reply`) is encoded by the
 policy's tokenizer and appended to the context; then the policy continues. The runner
 (:class:`~engine.environments.runner.EpisodeRunner`) drives a :class:`TokenConversation` like
-any other :class:`~engine.environments.base.Conversation`; :func:`run_token_episode` runs one
-episode of a token policy in one call.
+any other :class:`~engine.environments.base.Conversation`: it calls :func:`token_conversation`
+for every episode of a :class:`~engine.policies.base.TurnPolicy` (the runner depends on this
+module, never the other way), so one episode of a token policy is
+``EpisodeRunner(env, limits, protocol="text").run(policy, snapshot, example, rng)``.
 
 **Training: ONE sequence with a mask.** The finished episode is one
 :class:`~engine.types.Sample`: ``prompt_ids`` the first prompt; ``token_ids`` every token
@@ -27,10 +29,8 @@ back as environment tokens before the reply (the context reads as
 
 Example::
 
-    sample = await run_token_episode(
-        policy, policy.snapshot(0), example, CalculatorEnvironment(), np.random.default_rng(0),
-        limits=EpisodeLimits(max_turns=4, turn_max_tokens=32),
-    )
+    runner = EpisodeRunner(CalculatorEnvironment(), EpisodeLimits(max_turns=4), protocol="text")
+    sample = await runner.run(policy, policy.snapshot(0), example, np.random.default_rng(0))
     sample.episode.ended, sample.loss_mask.sum()        # why it ended; the policy's tokens
 """
 
@@ -38,20 +38,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 
 from ..policies.base import PolicySnapshot, TurnPolicy
 from ..types import Example, Sample, Usage
 from . import text_protocol
-from .base import EpisodeLimits, EpisodeRecord, Tool, ToolResult, TurnOutput
+from .base import EpisodeRecord, Tool, ToolResult, TurnOutput
 
-if TYPE_CHECKING:
-    from ..telemetry.events import EventLog
-    from .base import Environment
-
-__all__ = ("DEFAULT_TURN_TOKENS", "TokenConversation", "run_token_episode", "token_conversation")
+__all__ = ("DEFAULT_TURN_TOKENS", "TokenConversation", "token_conversation")
 
 DEFAULT_TURN_TOKENS: Final = 64
 """A turn's token cap when neither the limits nor the policy (``max_new_tokens``) set one."""
@@ -197,25 +193,3 @@ def token_conversation(
         ValueError: the policy cannot encode the prompt.
     """
     return TokenConversation(policy, snapshot, example, rng, greedy=greedy, tools=tools)
-
-
-async def run_token_episode(
-    policy: TurnPolicy,
-    snapshot: PolicySnapshot,
-    example: Example,
-    env: Environment,
-    rng: np.random.Generator,
-    *,
-    limits: EpisodeLimits | None = None,
-    greedy: bool = False,
-    events: EventLog | None = None,
-) -> Sample:
-    """One episode of ``env`` on ``example`` by a token policy, as ONE sample with its loss
-    mask and its :class:`~engine.environments.base.EpisodeRecord` (``Sample.episode``);
-    the runner's semantics (:meth:`~engine.environments.runner.EpisodeRunner.run`: limits,
-    deadline, reward, failures recorded in ``error``) with the text protocol; ``limits``
-    None: :class:`~engine.environments.base.EpisodeLimits` defaults."""
-    from .runner import EpisodeRunner  # the runner imports this module lazily too
-
-    runner = EpisodeRunner(env, limits or EpisodeLimits(), protocol="text", events=events)
-    return await runner.run(policy, snapshot, example, rng, greedy=greedy)  # type: ignore[arg-type]

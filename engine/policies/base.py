@@ -145,7 +145,8 @@ class Policy(Protocol):
 @runtime_checkable
 class TurnPolicy(Protocol):
     """A policy that trains tokens and can continue an episode turn by turn (multi-turn,
-    tool-using rollouts; :func:`engine.environments.tokens.run_token_episode` drives it).
+    tool-using rollouts; the runner drives it through
+    :func:`engine.environments.tokens.token_conversation`).
 
     An episode is trained as ONE sequence with a mask: the first prompt is the sample's
     ``prompt_ids``; every token after it, the policy's turns and the environment's replies in

@@ -29,7 +29,6 @@ from engine.environments.base import EpisodeLimits
 from engine.environments.calculator import INSTRUCTION as CALC_INSTRUCTION
 from engine.environments.calculator import CalculatorEnvironment
 from engine.environments.runner import EpisodeRunner, episode_score
-from engine.environments.tokens import run_token_episode
 from engine.policies.hf.policy import HFPolicy
 from engine.rewards.functions import exact_match
 from engine.telemetry.records import read_records
@@ -196,16 +195,14 @@ async def test_calculator_episodes_in_the_text_protocol_train_with_masks(gemma: 
         held_out, train = problems[:2], problems[2:4]
         rng = np.random.default_rng(0)
 
+        runner = EpisodeRunner(env, limits, protocol="text")
+
         async def evaluate(version: int) -> list[Sample]:
             snap = gemma.snapshot(version)
-            return [
-                await run_token_episode(gemma, snap, ex, env, rng, limits=limits, greedy=True)
-                for ex in held_out
-            ]
+            return [await runner.run(gemma, snap, ex, rng, greedy=True) for ex in held_out]
 
         before = await evaluate(0)
         gemma.configure_optimizer(OptimConfig(lr=1e-4))
-        runner = EpisodeRunner(env, limits, protocol="text")
         start = gemma.trainable_arrays()
         episodes: list[Sample] = [*before]
         train_rewards = []
