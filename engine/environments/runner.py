@@ -355,9 +355,9 @@ async def run_turns(
         reward = None if reply.reward is None else float(reply.reward)
         if reward is not None and not math.isfinite(reward):
             raise ValueError(f"the environment's reward for turn {t} is {reward}")
-        done = TurnRecord(t, out.text, out.tool_calls, tuple(results), reply.message, reward,
-                          out.finish_reason, out.usage, out.latency)  # fmt: skip
-        record.turns.append(done)
+        taken = TurnRecord(t, out.text, out.tool_calls, tuple(results), reply.message, reward,
+                           out.finish_reason, out.usage, out.latency)  # fmt: skip
+        record.turns.append(taken)
         if reply.done or (not out.tool_calls and not reply.message):
             record.ended = "done"
             return

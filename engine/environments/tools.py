@@ -128,17 +128,28 @@ async def run_call(
 async def run_calls(
     tools: Sequence[Tool], calls: Sequence[ToolCall], *, max_chars: int = MAX_RESULT_CHARS
 ) -> list[ToolResult]:
-    """Run ``calls`` concurrently; one result per call, in call order."""
+    """Run ``calls`` concurrently; one result per call, in call order.
+
+    Should a call raise (not a tool's failure, which is a result: a failure of the machinery
+    a tool runs on), the other calls are cancelled and that exception is raised as it is, not
+    wrapped in an exception group.
+    """
     by_name = {t.name: t for t in tools}
     out: list[ToolResult | None] = [None] * len(calls)
-
-    async def one(i: int, call: ToolCall) -> None:
-        out[i] = await run_call(by_name, call, max_chars=max_chars)
-
     if len(calls) == 1:
-        await one(0, calls[0])
-    else:
-        async with anyio.create_task_group() as tg:
-            for i, call in enumerate(calls):
-                tg.start_soon(one, i, call)
+        return [await run_call(by_name, calls[0], max_chars=max_chars)]
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def one(i: int, call: ToolCall) -> None:
+            try:
+                out[i] = await run_call(by_name, call, max_chars=max_chars)
+            except Exception as exc:  # raised below, once the siblings are cancelled
+                errors.append(exc)
+                tg.cancel_scope.cancel()
+
+        for i, call in enumerate(calls):
+            tg.start_soon(one, i, call)
+    if errors:
+        raise errors[0]
     return [r for r in out if r is not None]

@@ -215,7 +215,9 @@ class EventLog:
     "step": 3, "start": <wall s>, "ts": <wall s at its end>, "duration": <s>, "mono_start":
     ..., "mono_end": ...}`` (``time.time`` and ``time.monotonic``); it is not a request.
     Request events carry ``queue_wait``: seconds the attempt waited for a limiter permit
-    before it was sent (its ``latency`` starts at the send; both end at ``ts``).
+    before it was sent (its ``latency`` starts at the send; both end at ``ts``). A request
+    of a multi-turn episode (:mod:`engine.environments`) also carries ``episode`` (its id)
+    and ``turn`` (from 0).
 
     Attributes:
         count: request events emitted in total.

@@ -240,3 +240,38 @@ async def test_calculator_tool_formats_results() -> None:
 )  # fmt: skip
 def test_answer_number(text: str, number: float | None) -> None:
     assert answer_number(text) == number
+
+
+async def test_a_call_that_raises_cancels_its_siblings_and_raises_bare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call that raises past run_call (the sandbox's own failure, on the sandbox branch)
+    cancels the other calls and is raised as it is, not as an exception group."""
+    import engine.environments.tools as tools_module
+
+    class Broken(Exception):
+        pass
+
+    real = tools_module.run_call
+    cancelled: list[bool] = []
+
+    async def run_call(by_name: Any, call: ToolCall, *, max_chars: int) -> ToolResult:
+        if call.name == "machinery":
+            raise Broken("the runtime is gone")
+        return await real(by_name, call, max_chars=max_chars)
+
+    async def waits() -> str:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+        return "never"
+
+    monkeypatch.setattr(tools_module, "run_call", run_call)
+    with pytest.raises(Broken, match="runtime is gone"):
+        await run_calls(
+            [FunctionTool("w", "", {}, waits)],
+            [ToolCall("1", "w", ""), ToolCall("2", "machinery", "")],
+        )
+    assert cancelled == [True]
