@@ -110,6 +110,9 @@ class Sample:
         episode: the record of a multi-turn episode (an
             :class:`~engine.environments.base.EpisodeRecord`: its turns, per-turn rewards and
             why it ended) when the sample came from an environment; None for one completion.
+        loss_mask: for a multi-turn episode of a token policy, (len(token_ids),) 1 where the
+            token is the policy's own (trained), 0 where it is the environment's (context
+            only, its logprob NaN); None: every completion token is trained.
     """
 
     text: str
@@ -123,6 +126,7 @@ class Sample:
     choice: int | None = None
     error: str | None = None
     episode: Any = None
+    loss_mask: np.ndarray | None = None
 
 
 @dataclass(slots=True)

@@ -119,6 +119,9 @@ class TinyLMConfig:
     init_scale: float = 0.5
     """Standard deviation of the initial embedding and hidden-layer weights; the output layer
     starts at zero, so the initial policy is uniform (chance-level reward)."""
+    vocab: Literal["task", "calculator"] = "task"
+    """Token vocabulary: the task's digits, or calculator for multi-turn calculator-tool
+    episodes in the text protocol (text, tags and the call as tokens: engine.policies.toolvocab)."""
 
 
 @dataclass(frozen=True, slots=True)

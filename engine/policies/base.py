@@ -36,7 +36,7 @@ from ..types import Example, Group, Rollout, Sample
 if TYPE_CHECKING:
     from ..endpoints.parsing import Completion
 
-__all__ = ("CompletionClient", "Policy", "PolicySnapshot")
+__all__ = ("CompletionClient", "Policy", "PolicySnapshot", "TurnPolicy")
 
 
 class CompletionClient(Protocol):
@@ -139,4 +139,54 @@ class Policy(Protocol):
     ) -> None:
         """Restore :meth:`optimizer_state` output, after :meth:`configure_optimizer`; the
         next :meth:`update` continues exactly; raises CheckpointError when incompatible."""
+        ...
+
+
+@runtime_checkable
+class TurnPolicy(Protocol):
+    """A policy that trains tokens and can continue an episode turn by turn (multi-turn,
+    tool-using rollouts; the runner drives it through
+    :func:`engine.environments.tokens.token_conversation`).
+
+    An episode is trained as ONE sequence with a mask: the first prompt is the sample's
+    ``prompt_ids``; every token after it, the policy's turns and the environment's replies in
+    order, is in ``token_ids``; ``Sample.loss_mask`` is 1 on the policy's own tokens and 0 on
+    the environment's, whose ``logprobs`` are NaN. The update then conditions on every token
+    but takes the loss (policy gradient, KL, entropy, clip ratio and the token counts of the
+    aggregation) over the masked-in tokens only.
+    """
+
+    def prompt_ids(self, example: Example) -> np.ndarray:
+        """The rendered first prompt of ``example`` as int64 token ids.
+
+        Raises:
+            ValueError: the prompt cannot be encoded by this policy's tokenizer.
+        """
+        ...
+
+    def encode(self, text: str) -> np.ndarray:
+        """Environment text (a tool result, feedback) as int64 token ids, without BOS."""
+        ...
+
+    async def generate_turn(
+        self,
+        snapshot: PolicySnapshot,
+        context_ids: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        stop: Sequence[str],
+        max_tokens: int,
+        greedy: bool = False,
+    ) -> Sample:
+        """Continue ``context_ids`` (the prompt and the episode so far) with the policy's next
+        turn from ``snapshot``: it ends at an end-of-sequence token, once its text contains
+        any of ``stop`` (the stop string's tokens are kept), or after ``max_tokens`` tokens.
+
+        Returns a sample of the NEW tokens only: ``token_ids``, their behaviour ``logprobs``
+        (under the same distribution the update recomputes), ``text`` (the new tokens decoded,
+        a stop string included, so a tool call is whole; an end-of-sequence token is not
+        text), ``prompt_ids`` = ``context_ids`` and ``finish_reason`` (``stop`` at an
+        end-of-sequence token or a stop string, ``length`` at ``max_tokens``). Must not block
+        the event loop.
+        """
         ...

@@ -23,6 +23,14 @@ one-sample estimate) and is differentiated exactly. The reference policy is a fr
 the initial parameters; ``T_max = prompt_len + 1``, the generation cap, is the ``dr_grpo``
 normalizer.
 
+Multi-turn episodes (:class:`~engine.policies.base.TurnPolicy`, ``tinylm.vocab =
+"calculator"`` for the calculator tool task, :mod:`engine.policies.toolvocab`): an episode is
+trained as ONE sequence with a mask. Every token of ``Sample.token_ids`` is context (it fills
+the windows of the tokens after it); only those with ``Sample.loss_mask`` 1, the policy's own,
+are actions: the environment's tokens (mask 0, logprobs NaN) take no part in the loss, its
+gradient, the metrics or the token counts of the aggregation. Without a mask every completion
+token is an action, exactly as before.
+
 Gradients are computed by hand (backpropagation through the two layers and the embedding
 gather), in float64, over all tokens of all rollouts in one batched pass; they are checked
 against finite differences in ``tests/policies/test_tinylm.py``.
@@ -33,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -48,19 +56,40 @@ from ..types import Example, Rollout, Sample, Usage
 from .arrays import ArrayPolicy
 from .base import PolicySnapshot
 from .objective import GRPOTerms, grpo_objective, sequence_weights
+from .toolvocab import ToolTokenizer
 
-__all__ = ("TinyLM",)
+__all__ = ("CALCULATOR_TURN_TOKENS", "TinyLM")
 
 _PARAM_NAMES = ("embed", "W1", "b1", "W2", "b2")
 # Config fields that fix the architecture or the meaning of token ids; a checkpoint must match.
 _ARCH_FIELDS = ("task", "prompt_len", "vocab_digits", "context", "embed_dim", "hidden")
 _STATE_FORMAT = 1
+CALCULATOR_TURN_TOKENS = 16
+"""A turn's token cap (``max_new_tokens``) with ``tinylm.vocab = "calculator"``."""
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of (M, V)."""
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _loss_mask(r: Rollout) -> np.ndarray:
+    """(T,) bool: the trained tokens of a rollout (all of them without a ``loss_mask``).
+
+    Raises:
+        ValueError: a mask of another length than ``token_ids``, or one with no token in it.
+    """
+    s = r.sample
+    n = len(s.token_ids) if s.token_ids is not None else 0
+    if s.loss_mask is None:
+        return np.ones(n, dtype=bool)
+    mask = np.asarray(s.loss_mask).astype(bool)
+    if mask.shape != (n,):
+        raise ValueError(f"rollout {r.group_id}/{r.index}: loss_mask/token_ids lengths")
+    if not mask.any():
+        raise ValueError(f"rollout {r.group_id}/{r.index}: loss_mask trains no token")
+    return mask
 
 
 def _forward(
@@ -124,7 +153,8 @@ class TinyLM(ArrayPolicy):
     Attributes:
         tinylm: the model's configuration.
         tokenizer: the task tokenizer (input and output vocabularies).
-        max_new_tokens: the generation cap, ``prompt_len`` answer digits plus ``<eos>``; the
+        max_new_tokens: the generation cap, ``prompt_len`` answer digits plus ``<eos>`` (a
+            turn's, :data:`CALCULATOR_TURN_TOKENS`, with the calculator vocabulary); the
             ``dr_grpo`` normalizer.
         params: the live parameters ``embed`` (V_in, E), ``W1`` (C*E, H), ``b1`` (H,),
             ``W2`` (H, V_out) and ``b2`` (V_out,).
@@ -135,8 +165,11 @@ class TinyLM(ArrayPolicy):
 
     def __init__(self, tinylm: TinyLMConfig, *, seed: int) -> None:
         self.tinylm = tinylm
-        self.tokenizer = TaskTokenizer(tinylm.vocab_digits)
-        self.max_new_tokens = tinylm.prompt_len + 1
+        calculator = tinylm.vocab == "calculator"
+        self.tokenizer: TaskTokenizer | ToolTokenizer = (
+            ToolTokenizer() if calculator else TaskTokenizer(tinylm.vocab_digits)
+        )
+        self.max_new_tokens = CALCULATOR_TURN_TOKENS if calculator else tinylm.prompt_len + 1
         rng = np.random.default_rng(seed)
         v_in, v_out = self.tokenizer.vocab_size, self.tokenizer.num_outputs
         c, e, hid, s = tinylm.context, tinylm.embed_dim, tinylm.hidden, tinylm.init_scale
@@ -274,6 +307,8 @@ class TinyLM(ArrayPolicy):
         """Vectorized sampling of n sequences; returns tokens, logprobs (n, T), lengths, stopped."""
         c, p = self.tinylm.context, len(prompt_ids)
         t_max = p - 2 + 1  # as many answer digits as prompt digits, plus <eos>
+        if isinstance(self.tokenizer, ToolTokenizer):  # text prompts: a turn's cap
+            t_max = self.max_new_tokens
         eos, pad = self.tokenizer.eos, self.tokenizer.pad
         rows = np.full((n, c + p + t_max), pad, dtype=np.int64)  # (n, C + P + T)
         rows[:, c : c + p] = prompt_ids
@@ -302,15 +337,101 @@ class TinyLM(ArrayPolicy):
         stopped = ~alive
         return tokens, logprobs, lengths, stopped
 
+    # ------------------------------------------------------------------ turns (TurnPolicy)
+
+    def prompt_ids(self, example: Example) -> np.ndarray:
+        """``<bos> prompt <sep>`` in the policy's vocabulary (:meth:`TurnPolicy.prompt_ids`).
+
+        Raises:
+            ValueError: the task vocabulary cannot encode the prompt.
+        """
+        return self.tokenizer.encode_prompt(example.text)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Environment text as ids: with ``tinylm.vocab = "calculator"`` any text (unknown
+        characters are ``<unk>``); the task vocabulary encodes digits only.
+
+        Raises:
+            ValueError: the task vocabulary cannot encode ``text``.
+        """
+        if isinstance(self.tokenizer, ToolTokenizer):
+            return self.tokenizer.encode(text)
+        return self.tokenizer.encode_completion(text)[:-1]  # digits, no <eos>
+
+    async def generate_turn(
+        self,
+        snapshot: PolicySnapshot,
+        context_ids: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        stop: Sequence[str],
+        max_tokens: int,
+        greedy: bool = False,
+    ) -> Sample:
+        """The next turn after ``context_ids`` (:meth:`TurnPolicy.generate_turn`): sampled at
+        ``tinylm.temperature`` from the last ``tinylm.context`` tokens, as in training, until
+        ``<eos>``, a stop string in the turn's text, or ``max_tokens``; in a worker thread."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        context = np.asarray(context_ids, dtype=np.int64)
+        start = time.perf_counter()
+        tokens, logprobs, finish = await anyio.to_thread.run_sync(
+            self._turn_sync, snapshot.params, context, rng, tuple(stop), max_tokens, greedy
+        )
+        text = self.tokenizer.decode(tokens)
+        return Sample(
+            text=text,
+            token_ids=tokens,
+            logprobs=logprobs,
+            prompt_ids=context.copy(),
+            finish_reason=finish,
+            usage=Usage(prompt_tokens=len(context), completion_tokens=len(tokens)),
+            latency=time.perf_counter() - start,
+        )
+
+    def _turn_sync(
+        self,
+        params: Mapping[str, np.ndarray],
+        context: np.ndarray,
+        rng: np.random.Generator,
+        stop: tuple[str, ...],
+        max_tokens: int,
+        greedy: bool,
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """One sequence's turn; tokens (T,), logprobs (T,) and the finish reason."""
+        c = self.tinylm.context
+        row = [self.tokenizer.pad] * c + [int(t) for t in context]
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        decode: Callable[[Sequence[int]], str] = self.tokenizer.decode
+        for _ in range(max_tokens):
+            window = np.array([row[-c:]], dtype=np.int64)  # (1, C)
+            logp = _log_softmax(_forward(params, window)[2] / self.tinylm.temperature)[0]
+            if greedy:
+                tok = int(logp.argmax())
+            else:
+                cdf = np.cumsum(np.exp(logp))
+                tok = min(int((cdf <= rng.random() * cdf[-1]).sum()), logp.size - 1)
+            row.append(tok)
+            tokens.append(tok)
+            logprobs.append(float(logp[tok]))
+            if tok == self.tokenizer.eos:
+                return np.array(tokens, dtype=np.int64), np.array(logprobs), "stop"
+            if stop and any(s in decode(tokens) for s in stop):
+                return np.array(tokens, dtype=np.int64), np.array(logprobs), "stop"
+        return np.array(tokens, dtype=np.int64), np.array(logprobs), "length"
+
     # ---------------------------------------------------------------------------- loss
 
     def _token_batch(
         self, rollouts: Sequence[Rollout]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Flatten all completion tokens of ``rollouts`` (M in total).
+        """Flatten the trained completion tokens of ``rollouts`` (M in total): all of them, or
+        where a sample has a ``loss_mask``, the masked-in ones (the others stay in the
+        windows as context).
 
         Returns windows (M, C), actions (M,), old logprobs (M,), the rollout index of each
-        token (M,) and the completion lengths (N,).
+        token (M,) and the trained token count of each rollout (N,).
         """
         c, pad = self.tinylm.context, self.tokenizer.pad
         n = len(rollouts)
@@ -336,7 +457,13 @@ class TinyLM(ArrayPolicy):
         windows = rows[seq[:, None], start[:, None] + np.arange(c)]  # (M, C)
         actions = np.concatenate(comps)  # (M,)
         old_lp = np.concatenate(olds)  # (M,)
-        return windows, actions, old_lp, seq, t_len
+        if all(r.sample.loss_mask is None for r in rollouts):
+            return windows, actions, old_lp, seq, t_len
+        # Multi-turn episodes: every token is context (in the windows), only the policy's own
+        # tokens are actions; the environment's (mask 0) leave the batch here.
+        keep = np.concatenate([_loss_mask(r) for r in rollouts])  # (M,)
+        counts = np.array([int(_loss_mask(r).sum()) for r in rollouts], dtype=np.int64)  # (N,)
+        return windows[keep], actions[keep], old_lp[keep], seq[keep], counts
 
     def loss_and_grad(
         self, rollouts: Sequence[Rollout], advantages: np.ndarray, grpo: GRPOConfig

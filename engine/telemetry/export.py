@@ -17,7 +17,7 @@ its advantages::
          "finish_reason": "stop", "choice": 4, "choice_logprob": -1.2,
          "completion_token_ids": null, "completion_logprobs": [-0.01, -0.3],
          "completion_tokens": [" negative", "\\n\\n"], "prompt_token_ids": null,
-         "prompt_tokens": 61, "completion_tokens_count": 2},
+         "prompt_tokens": 61, "completion_tokens_count": 2, "completion_loss_mask": null},
         ...
       ]
     }
@@ -39,7 +39,9 @@ member's (the best known prompt for this input) and each sample carries its own.
 Token ids and logprobs are written when the server returned them (vLLM returns token ids,
 llama.cpp and OpenAI logprobs with ``endpoint.logprobs = true``), else null. For the embedded
 tiny LM they are in its own vocabulary. ``choice`` and ``choice_logprob`` are the prompt
-policy's candidate id and its behaviour log-probability.
+policy's candidate id and its behaviour log-probability. ``completion_loss_mask`` is a
+token policy's multi-turn episode's mask (1: the policy's own token, trained; 0: the
+environment's, context, its logprob null), else null.
 
 Resume: the file is appended to; the first write of a process first drops lines whose step is
 at or after the step it writes, so a resumed run never duplicates a step.
@@ -125,6 +127,7 @@ def _sample_record(r: Rollout) -> dict[str, Any]:
         "prompt_token_ids": _list(s.prompt_ids, int),
         "prompt_tokens": s.usage.prompt_tokens,
         "completion_tokens_count": s.usage.completion_tokens,
+        "completion_loss_mask": _list(s.loss_mask, int),
     }
 
 

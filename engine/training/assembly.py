@@ -367,10 +367,24 @@ def build_components(
 def _tinylm_components(
     config: RunConfig, policy: Policy | None
 ) -> tuple[Policy, Rewarder, list[Example] | None]:
-    """The embedded LM, the task's reward, and the task's examples unless ``data.train``."""
+    """The embedded LM, the task's reward, and the task's examples unless ``data.train`` (the
+    environment's built-in dataset with ``[environment]``, whose episodes need the calculator
+    vocabulary: ``tinylm.vocab = "calculator"``).
+
+    Raises:
+        ConfigError: an environment with the digits-only task vocabulary.
+    """
+    if config.environment.name and config.tinylm.vocab == "task":
+        raise ConfigError(
+            "the embedded LM's task vocabulary holds digits only: episodes of "
+            f'environment {config.environment.name!r} need tinylm.vocab = "calculator"',
+            key="tinylm.vocab",
+        )
     policy = policy or TinyLM(config.tinylm, seed=config.seed)
     examples = None
-    if not config.data.train:
+    if not config.data.train and config.environment.name:
+        examples = builtin_examples(config.environment.name)
+    elif not config.data.train:
         examples = tasks.make_examples(config.tinylm, config.data.num_examples, config.seed)
     return policy, task_rewarder(config), examples
 

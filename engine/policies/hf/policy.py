@@ -31,6 +31,14 @@ position ids from the attention mask) whose gradients accumulate; the aggregatio
 those of the whole mini-batch, so the accumulated gradient is that of the mini-batch's loss.
 The step's metrics are computed by the numpy reference from the tokens' log-probabilities.
 
+Multi-turn episodes (:class:`~engine.policies.base.TurnPolicy`: :meth:`HFPolicy.prompt_ids`,
+:meth:`HFPolicy.encode`, :meth:`HFPolicy.generate_turn`, the text protocol) are trained as ONE
+sequence with a mask: the whole episode after the first prompt is the completion, every token
+of it is context, and only the tokens with ``Sample.loss_mask`` 1 (the policy's own) are
+actions: the environment's tokens (mask 0, logprobs NaN) take no part in the loss, its
+gradient, the old/reference log-probabilities that count, the metrics or the token counts of
+the aggregation. Without a mask every completion token is an action, exactly as before.
+
 Server generation (``hf.generation = "server"``, :meth:`HFPolicy.attach_server`): a
 :class:`~engine.policies.hf.server.ServerGeneration` samples from the server's adapter of the
 snapshot's version; the policy keeps the snapshots' arrays of the versions still served, writes
@@ -137,6 +145,7 @@ class _Seq:
     version: int = 0
     behaviour: np.ndarray | None = None
     key: tuple[str, int, int] | None = None  # (group id, index, version): the old-logp cache
+    mask: np.ndarray | None = None  # the trained tokens (Sample.loss_mask); None: all
 
 
 class HFPolicy(Policy):
@@ -354,11 +363,11 @@ class HFPolicy(Policy):
             s.latency = latency
         return out
 
-    def _generation_config(self, greedy: bool) -> GenerationConfig:
+    def _generation_config(self, greedy: bool, max_tokens: int | None = None) -> GenerationConfig:
         eos = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         return GenerationConfig(
-            max_new_tokens=self.hf.max_new_tokens,
+            max_new_tokens=self.hf.max_new_tokens if max_tokens is None else max_tokens,
             do_sample=not greedy,
             temperature=1.0 if greedy else self.hf.temperature,
             top_p=1.0 if greedy else self.hf.top_p,
@@ -416,6 +425,84 @@ class HFPolicy(Policy):
             )
         return samples
 
+    # ------------------------------------------------------------------ turns (TurnPolicy)
+
+    def prompt_ids(self, example: Example) -> np.ndarray:
+        """The rendered prompt's ids (:meth:`render`, the tokenizer's BOS included)."""
+        return np.asarray(self.tokenizer(self.render(example))["input_ids"], dtype=np.int64)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Environment text as ids, without special tokens (no BOS)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
+
+    async def generate_turn(
+        self,
+        snapshot: PolicySnapshot,
+        context_ids: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        stop: Sequence[str],
+        max_tokens: int,
+        greedy: bool = False,
+    ) -> Sample:
+        """The next turn after ``context_ids`` from ``snapshot``
+        (:meth:`~engine.policies.base.TurnPolicy.generate_turn`): one ``model.generate`` call
+        on the model thread, seeded from ``rng``, ending at end-of-sequence, at a stop string
+        of ``stop`` or of ``hf.stop`` (the policy's own apply to every turn), or after
+        ``max_tokens``; ``logprobs`` as in :meth:`generate`. Turns are generated in-process
+        also when the policy serves its rollouts through a server."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        context = [int(t) for t in np.asarray(context_ids).tolist()]
+        seed = int(rng.integers(0, 2**62))
+        start = time.perf_counter()
+        out = await self._thread.run(
+            self._turn_sync,
+            snapshot.params,
+            context,
+            (*stop, *(s for s in self.hf.stop if s not in stop)),
+            max_tokens,
+            seed,
+            greedy,
+        )
+        out.latency = time.perf_counter() - start
+        return out
+
+    def _turn_sync(
+        self,
+        params: Mapping[str, np.ndarray],
+        context: list[int],
+        stop: tuple[str, ...],
+        max_tokens: int,
+        seed: int,
+        greedy: bool,
+    ) -> Sample:
+        p = len(context)
+        ids = torch.tensor([context], dtype=torch.long, device=self.device)
+        recorder = _StopRecorder(p, self._eos_ids(), stop, self.tokenizer)
+        with self._lock, self._generation_weights(params), torch.no_grad(), _seeded(seed):
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=self._generation_config(greedy, max_tokens),
+                stopping_criteria=StoppingCriteriaList([recorder]),
+            )
+        tokens = out.sequences[0, p:].cpu()  # (T,)
+        logits = torch.stack(out.logits, dim=1)[0].to(torch.float32).cpu()  # (T, V)
+        logp = torch.log_softmax(logits / self.hf.temperature, dim=-1)
+        length = recorder.done_at.get(0, tokens.shape[0] - 1) + 1
+        comp = tokens[:length].numpy().astype(np.int64)
+        chosen = logp[:length].gather(-1, tokens[:length, None])[:, 0].numpy()
+        return Sample(
+            text=self.tokenizer.decode(comp.tolist(), skip_special_tokens=True),
+            token_ids=comp,
+            logprobs=chosen.astype(np.float64),
+            prompt_ids=np.asarray(context, dtype=np.int64),
+            finish_reason="stop" if 0 in recorder.done_at else "length",
+            usage=Usage(prompt_tokens=p, completion_tokens=length),
+        )
+
     def _text(self, ids: np.ndarray) -> str:
         text = self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
         cuts = [text.find(s) for s in self.hf.stop if s in text]
@@ -442,6 +529,7 @@ class HFPolicy(Policy):
         if adv.shape != (len(rollouts),) or not rollouts:
             raise ValueError(f"{adv.size} advantages for {len(rollouts)} rollouts")
         seqs: list[tuple[list[int], list[int], np.ndarray]] = []
+        masks: list[np.ndarray | None] = []
         for r in rollouts:
             s = r.sample
             if s.token_ids is None or s.logprobs is None or s.prompt_ids is None:
@@ -455,11 +543,18 @@ class HFPolicy(Policy):
                     np.asarray(s.logprobs, dtype=np.float64),
                 )
             )
-        t_len = np.array([len(c) for _, c, _ in seqs])
+            masks.append(_loss_mask(r))
+        # the aggregation counts the trained tokens only (a multi-turn episode's own)
+        t_len = np.array(
+            [
+                len(c) if m is None else int(m.sum())
+                for (_, c, _), m in zip(seqs, masks, strict=True)
+            ]
+        )
         w = sequence_weights(t_len, grpo.loss_type, max_tokens=self.max_new_tokens)
         return [
-            _Seq(pr, c, old, float(a), float(wi), r.policy_version, None, _key(r))
-            for (pr, c, old), a, wi, r in zip(seqs, adv, w, rollouts, strict=True)
+            _Seq(pr, c, old, float(a), float(wi), r.policy_version, None, _key(r), m)
+            for (pr, c, old), a, wi, r, m in zip(seqs, adv, w, rollouts, masks, strict=True)
         ]
 
     def _with_trainer_old(self, seqs: list[_Seq]) -> list[_Seq]:
@@ -526,10 +621,15 @@ class HFPolicy(Policy):
             ids[i, p0:p_max] = torch.tensor(s.prompt)
             ids[i, p_max : p_max + t] = torch.tensor(s.completion)
             attn[i, p0 : p_max + t] = 1
-            mask[i, :t] = True
-            old[i, :t] = torch.from_numpy(s.old_logp)
+            if s.mask is None:
+                mask[i, :t] = True
+                old[i, :t] = torch.from_numpy(s.old_logp)
+            else:  # the environment's tokens: context, not actions (their logprobs are NaN)
+                mask[i, :t] = torch.from_numpy(s.mask)
+                old[i, :t] = torch.from_numpy(np.where(s.mask, s.old_logp, 0.0))
             if s.behaviour is not None:
-                beh[i, :t] = torch.from_numpy(s.behaviour)
+                b_i = s.behaviour if s.mask is None else np.where(s.mask, s.behaviour, 0.0)
+                beh[i, :t] = torch.from_numpy(b_i)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         return {
             "input_ids": ids.to(self.device),
@@ -634,7 +734,10 @@ class HFPolicy(Policy):
         unknown = 0
         with self._lock:
             if self.server is not None:
-                unknown = sum(int(np.isnan(s.old_logp).sum()) for s in seqs)
+                unknown = sum(
+                    int(np.isnan(s.old_logp if s.mask is None else s.old_logp[s.mask]).sum())
+                    for s in seqs
+                )
                 seqs = self._with_trainer_old(seqs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -831,6 +934,23 @@ def _checked_arrays(
         if not np.all(np.isfinite(a)):
             raise CheckpointError(f"array {key!r} holds non-finite values")
         out[n] = a
+    return out
+
+
+def _loss_mask(r: Rollout) -> np.ndarray | None:
+    """A rollout's ``loss_mask`` as bool (None: every token is trained).
+
+    Raises:
+        ValueError: a mask of another length than ``token_ids``, or one with no token in it.
+    """
+    mask = r.sample.loss_mask
+    if mask is None:
+        return None
+    out = np.asarray(mask).astype(bool)
+    if r.sample.token_ids is None or out.shape != (len(r.sample.token_ids),):
+        raise ValueError(f"rollout {r.group_id}/{r.index}: loss_mask/token_ids lengths")
+    if not out.any():
+        raise ValueError(f"rollout {r.group_id}/{r.index}: loss_mask trains no token")
     return out
 
 
