@@ -105,6 +105,13 @@ class AttemptEvents:
         ev = self._events
         return contextlib.nullcontext() if ev is None else ev.track(ctx.kind)
 
+    @property
+    def in_flight(self) -> Counter[str] | None:
+        """The event log's in-flight counts by kind (what :meth:`track` counts in), or None
+        without an event log."""
+        ev = self._events
+        return None if ev is None else ev.in_flight
+
     def success(
         self,
         ctx: CallContext,
@@ -117,9 +124,38 @@ class AttemptEvents:
         queue_wait: float = 0.0,
     ) -> None:
         """An attempt that returned choices; ``cost``: its USD and where that came from."""
-        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
-                   request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly,
-                   cost=cost, queue_wait=queue_wait)  # fmt: skip
+        ev = self._events
+        if ev is None:
+            return
+        u = r.usage
+        # the dict is built here once and handed over (the same fields, in the same order,
+        # as _emit writes)
+        ev.emit_event(
+            {
+                "kind": ctx.kind,
+                "endpoint": ctx.path,
+                "model": ctx.model,
+                "group_id": ctx.group_id,
+                "sample_index": ctx.sample_index,
+                "policy_version": ctx.policy_version,
+                "status": status,
+                "latency": latency,
+                "queue_wait": queue_wait,
+                "attempt": attempt,
+                "n": n,
+                "prompt_chars": ctx.prompt_chars,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cached_tokens": u.cached_tokens,
+                "cost": u.cost,
+                "cost_usd": cost[0],
+                "cost_source": cost[1],
+                "error_class": None,
+                "retry_in": None,
+                "request_id": r.request_id or r.id,
+                "usage_anomaly": r.usage_anomaly,
+            }
+        )
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -174,29 +210,31 @@ class AttemptEvents:
         if ev is None:
             return
         u = usage or _NO_USAGE
-        ev.emit(
-            kind=ctx.kind,
-            endpoint=ctx.path,
-            model=ctx.model,
-            group_id=ctx.group_id,
-            sample_index=ctx.sample_index,
-            policy_version=ctx.policy_version,
-            status=status,
-            latency=latency,
-            queue_wait=queue_wait,
-            attempt=attempt,
-            n=n,
-            prompt_chars=ctx.prompt_chars,
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            cached_tokens=u.cached_tokens,
-            cost=u.cost,
-            cost_usd=cost[0] if cost is not None else 0.0,
-            cost_source=cost[1] if cost is not None else None,
-            error_class=error_class,
-            retry_in=retry_in,
-            request_id=request_id,
-            usage_anomaly=usage_anomaly,
+        ev.emit_event(
+            {
+                "kind": ctx.kind,
+                "endpoint": ctx.path,
+                "model": ctx.model,
+                "group_id": ctx.group_id,
+                "sample_index": ctx.sample_index,
+                "policy_version": ctx.policy_version,
+                "status": status,
+                "latency": latency,
+                "queue_wait": queue_wait,
+                "attempt": attempt,
+                "n": n,
+                "prompt_chars": ctx.prompt_chars,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cached_tokens": u.cached_tokens,
+                "cost": u.cost,
+                "cost_usd": cost[0] if cost is not None else 0.0,
+                "cost_source": cost[1] if cost is not None else None,
+                "error_class": error_class,
+                "retry_in": retry_in,
+                "request_id": request_id,
+                "usage_anomaly": usage_anomaly,
+            }
         )
 
 
@@ -277,7 +315,7 @@ class AttemptRunner:
         paused = self._paused_past_deadline(ctx, n, attempt)
         if paused is not None:
             return paused
-        task = asyncio.current_task()
+        task = asyncio.current_task(ctx.loop)
         assert task is not None
         alarm = ctx.watchdog.arm(task, ctx.loop_end)
         state = _AttemptState(self._clock())
@@ -353,21 +391,60 @@ class AttemptRunner:
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Send under the permit, classify and settle; an answer's cost goes into ``state``."""
+        """Send under the permit, read the whole response, classify and settle; the outcome
+        (and an answer's cost) goes into ``state``. Timeouts and transport errors keep the
+        reservation: the server may have done the work.
+
+        One coroutine for the send and the read (the common path of every request): the
+        attempt is counted in flight in the event log's ``in_flight`` while it runs."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
             ctx.watchdog.move(alarm, attempt_end)
-        with self._events.track(ctx):
-            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
-        if isinstance(raw, Failure):
-            # timeouts and transport errors keep the reservation: the server may have
-            # done the work
-            raw.permit = permit
-            state.outcome = raw
+        in_flight = self._events.in_flight
+        kind = ctx.kind
+        if in_flight is not None:
+            in_flight[kind] += 1
+        path = ctx.path
+        token = ATTEMPT.set(alarm)
+        failure: Failure | None = None
+        try:
+            async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
+                state.status = resp.status
+                state.headers = resp.headers
+                raw = await read_capped(resp, self._max_bytes)
+                if raw is None:
+                    message = (f"response body larger than {self._max_bytes} bytes "
+                               "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
+                    error = ResponseError(message, status=resp.status, attempt=attempt,
+                                          endpoint=path, retryable=False)  # fmt: skip
+                    failure = Failure(error, state.headers)
+        except aiohttp.ServerDisconnectedError as exc:
+            error2: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
+                                                   endpoint=path)  # fmt: skip
+            failure = Failure(error2, immediate=alarm.reused and not used_immediate)
+        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
+            failure = Failure(
+                EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = Failure(
+                TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            )
+        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
+            failure = Failure(
+                RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
+            )
+        finally:
+            ATTEMPT.reset(token)
+            if in_flight is not None:
+                in_flight[kind] -= 1
+        if failure is not None:
+            failure.permit = permit
+            state.outcome = failure
             return
-        outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
+        outcome = parse_response(raw, state.status or 0, state.headers, attempt, path,
                                  self._redact)  # fmt: skip
         if isinstance(outcome, Result):
             permit.settle(self._trusted_usage(ctx, outcome, est))
@@ -396,46 +473,6 @@ class AttemptRunner:
         if used:
             return used
         return estimated_usage(ctx.est_prompt, [c.text for c in result.choices], est).total_tokens
-
-    async def _post(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        data: bytes,
-        attempt: int,
-        used_immediate: bool,
-    ) -> bytes | Failure:
-        """Send the bytes and read the whole response: its body, or the transport failure."""
-        path = ctx.path
-        token = ATTEMPT.set(alarm)
-        try:
-            async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                state.status = resp.status
-                state.headers = resp.headers
-                raw = await read_capped(resp, self._max_bytes)
-                if raw is None:
-                    message = (f"response body larger than {self._max_bytes} bytes "
-                               "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
-                    error = ResponseError(message, status=resp.status, attempt=attempt,
-                                          endpoint=path, retryable=False)  # fmt: skip
-                    return Failure(error, state.headers)
-        except aiohttp.ServerDisconnectedError as exc:
-            error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
-                                                  endpoint=path)  # fmt: skip
-            return Failure(error, immediate=alarm.reused and not used_immediate)
-        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
-            error = EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except (aiohttp.ClientError, OSError) as exc:
-            error = TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
-            error = RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        finally:
-            ATTEMPT.reset(token)
-        return raw
 
     def _timed_out(self, state: _AttemptState, attempt: int, path: str) -> Result | Failure:
         """The watchdog cancelled the attempt: its own timeout, or the call's deadline
