@@ -9,9 +9,10 @@ One :class:`Client` owns one aiohttp session and talks to ``/v1/chat/completions
         texts = [c.text for c in out.choices]
 
 A call is layered like httpx's send: :meth:`Client.complete` builds the body once,
-``_gather`` collects ``n`` choices (:mod:`~engine.endpoints.fanout`), ``_request`` retries one
-request, and :class:`~engine.endpoints.attempts.AttemptRunner` runs one attempt under the
-watchdog, holding a limiter permit around the send. For every call, in order:
+``_gather`` collects ``n`` choices (:mod:`~engine.endpoints.fanout`; a call for one choice, the
+common one, goes straight to its request), ``_request`` retries one request, and
+:class:`~engine.endpoints.attempts.AttemptRunner` runs one attempt under the watchdog, holding
+a limiter permit around the send. For every call, in order:
 
 1. Renders the request body once (:mod:`~engine.endpoints.payload`) and reuses the same
    bytes on every retry.
@@ -322,11 +323,25 @@ class Client:
                                  policy_version=policy_version)  # fmt: skip
         self._calls += 1
         try:
-            parts = await self._gather(ctx, body, n, seed)
+            if n == 1:  # the common call: one request, its one choice, nothing to merge
+                head = await self._request(ctx, body, 1, seed)
+            else:
+                return self._completion(await self._gather(ctx, body, n, seed), n, t0)
         except BaseException:
             self._failures += 1
             raise
-        return self._completion(parts, n, t0)
+        choices = head.choices
+        return Completion(
+            choices=choices if len(choices) <= 1 else choices[:1],
+            usage=head.usage,
+            id=head.id,
+            model=head.model,
+            latency=self._clock() - t0,
+            attempts=head.attempts,
+            requests=1,
+            request_id=head.request_id,
+            prompt_token_ids=head.prompt_token_ids,
+        )
 
     def _call_context(
         self,

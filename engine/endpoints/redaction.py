@@ -70,6 +70,10 @@ class Redactor:
         for s in self._secrets:
             if s in text:
                 text = text.replace(s, "[REDACTED]")
+        # the regex only where it can match: every spelling of "bearer" it matches (ASCII
+        # letters, no other character folds to them) lower-cases to "bearer"
+        if "bearer" not in text.lower():
+            return text
         return _BEARER.sub("Bearer [REDACTED]", text)
 
     def secrets(self, text: str) -> str:
