@@ -395,8 +395,9 @@ class AttemptRunner:
         (and an answer's cost) goes into ``state``. Timeouts and transport errors keep the
         reservation: the server may have done the work.
 
-        One coroutine for the send and the read (the common path of every request): the
-        attempt is counted in flight in the event log's ``in_flight`` while it runs."""
+        One coroutine for the send and the read (the common path of every request): a body
+        of announced length within the cap is read at once, and the attempt is counted in
+        the event log's ``in_flight`` while it runs."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
@@ -413,7 +414,15 @@ class AttemptRunner:
             async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
                 state.status = resp.status
                 state.headers = resp.headers
-                raw = await read_capped(resp, self._max_bytes)
+                length = resp.content_length
+                if (
+                    length is not None
+                    and length <= self._max_bytes
+                    and ("Content-Encoding" not in resp.headers)
+                ):
+                    raw = await resp.read()  # what read_capped does for such a body
+                else:
+                    raw = await read_capped(resp, self._max_bytes)
                 if raw is None:
                     message = (f"response body larger than {self._max_bytes} bytes "
                                "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
