@@ -429,22 +429,8 @@ class AttemptRunner:
                     error = ResponseError(message, status=resp.status, attempt=attempt,
                                           endpoint=path, retryable=False)  # fmt: skip
                     failure = Failure(error, state.headers)
-        except aiohttp.ServerDisconnectedError as exc:
-            error2: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
-                                                   endpoint=path)  # fmt: skip
-            failure = Failure(error2, immediate=alarm.reused and not used_immediate)
-        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
-            failure = Failure(
-                EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = Failure(
-                TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            )
-        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
-            failure = Failure(
-                RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            )
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            failure = self._send_failure(exc, attempt, path, alarm.reused and not used_immediate)
         finally:
             ATTEMPT.reset(token)
             if in_flight is not None:
@@ -462,6 +448,21 @@ class AttemptRunner:
             permit.settle(0)  # the server answered an error: no tokens were spent
             outcome.permit = permit
         state.outcome = outcome
+
+    def _send_failure(self, exc: Exception, attempt: int, path: str, resend_now: bool) -> Failure:
+        """The failure of a send that raised ``exc``: a disconnect (resent at once when
+        ``resend_now``: a reused connection, not resent before), a lower layer's timeout
+        (our own timer cancels), a transport error, or a request aiohttp refused to send (a
+        bad header value...)."""
+        message = self._redact.exception(exc)
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            error: EndpointError = TransportError(message, attempt=attempt, endpoint=path)
+            return Failure(error, immediate=resend_now)
+        if isinstance(exc, TimeoutError):
+            return Failure(EndpointTimeout(message, attempt=attempt, endpoint=path))
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return Failure(TransportError(message, attempt=attempt, endpoint=path))
+        return Failure(RequestRejected(message, attempt=attempt, endpoint=path))
 
     def _trusted_usage(self, ctx: CallContext, result: Result, est: int) -> int:
         """The tokens to settle a successful attempt with: the usage the server reported
