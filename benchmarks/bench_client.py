@@ -28,6 +28,7 @@ GC, and the ratios to bare aiohttp. Run::
     python benchmarks/bench_client.py                       # concurrency 64 and 512
     python benchmarks/bench_client.py --concurrency 512 --repeat 5 --gc default cli
     python benchmarks/bench_client.py --profile engine      # cProfile of the engine run
+    python benchmarks/bench_client.py --memory 100000       # RSS over 100k requests
 """
 
 from __future__ import annotations
@@ -392,6 +393,67 @@ def report(results: dict[str, list[Result]]) -> None:
         )
 
 
+def rss_mib() -> float:
+    """This process's resident set now (Linux ``/proc``; peak RSS elsewhere), MiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def memory(args: argparse.Namespace) -> None:
+    """RSS growth over ``args.memory`` requests, engine (events on, a group id that names no
+    step, ``step_metrics()`` never called: an embedder's use) vs bare aiohttp, and the
+    latencies the event statistics hold at the end."""
+    total, conc, warm = args.memory, 64, 2000
+    with server_process(args.latency) as url, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        print(f"\nmemory: {total} requests at concurrency {conc} (after {warm} warm-up)")
+        bare_growth = await _bare_growth(url, conc, total, warm)
+        events = EventLog(tmp / "events.jsonl")
+        cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS)
+        async with Client(
+            cfg, limits=LimitsConfig(rpm=10_000_000, tpm=1e12), events=events, api_key=FAKE_KEY
+        ) as client:
+
+            async def call() -> object:
+                return await client.complete(PROMPT, group_id="g", sample_index=0)
+
+            await drive(call, conc, warm)
+            gc.collect()
+            before = rss_mib()
+            await drive(call, conc, total)
+            gc.collect()
+            growth = rss_mib() - before
+        events.close()
+        lat = events._unstepped.latencies  # what the statistics keep (a list before the bound)
+        held = len(getattr(lat, "values", lat))
+        print(f"{'bare aiohttp: RSS growth':40s} {bare_growth:8.2f} MiB")
+        print(f"{'engine: RSS growth':40s} {growth:8.2f} MiB")
+        print(f"{'engine: latencies held by the statistics':40s} {held:8d} (of {events.count})")
+
+
+async def _bare_growth(url: str, conc: int, total: int, warm: int) -> float:
+    connector = aiohttp.TCPConnector(limit=conc, keepalive_timeout=4.0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        target = f"{url}/chat/completions"
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": PROMPT}]}
+
+        async def call() -> object:
+            async with session.post(target, data=orjson.dumps(body)) as resp:
+                return orjson.loads(await resp.read())
+
+        await drive(call, conc, warm)
+        gc.collect()
+        before = rss_mib()
+        await drive(call, conc, total)
+        gc.collect()
+        return rss_mib() - before
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 512])
@@ -413,6 +475,9 @@ def main() -> None:
     )
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--profile", default="", help="cProfile one of the clients")
+    ap.add_argument(
+        "--memory", type=int, default=0, help="instead: RSS growth over this many requests"
+    )
     args = ap.parse_args()
     factory = None
     if args.loop == "uvloop":
@@ -420,7 +485,7 @@ def main() -> None:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(bench(args))
+        runner.run(memory(args) if args.memory else bench(args))
 
 
 if __name__ == "__main__":
