@@ -359,10 +359,16 @@ class AttemptRunner:
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Take a permit, send, classify and settle; the outcome goes into ``state``.
+        """Take a permit, send, read the whole response, classify and settle; the outcome
+        (and an answer's cost) goes into ``state``.
 
         The spend meter is asked before the permit (no queueing for a refused request) and
         again just before sending; an admitted attempt is counted in flight until it ends.
+        Timeouts and transport errors keep the reservation: the server may have done the
+        work. One coroutine for the permit, the send and the read (every await level is
+        paid again on each resumption of the request): a body of announced length within
+        the cap is read at once, and the attempt is counted in the event log's
+        ``in_flight`` while it is sent and answered.
         """
         spend = self._spend
         if spend.exhausted:
@@ -376,70 +382,68 @@ class AttemptRunner:
                 return
             spend.admit(ctx.path, attempt)
             try:
-                await self._send(ctx, state, alarm, permit, data, est, attempt, used_immediate)
+                self._start_send(ctx, state, alarm)
+                in_flight = self._events.in_flight
+                kind = ctx.kind
+                if in_flight is not None:
+                    in_flight[kind] += 1
+                token = ATTEMPT.set(alarm)
+                raw: bytes | Failure | None
+                try:
+                    async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
+                        state.status = resp.status
+                        state.headers = resp.headers
+                        length = resp.content_length
+                        if (
+                            length is not None
+                            and length <= self._max_bytes
+                            and ("Content-Encoding" not in resp.headers)
+                        ):
+                            raw = await resp.read()  # what read_capped does for such a body
+                        else:
+                            raw = await read_capped(resp, self._max_bytes)
+                except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    resend_now = alarm.reused and not used_immediate
+                    raw = self._send_failure(exc, attempt, ctx.path, resend_now)
+                finally:
+                    ATTEMPT.reset(token)
+                    if in_flight is not None:
+                        in_flight[kind] -= 1
+                self._classify(ctx, state, permit, raw, est, attempt)
             finally:
                 spend.finish(state.cost[0])
 
-    async def _send(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        permit: PermitProtocol,
-        data: bytes,
-        est: int,
-        attempt: int,
-        used_immediate: bool,
-    ) -> None:
-        """Send under the permit, read the whole response, classify and settle; the outcome
-        (and an answer's cost) goes into ``state``. Timeouts and transport errors keep the
-        reservation: the server may have done the work.
-
-        One coroutine for the send and the read (the common path of every request): a body
-        of announced length within the cap is read at once, and the attempt is counted in
-        the event log's ``in_flight`` while it runs."""
+    def _start_send(self, ctx: CallContext, state: _AttemptState, alarm: Alarm) -> None:
+        """The attempt is being sent: its send time, and the watchdog moved to the attempt's
+        own timeout when that ends before the call's deadline."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
             ctx.watchdog.move(alarm, attempt_end)
-        in_flight = self._events.in_flight
-        kind = ctx.kind
-        if in_flight is not None:
-            in_flight[kind] += 1
-        path = ctx.path
-        token = ATTEMPT.set(alarm)
-        failure: Failure | None = None
-        try:
-            async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                state.status = resp.status
-                state.headers = resp.headers
-                length = resp.content_length
-                if (
-                    length is not None
-                    and length <= self._max_bytes
-                    and ("Content-Encoding" not in resp.headers)
-                ):
-                    raw = await resp.read()  # what read_capped does for such a body
-                else:
-                    raw = await read_capped(resp, self._max_bytes)
-                if raw is None:
-                    message = (f"response body larger than {self._max_bytes} bytes "
-                               "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
-                    error = ResponseError(message, status=resp.status, attempt=attempt,
-                                          endpoint=path, retryable=False)  # fmt: skip
-                    failure = Failure(error, state.headers)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            failure = self._send_failure(exc, attempt, path, alarm.reused and not used_immediate)
-        finally:
-            ATTEMPT.reset(token)
-            if in_flight is not None:
-                in_flight[kind] -= 1
-        if failure is not None:
-            failure.permit = permit
-            state.outcome = failure
+
+    def _classify(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        permit: PermitProtocol,
+        raw: bytes | Failure | None,
+        est: int,
+        attempt: int,
+    ) -> None:
+        """The outcome of a response body (None: it passed the cap) or of a failed send, into
+        ``state``; the permit settled with what the answer used (0 for an error answer)."""
+        if raw is None:
+            message = (f"response body larger than {self._max_bytes} bytes "
+                       "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
+            error = ResponseError(message, status=state.status, attempt=attempt,
+                                  endpoint=ctx.path, retryable=False)  # fmt: skip
+            raw = Failure(error, state.headers)
+        if isinstance(raw, Failure):
+            raw.permit = permit
+            state.outcome = raw
             return
-        outcome = parse_response(raw, state.status or 0, state.headers, attempt, path,
+        outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
                                  self._redact)  # fmt: skip
         if isinstance(outcome, Result):
             permit.settle(self._trusted_usage(ctx, outcome, est))

@@ -324,7 +324,16 @@ class Client:
         self._calls += 1
         try:
             if n == 1:  # the common call: one request, its one choice, nothing to merge
-                head = await self._request(ctx, body, 1, seed)
+                # its first attempt awaited from here: one await level less on every resume
+                data = encode(body, 1, seed)
+                est = ctx.est_prompt + ctx.max_tokens
+                self._requests += 1
+                self._attempts += 1
+                outcome = await self._runner.run(ctx, data, est, 1, 1, False)
+                if isinstance(outcome, Result):
+                    head = outcome
+                else:
+                    head = await self._retry_from(ctx, data, est, 1, outcome)
             else:
                 return self._completion(await self._gather(ctx, body, n, seed), n, t0)
         except BaseException:
@@ -495,14 +504,20 @@ class Client:
         data = encode(body, n, seed)
         est = ctx.est_prompt + ctx.max_tokens * n
         self._requests += 1
-        attempt = 0
+        self._attempts += 1
+        outcome = await self._runner.run(ctx, data, est, n, 1, False)
+        if isinstance(outcome, Result):
+            return outcome
+        return await self._retry_from(ctx, data, est, n, outcome)
+
+    async def _retry_from(
+        self, ctx: CallContext, data: bytes, est: int, n: int, outcome: Failure
+    ) -> Result:
+        """Retry a request whose first attempt failed with ``outcome``, until one succeeds
+        (its result) or the failure is final (raised, its event written)."""
+        attempt = 1
         used_immediate = False
         while True:
-            attempt += 1
-            self._attempts += 1
-            outcome = await self._runner.run(ctx, data, est, n, attempt, used_immediate)
-            if isinstance(outcome, Result):
-                return outcome
             if isinstance(outcome.error, DeadlineExceeded):
                 raise outcome.error  # its event was emitted with the attempt
             used_immediate = used_immediate or outcome.immediate
@@ -515,6 +530,12 @@ class Client:
             if wait > 0 and not (outcome.rate_limited and hint is not None):
                 # on a 429 with a server-given wait the limiter's shared gate does the waiting
                 await self._sleep(wait)
+            attempt += 1
+            self._attempts += 1
+            result = await self._runner.run(ctx, data, est, n, attempt, used_immediate)
+            if isinstance(result, Result):
+                return result
+            outcome = result
 
     def _retry_wait(self, outcome: Failure, attempt: int) -> tuple[float, float | None, str]:
         """The wait before the next attempt, the server's wait if it gave one, and the reason.
