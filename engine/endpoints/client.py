@@ -339,18 +339,7 @@ class Client:
         except BaseException:
             self._failures += 1
             raise
-        choices = head.choices
-        return Completion(
-            choices=choices if len(choices) <= 1 else choices[:1],
-            usage=head.usage,
-            id=head.id,
-            model=head.model,
-            latency=self._clock() - t0,
-            attempts=head.attempts,
-            requests=1,
-            request_id=head.request_id,
-            prompt_token_ids=head.prompt_token_ids,
-        )
+        return self._one(head, t0)
 
     def _call_context(
         self,
@@ -390,6 +379,22 @@ class Client:
             loop=loop,
             watchdog=transport.watchdog,
             loop_end=loop.time() + budget,
+        )
+
+    def _one(self, head: Result, t0: float) -> Completion:
+        """The result of a call for one choice: its request's first choice (what
+        :meth:`_completion` makes of one part)."""
+        choices = head.choices
+        return Completion(
+            choices=choices if len(choices) <= 1 else choices[:1],
+            usage=head.usage,
+            id=head.id,
+            model=head.model,
+            latency=self._clock() - t0,
+            attempts=head.attempts,
+            requests=1,
+            request_id=head.request_id,
+            prompt_token_ids=head.prompt_token_ids,
         )
 
     def _completion(self, parts: list[Result], n: int, t0: float) -> Completion:
