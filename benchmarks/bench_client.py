@@ -430,10 +430,13 @@ async def memory(args: argparse.Namespace) -> None:
             growth = rss_mib() - before
         events.close()
         lat = events._unstepped.latencies  # what the statistics keep (a list before the bound)
-        held = len(getattr(lat, "values", lat))
+        values = getattr(lat, "values", lat)
+        held = len(values)
+        held_bytes = sys.getsizeof(values) + sum(sys.getsizeof(v) for v in values)
         print(f"{'bare aiohttp: RSS growth':40s} {bare_growth:8.2f} MiB")
         print(f"{'engine: RSS growth':40s} {growth:8.2f} MiB")
         print(f"{'engine: latencies held by the statistics':40s} {held:8d} (of {events.count})")
+        print(f"{'engine: their memory (list and floats)':40s} {held_bytes / 2**20:8.2f} MiB")
 
 
 async def _bare_growth(url: str, conc: int, total: int, warm: int) -> float:
