@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -127,35 +128,9 @@ class AttemptEvents:
         ev = self._events
         if ev is None:
             return
-        u = r.usage
-        # the dict is built here once and handed over (the same fields, in the same order,
-        # as _emit writes)
-        ev.emit_event(
-            {
-                "kind": ctx.kind,
-                "endpoint": ctx.path,
-                "model": ctx.model,
-                "group_id": ctx.group_id,
-                "sample_index": ctx.sample_index,
-                "policy_version": ctx.policy_version,
-                "status": status,
-                "latency": latency,
-                "queue_wait": queue_wait,
-                "attempt": attempt,
-                "n": n,
-                "prompt_chars": ctx.prompt_chars,
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cached_tokens": u.cached_tokens,
-                "cost": u.cost,
-                "cost_usd": cost[0],
-                "cost_source": cost[1],
-                "error_class": None,
-                "retry_in": None,
-                "request_id": r.request_id or r.id,
-                "usage_anomaly": r.usage_anomaly,
-            }
-        )
+        ev.emit_event(_fields(ctx, status, latency, queue_wait, attempt, n, r.usage, cost[0],
+                              cost[1], None, None, r.request_id or r.id,
+                              r.usage_anomaly))  # fmt: skip
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -209,33 +184,54 @@ class AttemptEvents:
         ev = self._events
         if ev is None:
             return
-        u = usage or _NO_USAGE
         ev.emit_event(
-            {
-                "kind": ctx.kind,
-                "endpoint": ctx.path,
-                "model": ctx.model,
-                "group_id": ctx.group_id,
-                "sample_index": ctx.sample_index,
-                "policy_version": ctx.policy_version,
-                "status": status,
-                "latency": latency,
-                "queue_wait": queue_wait,
-                "attempt": attempt,
-                "n": n,
-                "prompt_chars": ctx.prompt_chars,
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cached_tokens": u.cached_tokens,
-                "cost": u.cost,
-                "cost_usd": cost[0] if cost is not None else 0.0,
-                "cost_source": cost[1] if cost is not None else None,
-                "error_class": error_class,
-                "retry_in": retry_in,
-                "request_id": request_id,
-                "usage_anomaly": usage_anomaly,
-            }
-        )
+            _fields(ctx, status, latency, queue_wait, attempt, n, usage or _NO_USAGE,
+                    cost[0] if cost is not None else 0.0, cost[1] if cost is not None else None,
+                    error_class, retry_in, request_id, usage_anomaly)
+        )  # fmt: skip
+
+
+def _fields(
+    ctx: CallContext,
+    status: int | None,
+    latency: float,
+    queue_wait: float,
+    attempt: int,
+    n: int,
+    u: Usage,
+    cost_usd: float,
+    cost_source: str | None,
+    error_class: str | None,
+    retry_in: float | None,
+    request_id: str | None,
+    usage_anomaly: str | None,
+) -> dict[str, Any]:
+    """The fields of one attempt's event, in their order in ``events.jsonl`` (built once and
+    handed to :meth:`~engine.telemetry.events.EventLog.emit_event`)."""
+    return {
+        "kind": ctx.kind,
+        "endpoint": ctx.path,
+        "model": ctx.model,
+        "group_id": ctx.group_id,
+        "sample_index": ctx.sample_index,
+        "policy_version": ctx.policy_version,
+        "status": status,
+        "latency": latency,
+        "queue_wait": queue_wait,
+        "attempt": attempt,
+        "n": n,
+        "prompt_chars": ctx.prompt_chars,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cached_tokens": u.cached_tokens,
+        "cost": u.cost,
+        "cost_usd": cost_usd,
+        "cost_source": cost_source,
+        "error_class": error_class,
+        "retry_in": retry_in,
+        "request_id": request_id,
+        "usage_anomaly": usage_anomaly,
+    }
 
 
 class _AttemptState:
