@@ -1,12 +1,23 @@
-"""Benchmark: vectorized group advantages against the naive per-group loop, same process.
+"""Benchmark: vectorized group advantages against idiomatic numpy and a per-group loop.
 
-Both run on the same (B, G) rewards with about 1% failed rollouts (NaN); the results must agree
-(``np.allclose`` with ``equal_nan``) before any time is printed. The vectorized version is timed
-as the best of ``--repeats`` runs, the naive loop once, over the whole batch (not extrapolated).
+All run on the same (B, G) rewards with about 1% failed rollouts (NaN), in the same process:
+
+- ``engine``: :func:`engine.learning.advantages.group_advantages` (advantages and the group
+  statistics: means, stds, zero-std and dropped flags);
+- ``numpy``: the fair peer, what one writes with numpy: ``np.nanmean`` / ``np.nanstd``
+  (``ddof=1``) per group along the axis, ``(r - mean) / (std + eps)`` (a group with fewer than
+  two valid members has std 0, as in the engine);
+- ``naive loop``: the reference per-group Python loop (``tests/learning/reference_advantages.py``).
+
+The results must agree (``np.allclose`` with ``equal_nan``) before any time is printed. The
+engine and numpy are timed as the best of ``--repeats`` runs, the naive loop once, over the
+whole batch (not extrapolated). The numpy arm covers ``--scale`` and ``--leave-one-out``; with
+``--drop-zero-std`` it is left out (it has no notion of a dropped group).
 
 Usage::
 
     python -m benchmarks.bench_advantages                      # 1,000,000 rollouts, G = 8
+    python -m benchmarks.bench_advantages --repeats 9          # steadier on a loaded machine
     python -m benchmarks.bench_advantages --rollouts 100000 --group-size 16
 """
 
@@ -17,6 +28,8 @@ import os
 import platform
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +48,34 @@ def _agree(a: Advantages, b: Advantages) -> bool:
         and np.array_equal(a.zero_std, b.zero_std)
         and np.array_equal(a.dropped, b.dropped)
     )
+
+
+def numpy_advantages(
+    rewards: np.ndarray, *, scale: str = "group", leave_one_out: bool = False, eps: float = 1e-4
+) -> np.ndarray:
+    """Group advantages as idiomatic numpy: nan-aware mean and std along the group axis."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN groups, fewer than 2 valid
+        mean = np.nanmean(rewards, axis=1, keepdims=True)
+        centred = rewards - mean
+        if leave_one_out:
+            n = np.sum(~np.isnan(rewards), axis=1, keepdims=True)
+            centred = np.where(n > 1, centred * n / (n - 1), 0.0) + rewards * 0.0  # keeps NaN
+        if scale == "none":
+            return centred
+        if scale == "batch":
+            return centred / (np.nanstd(rewards, ddof=1) + eps)
+        std = np.nan_to_num(np.nanstd(rewards, axis=1, ddof=1, keepdims=True))
+        return centred / (std + eps)
+
+
+def _best(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,24 +110,38 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.isnan(rewards).mean():.2%} NaN, options {kw}"
     )
 
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fast = group_advantages(rewards, **kw)  # type: ignore[arg-type]
-        times.append(time.perf_counter() - t0)
-    t_fast = min(times)
+    t_fast, fast = _best(lambda: group_advantages(rewards, **kw), args.repeats)  # type: ignore[arg-type]
+    t_np = None
+    if not args.drop_zero_std:
+        np_kw = dict(scale=args.scale, leave_one_out=args.leave_one_out)
+        t_np, peer = _best(lambda: numpy_advantages(rewards, **np_kw), args.repeats)  # type: ignore[arg-type]
 
     t0 = time.perf_counter()
     slow = naive_group_advantages(rewards, **kw)  # type: ignore[arg-type]
     t_slow = time.perf_counter() - t0
 
-    if not _agree(fast, slow):
+    if not _agree(fast, slow):  # type: ignore[arg-type]
         print("MISMATCH: vectorized and naive results differ", file=sys.stderr)
         return 1
-    print(f"agree: yes (frac_reward_zero_std={fast.frac_reward_zero_std:.4f})")
-    print(f"vectorized: {t_fast * 1e3:9.1f} ms  (best of {args.repeats})")
+    if t_np is not None and not np.allclose(
+        fast.values,  # type: ignore[union-attr]
+        peer,  # type: ignore[arg-type]
+        rtol=1e-9,
+        atol=1e-12,
+        equal_nan=True,
+    ):
+        print("MISMATCH: engine and numpy advantages differ", file=sys.stderr)
+        return 1
+    print(f"agree: yes (frac_reward_zero_std={fast.frac_reward_zero_std:.4f})")  # type: ignore[union-attr]
+    print(f"engine:     {t_fast * 1e3:9.1f} ms  (best of {args.repeats})")
+    if t_np is not None:
+        print(
+            f"numpy:      {t_np * 1e3:9.1f} ms  (best of {args.repeats}; nanmean/nanstd per group)"
+        )
     print(f"naive loop: {t_slow * 1e3:9.1f} ms  (one full run)")
-    print(f"speed-up:   {t_slow / t_fast:9.1f}x")
+    if t_np is not None:
+        print(f"engine vs numpy (fair peer): {t_np / t_fast:6.2f}x")
+    print(f"engine vs naive loop:        {t_slow / t_fast:6.1f}x")
     return 0
 
 

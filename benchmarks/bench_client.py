@@ -5,20 +5,30 @@ Starts the simulated server in a separate process (``python -m engine serve-sim 
 --latency 0.05``; a minimal aiohttp server of this file's own when the sim is not importable),
 then, at each concurrency, runs the same chat request through:
 
-- ``engine``: this client with every feature on: limits armed (rpm, tpm, concurrency),
-  retries armed, one event per attempt written to a temporary ``events.jsonl``;
-- ``openai-httpx``: ``openai.AsyncOpenAI`` with its default transport;
-- ``openai-aiohttp``: ``openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient())`` when the
-  installed SDK offers it;
-- ``bare-aiohttp``: one ``aiohttp.ClientSession``, orjson in and out, nothing else (the floor).
+- ``engine``: this client with every feature on, at its DEFAULT limits: rpm and tpm armed,
+  ``max_concurrency`` left at its default (64), retries armed, one event per attempt written
+  to a temporary ``events.jsonl``;
+- ``engine-matched``: the same with ``max_concurrency = c`` (as many in flight as the peers);
+- ``openai-aiohttp``: ``openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient())`` (the
+  fair peer: ``pip install 'openai[aiohttp]'``);
+- ``openai-httpx``: ``openai.AsyncOpenAI`` with its default httpx transport (only with
+  ``--with-httpx``: at c=512 it times out);
+- ``bare``: one ``aiohttp.ClientSession``, orjson in and out, nothing else (the floor).
+
+Every client runs under the same garbage-collector settings, in two passes by default:
+``default`` (CPython's thresholds, nothing frozen) and ``cli`` (what ``python -m engine run``
+does after start-up: :func:`engine.runtime.tune_gc`, a freeze and a young threshold of
+20,000). ``--loop uvloop`` runs everything on uvloop's loop.
 
 It prints requests/s, client CPU microseconds per request (``time.process_time`` of this
-process divided by requests; the server runs in another process) and both ratios to bare
-aiohttp. Run::
+process divided by requests; the server runs in another process; CPU time is far less
+sensitive to a loaded machine than wall time), the share of that CPU spent in the cyclic
+GC, and the ratios to bare aiohttp. Run::
 
     python benchmarks/bench_client.py                       # concurrency 64 and 512
-    python benchmarks/bench_client.py --requests 4000 --concurrency 64 --repeat 5
+    python benchmarks/bench_client.py --concurrency 512 --repeat 5 --gc default cli
     python benchmarks/bench_client.py --profile engine      # cProfile of the engine run
+    python benchmarks/bench_client.py --memory 100000       # RSS over 100k requests
 """
 
 from __future__ import annotations
@@ -130,6 +140,7 @@ class Result:
     errors: int
     wall: float
     cpu: float
+    gc_seconds: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -139,11 +150,52 @@ class Result:
     def cpu_us(self) -> float:
         return 1e6 * self.cpu / self.requests
 
+    @property
+    def gc_share(self) -> float:
+        return self.gc_seconds / self.cpu if self.cpu else 0.0
+
+
+class GcTimer:
+    """CPU seconds spent in the cyclic garbage collector (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._t0
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+@contextlib.contextmanager
+def gc_settings(mode: str):
+    """``default``: CPython's thresholds, nothing frozen; ``cli``: the CLI's tune_gc()."""
+    from engine.runtime import tune_gc
+
+    previous = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        if mode == "cli":
+            tune_gc()
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*previous)
+
 
 async def drive(
     call: Callable[[], Awaitable[object]], concurrency: int, total: int
-) -> tuple[int, int, float, float]:
-    """Run ``total`` calls with ``concurrency`` workers; return (ok, errors, wall, cpu)."""
+) -> tuple[int, int, float, float, float]:
+    """Run ``total`` calls with ``concurrency`` workers; return (ok, errors, wall, cpu, gc)."""
     remaining = total
     ok = errors = 0
 
@@ -158,18 +210,27 @@ async def drive(
                 errors += 1
 
     gc.collect()
-    c0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ok, errors, time.perf_counter() - t0, time.process_time() - c0
+    with GcTimer() as gct:
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return ok, errors, wall, cpu, gct.seconds
 
 
 # ----------------------------------------------------------------------------- contenders
 
 
-async def run_engine(url: str, conc: int, total: int, warm: int, tmp: Path) -> Result:
+async def run_engine(
+    url: str, conc: int, total: int, warm: int, tmp: Path, matched: bool
+) -> Result:
     events = EventLog(tmp / f"events-{conc}.jsonl")
     cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS)
-    limits = LimitsConfig(rpm=10_000_000, tpm=1e12, max_concurrency=conc)
+    if matched:
+        limits = LimitsConfig(rpm=10_000_000, tpm=1e12, max_concurrency=conc)
+        name = f"engine, max_concurrency={conc}"
+    else:  # rpm and tpm armed, max_concurrency at its default
+        limits = LimitsConfig(rpm=10_000_000, tpm=1e12)
+        name = f"engine, default limits ({limits.max_concurrency})"
     async with Client(
         cfg, limits=limits, retry=RetryConfig(), events=events, api_key=FAKE_KEY
     ) as client:
@@ -178,9 +239,9 @@ async def run_engine(url: str, conc: int, total: int, warm: int, tmp: Path) -> R
             return await client.complete(PROMPT, kind="generation", group_id="g", sample_index=0)
 
         await drive(call, conc, warm)
-        ok, err, wall, cpu = await drive(call, conc, total)
+        ok, err, wall, cpu, gcs = await drive(call, conc, total)
     events.close()
-    return Result("engine (all features)", conc, ok, err, wall, cpu)
+    return Result(name, conc, ok, err, wall, cpu, gcs)
 
 
 async def run_openai(url: str, conc: int, total: int, warm: int, aiohttp_transport: bool) -> Result:
@@ -203,10 +264,10 @@ async def run_openai(url: str, conc: int, total: int, warm: int, aiohttp_transpo
             )
 
         await drive(call, conc, warm)
-        ok, err, wall, cpu = await drive(call, conc, total)
+        ok, err, wall, cpu, gcs = await drive(call, conc, total)
     finally:
         await client.close()
-    return Result(name, conc, ok, err, wall, cpu)
+    return Result(name, conc, ok, err, wall, cpu, gcs)
 
 
 async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
@@ -231,8 +292,8 @@ async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
                 return data["choices"][0]["message"]["content"]
 
         await drive(call, conc, warm)
-        ok, err, wall, cpu = await drive(call, conc, total)
-    return Result("bare aiohttp (floor)", conc, ok, err, wall, cpu)
+        ok, err, wall, cpu, gcs = await drive(call, conc, total)
+    return Result("bare aiohttp (floor)", conc, ok, err, wall, cpu, gcs)
 
 
 def _have_aiohttp_transport() -> str | None:
@@ -253,41 +314,59 @@ async def bench(args: argparse.Namespace) -> None:
     import openai
 
     versions = f"aiohttp {aiohttp.__version__}, openai {openai.__version__}"
-    print(f"python {sys.version.split()[0]}, {versions}")
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"python {sys.version.split()[0]}, {versions}, loop: {loop}")
     no_aio = _have_aiohttp_transport()
     if no_aio:
         print(f"note: skipping openai+aiohttp: {no_aio}")
     only = set(args.only.split(",")) if args.only else None
     with server_process(args.latency) as url, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for conc in args.concurrency:
-            total = args.requests or max(3000, conc * 12)
-            warm = max(conc * 2, 200)
-            print(f"\nconcurrency {conc}: {total} requests each (after {warm} warm-up)")
-            runs: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
-                ("bare", functools.partial(run_bare, url, conc, total, warm)),
-                ("engine", functools.partial(run_engine, url, conc, total, warm, tmp)),
-                ("openai", functools.partial(run_openai, url, conc, total, warm, False)),
-            ]
-            if not no_aio:
-                runs.append(
-                    ("openai-aiohttp", functools.partial(run_openai, url, conc, total, warm, True))
+        for mode in args.gc:
+            for conc in args.concurrency:
+                total = args.requests or max(3000, conc * 12)
+                warm = max(conc * 2, 200)
+                print(
+                    f"\nGC {mode}, concurrency {conc}: {total} requests each (after {warm} warm-up)"
                 )
-            results: dict[str, list[Result]] = {}
-            for _ in range(args.repeat):  # interleaved, so load drifts hit every client alike
-                for key, fn in runs:
-                    if only and key not in only:
-                        continue
-                    if args.profile == key:
-                        prof = cProfile.Profile()
-                        prof.enable()
-                        r = await fn()
-                        prof.disable()
-                        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-                    else:
-                        r = await fn()
-                    results.setdefault(key, []).append(r)
-            report(results)
+                runs: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
+                    ("bare", functools.partial(run_bare, url, conc, total, warm)),
+                    ("engine", functools.partial(run_engine, url, conc, total, warm, tmp, False)),
+                    (
+                        "engine-matched",
+                        functools.partial(run_engine, url, conc, total, warm, tmp, True),
+                    ),
+                ]
+                if not no_aio:
+                    runs.append(
+                        (
+                            "openai-aiohttp",
+                            functools.partial(run_openai, url, conc, total, warm, True),
+                        )
+                    )
+                if args.with_httpx:
+                    runs.append(
+                        (
+                            "openai-httpx",
+                            functools.partial(run_openai, url, conc, total, warm, False),
+                        )
+                    )
+                results: dict[str, list[Result]] = {}
+                with gc_settings(mode):
+                    for _ in range(args.repeat):  # interleaved: load drifts hit every client
+                        for key, fn in runs:
+                            if only and key not in only:
+                                continue
+                            if args.profile == key:
+                                prof = cProfile.Profile()
+                                prof.enable()
+                                r = await fn()
+                                prof.disable()
+                                pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                            else:
+                                r = await fn()
+                            results.setdefault(key, []).append(r)
+                report(results)
 
 
 def report(results: dict[str, list[Result]]) -> None:
@@ -299,7 +378,7 @@ def report(results: dict[str, list[Result]]) -> None:
     floor = med.get("bare")
     print(
         f"{'client (median of runs)':34s} {'req/s':>9s} {'best':>7s} {'CPU us/req':>11s} "
-        f"{'x bare rps':>11s} {'x bare CPU':>11s} {'errors':>7s}"
+        f"{'GC %CPU':>8s} {'x bare rps':>11s} {'x bare CPU':>11s} {'errors':>7s}"
     )
     for key, rs in results.items():
         rps, cpu = med[key]
@@ -307,9 +386,75 @@ def report(results: dict[str, list[Result]]) -> None:
         rc = cpu / floor[1] if floor else float("nan")
         best = max(r.rps for r in rs)
         errors = sum(r.errors for r in rs)
+        share = 100 * statistics.median(r.gc_share for r in rs)
         print(
-            f"{rs[0].name:34s} {rps:9.0f} {best:7.0f} {cpu:11.0f} {rr:11.2f} {rc:11.2f} {errors:7d}"
+            f"{rs[0].name:34s} {rps:9.0f} {best:7.0f} {cpu:11.0f} {share:8.1f} {rr:11.2f} "
+            f"{rc:11.2f} {errors:7d}"
         )
+
+
+def rss_mib() -> float:
+    """This process's resident set now (Linux ``/proc``; peak RSS elsewhere), MiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def memory(args: argparse.Namespace) -> None:
+    """RSS growth over ``args.memory`` requests, engine (events on, a group id that names no
+    step, ``step_metrics()`` never called: an embedder's use) vs bare aiohttp, and the
+    latencies the event statistics hold at the end."""
+    total, conc, warm = args.memory, 64, 2000
+    with server_process(args.latency) as url, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        print(f"\nmemory: {total} requests at concurrency {conc} (after {warm} warm-up)")
+        bare_growth = await _bare_growth(url, conc, total, warm)
+        events = EventLog(tmp / "events.jsonl")
+        cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS)
+        async with Client(
+            cfg, limits=LimitsConfig(rpm=10_000_000, tpm=1e12), events=events, api_key=FAKE_KEY
+        ) as client:
+
+            async def call() -> object:
+                return await client.complete(PROMPT, group_id="g", sample_index=0)
+
+            await drive(call, conc, warm)
+            gc.collect()
+            before = rss_mib()
+            await drive(call, conc, total)
+            gc.collect()
+            growth = rss_mib() - before
+        events.close()
+        lat = events._unstepped.latencies  # what the statistics keep (a list before the bound)
+        values = getattr(lat, "values", lat)
+        held = len(values)
+        held_bytes = sys.getsizeof(values) + sum(sys.getsizeof(v) for v in values)
+        print(f"{'bare aiohttp: RSS growth':40s} {bare_growth:8.2f} MiB")
+        print(f"{'engine: RSS growth':40s} {growth:8.2f} MiB")
+        print(f"{'engine: latencies held by the statistics':40s} {held:8d} (of {events.count})")
+        print(f"{'engine: their memory (list and floats)':40s} {held_bytes / 2**20:8.2f} MiB")
+
+
+async def _bare_growth(url: str, conc: int, total: int, warm: int) -> float:
+    connector = aiohttp.TCPConnector(limit=conc, keepalive_timeout=4.0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        target = f"{url}/chat/completions"
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": PROMPT}]}
+
+        async def call() -> object:
+            async with session.post(target, data=orjson.dumps(body)) as resp:
+                return orjson.loads(await resp.read())
+
+        await drive(call, conc, warm)
+        gc.collect()
+        before = rss_mib()
+        await drive(call, conc, total)
+        gc.collect()
+        return rss_mib() - before
 
 
 def main() -> None:
@@ -318,10 +463,32 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=0, help="per client; 0 = max(3000, 12 x c)")
     ap.add_argument("--latency", type=float, default=0.05, help="server latency, seconds")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per client (median)")
-    ap.add_argument("--only", default="", help="comma list of: bare,engine,openai,openai-aiohttp")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma list of: bare,engine,engine-matched,openai-aiohttp,openai-httpx",
+    )
+    ap.add_argument("--with-httpx", action="store_true", help="also run openai's httpx client")
+    ap.add_argument(
+        "--gc",
+        nargs="+",
+        choices=["default", "cli"],
+        default=["default", "cli"],
+        help="GC settings every client runs under: CPython's defaults, the CLI's tune_gc()",
+    )
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--profile", default="", help="cProfile one of the clients")
+    ap.add_argument(
+        "--memory", type=int, default=0, help="instead: RSS growth over this many requests"
+    )
     args = ap.parse_args()
-    asyncio.run(bench(args))
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(memory(args) if args.memory else bench(args))
 
 
 if __name__ == "__main__":

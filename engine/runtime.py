@@ -1,4 +1,12 @@
-"""CPython's cyclic garbage collector, tuned so that it does not stall the event loop.
+"""Process-wide tuning the CLI applies: the cyclic garbage collector, and the event loop.
+
+**The event loop.** :func:`event_loop_factory` is uvloop's ``new_event_loop`` when the
+optional ``uvloop`` extra is installed (``pip install 'grpo-engine[uvloop]'``), else None
+(the standard loop). The CLI runs on it; an embedding application chooses its own loop, e.g.
+``asyncio.Runner(loop_factory=engine.runtime.event_loop_factory())`` or ``uvloop.run(main())``.
+``ENGINE_UVLOOP=0`` in the environment keeps the standard loop.
+
+**The garbage collector**, tuned so that it does not stall the event loop.
 
 With many requests in flight a client process holds tens of thousands of GC-tracked objects
 that live as long as one request (aiohttp's request, response, parser, timers and coroutine
@@ -29,9 +37,13 @@ and may call it the same way (it returns the thresholds it replaced).
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import importlib
+import os
+from collections.abc import Callable, Mapping
 
-__all__ = ("YOUNG_THRESHOLD", "tune_gc")
+__all__ = ("YOUNG_THRESHOLD", "event_loop_factory", "tune_gc")
 
 YOUNG_THRESHOLD = 20_000
 """Net new tracked objects after which the youngest generation is collected (CPython: 700)."""
@@ -59,3 +71,24 @@ def tune_gc(young_threshold: int = YOUNG_THRESHOLD, *, freeze: bool = True) -> t
         gc.freeze()
     gc.set_threshold(young_threshold, previous[1], previous[2])
     return previous
+
+
+def event_loop_factory(
+    env: Mapping[str, str] | None = None,
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's ``new_event_loop`` when uvloop is installed (the optional ``uvloop`` extra),
+    else None: the standard asyncio loop. uvloop is imported here, never by ``import engine``.
+
+    Args:
+        env: the environment (None: ``os.environ``); ``ENGINE_UVLOOP=0`` keeps the standard
+            loop even where uvloop is installed.
+    """
+    env = os.environ if env is None else env
+    if env.get("ENGINE_UVLOOP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -61,3 +61,40 @@ def test_collections_are_rarer_after_tuning() -> None:
 def test_tune_gc_refuses_a_threshold_below_one() -> None:
     with pytest.raises(ValueError, match="young_threshold"):
         tune_gc(0)
+
+
+def test_event_loop_factory_is_the_standard_loop_without_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without uvloop installed (an import of it fails), or with ENGINE_UVLOOP=0, the CLI runs
+    on the standard loop; nothing breaks."""
+    import sys
+
+    from engine.runtime import event_loop_factory
+
+    assert event_loop_factory({"ENGINE_UVLOOP": "0"}) is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what a missing module raises on import
+    assert event_loop_factory({}) is None
+
+
+def test_event_loop_factory_is_uvloops_when_installed() -> None:
+    """With the uvloop extra installed, the factory makes uvloop's loop, and it runs."""
+    uvloop = pytest.importorskip("uvloop")
+    import asyncio
+
+    from engine.runtime import event_loop_factory
+
+    factory = event_loop_factory({})
+    assert factory is uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(asyncio.sleep(0, "ran")) == "ran"
+
+
+def test_import_engine_does_not_import_uvloop() -> None:
+    """uvloop is loaded by event_loop_factory() only, never by importing the package or
+    the CLI's entry module."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine, engine.runtime, engine.__main__; assert 'uvloop' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

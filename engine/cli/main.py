@@ -16,6 +16,7 @@ import anyio
 
 from ..config.reference import config_reference
 from ..errors import EngineError, first_engine_error, first_error
+from ..runtime import event_loop_factory
 from ..telemetry.logs import configure_logging
 from ..telemetry.streams import guard_standard_streams
 from .args import OneLineParser, print_error
@@ -106,4 +107,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command not in commands:
         parser.error(f"unknown command {args.command!r}")
     configure_logging()
-    return anyio.run(commands[args.command], args)
+    factory = event_loop_factory()  # uvloop when its extra is installed
+    options = {} if factory is None else {"loop_factory": factory}
+    return anyio.run(commands[args.command], args, backend_options=options)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import signal
 import sys
-from collections.abc import Callable
 
 import orjson
 
+from ..runtime import event_loop_factory
 from ..testing.sim import ALL_FAULT_KINDS, Faults, SimConfig, SimServer
 from .args import OneLineParser, finite_float, int_range, print_error
 
@@ -137,16 +136,6 @@ async def _serve(config: SimConfig, host: str, port: int) -> int:
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (it is optional, never a dependency), else None."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the simulated server until SIGINT/SIGTERM; returns the exit status (2 for bad
     options)."""
@@ -156,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print_error(str(e))
         return 2
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         try:
             return runner.run(_serve(config, args.host, args.port))
         except OSError as e:  # the address cannot be bound: in use, not ours, not an address

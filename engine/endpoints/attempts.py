@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -109,6 +110,13 @@ class AttemptEvents:
         ev = self._events
         return contextlib.nullcontext() if ev is None else ev.track(ctx.kind)
 
+    @property
+    def in_flight(self) -> Counter[str] | None:
+        """The event log's in-flight counts by kind (what :meth:`track` counts in), or None
+        without an event log."""
+        ev = self._events
+        return None if ev is None else ev.in_flight
+
     def success(
         self,
         ctx: CallContext,
@@ -121,9 +129,12 @@ class AttemptEvents:
         queue_wait: float = 0.0,
     ) -> None:
         """An attempt that returned choices; ``cost``: its USD and where that came from."""
-        self._emit(ctx, status=status, latency=latency, attempt=attempt, n=n, usage=r.usage,
-                   request_id=r.request_id or r.id, usage_anomaly=r.usage_anomaly,
-                   cost=cost, queue_wait=queue_wait)  # fmt: skip
+        ev = self._events
+        if ev is None:
+            return
+        ev.emit_event(_fields(ctx, status, latency, queue_wait, attempt, n, r.usage, cost[0],
+                              cost[1], None, None, r.request_id or r.id,
+                              r.usage_anomaly))  # fmt: skip
 
     def failure(
         self, ctx: CallContext, f: Failure, n: int, attempt: int, retry_in: float | None
@@ -177,32 +188,58 @@ class AttemptEvents:
         ev = self._events
         if ev is None:
             return
-        u = usage or _NO_USAGE
-        ev.emit(
-            kind=ctx.kind,
-            endpoint=ctx.path,
-            model=ctx.model,
-            group_id=ctx.group_id,
-            sample_index=ctx.sample_index,
-            policy_version=ctx.policy_version,
-            status=status,
-            latency=latency,
-            queue_wait=queue_wait,
-            attempt=attempt,
-            n=n,
-            prompt_chars=ctx.prompt_chars,
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            cached_tokens=u.cached_tokens,
-            cost=u.cost,
-            cost_usd=cost[0] if cost is not None else 0.0,
-            cost_source=cost[1] if cost is not None else None,
-            error_class=error_class,
-            retry_in=retry_in,
-            request_id=request_id,
-            usage_anomaly=usage_anomaly,
-            **({} if ctx.episode is None else {"episode": ctx.episode, "turn": ctx.turn}),
-        )
+        ev.emit_event(
+            _fields(ctx, status, latency, queue_wait, attempt, n, usage or _NO_USAGE,
+                    cost[0] if cost is not None else 0.0, cost[1] if cost is not None else None,
+                    error_class, retry_in, request_id, usage_anomaly)
+        )  # fmt: skip
+
+
+def _fields(
+    ctx: CallContext,
+    status: int | None,
+    latency: float,
+    queue_wait: float,
+    attempt: int,
+    n: int,
+    u: Usage,
+    cost_usd: float,
+    cost_source: str | None,
+    error_class: str | None,
+    retry_in: float | None,
+    request_id: str | None,
+    usage_anomaly: str | None,
+) -> dict[str, Any]:
+    """The fields of one attempt's event, in their order in ``events.jsonl`` (built once and
+    handed to :meth:`~engine.telemetry.events.EventLog.emit_event`)."""
+    fields: dict[str, Any] = {
+        "kind": ctx.kind,
+        "endpoint": ctx.path,
+        "model": ctx.model,
+        "group_id": ctx.group_id,
+        "sample_index": ctx.sample_index,
+        "policy_version": ctx.policy_version,
+        "status": status,
+        "latency": latency,
+        "queue_wait": queue_wait,
+        "attempt": attempt,
+        "n": n,
+        "prompt_chars": ctx.prompt_chars,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cached_tokens": u.cached_tokens,
+        "cost": u.cost,
+        "cost_usd": cost_usd,
+        "cost_source": cost_source,
+        "error_class": error_class,
+        "retry_in": retry_in,
+        "request_id": request_id,
+        "usage_anomaly": usage_anomaly,
+    }
+    if ctx.episode is not None:
+        fields["episode"] = ctx.episode
+        fields["turn"] = ctx.turn
+    return fields
 
 
 class _AttemptState:
@@ -282,7 +319,7 @@ class AttemptRunner:
         paused = self._paused_past_deadline(ctx, n, attempt)
         if paused is not None:
             return paused
-        task = asyncio.current_task()
+        task = asyncio.current_task(ctx.loop)
         assert task is not None
         alarm = ctx.watchdog.arm(task, ctx.loop_end)
         state = _AttemptState(self._clock())
@@ -326,10 +363,16 @@ class AttemptRunner:
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Take a permit, send, classify and settle; the outcome goes into ``state``.
+        """Take a permit, send, read the whole response, classify and settle; the outcome
+        (and an answer's cost) goes into ``state``.
 
         The spend meter is asked before the permit (no queueing for a refused request) and
         again just before sending; an admitted attempt is counted in flight until it ends.
+        Timeouts and transport errors keep the reservation: the server may have done the
+        work. One coroutine for the permit, the send and the read (every await level is
+        paid again on each resumption of the request): a body of announced length within
+        the cap is read at once, and the attempt is counted in the event log's
+        ``in_flight`` while it is sent and answered.
         """
         spend = self._spend
         if spend.exhausted:
@@ -343,32 +386,64 @@ class AttemptRunner:
                 return
             spend.admit(ctx.path, attempt)
             try:
-                await self._send(ctx, state, alarm, permit, data, est, attempt, used_immediate)
+                self._start_send(ctx, state, alarm)
+                in_flight = self._events.in_flight
+                kind = ctx.kind
+                if in_flight is not None:
+                    in_flight[kind] += 1
+                token = ATTEMPT.set(alarm)
+                raw: bytes | Failure | None
+                try:
+                    async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
+                        state.status = resp.status
+                        state.headers = resp.headers
+                        length = resp.content_length
+                        if (
+                            length is not None
+                            and length <= self._max_bytes
+                            and ("Content-Encoding" not in resp.headers)
+                        ):
+                            raw = await resp.read()  # what read_capped does for such a body
+                        else:
+                            raw = await read_capped(resp, self._max_bytes)
+                except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    resend_now = alarm.reused and not used_immediate
+                    raw = self._send_failure(exc, attempt, ctx.path, resend_now)
+                finally:
+                    ATTEMPT.reset(token)
+                    if in_flight is not None:
+                        in_flight[kind] -= 1
+                self._classify(ctx, state, permit, raw, est, attempt)
             finally:
                 spend.finish(state.cost[0])
 
-    async def _send(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        permit: PermitProtocol,
-        data: bytes,
-        est: int,
-        attempt: int,
-        used_immediate: bool,
-    ) -> None:
-        """Send under the permit, classify and settle; an answer's cost goes into ``state``."""
+    def _start_send(self, ctx: CallContext, state: _AttemptState, alarm: Alarm) -> None:
+        """The attempt is being sent: its send time, and the watchdog moved to the attempt's
+        own timeout when that ends before the call's deadline."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
             ctx.watchdog.move(alarm, attempt_end)
-        with self._events.track(ctx):
-            raw = await self._post(ctx, state, alarm, data, attempt, used_immediate)
+
+    def _classify(
+        self,
+        ctx: CallContext,
+        state: _AttemptState,
+        permit: PermitProtocol,
+        raw: bytes | Failure | None,
+        est: int,
+        attempt: int,
+    ) -> None:
+        """The outcome of a response body (None: it passed the cap) or of a failed send, into
+        ``state``; the permit settled with what the answer used (0 for an error answer)."""
+        if raw is None:
+            message = (f"response body larger than {self._max_bytes} bytes "
+                       "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
+            error = ResponseError(message, status=state.status, attempt=attempt,
+                                  endpoint=ctx.path, retryable=False)  # fmt: skip
+            raw = Failure(error, state.headers)
         if isinstance(raw, Failure):
-            # timeouts and transport errors keep the reservation: the server may have
-            # done the work
             raw.permit = permit
             state.outcome = raw
             return
@@ -383,6 +458,21 @@ class AttemptRunner:
             permit.settle(0)  # the server answered an error: no tokens were spent
             outcome.permit = permit
         state.outcome = outcome
+
+    def _send_failure(self, exc: Exception, attempt: int, path: str, resend_now: bool) -> Failure:
+        """The failure of a send that raised ``exc``: a disconnect (resent at once when
+        ``resend_now``: a reused connection, not resent before), a lower layer's timeout
+        (our own timer cancels), a transport error, or a request aiohttp refused to send (a
+        bad header value...)."""
+        message = self._redact.exception(exc)
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            error: EndpointError = TransportError(message, attempt=attempt, endpoint=path)
+            return Failure(error, immediate=resend_now)
+        if isinstance(exc, TimeoutError):
+            return Failure(EndpointTimeout(message, attempt=attempt, endpoint=path))
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return Failure(TransportError(message, attempt=attempt, endpoint=path))
+        return Failure(RequestRejected(message, attempt=attempt, endpoint=path))
 
     def _trusted_usage(self, ctx: CallContext, result: Result, est: int) -> int:
         """The tokens to settle a successful attempt with: the usage the server reported
@@ -403,46 +493,6 @@ class AttemptRunner:
         if used:
             return used
         return estimated_usage(ctx.est_prompt, [c.text for c in result.choices], est).total_tokens
-
-    async def _post(
-        self,
-        ctx: CallContext,
-        state: _AttemptState,
-        alarm: Alarm,
-        data: bytes,
-        attempt: int,
-        used_immediate: bool,
-    ) -> bytes | Failure:
-        """Send the bytes and read the whole response: its body, or the transport failure."""
-        path = ctx.path
-        token = ATTEMPT.set(alarm)
-        try:
-            async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                state.status = resp.status
-                state.headers = resp.headers
-                raw = await read_capped(resp, self._max_bytes)
-                if raw is None:
-                    message = (f"response body larger than {self._max_bytes} bytes "
-                               "(endpoint.max_response_bytes): reading stopped")  # fmt: skip
-                    error = ResponseError(message, status=resp.status, attempt=attempt,
-                                          endpoint=path, retryable=False)  # fmt: skip
-                    return Failure(error, state.headers)
-        except aiohttp.ServerDisconnectedError as exc:
-            error: EndpointError = TransportError(self._redact.exception(exc), attempt=attempt,
-                                                  endpoint=path)  # fmt: skip
-            return Failure(error, immediate=alarm.reused and not used_immediate)
-        except TimeoutError as exc:  # raised by a lower layer (our timer cancels)
-            error = EndpointTimeout(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except (aiohttp.ClientError, OSError) as exc:
-            error = TransportError(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        except ValueError as exc:  # aiohttp refused to send it (a bad header value...)
-            error = RequestRejected(self._redact.exception(exc), attempt=attempt, endpoint=path)
-            return Failure(error)
-        finally:
-            ATTEMPT.reset(token)
-        return raw
 
     def _timed_out(self, state: _AttemptState, attempt: int, path: str) -> Result | Failure:
         """The watchdog cancelled the attempt: its own timeout, or the call's deadline

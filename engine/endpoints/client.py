@@ -9,9 +9,10 @@ One :class:`Client` owns one aiohttp session and talks to ``/v1/chat/completions
         texts = [c.text for c in out.choices]
 
 A call is layered like httpx's send: :meth:`Client.complete` builds the body once,
-``_gather`` collects ``n`` choices (:mod:`~engine.endpoints.fanout`), ``_request`` retries one
-request, and :class:`~engine.endpoints.attempts.AttemptRunner` runs one attempt under the
-watchdog, holding a limiter permit around the send. For every call, in order:
+``_gather`` collects ``n`` choices (:mod:`~engine.endpoints.fanout`; a call for one choice, the
+common one, goes straight to its request), ``_request`` retries one request, and
+:class:`~engine.endpoints.attempts.AttemptRunner` runs one attempt under the watchdog, holding
+a limiter permit around the send. For every call, in order:
 
 1. Renders the request body once (:mod:`~engine.endpoints.payload`) and reuses the same
    bytes on every retry.
@@ -332,11 +333,23 @@ class Client:
             ctx.episode, ctx.turn = episode, turn
         self._calls += 1
         try:
-            parts = await self._gather(ctx, body, n, seed)
+            if n == 1:  # the common call: one request, its one choice, nothing to merge
+                # its first attempt awaited from here: one await level less on every resume
+                data = encode(body, 1, seed)
+                est = ctx.est_prompt + ctx.max_tokens
+                self._requests += 1
+                self._attempts += 1
+                outcome = await self._runner.run(ctx, data, est, 1, 1, False)
+                if isinstance(outcome, Result):
+                    head = outcome
+                else:
+                    head = await self._retry_from(ctx, data, est, 1, outcome)
+            else:
+                return self._completion(await self._gather(ctx, body, n, seed), n, t0)
         except BaseException:
             self._failures += 1
             raise
-        return self._completion(parts, n, t0)
+        return self._one(head, t0)
 
     def _call_context(
         self,
@@ -376,6 +389,22 @@ class Client:
             loop=loop,
             watchdog=transport.watchdog,
             loop_end=loop.time() + budget,
+        )
+
+    def _one(self, head: Result, t0: float) -> Completion:
+        """The result of a call for one choice: its request's first choice (what
+        :meth:`_completion` makes of one part)."""
+        choices = head.choices
+        return Completion(
+            choices=choices if len(choices) <= 1 else choices[:1],
+            usage=head.usage,
+            id=head.id,
+            model=head.model,
+            latency=self._clock() - t0,
+            attempts=head.attempts,
+            requests=1,
+            request_id=head.request_id,
+            prompt_token_ids=head.prompt_token_ids,
         )
 
     def _completion(self, parts: list[Result], n: int, t0: float) -> Completion:
@@ -490,14 +519,20 @@ class Client:
         data = encode(body, n, seed)
         est = ctx.est_prompt + ctx.max_tokens * n
         self._requests += 1
-        attempt = 0
+        self._attempts += 1
+        outcome = await self._runner.run(ctx, data, est, n, 1, False)
+        if isinstance(outcome, Result):
+            return outcome
+        return await self._retry_from(ctx, data, est, n, outcome)
+
+    async def _retry_from(
+        self, ctx: CallContext, data: bytes, est: int, n: int, outcome: Failure
+    ) -> Result:
+        """Retry a request whose first attempt failed with ``outcome``, until one succeeds
+        (its result) or the failure is final (raised, its event written)."""
+        attempt = 1
         used_immediate = False
         while True:
-            attempt += 1
-            self._attempts += 1
-            outcome = await self._runner.run(ctx, data, est, n, attempt, used_immediate)
-            if isinstance(outcome, Result):
-                return outcome
             if isinstance(outcome.error, DeadlineExceeded):
                 raise outcome.error  # its event was emitted with the attempt
             used_immediate = used_immediate or outcome.immediate
@@ -510,6 +545,12 @@ class Client:
             if wait > 0 and not (outcome.rate_limited and hint is not None):
                 # on a 429 with a server-given wait the limiter's shared gate does the waiting
                 await self._sleep(wait)
+            attempt += 1
+            self._attempts += 1
+            result = await self._runner.run(ctx, data, est, n, attempt, used_immediate)
+            if isinstance(result, Result):
+                return result
+            outcome = result
 
     def _retry_wait(self, outcome: Failure, attempt: int) -> tuple[float, float | None, str]:
         """The wait before the next attempt, the server's wait if it gave one, and the reason.

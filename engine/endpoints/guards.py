@@ -132,6 +132,19 @@ def read_usage(u: Any) -> tuple[Usage, str | None]:
     """
     if type(u) is not dict:
         return Usage(), "missing"
+    p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+    if type(p) is int and type(c) is int and p >= 0 and c >= 0:
+        # the usual usage object: integer counts (what the general path below decides too)
+        pd, cd = u.get("prompt_tokens_details"), u.get("completion_tokens_details")
+        cached = 0 if pd is None else _optional_count(pd, "cached_tokens")
+        reasoning = 0 if cd is None else _optional_count(cd, "reasoning_tokens")
+        if type(cached) is int and type(reasoning) is int:
+            cost = u.get("cost")
+            if cost is not None:
+                cost = reported_cost(cost)
+                if cost is not None and cost > _MAX_COST:
+                    cost = None
+            return Usage(p, c, cached, reasoning, cost), None
     counts = (
         _count(u.get("prompt_tokens")),
         _count(u.get("completion_tokens")),

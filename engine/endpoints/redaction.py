@@ -60,21 +60,31 @@ class Redactor:
         redact("upstream said: Bearer sk-123")   # 'upstream said: Bearer [REDACTED]'
     """
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_secrets", "_shortest")
 
     def __init__(self, key: str | None) -> None:
         self._secrets = _secret_variants(key)
+        # text shorter than every spelling of the key cannot hold one (most ids, models and
+        # finish reasons): one length check instead of a search per spelling
+        self._shortest = min(map(len, self._secrets), default=0)
 
     def __call__(self, text: str) -> str:
         """``text`` with the key and bearer tokens redacted."""
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "[REDACTED]")
+        if len(text) >= self._shortest:
+            for s in self._secrets:
+                if s in text:
+                    text = text.replace(s, "[REDACTED]")
+        # the regex only where it can match: every spelling of "bearer" it matches (ASCII
+        # letters, no other character folds to them) lower-cases to "bearer"
+        if "bearer" not in text.lower():
+            return text
         return _BEARER.sub("Bearer [REDACTED]", text)
 
     def secrets(self, text: str) -> str:
         """``text`` with the key (in any of its spellings) redacted, and nothing else: for a
         model's answer, where "Bearer" followed by a word is ordinary text."""
+        if len(text) < self._shortest:
+            return text
         for s in self._secrets:
             if s in text:
                 text = text.replace(s, "[REDACTED]")

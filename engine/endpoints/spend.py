@@ -127,6 +127,8 @@ class PriceTable:
 
     def price(self, model: str, *, hosted: bool) -> ModelPrice | None:
         """The price of ``model``: a config entry, else (for a hosted provider) a built-in one."""
+        if not hosted and not self._user:
+            return None  # a local endpoint with no prices configured: unpriced
         short = model.rsplit("/", 1)[-1]
         for table in (self._user, self._builtin if hosted else None):
             if table is None:

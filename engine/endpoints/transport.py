@@ -72,6 +72,9 @@ class Alarm:
         self.reused = False
 
 
+_SERVED = "_engine_served"
+"""The attribute :class:`ReuseAwareConnector` sets on a protocol once it has served a request."""
+
 ATTEMPT: ContextVar[Alarm | None] = ContextVar("engine_client_attempt", default=None)
 """The alarm of the attempt running in this context, for the connector to mark reuse on."""
 
@@ -211,7 +214,7 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
     A ``ServerDisconnectedError`` on a pooled connection is the stale keep-alive race (the
     server closed the idle connection as we sent on it) and is retried at once. aiohttp's
     tracing can report reuse too, but it costs every request several signal dispatches; this
-    costs one set lookup in :meth:`connect` (a public, documented connector method).
+    costs one attribute read in :meth:`connect` (a public, documented connector method).
 
     The handshake limit: a server that accepts in bursts completes hundreds of handshakes
     in the same instant, and each completion resumes a request (transport, protocol,
@@ -223,6 +226,7 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # protocols that cannot carry the mark (a future aiohttp with slotted ones)
         self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
         self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
 
@@ -243,14 +247,19 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
     ) -> Connection:
         """A connection, marking the current attempt's alarm when it was served before."""
         conn = await super().connect(req, traces, timeout)
-        state = ATTEMPT.get()
         proto = conn.protocol
         if proto is not None:
-            if proto in self._served:
+            # A mark on the protocol itself (it lives exactly as long as its connection): one
+            # attribute read per request where a WeakSet lookup made a weak reference.
+            if getattr(proto, _SERVED, False) or proto in self._served:
+                state = ATTEMPT.get()
                 if state is not None:
                     state.reused = True
             else:
-                self._served.add(proto)
+                try:
+                    setattr(proto, _SERVED, True)
+                except AttributeError:
+                    self._served.add(proto)
         return conn
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.telemetry.events import EventLog, MetricsLog, RequestStatistics, RequestTally
+from engine.telemetry.events import (
+    LATENCY_SAMPLE,
+    EventLog,
+    LatencySample,
+    MetricsLog,
+    RequestStatistics,
+    RequestTally,
+)
 from engine.telemetry.records import read_records
 
 
@@ -98,3 +105,54 @@ def test_metrics_log_appends_one_line_per_step(tmp_path: Path) -> None:
     metrics.write({"step": 1, "reward": 0.5})
     assert list(read_records(path)) == [{"step": 0, "reward": None}, {"step": 1, "reward": 0.5}]
     metrics.close()
+
+
+def test_latency_memory_is_bounded_when_step_metrics_is_never_called() -> None:
+    """An embedder whose group ids encode no step never resets the window: over 100k events
+    the latencies kept stay at LATENCY_SAMPLE, and the quantiles still follow the window's."""
+    log = EventLog(None)
+    total = 100_000
+    for i in range(total):
+        # latencies 0, 1/total, ... in a scrambled order: the window's p50 is 0.5
+        log.emit(kind="generation", group_id="g", status=200, latency=(i * 7919 % total) / total)
+    tally = log._unstepped
+    assert tally.latencies.seen == total
+    assert len(tally.latencies.values) == LATENCY_SAMPLE
+    stats = log.statistics()
+    assert stats.requests == total
+    assert abs(stats.latency_p50 - 0.5) < 0.02
+    assert abs(stats.latency_p99 - 0.99) < 0.01
+    assert len(log._unstepped.latencies.values) == LATENCY_SAMPLE  # statistics() kept it bounded
+
+
+def test_latency_sample_keeps_every_value_below_its_capacity() -> None:
+    """Below capacity the sample is exact, merged too; past it, a merge keeps capacity values
+    drawn from each side in proportion to what it saw."""
+    a, b = LatencySample(capacity=10), LatencySample(capacity=10)
+    for x in range(4):
+        a.add(float(x))
+        b.add(float(10 + x))
+    a.merge(b)
+    assert sorted(a.values) == [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0] and a.seen == 8
+    big = LatencySample(capacity=10)
+    for _ in range(90):
+        big.add(100.0)
+    a.merge(big)
+    assert len(a.values) == 10 and a.seen == 98
+    assert a.values.count(100.0) == 9  # 90 of the 98 seen
+    with pytest.raises(ValueError, match="capacity"):
+        LatencySample(capacity=0)
+
+
+def test_emit_event_counts_like_emit(tmp_path: Path) -> None:
+    """emit_event (a dict the log takes over) writes and counts what emit writes."""
+    log = EventLog(tmp_path / "events.jsonl")
+    log.emit(kind="judge", status=200, latency=0.1, prompt_tokens=2)
+    log.emit_event({"kind": "judge", "status": 200, "latency": 0.1, "prompt_tokens": 2})
+    log.close()
+    first, second = read_records(tmp_path / "events.jsonl")
+    assert set(first) == set(second) and "ts" in second
+    assert {k: v for k, v in first.items() if k != "ts"} == {
+        k: v for k, v in second.items() if k != "ts"
+    }
+    assert log.statistics().prompt_tokens == 4
