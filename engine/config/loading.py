@@ -90,6 +90,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "rollout.min_group_size": (1, None, False),
     "rollout.oversample": (0, None, False),
     "rollout.max_groups_in_flight": (0, None, False),
+    "rollout.straggler_deadline": (0.0, None, False),
     "data.eval_fraction": (0.0, 1.0, False),
     "data.batch_size": (1, None, False),
     "data.num_examples": (2, None, False),
@@ -353,6 +354,13 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             key="optim.warmup_steps",
         )
     _check_hf(config, path)
+    if config.rollout.straggler_deadline > 0 and config.rollout.admission != "continuous":
+        raise ConfigError(
+            'straggler_deadline applies to rollout.admission = "continuous" only (batch '
+            "admission waits for every group, so that runs stay reproducible)",
+            path=path,
+            key="rollout.straggler_deadline",
+        )
     _check_report_to(config.report_to, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):

@@ -166,6 +166,10 @@ class Learner:
                 f"snapshot {version} is older than max_staleness allows (now {self.version})"
             ) from None
 
+    async def wait_published(self) -> None:
+        """Wait until the learner publishes its next version."""
+        await self._published.wait()
+
     # ----------------------------------------------------------------------- update
 
     async def update(self, batch: ScoredBatch) -> dict[str, Any]:

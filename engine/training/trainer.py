@@ -62,7 +62,7 @@ from .assembly import build_components
 from .checkpoints import RunCheckpoints
 from .heldout import evaluate_heldout, finite_mean
 from .outputs import OUTPUT_FILES, RunFiles
-from .producer import BatchProducer
+from .producer import BatchProducer, ContinuousProducer, make_producer, read_position
 from .progress import RunProgress
 from .rundir import RunDirClaim, claim_run_dir
 from .sources import Source, TrainData, data_digests, training_sources, validate_files
@@ -305,12 +305,15 @@ class TrainingManager:
         rng: np.random.Generator,
         step: int,
         counters: RolloutCounters | None = None,
+        *,
+        cut: anyio.Event | None = None,
     ) -> Group | None:
         """Fan out one group through :class:`~engine.rollout.groups.GroupRunner`.
 
         Admitted whole against the limits, generated, each sample scored as soon as it exists,
         completed by the ``[rollout]`` policy (retry, shrink or drop failed members; cancel
-        oversampled stragglers). Returns None when the group is dropped; ``counters`` counts.
+        oversampled stragglers). Returns None when the group is dropped; ``counters`` counts;
+        ``cut`` set ends a straggler with what it has (continuous admission).
         """
         runner = self._group_runner
         if (
@@ -322,7 +325,7 @@ class TrainingManager:
                 self.policy, self.rewarder, self.config, events=self.events
             )
             self._group_runner = runner  # one admission gate for every batch of the run
-        return await runner.run(snapshot, example, group_id, rng, step, counters=counters)
+        return await runner.run(snapshot, example, group_id, rng, step, counters=counters, cut=cut)
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -415,9 +418,7 @@ class TrainingManager:
             if start < self.config.steps and self._stop_requested is None:
                 with self._stoppable():
                     async with anyio.create_task_group() as tg:
-                        producer = BatchProducer(
-                            self.config, self.sampler, self.learner, self.run_group
-                        )
+                        producer = self._producer(start)
                         tg.start_soon(producer.produce, send, start)
                         await self._learn(recv)
                         if self._stop_requested is None:
@@ -433,6 +434,20 @@ class TrainingManager:
         _log.info("run.stop", reason=self.stop_reason, steps_done=self.learner.version)
         with anyio.CancelScope(shield=True):
             return await self._finish(eval_before)
+
+    def _producer(self, start: int) -> BatchProducer | ContinuousProducer:
+        """The producer ``rollout.admission`` names; a continuous one continues from a
+        resumed checkpoint's data position and saves its own in each checkpoint."""
+        position = None
+        saved = self.checkpoints.loaded_position
+        if self.config.rollout.admission == "continuous" and saved is not None:
+            position = read_position(saved, f"checkpoint at step {start}")
+        producer = make_producer(
+            self.config, self.sampler, self.learner, self.run_group, position=position
+        )
+        if isinstance(producer, ContinuousProducer):
+            self.checkpoints.position = producer.position
+        return producer
 
     def _unstarted(self) -> RunSummary:
         """The summary of a run stopped while it read its data: nothing was written."""
