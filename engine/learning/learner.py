@@ -166,9 +166,10 @@ class Learner:
                 f"snapshot {version} is older than max_staleness allows (now {self.version})"
             ) from None
 
-    async def wait_published(self) -> None:
-        """Wait until the learner publishes its next version."""
-        await self._published.wait()
+    def next_publish(self) -> anyio.Event:
+        """An event set when the learner publishes its next version (take it before
+        checking ``version``, then wait on it: no publish in between is missed)."""
+        return self._published
 
     # ----------------------------------------------------------------------- update
 

@@ -333,16 +333,18 @@ class ContinuousProducer:
     async def _wait(self, *, published: bool = False, within: float = math.inf) -> None:
         """Until a group finishes (or, ``published``, the learner publishes a version), or
         ``within`` seconds."""
+        # the events now, before anything can run: a change after the caller's check sets
+        # one of these, never only a later one
+        events = [self._changed, self.learner.next_publish()] if published else [self._changed]
         with anyio.move_on_after(within):
             async with anyio.create_task_group() as tg:
 
-                async def on(wait: Awaitable[Any]) -> None:
-                    await wait
+                async def on(event: anyio.Event) -> None:
+                    await event.wait()
                     tg.cancel_scope.cancel()
 
-                tg.start_soon(on, self._changed.wait())
-                if published:
-                    tg.start_soon(on, self.learner.wait_published())
+                for event in events:
+                    tg.start_soon(on, event)
 
     def _pick(self, b: int, room: int) -> _Done | None:
         """The first finished group (completion order) that batch ``b`` may take with
