@@ -328,9 +328,10 @@ class RolloutConfig:
     trains the next data.batch_size groups to complete (keeps the endpoint busy under long
     latency tails; resumes soundly but not bit for bit; README, Continuous admission)."""
     straggler_deadline: float = 0.0
-    """continuous only: seconds after it started from which a group that holds back the
-    learner is cut: its unfinished members are cancelled and partial_group decides what is
-    kept (a group still short of min_group_size is dropped); 0 = wait for it."""
+    """continuous only: seconds the learner may wait for stragglers once enough other groups
+    have finished to fill its batch; then they are cut: their unfinished members are
+    cancelled and partial_group decides what is kept (a group short of min_group_size is
+    dropped). 0 = wait for them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,10 @@ staleness managers count it. Two rules keep it:
 - *consumption*: completed groups are taken in completion order, except that a group is
   passed over (left for a later batch) while taking it would leave too little room in this
   batch for groups whose deadline is nearer (earliest deadline first). A group whose deadline
-  is this batch is waited for; once it has run ``rollout.straggler_deadline`` seconds it is
-  cut and ``rollout.partial_group`` decides what is kept of it.
+  is this batch is waited for. Once enough other groups have finished to fill the batch, the
+  learner is *held back* by the stragglers it waits for; after ``rollout.
+  straggler_deadline`` seconds of that they are cut and ``rollout.partial_group`` decides
+  what is kept of each.
 
 The two rules never let a group be trained past its deadline (``tests/training/
 test_continuous.py`` checks it under random latencies). Checkpoints in continuous mode hold
@@ -363,9 +365,10 @@ class ContinuousProducer:
 
     async def _form(self, b: int) -> ScoredBatch:
         """Batch ``b``: the next ``B`` groups to finish, earliest deadline first where the
-        bound needs it; stragglers that hold it back are cut past their deadline."""
+        bound needs it; stragglers that hold it back are cut (:meth:`_held_back`)."""
         B = self.batch_size
         picked: list[_Done] = []
+        held_since: float | None = None
         while len(picked) < B:
             item = self._pick(b, B - len(picked))
             if item is not None:
@@ -373,9 +376,10 @@ class ContinuousProducer:
                 self._pending[item.deadline] -= 1
                 self._consumed += 1
                 picked.append(item)
-                self._notify()  # a place freed for admission
+                held_since = None
                 continue
-            await self._wait(within=self._cut_stragglers())
+            held_since, within = self._held_back(B - len(picked), held_since)
+            await self._wait(within=within)
         counters, self._counters = self._counters, RolloutCounters()
         metrics: dict[str, float] = dict(counters.statistics().metrics())
         metrics["groups/cut"], self._cut = self._cut, 0
@@ -392,24 +396,25 @@ class ContinuousProducer:
             started=min(d.wall for d in picked),
         )
 
-    def _cut_stragglers(self) -> float:
-        """Cut the started groups of the nearest deadline that have run past
-        ``straggler_deadline``; seconds until the next one will have (inf: none)."""
+    def _held_back(self, room: int, since: float | None) -> tuple[float | None, float]:
+        """The batch waits with ``room`` places left: when enough groups have finished to
+        fill them and only the bound keeps them out (the places are owed to groups of a
+        nearer deadline, still running), the learner is held back by those stragglers. Once
+        it has been for ``straggler_deadline`` seconds, they are cut. Returns when the hold
+        began (None: not held) and the seconds until the next cut (inf: none)."""
         limit = self.straggler_deadline
-        if limit <= 0 or not self._live:
-            return math.inf
-        nearest = min(live.deadline for live in self._live.values())
+        if limit <= 0 or len(self._done) < room or not self._live:
+            return None, math.inf
         now = anyio.current_time()
-        wait = math.inf
+        since = now if since is None else since
+        left = since + limit - now
+        if left > 0:
+            return since, left
+        nearest = min(live.deadline for live in self._live.values())
         for live in self._live.values():
-            if live.deadline != nearest or live.cut.is_set():
-                continue
-            left = live.started + limit - now
-            if left <= 0:
+            if live.deadline == nearest:
                 live.cut.set()
-            else:
-                wait = min(wait, left)
-        return wait
+        return since, math.inf
 
 
 def make_producer(
