@@ -39,10 +39,11 @@ separate`` gives each endpoint its own (what ``python -m engine run`` does when 
 names another endpoint). Utilization is the busy fraction of the allowed concurrency over the
 arm's wall time, two ways:
 
-- client side (the headline): the limiter slots held, sampled every 5 ms, divided by
-  ``allowed``: what the orchestration keeps busy; over the whole run, and *steady*: until
-  the run's last group started (after it only the last groups' tail is left: at a fixed
-  number of steps no schedule can fill that drain, and a short run weighs it heavily);
+- client side (the headline): the limiter slots held, sampled every 5 ms and weighted by
+  the time each sample stands for, divided by ``allowed``: what the orchestration keeps
+  busy; over the whole run, and *steady*: until the run's last group started (after it
+  only the last groups' tail is left: at a fixed number of steps no schedule can fill that
+  drain, and a short run weighs it heavily);
 - server side: the integral of requests in flight, summed over both servers (``GET
   /sim/stats``: ``concurrency_seconds``), divided by ``wall * allowed``. The gap between the
   two is the client's own time per request while holding a slot (sending, reading, parsing,
@@ -62,6 +63,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import platform
 import statistics
@@ -313,33 +315,41 @@ ARMS: dict[str, str] = {
 
 
 class SlotSampler:
-    """Client-side view: the limiter slots in use, sampled every 5 ms, with the generation
+    """Client-side view, sampled every 5 ms (a busy loop samples less often, so every sample
+    is weighted by the time until the next): the limiter slots in use, the load offered to
+    them (slots in use plus requests queued for one, at most the limit), and the generation
     client's calls started so far (to find when the run's last group started)."""
 
-    def __init__(self, limiters: list[Any], gen: Client) -> None:
+    def __init__(self, limiters: list[Any], gen: Client, allowed: int) -> None:
         self.limiters = limiters  # one shared limiter, or one per client
         self.gen = gen
-        self.samples: list[tuple[int, int]] = []  # (slots in use, generation calls started)
+        self.allowed = allowed
+        self.samples: list[tuple[float, int, int, int]] = []  # (time, used, offered, calls)
 
     async def run(self) -> None:
         while True:
-            used = sum(lim.statistics().in_flight for lim in self.limiters)
-            self.samples.append((used, self.gen.statistics().calls))
+            stats = [lim.statistics() for lim in self.limiters]
+            used = sum(st.in_flight for st in stats)
+            offered = sum(min(st.in_flight + st.waiting, st.concurrency_limit) for st in stats)
+            self.samples.append((time.perf_counter(), used, offered, self.gen.statistics().calls))
             await anyio.sleep(0.005)
 
-    def mean(self) -> float:
-        """Mean slots in use over the whole run."""
-        return statistics.fmean(u for u, _ in self.samples) if self.samples else 0.0
+    def _steady(self) -> list[tuple[float, int, int, int]]:
+        """The samples until the last generation call started (the run's last group): after
+        it only the last groups' tail is left, which no schedule can fill at a fixed number
+        of steps."""
+        last = self.samples[-1][3]
+        end = next(i for i, sample in enumerate(self.samples) if sample[3] == last)
+        return self.samples[: end + 2]
 
-    def steady(self) -> float:
-        """Mean slots in use until the last generation call started (the run's last group):
-        after it only the last groups' tail is left, which no schedule can fill at a fixed
-        number of steps."""
-        if not self.samples:
+    def mean(self, field: int, *, steady: bool = False) -> float:
+        """The time-weighted mean of ``field`` (1: used, 2: offered) over the run (or its
+        steady part), as a fraction of the allowed concurrency."""
+        samples = self._steady() if steady and self.samples else self.samples
+        if len(samples) < 2:
             return 0.0
-        last = self.samples[-1][1]
-        end = next(i for i, (_, calls) in enumerate(self.samples) if calls == last)
-        return statistics.fmean(u for u, _ in self.samples[: end + 1])
+        area = sum(a[field] * (b[0] - a[0]) for a, b in itertools.pairwise(samples))
+        return area / (samples[-1][0] - samples[0][0]) / self.allowed
 
 
 async def measure(
@@ -352,7 +362,7 @@ async def measure(
         before = [await sim_stats(s, u) for u in urls]
         async with parts(cfg, examples, shared=shared) as p, anyio.create_task_group() as tg:
             limiters = [p.gen.limiter] if shared else [p.gen.limiter, p.judge.limiter]
-            slots = SlotSampler(limiters, p.gen)
+            slots = SlotSampler(limiters, p.gen, cfg.limits.max_concurrency * len(limiters))
             tg.start_soon(slots.run)
             t0, c0 = time.perf_counter(), time.process_time()
             out = await arm(cfg, p, examples)
@@ -367,8 +377,9 @@ async def measure(
         out[f"{key}_busy"] = (a["concurrency_seconds"] - b["concurrency_seconds"]) / wall
         busy += out[f"{key}_busy"]
     out["util"] = busy / allowed  # server side: requests being served / allowed
-    out["slots"] = slots.mean() / allowed  # client side: limiter slots held / allowed
-    out["steady"] = slots.steady() / allowed  # the same until the last group started
+    out["slots"] = slots.mean(1)  # client side: limiter slots held / allowed
+    out["steady"] = slots.mean(1, steady=True)  # the same until the last group started
+    out["offered"] = slots.mean(2, steady=True)  # held or asked for, until then
     out["wall"] = wall
     return out
 
@@ -378,11 +389,10 @@ def _print_row(label: str, r: dict[str, Any]) -> None:
         f"   {k.replace('_', ' ')} {r[k]}" for k in ("stale_dropped", "cut", "dropped") if r[k]
     )
     print(
-        f"  {label:<22} wall {r['wall']:7.2f} s   utilization client {r['slots']:6.1%} (steady "
-        f"{r['steady']:6.1%}) server "
-        f"{r['util']:6.1%}   requests: generation {r['gen_requests']}, judge "
-        f"{r['judge_requests']}   CPU {r['cpu']:5.2f} s   reward {r['reward_last']:.3f}   "
-        f"max lag {r['max_lag']}{extra}",
+        f"  {label:<22} wall {r['wall']:7.2f} s   offered {r['offered']:6.1%}   slots held "
+        f"{r['slots']:6.1%} (steady {r['steady']:6.1%})   server {r['util']:6.1%}   requests: "
+        f"generation {r['gen_requests']}, judge {r['judge_requests']}   CPU {r['cpu']:5.2f} s   "
+        f"reward {r['reward_last']:.3f}   max lag {r['max_lag']}{extra}",
         flush=True,
     )
 
@@ -396,9 +406,9 @@ def _span(xs: list[float], fmt: str) -> str:
 def _table(rows: dict[tuple[float, str], list[dict[str, Any]]], arms: list[str], s: int) -> None:
     """The markdown table of the run: per spread and arm, medians (ranges) over rounds."""
     print(
-        "\n| sigma | arm | wall s | x chained | utilization client: run (steady) | utilization "
-        "server | reward (last 5 steps) | max lag | cut / dropped |\n"
-        "|---|---|---|---|---|---|---|---|---|"
+        "\n| sigma | arm | wall s | x chained | offered (steady) | slots held: run (steady) "
+        "| server busy | reward (last 5 steps) | max lag | cut / dropped |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     for sigma in sorted({k[0] for k in rows}):
         peer = [r["wall"] for r in rows.get((sigma, "chained"), [])]
@@ -410,6 +420,7 @@ def _table(rows: dict[tuple[float, str], list[dict[str, Any]]], arms: list[str],
             )
             print(
                 f"| {sigma} | {ARMS[arm].format(s=s)} | {_span(walls, '.2f')} | {speed} | "
+                f"{_span([r['offered'] for r in rs], '.1%')} | "
                 f"{_span([r['slots'] for r in rs], '.1%')} "
                 f"({_span([r['steady'] for r in rs], '.1%')}) | "
                 f"{_span([r['util'] for r in rs], '.1%')}"
