@@ -17,9 +17,10 @@ The bound is kept per group: a group started at version ``v`` is trained at a ve
 ``<= v + max_staleness`` (its *deadline* batch ``v + max_staleness``), as AReaL's and SkyRL's
 staleness managers count it. Two rules keep it:
 
-- *admission*: a group may start at version ``V`` only while the groups started so far (not
-  dropped) fit in the batches up to its deadline, ``started + 1 <= (V + max_staleness + 1) *
-  B``;
+- *admission*: a group may start at version ``V`` only while it and the groups started and
+  not yet taken into a batch (nor dropped) fit in the places left up to its deadline batch:
+  the forming batch's and ``B`` per later batch (with full batches, ``started + 1 <= (V +
+  max_staleness + 1) * B``);
 - *consumption*: completed groups are taken in completion order, except that a group is
   passed over (left for a later batch) while taking it would leave too little room in this
   batch for groups whose deadline is nearer (earliest deadline first). A group whose deadline
@@ -241,7 +242,8 @@ class ContinuousProducer:
         self._finished: set[int] = set()  # indices > _next trained or dropped
         self._records: dict[int, list[int]] = {}  # batch step -> indices it finished
         self._since: list[int] = []  # indices finished since the last batch: dropped ones
-        self._consumed = 0  # groups taken into batches (the forming one included)
+        self._forming = 0  # the batch being formed (or the last one, until it is sent)
+        self._room = 0  # its places left
         self._pending: Counter[int] = Counter()  # deadline -> started groups not taken yet
         self._live: dict[int, _Live] = {}
         self._done: list[_Done] = []  # finished groups not taken yet, in completion order
@@ -271,7 +273,7 @@ class ContinuousProducer:
         B = self.batch_size
         self._next, done = self._position if self._position is not None else (start * B, ())
         self._finished = set(done)
-        self._consumed = start * B
+        self._forming, self._room = start, B
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._admit, tg)
             async with send:
@@ -283,12 +285,12 @@ class ContinuousProducer:
         return sum(self._pending.values())
 
     def _may_start(self, version: int) -> bool:
-        """A group started now, at ``version``, fits in the batches up to its deadline."""
-        started = self._consumed + self._unconsumed() + 1
-        deadline = version + self.max_staleness
-        return started <= (deadline + 1) * self.batch_size and started <= self.steps * (
-            self.batch_size
-        )
+        """A group started now, at ``version``, fits with the groups started and not taken
+        yet in the places left up to its deadline batch (and the run's last batch): the
+        forming batch's room and ``B`` per later batch."""
+        deadline = min(version + self.max_staleness, self.steps - 1)
+        places = self._room + (deadline - self._forming) * self.batch_size
+        return self._unconsumed() + 1 <= places
 
     async def _admit(self, tg: TaskGroup) -> None:
         """Start the groups in data order as the bound allows."""
@@ -365,16 +367,21 @@ class ContinuousProducer:
 
     async def _form(self, b: int) -> ScoredBatch:
         """Batch ``b``: the next ``B`` groups to finish, earliest deadline first where the
-        bound needs it; stragglers that hold it back are cut (:meth:`_held_back`)."""
+        bound needs it; stragglers that hold it back are cut (:meth:`_held_back`). When a
+        batch's worth of groups was dropped before it filled (every request failing, the
+        budget spent), it goes short, even empty, so that the trainer sees the failures (once
+        no started group is due in it: the bound still holds)."""
         B = self.batch_size
         picked: list[_Done] = []
         held_since: float | None = None
-        while len(picked) < B:
+        self._forming, self._room = b, B
+        self._notify()  # the places of a new batch: admission may go on
+        while len(picked) < B and not (len(self._since) >= B and self._due(b) == 0):
             item = self._pick(b, B - len(picked))
             if item is not None:
                 self._done.remove(item)
                 self._pending[item.deadline] -= 1
-                self._consumed += 1
+                self._room -= 1
                 picked.append(item)
                 held_since = None
                 continue
@@ -383,18 +390,23 @@ class ContinuousProducer:
         counters, self._counters = self._counters, RolloutCounters()
         metrics: dict[str, float] = dict(counters.statistics().metrics())
         metrics["groups/cut"], self._cut = self._cut, 0
-        lag = max(b - d.group.policy_version for d in picked)
+        lag = max((b - d.group.policy_version for d in picked), default=0)
         self.max_lag = max(self.max_lag, lag)
         metrics["groups/max_lag"] = lag
         self._records[b] = [d.index for d in picked] + self._since
         self._since = []
+        now, wall = time.perf_counter(), time.time()
         return ScoredBatch(
             b,
             [d.group for d in picked],
-            gen_time=time.perf_counter() - min(d.perf for d in picked),
+            gen_time=now - min((d.perf for d in picked), default=now),
             rollout_metrics=metrics,
-            started=min(d.wall for d in picked),
+            started=min((d.wall for d in picked), default=wall),
         )
+
+    def _due(self, b: int) -> int:
+        """Started groups not taken yet whose deadline is batch ``b`` (or earlier)."""
+        return sum(n for d, n in self._pending.items() if d <= b)
 
     def _held_back(self, room: int, since: float | None) -> tuple[float | None, float]:
         """The batch waits with ``room`` places left: when enough groups have finished to

@@ -291,3 +291,36 @@ def test_straggler_deadline_needs_continuous_admission() -> None:
         load_config(None, ["rollout.admission='eager'"])
     with pytest.raises(ConfigError, match=r"rollout\.straggler_deadline"):
         config("rollout.straggler_deadline=-1.0")
+
+
+class Failing(Delayed):
+    """Every generation call fails (an endpoint that is down)."""
+
+    async def generate(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> list[Sample]:
+        await anyio.sleep(self.delay(0, 0))
+        raise ConnectionError("endpoint down")
+
+
+def test_every_group_failing_stops_the_run_for_failures() -> None:
+    """When every group is dropped, a batch's worth of drops sends the batch empty, so the
+    trainer's failure count stops the run (trainer.max_failed_steps) instead of admitting
+    groups for ever."""
+
+    @virtual_time
+    async def run() -> None:
+        cfg = config("steps=10", "grpo.max_staleness=1", "trainer.max_failed_steps=3")
+        policy = Failing(cfg, lambda rank, call: 0.5)
+        async with TrainingManager(cfg, policy=policy, out=None) as tm:
+            summary = await tm.run()
+        assert summary.stop_reason == "failures" and summary.steps_done == 3
+        assert all(m["groups/dropped"] >= 4 and m["groups"] == 0 for m in tm.history)
+
+    run()
