@@ -23,11 +23,12 @@ import pytest
 
 from engine.config.loading import load_config
 from engine.config.sections import RunConfig
-from engine.errors import ConfigError
+from engine.errors import CheckpointError, ConfigError
 from engine.learning.learner import ScoredBatch
 from engine.policies.base import PolicySnapshot
 from engine.policies.tinylm import TinyLM
 from engine.telemetry.records import read_records
+from engine.training.producer import read_position
 from engine.training.trainer import BatchMetrics, TrainingManager
 from engine.types import Example, Sample
 from tests.virtual_time import virtual_time
@@ -324,3 +325,12 @@ def test_every_group_failing_stops_the_run_for_failures() -> None:
         assert all(m["groups/dropped"] >= 4 and m["groups"] == 0 for m in tm.history)
 
     run()
+
+
+def test_a_malformed_admission_position_is_one_checkpoint_error() -> None:
+    """The data position a checkpoint holds is checked, not trusted."""
+    assert read_position({"next": 8, "done": [10, 12]}, "ck") == (8, frozenset({10, 12}))
+    for bad in (None, [], {"next": -1, "done": []}, {"next": 3, "done": [2]},
+                {"next": True, "done": []}, {"next": 3, "done": "4"}):  # fmt: skip
+        with pytest.raises(CheckpointError, match="ck: admission position"):
+            read_position(bad, "ck")
