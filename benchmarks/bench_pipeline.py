@@ -50,7 +50,10 @@ arm's wall time, two ways:
   waiting for a busy event loop), which shrinks relative to the request as latency grows.
 
 Arms rotate their order each of ``--repeat`` rounds, fresh clients and judge cache each (the
-machine is shared: compare within a run). Run::
+machine is shared: compare within a run). Each arm gets fresh servers seeded by the round, so
+the arms of a round draw the same latency sequence (paired: at sigma 1.5 one request in a
+thousand takes 100x the median, and which arm meets it would otherwise decide the ranking of
+the on-policy arms). Run::
 
     python -m benchmarks.bench_pipeline                              # 4 spreads, 2 rounds
     python -m benchmarks.bench_pipeline --sigmas 1.0 --repeat 1      # quick look
@@ -453,20 +456,22 @@ async def bench(args: argparse.Namespace) -> None:
         flush=True,
     )
     rows: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    with sim_process(args.judge_latency, args.judge_sigma, seed=2) as judge_url:
-        for sigma in sigmas:
-            with sim_process(args.latency, sigma, seed=1) as gen_url:
-                cfg = run_config(args, gen_url, judge_url)
-                for rep in range(args.repeat):
-                    print(f"sigma {sigma}, round {rep + 1}/{args.repeat}", flush=True)
-                    k = rep % len(arms)
-                    for arm in arms[k:] + arms[:k]:  # rotate the order each round
-                        r = await measure(
-                            arm, arm_config(cfg, arm, args), examples, (gen_url, judge_url),
-                            shared=shared,
-                        )  # fmt: skip
-                        rows.setdefault((sigma, arm), []).append(r)
-                        _print_row(ARMS[arm].format(s=args.max_staleness), r)
+    for sigma in sigmas:
+        for rep in range(args.repeat):
+            print(f"sigma {sigma}, round {rep + 1}/{args.repeat}", flush=True)
+            k = rep % len(arms)
+            for arm in arms[k:] + arms[:k]:  # rotate the order each round
+                # fresh servers seeded by the round: every arm of a round draws the same
+                # latency sequence (in arrival order), so a rare 100x straggler is not one
+                # arm's bad luck
+                with (
+                    sim_process(args.judge_latency, args.judge_sigma, seed=2 + 2 * rep) as j_url,
+                    sim_process(args.latency, sigma, seed=1 + 2 * rep) as gen_url,
+                ):
+                    cfg = arm_config(run_config(args, gen_url, j_url), arm, args)
+                    r = await measure(arm, cfg, examples, (gen_url, j_url), shared=shared)
+                rows.setdefault((sigma, arm), []).append(r)
+                _print_row(ARMS[arm].format(s=args.max_staleness), r)
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
     _table(rows, arms, args.max_staleness)
 
