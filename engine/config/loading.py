@@ -106,6 +106,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "environment.max_turns": (1, None, False),
     "environment.deadline": (0.0, None, False),
     "environment.max_tokens": (0, None, False),
+
+    "rollout.straggler_deadline": (0.0, None, False),
     "data.eval_fraction": (0.0, 1.0, False),
     "data.batch_size": (1, None, False),
     "data.num_examples": (2, None, False),
@@ -370,6 +372,14 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
         )
     _check_hf(config, path)
     _check_environment(config, path)
+
+    if config.rollout.straggler_deadline > 0 and config.rollout.admission != "continuous":
+        raise ConfigError(
+            'straggler_deadline applies to rollout.admission = "continuous" only (batch '
+            "admission waits for every group, so that runs stay reproducible)",
+            path=path,
+            key="rollout.straggler_deadline",
+        )
     _check_report_to(config.report_to, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):

@@ -193,7 +193,16 @@ class Pacer:
         await waiter  # a cancelled waiter stays queued, done: its turn goes to the next
 
     def _next_iteration(self) -> None:
-        """A new loop iteration: let the next waiters start, as many as fit last time."""
+        """A new loop iteration: let the next waiters start, as many as fit last time.
+
+        What fit is measured again every iteration while calls queue: the starts let through
+        since ``_first`` took until now, scaled to the budget (at most doubling), so a quota
+        cut to one by a slow start (a machine short of CPU) grows back once starts are fast
+        again instead of holding a long queue at one start per iteration."""
+        if self._started and self._waiters:
+            elapsed = self._loop.time() - self._first
+            fit = self._started * self._budget / elapsed if elapsed > 0 else math.inf
+            self._per = max(1, int(min(2 * self._started, fit)))
         granted = 0
         while self._waiters and granted < self._per:
             waiter = self._waiters.popleft()

@@ -355,19 +355,44 @@ class GroupRunner:
         step: int,
         *,
         counters: RolloutCounters | None = None,
+        cut: anyio.Event | None = None,
     ) -> Group | None:
         """Generate, score and complete one group; None when it is dropped (counted, logged).
 
         Every rollout carries ``snapshot.version``. ``counters`` accumulates the counts.
+        ``cut``: once set (a straggler past its deadline, continuous admission), the group's
+        unfinished requests are cancelled and the partial-group policy ends it with the
+        members scored so far (no re-request: there is no time left for one).
         """
         counters = counters if counters is not None else RolloutCounters()
         g = _GroupRun(snapshot, example, group_id, rng, [None] * self.group_size, counters)
+        attempts = [0]
         with structlog.contextvars.bound_contextvars(group_id=group_id, step=step):
-            await self._round(g, list(range(self.group_size)), attempt=0)
-            attempt = await self._retry_missing(g)
-            if self.group_scoring:
-                await self._score_slots(g, list(range(self.group_size)))
-            return self.completion.finish(g, step, attempt)
+            if cut is None:
+                await self._complete(g, attempts)
+            else:
+                async with anyio.create_task_group() as tg:
+
+                    async def complete() -> None:
+                        await self._complete(g, attempts)
+                        tg.cancel_scope.cancel()
+
+                    async def watch() -> None:
+                        await cut.wait()
+                        _log.info("group.cut", scored=sum(r is not None and r.ok
+                                                          for r in g.slots))  # fmt: skip
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(complete)
+                    tg.start_soon(watch)
+            return self.completion.finish(g, step, attempts[0])
+
+    async def _complete(self, g: _GroupRun, attempts: list[int]) -> None:
+        """Every round of one group: the first, re-requests, a per-group judge's scoring."""
+        await self._round(g, list(range(self.group_size)), attempt=0)
+        attempts[0] = await self._retry_missing(g)
+        if self.group_scoring:
+            await self._score_slots(g, list(range(self.group_size)))
 
     async def _retry_missing(self, g: _GroupRun) -> int:
         """Re-request failed members, up to ``member_retries`` rounds; the rounds run."""

@@ -9,7 +9,7 @@ is saved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,10 @@ class RunCheckpoints:
         self.directory = directory
         self.force = False  # resume under a changed config (only the policy kind must agree)
         self.data_digests: dict[str, str] = {}  # the dataset files' SHA-256, by config key
+        self.position: Callable[[int], dict[str, Any]] | None = None
+        """Continuous admission: the data position at a version, saved as ``admission``."""
+        self.loaded_position: object = None
+        """The ``admission`` entry of the checkpoint :meth:`load` read (None: none)."""
 
     async def save(self, path: str | Path, progress: RunProgress) -> Path:
         """Write the learner's state and ``progress`` to ``path`` atomically."""
@@ -105,6 +109,8 @@ class RunCheckpoints:
                 "note": "every draw is keyed by (seed, step, group): no stream state",
             },
         }
+        if self.position is not None:
+            meta["admission"] = self.position(self.learner.version)
         return await anyio.to_thread.run_sync(ckpt.save_checkpoint, path, arrays, meta)
 
     async def load(self, path: str | Path) -> RunProgress:
@@ -125,6 +131,7 @@ class RunCheckpoints:
         check_compatible(saved, to_dict(self.config), str(path), force=self.force)
         self._check_data(meta.get("data"), path)
         with ckpt.restoring(path):  # a malformed meta.json: one CheckpointError
+            self.loaded_position = meta.get("admission")
             self.learner.load_state(arrays, meta)
             return RunProgress.from_meta(meta.get("trainer", {}))
 

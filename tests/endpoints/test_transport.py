@@ -62,3 +62,25 @@ async def test_pacer_budget_bounds_the_starts_of_one_iteration(budget: float, bu
         assert max(per_iteration.values()) <= 6 and len(per_iteration) >= 7, per_iteration
     else:
         assert list(per_iteration.values()) == [40]
+
+
+async def test_pacer_quota_grows_back_once_starts_are_fast_again() -> None:
+    """Budget 10 ms: the first starts are slow (30 ms each), so one call passes per
+    iteration; once starts take no time, the quota is measured again every iteration and
+    grows (doubling), so the rest of the queue drains several per iteration."""
+    pacer = Pacer(asyncio.get_running_loop(), 0.01)
+    it = Iterations()
+    passed: list[int] = []
+
+    async def caller(i: int) -> None:
+        await pacer.turn()
+        passed.append(it.n)
+        end = time.perf_counter() + (0.03 if i < 3 else 0.0)
+        while time.perf_counter() < end:  # the work a start does before its first wait
+            pass
+
+    await asyncio.gather(*(caller(i) for i in range(200)))
+    it.stop()
+    per_iteration = list(Counter(passed).values())
+    assert per_iteration[1:3] == [1, 1], per_iteration  # slow starts: one per iteration
+    assert max(per_iteration) >= 8 and len(per_iteration) < 60, per_iteration
