@@ -106,7 +106,6 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "environment.max_turns": (1, None, False),
     "environment.deadline": (0.0, None, False),
     "environment.max_tokens": (0, None, False),
-
     "rollout.straggler_deadline": (0.0, None, False),
     "data.eval_fraction": (0.0, 1.0, False),
     "data.batch_size": (1, None, False),
