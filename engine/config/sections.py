@@ -184,6 +184,12 @@ class PromptPolicyConfig:
     """Every K steps ask the model for new instructions from best and worst rollouts; 0 = never."""
     max_candidates: int = 16
     """Prune the weakest candidates beyond this many."""
+    select_served: bool = True
+    """Serve the candidate with the best held-out (validation) score, not the most probable
+    one; proposals must beat their parent on a minibatch and are kept on the validation
+    Pareto front (engine.policies.prompt.selection)."""
+    minibatch: int = 4
+    """Training examples a proposal is first tried on (those its parent does worst on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +258,13 @@ class LimitsConfig:
     finish and are counted, a checkpoint is written and ``python -m engine run`` exits with
     status 4 (``stop_reason: "budget"``). Costs: the provider's ``usage.cost`` where it
     reports a valid one, else the ``[prices]`` table."""
+    max_requests: int | None = None
+    """Budget in endpoint calls (attempts sent, generation and judge together); None = no
+    budget. Once spent the run stops as for ``max_cost_usd`` (checkpoint, exit status 4) and
+    its summary names the budget (``stop_detail.budget: "calls"``)."""
+    max_total_tokens: int | None = None
+    """Budget in tokens (prompt + completion of the answered calls); None = no budget. Once
+    spent the run stops as for ``max_cost_usd`` (``stop_detail.budget: "tokens"``)."""
 
 
 @dataclass(frozen=True, slots=True)

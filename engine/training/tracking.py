@@ -131,12 +131,13 @@ class RunTrackers:
 def run_artifacts(policy: Any, out: Path) -> list[Path]:
     """The files a finished run attaches to its trackers (blocking: writes them first).
 
-    The prompt policy's most probable candidate goes to ``<out>/served_prompt.json``; the hf
+    The prompt policy's served candidate (its best on the held-out examples, else its most
+    probable) goes to ``<out>/served_prompt.json``; the hf
     policy's LoRA adapter to ``<out>/adapter/`` (PEFT format). ``report.html`` is added by
     the CLI, which writes it.
     """
     found: list[Path] = []
-    best = getattr(policy, "best", None)
+    best = getattr(policy, "served", None) or getattr(policy, "best", None)
     if callable(best):
         candidate = best()
         path = out / "served_prompt.json"

@@ -389,6 +389,7 @@ class TrainingManager:
         with self._stoppable():  # reads in worker threads, a chunk at a time
             await validate_files(self.config)
             await self._load_heldout()
+        self._attach_selection()
         if self._stop_requested is not None:  # stopped before anything was written
             return self._unstarted()
         await anyio.to_thread.run_sync(self.sampler.require_examples)  # before any file
@@ -433,6 +434,20 @@ class TrainingManager:
         _log.info("run.stop", reason=self.stop_reason, steps_done=self.learner.version)
         with anyio.CancelScope(shield=True):
             return await self._finish(eval_before)
+
+    def _attach_selection(self) -> None:
+        """A prompt policy scores its candidates on the held-out examples with the run's
+        reward (:meth:`~engine.policies.prompt.PromptPolicy.attach_selection`)."""
+        attach = getattr(self.policy, "attach_selection", None)
+        if attach is None or not self.heldout or self.policy.selection is not None:  # type: ignore[attr-defined]
+            return
+        rewarder = self.rewarder
+
+        async def score(example: Example, text: str) -> float:
+            s = await rewarder.score(example, text)
+            return math.nan if s.error else s.reward
+
+        attach(score, self.heldout)
 
     def _unstarted(self) -> RunSummary:
         """The summary of a run stopped while it read its data: nothing was written."""
@@ -522,6 +537,14 @@ class TrainingManager:
         batches. A batch with no group (all its requests refused) is never trained."""
         with anyio.move_on_after(self.config.endpoint.deadline) as waited:
             await self.spend.drained()
+        meter = self.spend
+        which = meter.spent_budget or "usd"
+        figures = {
+            "usd": f"${meter.spent:.6g} of ${meter.budget or 0:.6g}",
+            "calls": f"{meter.admitted} of {meter.max_requests} calls",
+            "tokens": f"{meter.tokens} of {meter.max_tokens} tokens",
+        }
+        self.stop_detail = f"the {which} budget ended the run: {figures[which]}"
         _log.warning("spend.budget_spent", spent_usd=self.spend.spent,
                      budget_usd=self.spend.budget, drained=not waited.cancelled_caught,
                      at_step=step)  # fmt: skip
@@ -669,6 +692,9 @@ class TrainingManager:
             "stale_dropped": self.learner.stale_dropped,
             "spent_usd": self.spend.spent,
             "budget_usd": self.spend.budget,
+            "budget_spent": self.spend.spent_budget,
+            "calls": self.spend.admitted,
+            "tokens": self.spend.tokens,
             "eval_failures": dict(self._eval_failures),
         }
         if self.stop_detail is not None:
