@@ -509,12 +509,17 @@ class TrainingManager:
         Once the budget is spent (:meth:`_budget_stop`), batches are still trained while they
         hold scored groups: only requests sent before the cap can have been answered, so
         those batches use the answers in flight at the cap. The first batch without a group
-        (every request refused) ends the run, within ``max_staleness`` steps of the cap."""
+        (every request refused) ends the run, within ``max_staleness`` steps of the cap, and
+        so does a batch begun more than ``max_staleness`` steps after it (its groups can only
+        hold answers a policy's cache gave without a call)."""
         spent = False
+        spent_at = 0
         async for batch in recv:
             if not spent and self.spend.exhausted:
                 spent = await self._budget_stop(batch.step)
-            if spent and not batch.groups:
+                spent_at = batch.step
+            late = batch.step > spent_at + self.config.grpo.max_staleness
+            if spent and (not batch.groups or late):
                 break
             self.events.record_phase("rollouts", step=batch.step, start=batch.started,
                                      duration=batch.gen_time)  # fmt: skip

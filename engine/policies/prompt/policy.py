@@ -647,12 +647,26 @@ class PromptPolicy(ArrayPolicy):
                 if cand is not None and self.deterministic(cand):
                     sel.matrix.set(cand.id, g.example.text, r.reward)
 
-    async def _score_leaders(self, sel: Selection, top: int = 2) -> None:
-        """Score the base prompt and the ``top`` most probable live candidates on validation
-        (the matrix and the cache make those already scored free)."""
-        leaders = [self.table.registry[self.base_id]]
-        leaders += [c for c, _ in self.probabilities()[:top] if c.id != self.base_id]
-        for cand in leaders:
+    async def _score_leaders(self, sel: Selection) -> None:
+        """Score on validation the base prompt, the most probable live candidate and the live
+        one with the best greedy training score (on at least ``prompt.minibatch`` training
+        examples that are not its own demos); the matrix and the cache make those already
+        scored free."""
+        live = [c for c, _ in self.probabilities()]
+        leaders = [self.table.registry[self.base_id], live[0]]
+        val = set(sel.keys)
+        best_train: tuple[float, int] | None = None
+        for c in live:
+            shown = {d.input for d in c.demos}
+            row = sel.matrix.scores_of(c.id)
+            train = [v for k, v in row.items() if k not in val and k not in shown]
+            if len(train) >= self.prompt.minibatch:
+                key = (float(np.mean(train)), -c.id)
+                if best_train is None or key > best_train:
+                    best_train = key
+        if best_train is not None:
+            leaders.append(self.table.registry[-best_train[1]])
+        for cand in dict.fromkeys(leaders):
             await sel.evaluate(self, cand, sel.validation)
 
     def _front(self) -> frozenset[int]:

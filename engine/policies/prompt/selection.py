@@ -31,7 +31,7 @@ import dataclasses
 import math
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import numpy as np
@@ -43,9 +43,18 @@ from ...types import Example, Usage
 
 if TYPE_CHECKING:
     from .candidates import Candidate
-    from .policy import PromptPolicy
+
+
+class Completer(Protocol):
+    """What :class:`Selection` needs of the prompt policy: a greedy request for a candidate."""
+
+    async def complete(
+        self, candidate: Candidate, example: Example | str, *, greedy: bool = False
+    ) -> Completion: ...
+
 
 __all__ = (
+    "Completer",
     "EvalCache",
     "ScoreFn",
     "ScoreMatrix",
@@ -154,6 +163,10 @@ class ScoreMatrix:
     def get(self, cid: int, key: str) -> float | None:
         """The score of ``cid`` on ``key``, or None when it was not evaluated there."""
         return self._rows.get(cid, {}).get(key)
+
+    def scores_of(self, cid: int) -> dict[str, float]:
+        """Every score of ``cid``, by example key (a copy)."""
+        return dict(self._rows.get(cid, {}))
 
     def row(self, cid: int, keys: Sequence[str]) -> np.ndarray | None:
         """(len(keys),) the scores of ``cid`` on ``keys``, None unless it has them all."""
@@ -312,7 +325,7 @@ class Selection:
         self.last_served: ServedChoice | None = None
 
     async def evaluate(
-        self, policy: PromptPolicy, cand: Candidate, examples: Sequence[Example]
+        self, policy: Completer, cand: Candidate, examples: Sequence[Example]
     ) -> np.ndarray:
         """(len(examples),) greedy scores of ``cand`` (from the matrix where known), at most
         four requests at once. A failed request scores 0 and is not recorded."""
@@ -351,7 +364,7 @@ class Selection:
 
     async def accept(
         self,
-        policy: PromptPolicy,
+        policy: Completer,
         child: Candidate,
         parent: Candidate,
         minibatch: Sequence[Example],
