@@ -234,8 +234,14 @@ def run_config(args: argparse.Namespace, endpoint: EndpointConfig, task: str, se
     )
 
 
+DEMO_SETS = [2]
+"""Seed demo sets besides zero-shot (``--demo-sets``)."""
+
+
 def seed_policy(cfg: RunConfig, client: Client | None, split: Split, **kw: Any) -> PromptPolicy:
-    return PromptPolicy.from_config(cfg, client, examples=split.train, separate_heldout=True, **kw)
+    return PromptPolicy.from_config(
+        cfg, client, examples=split.train, separate_heldout=True, n_demo_sets=DEMO_SETS[0], **kw
+    )
 
 
 async def run_engine(
@@ -506,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=None,
                     help="task-model calls for the engine (default: exhaustive's)")  # fmt: skip
     ap.add_argument("--methods", nargs="+", default=["base", "exhaustive", "engine", "gepa"])
-    ap.add_argument("--demos", type=int, default=3)
+    ap.add_argument("--demos", type=int, default=3, help="demos per demo set")
+    ap.add_argument("--demo-sets", type=int, default=2, help="seed demo sets besides zero-shot")
     ap.add_argument("--max-steps", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=4)
@@ -515,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.sim and not args.base_url:
         ap.error("give --base-url (or --sim)")
+    DEMO_SETS[0] = args.demo_sets
     t0 = time.perf_counter()
     result = anyio.run(bench, args)
     result["seconds"] = time.perf_counter() - t0

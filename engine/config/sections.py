@@ -261,10 +261,10 @@ class LimitsConfig:
     max_requests: int | None = None
     """Budget in endpoint calls (attempts sent, generation and judge together); None = no
     budget. Once spent the run stops as for ``max_cost_usd`` (checkpoint, exit status 4) and
-    its summary names the budget (``stop_detail.budget: "calls"``)."""
+    its summary names the budget (``budget_spent: "calls"``)."""
     max_total_tokens: int | None = None
     """Budget in tokens (prompt + completion of the answered calls); None = no budget. Once
-    spent the run stops as for ``max_cost_usd`` (``stop_detail.budget: "tokens"``)."""
+    spent the run stops as for ``max_cost_usd`` (``budget_spent: "tokens"``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,9 @@ touches the update above, which stays the bandit with group baselines):
   every greedy re-evaluation cost no call (``prompt/cache_hits``, ``prompt/cache_calls_saved``);
 * with a validation set (:meth:`PromptPolicy.attach_selection`; the trainer attaches its
   held-out examples and its reward when ``prompt.select_served``), a *per-example score
-  matrix*: greedy validation scores of the most probable candidates after every update (the
-  cache makes a candidate already scored free), and the greedy rewards of rollouts at
-  temperature 0 on the training examples;
+  matrix*: the greedy validation scores of the most probable candidate after every update and
+  of every accepted proposal (the cache makes a candidate already scored free), and the greedy
+  rewards of rollouts at temperature 0 on the training examples;
 * *acceptance*: a proposed candidate must beat its parent on a minibatch of the training
   examples the parent does worst on (``prompt.minibatch``), then is scored on validation, before
   it takes a slot; a rejected one never enters the action set;
@@ -59,10 +59,12 @@ touches the update above, which stays the bandit with group baselines):
 * *new demo sets from failures*: the demo proposal is made of training examples the parent
   got wrong, with their reference answers (the top-rewarded outputs only where there are no
   references), and its minibatch excludes those examples;
-* *the served prompt* (:meth:`PromptPolicy.served`): the candidate with the best mean
-  validation score, with its 95% interval and the paired interval of its lead over the
-  runner-up; a warning (``prompt.served_coin_flip``) when that lead's interval holds 0. Without
-  a validation set it is the most probable candidate, as before.
+* *the served prompt* (:meth:`PromptPolicy.served`): the candidate with the best held-out
+  score, its validation scores and its greedy scores on the training examples it was never
+  shown, ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with
+  its 95% interval and the paired interval of its lead over the runner-up; a warning
+  (``prompt.served_coin_flip``) when that lead's interval holds 0. Without a validation set
+  it is the most probable candidate, as before.
 
 Growth (:class:`~.growth.CandidateGrowth`) runs in :meth:`PromptPolicy.after_update`, in the
 learner's task, never concurrently with an update; it resets the optimizer moments of a reused
@@ -253,7 +255,8 @@ class PromptPolicy(ArrayPolicy):
         retired), with its interval; None without a selection or before any was scored."""
         if self.selection is None:
             return None
-        return self.selection.served(self.table.registry, self.base_id)
+        shown = {c.id: {d.input for d in c.demos} for c in self.table.registry.values()}
+        return self.selection.served(self.table.registry, self.base_id, shown)
 
     def served(self) -> Candidate:
         """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
@@ -648,26 +651,8 @@ class PromptPolicy(ArrayPolicy):
                     sel.matrix.set(cand.id, g.example.text, r.reward)
 
     async def _score_leaders(self, sel: Selection) -> None:
-        """Score on validation the base prompt, the most probable live candidate and the live
-        one with the best greedy training score (on at least ``prompt.minibatch`` training
-        examples that are not its own demos); the matrix and the cache make those already
-        scored free."""
-        live = [c for c, _ in self.probabilities()]
-        leaders = [self.table.registry[self.base_id], live[0]]
-        val = set(sel.keys)
-        best_train: tuple[float, int] | None = None
-        for c in live:
-            shown = {d.input for d in c.demos}
-            row = sel.matrix.scores_of(c.id)
-            train = [v for k, v in row.items() if k not in val and k not in shown]
-            if len(train) >= self.prompt.minibatch:
-                key = (float(np.mean(train)), -c.id)
-                if best_train is None or key > best_train:
-                    best_train = key
-        if best_train is not None:
-            leaders.append(self.table.registry[-best_train[1]])
-        for cand in dict.fromkeys(leaders):
-            await sel.evaluate(self, cand, sel.validation)
+        """Score the most probable live candidate on validation (free when it already is)."""
+        await sel.evaluate(self, self.best(), sel.validation)
 
     def _front(self) -> frozenset[int]:
         """The live candidates on the validation Pareto front."""

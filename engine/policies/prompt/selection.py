@@ -11,7 +11,8 @@ run hands to the user at the end:
   draws the same candidate on the same example again, or a validation pass over candidates
   already scored) sends nothing. Concurrent misses of one key share one request.
 * **Score matrix** (:class:`ScoreMatrix`): the greedy score of each candidate on each example
-  it was evaluated on (validation examples and minibatch examples), by candidate id.
+  it was evaluated on (validation examples, minibatch examples, and the training examples its
+  rollouts at temperature 0 were scored on), by candidate id.
 * **Pareto front** (:func:`pareto_front`): the candidates that are best on at least one
   validation example and not dominated (another as good everywhere and better somewhere).
   Growth never prunes a candidate on the front, so a candidate that is the only one to get
@@ -19,17 +20,21 @@ run hands to the user at the end:
 * **Acceptance** (:meth:`Selection.accept`): a proposal is first scored on a minibatch of the
   training examples its parent does worst on; it must beat the parent's sum there (strict
   improvement, as GEPA), then it is scored on the whole validation set and enters the table.
-* **The served choice** (:func:`choose_served`): the candidate with the highest mean
-  validation score among those scored on all of it (ties: the base prompt, then the earliest),
-  with a 95% Wilson interval of its mean and a paired 95% interval of its lead over the
-  runner-up; when that interval holds 0 the choice is a coin flip and a warning says so.
+* **The served choice** (:func:`choose_served`): the candidate with the best held-out score,
+  where a candidate's held-out evidence is its validation scores plus its greedy scores on the
+  training examples it was never shown as a demo (the largest logit plays no part). Ranked by
+  the posterior mean under a uniform prior, ``(sum + 1) / (n + 2)``, so 3 right of 3 does not
+  beat 13 of 14; reported with the 95% Wilson interval of its mean and a paired 95% interval
+  of its lead over the runner-up on the examples both were scored on; when that interval holds
+  0 the choice is a coin flip and a warning says so. (Without the ``shown`` map the choice is
+  on complete validation rows only.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -258,29 +263,61 @@ class ServedChoice:
         return out
 
 
+def _evidence(
+    matrix: ScoreMatrix,
+    cid: int,
+    keys: Sequence[str],
+    shown: Mapping[int, Collection[str]] | None,
+) -> dict[str, float]:
+    """The scores a candidate is judged on: its whole validation row (none unless complete);
+    with ``shown``, every greedy score of examples it was not shown as a demo."""
+    row = matrix.scores_of(cid)
+    if shown is None:
+        return {k: row[k] for k in keys} if all(k in row for k in keys) else {}
+    hidden = shown.get(cid, ())
+    return {k: v for k, v in row.items() if k not in hidden}
+
+
 def choose_served(
-    matrix: ScoreMatrix, cids: Iterable[int], keys: Sequence[str], base_id: int
+    matrix: ScoreMatrix,
+    cids: Iterable[int],
+    keys: Sequence[str],
+    base_id: int,
+    shown: Mapping[int, Collection[str]] | None = None,
 ) -> ServedChoice | None:
-    """The best candidate of ``cids`` on the validation ``keys`` (module docstring); None when
-    no candidate was scored on all of them."""
-    rows = {c: r for c in cids if (r := matrix.row(c, keys)) is not None}
-    if not rows or not keys:
+    """The best candidate of ``cids`` (module docstring); None when none has any evidence.
+
+    Without ``shown``: the best mean on the validation ``keys`` among the candidates scored on
+    all of them. With ``shown`` (candidate id -> the inputs of its demos): the best mean over
+    each candidate's held-out evidence, its validation scores and its greedy scores on training
+    examples it was never shown. Ranked by the posterior mean under a uniform prior,
+    ``(sum + 1) / (n + 2)``, so little evidence is not a win; ties: the base prompt, then more
+    evidence, then the earliest. The lead over the runner-up
+    is paired on the examples both were scored on (a coin flip with fewer than two)."""
+    ev = {c: e for c in cids if (e := _evidence(matrix, c, keys, shown))}
+    if not ev or (shown is None and not keys):
         return None
-    order = sorted(rows, key=lambda c: (-float(rows[c].mean()), c != base_id, c))
+    means = {c: float(np.mean(list(e.values()))) for c, e in ev.items()}
+    # ranked by the posterior mean under a uniform prior, (sum + 1) / (n + 2): a candidate
+    # right on 3 of 3 examples does not beat one right on 13 of 14
+    rank = {c: (sum(e.values()) + 1.0) / (len(e) + 2.0) for c, e in ev.items()}
+    order = sorted(ev, key=lambda c: (-rank[c], c != base_id, -len(ev[c]), c))
     best = order[0]
-    n = len(keys)
-    mean = float(rows[best].mean())
-    low, high = wilson(mean, n)
+    n = len(ev[best])
+    low, high = wilson(means[best], n)
     if len(order) == 1:
-        return ServedChoice(best, mean, low, high, n)
+        return ServedChoice(best, means[best], low, high, n)
     second = order[1]
-    d = rows[best] - rows[second]  # (E,) paired differences
-    lead = float(d.mean())
-    half = _Z95 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
-    lead_low, lead_high = lead - half, lead + half
+    common = [k for k in ev[best] if k in ev[second]]
+    d = np.array([ev[best][k] - ev[second][k] for k in common])  # (E,) paired differences
+    if d.size >= 2:
+        half = _Z95 * float(d.std(ddof=1)) / math.sqrt(d.size)
+        lead_low, lead_high = float(d.mean()) - half, float(d.mean()) + half
+    else:
+        lead_low, lead_high = -math.inf, math.inf
     return ServedChoice(
         best,
-        mean,
+        means[best],
         low,
         high,
         n,
@@ -389,9 +426,15 @@ class Selection:
         """The validation Pareto front among ``cids``."""
         return pareto_front(self.matrix, cids, self.keys)
 
-    def served(self, cids: Iterable[int], base_id: int) -> ServedChoice | None:
-        """The served choice among ``cids``; warns once per new coin-flip choice."""
-        choice = choose_served(self.matrix, cids, self.keys, base_id)
+    def served(
+        self,
+        cids: Iterable[int],
+        base_id: int,
+        shown: Mapping[int, Collection[str]] | None = None,
+    ) -> ServedChoice | None:
+        """The served choice among ``cids`` (:func:`choose_served`); warns once per new
+        coin-flip choice."""
+        choice = choose_served(self.matrix, cids, self.keys, base_id, shown)
         if choice is not None and choice.coin_flip and choice != self.last_served:
             _log.warning("prompt.served_coin_flip", candidate=choice.candidate,
                          score=choice.score, runner_up=choice.runner_up,

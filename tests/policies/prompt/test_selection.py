@@ -399,3 +399,26 @@ def test_spend_meter_budgets_refuse_and_name_themselves() -> None:
     with pytest.raises(ValueError):
         SpendMeter(max_requests=0)
     assert math.isfinite(SpendMeter().spent)
+
+
+def test_served_choice_pools_unseen_training_scores_and_shrinks_little_evidence() -> None:
+    m = ScoreMatrix()
+    val = [f"v{i}" for i in range(4)]
+    for k in val:
+        m.set(0, k, 1.0)  # the base: right on all of validation ...
+    for i in range(10):
+        m.set(0, f"t{i}", 1.0 if i < 9 else 0.0)  # ... and on 9 of 10 training examples
+    for k in ("t0", "t1", "t2"):
+        m.set(5, k, 1.0)  # 3 of 3, one of them its own demo
+    shown = {0: set(), 5: {"t0"}}
+    c = choose_served(m, [0, 5], val, base_id=0, shown=shown)
+    assert c is not None and c.candidate == 0 and c.n == 14 and c.score == pytest.approx(13 / 14)
+    assert c.runner_up == 5 and c.coin_flip  # they share two examples, both right
+    only_val = choose_served(m, [0, 5], val, base_id=0)
+    assert only_val is not None and only_val.candidate == 0 and only_val.n == 4
+    m.set(5, "t3", 1.0)
+    m.set(5, "t4", 1.0)
+    for i in range(5, 40):
+        m.set(5, f"t{i}", 1.0)
+    c2 = choose_served(m, [0, 5], val, base_id=0, shown=shown)
+    assert c2 is not None and c2.candidate == 5 and c2.n == 39  # t0 never counts for it
