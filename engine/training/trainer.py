@@ -531,6 +531,7 @@ class TrainingManager:
                 break
             if not spent and self.spend.exhausted:
                 spent = await self._budget_stop(batch.step + 1)
+                spent_at = batch.step + 1
         done = self.learner.version >= self.config.steps
         if spent and self._stop_requested is None and not done:
             self._stop_requested = "budget"
