@@ -140,8 +140,13 @@ def run_artifacts(policy: Any, out: Path) -> list[Path]:
     best = getattr(policy, "served", None) or getattr(policy, "best", None)
     if callable(best):
         candidate = best()
+        data = candidate.to_json()
+        choice_of = getattr(policy, "served_choice", None)
+        choice = choice_of() if callable(choice_of) else None
+        if choice is not None:  # its held-out score, interval and whether it was a coin flip
+            data["selection"] = choice.to_json()
         path = out / "served_prompt.json"
-        path.write_bytes(orjson.dumps(candidate.to_json(), option=orjson.OPT_INDENT_2))
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         found.append(path)
     save_adapter = getattr(policy, "save_adapter", None)
     if callable(save_adapter):
