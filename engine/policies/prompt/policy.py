@@ -446,9 +446,12 @@ class PromptPolicy(ArrayPolicy):
         greedy: bool = False,
         version: int | None = None,
         seed: int | None = None,
+        kind: str = "generation",
     ) -> Completion:
         """One request for ``example`` under ``candidate``: its rendered prompt, its
         temperature (0 when ``greedy``) and, in completions mode, the format's stop sequences.
+        ``kind`` labels its events (``selection`` for the scoring of candidates); a
+        deterministic request may be answered by :attr:`cache` whatever its kind.
 
         Returns the client's :class:`~engine.endpoints.client.Completion`; raises its errors
         (:class:`~engine.errors.EndpointError`) and ``RuntimeError`` without a client.
@@ -466,7 +469,7 @@ class PromptPolicy(ArrayPolicy):
             return await client.complete(
                 prompt,
                 n=k,
-                kind="generation",
+                kind=kind,
                 policy_version=self.version if version is None else version,
                 mode=self.mode,
                 temperature=temperature,

@@ -54,7 +54,12 @@ class Completer(Protocol):
     """What :class:`Selection` needs of the prompt policy: a greedy request for a candidate."""
 
     async def complete(
-        self, candidate: Candidate, example: Example | str, *, greedy: bool = False
+        self,
+        candidate: Candidate,
+        example: Example | str,
+        *,
+        greedy: bool = False,
+        kind: str = "generation",
     ) -> Completion: ...
 
 
@@ -365,7 +370,8 @@ class Selection:
         self, policy: Completer, cand: Candidate, examples: Sequence[Example]
     ) -> np.ndarray:
         """(len(examples),) greedy scores of ``cand`` (from the matrix where known), at most
-        four requests at once. A failed request scores 0 and is not recorded."""
+        four requests at once, of kind ``selection``. A failed request scores 0 and is not
+        recorded."""
         out = np.zeros(len(examples))
         limiter = anyio.CapacityLimiter(4)
 
@@ -379,7 +385,7 @@ class Selection:
                     return
                 self.calls += 1
                 try:
-                    comp = await policy.complete(cand, ex, greedy=True)
+                    comp = await policy.complete(cand, ex, greedy=True, kind="selection")
                     s = float(await self.score(ex, comp.choices[0].text))
                 except BudgetSpent:
                     self.stopped = True
