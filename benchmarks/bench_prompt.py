@@ -223,6 +223,7 @@ def run_config(args: argparse.Namespace, endpoint: EndpointConfig, task: str, se
             propose_every=2,
             max_candidates=8,
             minibatch=4,
+            select_served=True,
         ),
         grpo=GRPOConfig(group_size=4, mini_batch_size=4),
         optim=OptimConfig(lr=0.5),

@@ -184,10 +184,11 @@ class PromptPolicyConfig:
     """Every K steps ask the model for new instructions from best and worst rollouts; 0 = never."""
     max_candidates: int = 16
     """Prune the weakest candidates beyond this many."""
-    select_served: bool = True
-    """Serve the candidate with the best held-out (validation) score, not the most probable
-    one; proposals must beat their parent on a minibatch and are kept on the validation
-    Pareto front (engine.policies.prompt.selection)."""
+    select_served: bool = False
+    """Score candidates on the held-out examples with the run's reward (extra ``selection``
+    requests, and judge calls when a judge is a reward): serve the one with the best held-out
+    score, not the most probable one; proposals must beat their parent on a minibatch first,
+    and pruning keeps the held-out Pareto front (engine.policies.prompt.selection)."""
     minibatch: int = 4
     """Training examples a proposal is first tried on (those its parent does worst on)."""
 

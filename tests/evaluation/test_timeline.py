@@ -34,12 +34,7 @@ def _judged_config(base_url: str, out: Path) -> dict[str, object]:
         "seed": 0,
         "out": str(out),
         "grpo": {"group_size": GROUP, "mini_batch_size": 4},
-        # no held-out scoring of candidates in after_update: its judge calls would let the next
-        # batch's generation fall inside this step's metrics window
-        "prompt": {
-            "instructions": ["Label the review.", "Positive or negative?"],
-            "select_served": False,
-        },
+        "prompt": {"instructions": ["Label the review.", "Positive or negative?"]},
         "endpoint": {
             "provider": "local",
             "base_url": base_url,

@@ -78,7 +78,7 @@ def endpoint(url: str, temperature: float = 0.0) -> EndpointConfig:
 
 
 def policy(client: Client | None, temperature: float = 0.0, **prompt: object) -> PromptPolicy:
-    cfg = PromptPolicyConfig(max_candidates=6, **prompt)  # type: ignore[arg-type]
+    cfg = PromptPolicyConfig(max_candidates=6, select_served=True, **prompt)  # type: ignore[arg-type]
     return PromptPolicy(
         client,
         cfg,
@@ -263,7 +263,11 @@ async def test_growth_places_only_accepted_proposals() -> None:
             cfg,
             endpoint=endpoint(sim.base_url, 1.0),
             prompt=PromptPolicyConfig(
-                instructions=("HALF answer.",), max_demos=0, max_candidates=4, propose_every=2
+                instructions=("HALF answer.",),
+                max_demos=0,
+                max_candidates=4,
+                propose_every=2,
+                select_served=True,
             ),
         )
         async with Client(cfg.endpoint, limits=cfg.limits) as client:
