@@ -191,6 +191,9 @@ class PromptPolicyConfig:
     and pruning keeps the held-out Pareto front (engine.policies.prompt.selection)."""
     minibatch: int = 4
     """Training examples a proposal is first tried on (those its parent does worst on)."""
+    eval_cache: bool = True
+    """Answer a repeated deterministic request (temperature 0: greedy evaluations, rollouts at
+    temperature 0) for the same candidate, input and decoding from memory, without a call."""
 
 
 @dataclass(frozen=True, slots=True)

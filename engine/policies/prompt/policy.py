@@ -477,7 +477,7 @@ class PromptPolicy(ArrayPolicy):
                 seed=seed,
             )
 
-        if not self.deterministic(candidate, greedy=greedy):
+        if not self.prompt.eval_cache or not self.deterministic(candidate, greedy=greedy):
             return await request(n)
         shown = prompt if isinstance(prompt, str) else messages_text(prompt)
         decoding = (self.mode, 0.0, self.endpoint.max_tokens, tuple(stop or self.endpoint.stop))
