@@ -189,6 +189,16 @@ class PromptPolicyConfig:
     """Every K steps ask the model for new instructions from best and worst rollouts; 0 = never."""
     max_candidates: int = 16
     """Prune the weakest candidates beyond this many."""
+    select_served: bool = False
+    """Score candidates on the held-out examples with the run's reward (extra ``selection``
+    requests, and judge calls when a judge is a reward): serve the one with the best held-out
+    score, not the most probable one; proposals must beat their parent on a minibatch first,
+    and pruning keeps the held-out Pareto front (engine.policies.prompt.selection)."""
+    minibatch: int = 4
+    """Training examples a proposal is first tried on (those its parent does worst on)."""
+    eval_cache: bool = True
+    """Answer a repeated deterministic request (temperature 0: greedy evaluations, rollouts at
+    temperature 0) for the same candidate, input and decoding from memory, without a call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +276,13 @@ class LimitsConfig:
     finish and are counted, a checkpoint is written and ``python -m engine run`` exits with
     status 4 (``stop_reason: "budget"``). Costs: the provider's ``usage.cost`` where it
     reports a valid one, else the ``[prices]`` table."""
+    max_requests: int | None = None
+    """Budget in endpoint calls (attempts sent, generation and judge together); None = no
+    budget. Once spent the run stops as for ``max_cost_usd`` (checkpoint, exit status 4) and
+    its summary names the budget (``budget_spent: "calls"``)."""
+    max_total_tokens: int | None = None
+    """Budget in tokens (prompt + completion of the answered calls); None = no budget. Once
+    spent the run stops as for ``max_cost_usd`` (``budget_spent: "tokens"``)."""
 
 
 @dataclass(frozen=True, slots=True)

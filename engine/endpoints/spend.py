@@ -16,6 +16,12 @@ spent, new requests are refused with :class:`~engine.errors.BudgetSpent` before 
 sent; requests already in flight are never cancelled by it, and their cost is counted when
 they finish (:meth:`SpendMeter.finish`), so the spent figure is exactly the sum of the
 ``cost_usd`` of the run's events. Warnings fire once each at 50%, 80% and 100% of the budget.
+
+The same meter holds the run's other two budgets, ``limits.max_requests`` (calls: attempts
+admitted) and ``limits.max_total_tokens`` (prompt + completion tokens of the answered calls),
+with the same rule: once one is spent no new request goes out and the requests in flight
+finish. :attr:`SpendMeter.spent_budget` names the budget that ended the run (``usd``,
+``calls`` or ``tokens``), the trainer's ``stop_detail``.
 """
 
 from __future__ import annotations
@@ -176,12 +182,17 @@ class SpendMeter:
         prices: how requests without a trusted reported cost are priced.
         budget: ``limits.max_cost_usd``; None for no budget.
         spent: USD already spent (a resumed run's total).
+        max_requests: ``limits.max_requests``, the budget in calls; None for none.
+        max_tokens: ``limits.max_total_tokens``, the budget in tokens; None for none.
         on_threshold: called once per threshold crossed (the CLI prints :meth:`Threshold.line`).
 
     Attributes:
         spent: USD spent so far, restored figure included.
         requests: priced requests (finished attempts that returned an answer).
         reported: how many of them carried a trusted ``usage.cost``.
+        admitted: attempts admitted (sent) so far, the figure ``max_requests`` bounds.
+        tokens: prompt + completion tokens of the answered calls, the figure ``max_tokens``
+            bounds.
     """
 
     def __init__(
@@ -190,10 +201,19 @@ class SpendMeter:
         *,
         budget: float | None = None,
         spent: float = 0.0,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
         on_threshold: Callable[[Threshold], object] | None = None,
     ) -> None:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise ValueError(f"budget must be a positive number or None, got {budget!r}")
+        for name, cap in (("max_requests", max_requests), ("max_tokens", max_tokens)):
+            if cap is not None and not cap >= 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {cap!r}")
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.admitted = 0
+        self.tokens = 0
         self.prices = prices or PriceTable()
         self.budget = budget
         self.spent = 0.0
@@ -213,6 +233,8 @@ class SpendMeter:
         return cls(
             PriceTable(config.prices),
             budget=config.limits.max_cost_usd,
+            max_requests=config.limits.max_requests,
+            max_tokens=config.limits.max_total_tokens,
             on_threshold=on_threshold,
         )
 
@@ -225,8 +247,20 @@ class SpendMeter:
 
     @property
     def exhausted(self) -> bool:
-        """Whether the budget is spent (never without a budget)."""
-        return self.budget is not None and self.spent >= self.budget
+        """Whether a budget is spent: USD, calls or tokens (never without a budget)."""
+        return self.spent_budget is not None
+
+    @property
+    def spent_budget(self) -> str | None:
+        """The budget that is spent, ``usd``, ``calls`` or ``tokens`` (the first in that
+        order), or None while none is."""
+        if self.budget is not None and self.spent >= self.budget:
+            return "usd"
+        if self.max_requests is not None and self.admitted >= self.max_requests:
+            return "calls"
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return "tokens"
+        return None
 
     @property
     def in_flight(self) -> int:
@@ -252,14 +286,21 @@ class SpendMeter:
         if self.exhausted:
             raise self.refusal(endpoint, attempt)
         self._in_flight += 1
+        self.admitted += 1
         if self._idle is not None:
             self._idle.clear()
 
     def refusal(self, endpoint: str = "", attempt: int = 1) -> BudgetSpent:
-        """The error of a request refused because the budget is spent."""
+        """The error of a request refused because a budget is spent."""
+        which = self.spent_budget
+        if which == "calls":
+            what = f"call budget spent ({self.admitted} of {self.max_requests} calls)"
+        elif which == "tokens":
+            what = f"token budget spent ({self.tokens} of {self.max_tokens} tokens)"
+        else:
+            what = f"spend budget spent (${self.spent:.6g} of ${self.budget or 0:.6g})"
         return BudgetSpent(
-            f"spend budget spent (${self.spent:.6g} of ${self.budget or 0:.6g}): request "
-            "refused before sending",
+            f"{what}: request refused before sending",
             attempt=attempt,
             endpoint=endpoint,
         )
@@ -276,6 +317,7 @@ class SpendMeter:
         (the provider's ``usage.cost``), ``price`` (tokens at the model's price) or ``none``
         (an unpriced model: 0)."""
         self.requests += 1
+        self.tokens += max(0, usage.prompt_tokens) + max(0, usage.completion_tokens)
         if usage.cost is not None:
             self.reported += 1
             return usage.cost, "reported"
@@ -314,4 +356,9 @@ class SpendMeter:
             "budget_usd": self.budget,
             "priced_requests": self.requests,
             "reported_cost_requests": self.reported,
+            "calls": self.admitted,
+            "tokens": self.tokens,
+            "max_requests": self.max_requests,
+            "max_total_tokens": self.max_tokens,
+            "budget_spent": self.spent_budget,
         }

@@ -336,13 +336,14 @@ class FineTunedModel:
 
     @property
     def best_candidate(self) -> Candidate:
-        """The most probable candidate (what greedy :meth:`generate` uses)."""
-        return self.policy.best()
+        """The served candidate (what greedy :meth:`generate` uses): the best on the held-out
+        examples when the run had them (:meth:`PromptPolicy.served`), else the most probable."""
+        return self.policy.served()
 
     @property
     def best_prompt(self) -> str:
         """The best candidate's prompt as text, ``{text}`` marking where the input goes."""
-        cand = self.policy.best()
+        cand = self.best_candidate
         if self.policy.mode == "chat":
             msgs = render_messages(cand, "{text}")
             return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in msgs)
@@ -380,7 +381,8 @@ class FineTunedModel:
     ) -> str:
         """The model's answer to ``text`` (a string, an Example, or ``{"text": ...}``).
 
-        Greedy by default: the most probable candidate at temperature 0. ``sample=True`` draws
+        Greedy by default: the served candidate (:attr:`best_candidate`) at temperature 0.
+        ``sample=True`` draws
         the candidate from the policy (seeded by ``seed``) at its own temperature. The answer
         is stripped of surrounding whitespace.
 
@@ -389,7 +391,7 @@ class FineTunedModel:
         """
         example = _as_example(text)
         rng = np.random.default_rng(seed) if sample else None
-        cand = self.policy.choose(rng)
+        cand = self.policy.served() if rng is None else self.policy.choose(rng)
         comp = await self.policy.complete(cand, example, greedy=not sample, seed=seed)
         return str(comp.choices[0].text).strip()
 

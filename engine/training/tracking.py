@@ -131,16 +131,22 @@ class RunTrackers:
 def run_artifacts(policy: Any, out: Path) -> list[Path]:
     """The files a finished run attaches to its trackers (blocking: writes them first).
 
-    The prompt policy's most probable candidate goes to ``<out>/served_prompt.json``; the hf
+    The prompt policy's served candidate (its best on the held-out examples, else its most
+    probable) goes to ``<out>/served_prompt.json``; the hf
     policy's LoRA adapter to ``<out>/adapter/`` (PEFT format). ``report.html`` is added by
     the CLI, which writes it.
     """
     found: list[Path] = []
-    best = getattr(policy, "best", None)
+    best = getattr(policy, "served", None) or getattr(policy, "best", None)
     if callable(best):
         candidate = best()
+        data = candidate.to_json()
+        choice_of = getattr(policy, "served_choice", None)
+        choice = choice_of() if callable(choice_of) else None
+        if choice is not None:  # its held-out score, interval and whether it was a coin flip
+            data["selection"] = choice.to_json()
         path = out / "served_prompt.json"
-        path.write_bytes(orjson.dumps(candidate.to_json(), option=orjson.OPT_INDENT_2))
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         found.append(path)
     save_adapter = getattr(policy, "save_adapter", None)
     if callable(save_adapter):

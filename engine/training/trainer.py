@@ -401,6 +401,7 @@ class TrainingManager:
         with self._stoppable():  # reads in worker threads, a chunk at a time
             await validate_files(self.config)
             await self._load_heldout()
+        self._attach_selection()
         if self._stop_requested is not None:  # stopped before anything was written
             return self._unstarted()
         await anyio.to_thread.run_sync(self.sampler.require_examples)  # before any file
@@ -457,6 +458,20 @@ class TrainingManager:
         if isinstance(producer, ContinuousProducer):
             self.checkpoints.position = producer.position
         return producer
+
+    def _attach_selection(self) -> None:
+        """A prompt policy scores its candidates on the held-out examples with the run's
+        reward (:meth:`~engine.policies.prompt.PromptPolicy.attach_selection`)."""
+        attach = getattr(self.policy, "attach_selection", None)
+        if attach is None or not self.heldout or self.policy.selection is not None:  # type: ignore[attr-defined]
+            return
+        rewarder = self.rewarder
+
+        async def score(example: Example, text: str) -> float:
+            s = await rewarder.score(example, text)
+            return math.nan if s.error else s.reward
+
+        attach(score, self.heldout)
 
     def _unstarted(self) -> RunSummary:
         """The summary of a run stopped while it read its data: nothing was written."""
@@ -518,12 +533,17 @@ class TrainingManager:
         Once the budget is spent (:meth:`_budget_stop`), batches are still trained while they
         hold scored groups: only requests sent before the cap can have been answered, so
         those batches use the answers in flight at the cap. The first batch without a group
-        (every request refused) ends the run, within ``max_staleness`` steps of the cap."""
+        (every request refused) ends the run, within ``max_staleness`` steps of the cap, and
+        so does a batch begun more than ``max_staleness`` steps after it (its groups can only
+        hold answers a policy's cache gave without a call)."""
         spent = False
+        spent_at = 0
         async for batch in recv:
             if not spent and self.spend.exhausted:
                 spent = await self._budget_stop(batch.step)
-            if spent and not batch.groups:
+                spent_at = batch.step
+            late = batch.step > spent_at + self.config.grpo.max_staleness
+            if spent and (not batch.groups or late):
                 break
             self.events.record_phase("rollouts", step=batch.step, start=batch.started,
                                      duration=batch.gen_time)  # fmt: skip
@@ -535,6 +555,7 @@ class TrainingManager:
                 break
             if not spent and self.spend.exhausted:
                 spent = await self._budget_stop(batch.step + 1)
+                spent_at = batch.step + 1
         done = self.learner.version >= self.config.steps
         if spent and self._stop_requested is None and not done:
             self._stop_requested = "budget"
@@ -546,6 +567,14 @@ class TrainingManager:
         batches. A batch with no group (all its requests refused) is never trained."""
         with anyio.move_on_after(self.config.endpoint.deadline) as waited:
             await self.spend.drained()
+        meter = self.spend
+        which = meter.spent_budget or "usd"
+        figures = {
+            "usd": f"${meter.spent:.6g} of ${meter.budget or 0:.6g}",
+            "calls": f"{meter.admitted} of {meter.max_requests} calls",
+            "tokens": f"{meter.tokens} of {meter.max_tokens} tokens",
+        }
+        self.stop_detail = f"the {which} budget ended the run: {figures[which]}"
         _log.warning("spend.budget_spent", spent_usd=self.spend.spent,
                      budget_usd=self.spend.budget, drained=not waited.cancelled_caught,
                      at_step=step)  # fmt: skip
@@ -693,6 +722,9 @@ class TrainingManager:
             "stale_dropped": self.learner.stale_dropped,
             "spent_usd": self.spend.spent,
             "budget_usd": self.spend.budget,
+            "budget_spent": self.spend.spent_budget,
+            "calls": self.spend.admitted,
+            "tokens": self.spend.tokens,
             "eval_failures": dict(self._eval_failures),
         }
         if self.stop_detail is not None:

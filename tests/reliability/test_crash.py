@@ -536,7 +536,11 @@ async def test_a_stop_during_an_evaluation_starts_no_other(tmp_path: Path, phase
             "steps": 1000,
             "out": str(out),
             "grpo": {"group_size": 2},
-            "prompt": {"instructions": ["Classify the sentiment of this review."]},
+            # every evaluation sends its requests (the cache would answer a repeated one)
+            "prompt": {
+                "instructions": ["Classify the sentiment of this review."],
+                "eval_cache": False,
+            },
             "endpoint": {"provider": "local", "base_url": sim.base_url, "max_tokens": 8},
             "reward": {"functions": ["non_empty"]},
             "data": {"batch_size": 2},

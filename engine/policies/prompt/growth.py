@@ -8,10 +8,15 @@ Every ``propose_every`` steps the prompt policy (:meth:`PromptPolicy.after_updat
    rollouts (input, output, expected answer, reward, judge feedback) go into a reflection
    prompt; the model (or a separate ``proposer`` client) answers with an improved
    instruction, which becomes a candidate with the parent's demos;
-2. *demos*: the top-scoring recent rollouts (input, output) become a new demo set, a
-   candidate with the parent's instruction;
-3. *pruning*: the least probable candidates beyond ``max_candidates - headroom`` are retired
-   (never the base prompt, never one added in this round or the previous one).
+2. *demos*: the recent training examples the parent got wrong, with their reference answers,
+   become a new demo set (where examples have no reference: the top-scoring recent rollouts,
+   input and output), a candidate with the parent's instruction;
+3. *acceptance* (with a selection, :mod:`.selection`): each proposal is scored against its
+   parent on a minibatch of the recent examples the parent does worst on (minus the
+   proposal's own demos) and takes a slot only if it does strictly better there;
+4. *pruning*: the least probable candidates beyond ``max_candidates - headroom`` are retired
+   (never the base prompt, never one on the validation Pareto front (``keep``), never one
+   added in this round or the previous one).
 
 A new candidate starts with the probability an average candidate has (``logit = log mean
 exp(theta[live])``, so it gets ``1 / (n + 1)`` of the mass), and so does its reference logit.
@@ -23,16 +28,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from ...config.sections import PromptPolicyConfig
-from ...errors import EngineError
+from ...errors import CheckpointError, EngineError
 from ...telemetry.logs import get_logger
-from ...types import Group
+from ...types import Example, Group
 from ..base import CompletionClient
 from ..optim import Adam
 from .candidates import Candidate, CandidateTable, Demo, Recipe
@@ -41,6 +46,7 @@ __all__ = (
     "CandidateGrowth",
     "GrowthSlots",
     "best_and_worst",
+    "failure_demos",
     "logmeanexp",
     "parse_instruction",
     "reflection_prompt",
@@ -67,6 +73,9 @@ class GrowthSlots:
         optimizer: the policy's Adam, whose moments of a reused slot are reset (None: none).
         base_id: the base prompt's candidate, never pruned.
         proposer: the client that answers reflection requests (None: no reflection).
+        accept: ``accept(child, parent, minibatch)`` says whether a proposal takes a slot
+            (None: every proposal does).
+        keep: candidate ids pruning never retires (the validation Pareto front).
     """
 
     table: CandidateTable
@@ -75,6 +84,8 @@ class GrowthSlots:
     optimizer: Adam | None
     base_id: int
     proposer: CompletionClient | None
+    accept: Callable[[Candidate, Candidate, Sequence[Example]], Awaitable[bool]] | None = None
+    keep: frozenset[int] = frozenset()
 
 
 def reflection_prompt(
@@ -177,6 +188,27 @@ def top_demos(records: Sequence[Mapping[str, Any]], k: int) -> tuple[Demo, ...]:
     return tuple(demos)
 
 
+def failure_demos(records: Sequence[Mapping[str, Any]], parent: int, k: int) -> tuple[Demo, ...]:
+    """Up to ``k`` demos from recent examples the ``parent`` candidate got wrong (reward below
+    1, lowest first), each with its reference answer; examples without one are skipped."""
+    bad = [
+        r
+        for r in records
+        if r["candidate"] == parent and r["reward"] < 1.0 and str(r.get("target") or "").strip()
+    ]
+    bad.sort(key=lambda r: (r["reward"], r["step"]))
+    demos: list[Demo] = []
+    seen: set[str] = set()
+    for r in bad:
+        if r["input"] in seen:
+            continue
+        seen.add(r["input"])
+        demos.append(Demo(str(r["input"]), str(r["target"]).strip()))
+        if len(demos) >= k:
+            break
+    return tuple(demos)
+
+
 def reset_moments(optimizer: Adam | None, slot: int, live: np.ndarray) -> None:
     """Zero Adam's first moment of ``logits[slot]`` and set its second moment to the live
     slots' mean, through the optimizer's public state API (no-op before its first step)."""
@@ -219,6 +251,33 @@ class CandidateGrowth:
         self.proposer_mode = proposer_mode
         self.seed = seed
         self.buffer: list[dict[str, Any]] = []
+        self.examples: dict[str, Example] = {}
+        """Recent training examples by text (for acceptance minibatches)."""
+        self._registered: dict[Recipe, Candidate] = {}
+        """Accepted proposals of this round, registered (and scored) before placement."""
+
+    def examples_json(self) -> list[dict[str, Any]]:
+        """The recent training examples as JSON data (for a checkpoint)."""
+        return [
+            {"id": ex.id, "text": ex.text, "inputs": dict(ex.inputs), "target": ex.target}
+            for ex in self.examples.values()
+        ]
+
+    def load_examples(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Inverse of :meth:`examples_json`; raises CheckpointError on malformed data."""
+        try:
+            exs = [
+                Example(
+                    id=str(r["id"]),
+                    text=str(r["text"]),
+                    inputs=dict(r.get("inputs") or {}),
+                    target=None if r.get("target") is None else str(r["target"]),
+                )
+                for r in rows
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"malformed prompt policy examples: {exc!r}") from None
+        self.examples = {ex.text: ex for ex in exs}
 
     def due(self, step: int) -> bool:
         """Whether a growth round follows the update of batch ``step``."""
@@ -232,6 +291,7 @@ class CandidateGrowth:
                 if not r.ok or r.sample.choice is None:
                     continue
                 table.record(int(r.sample.choice), r.reward)
+                self.examples[g.example.text] = g.example
                 self.buffer.append(
                     {
                         "candidate": int(r.sample.choice),
@@ -245,6 +305,8 @@ class CandidateGrowth:
                     }
                 )
         del self.buffer[: max(0, len(self.buffer) - _BUFFER_CAP)]
+        for key in list(self.examples)[: max(0, len(self.examples) - _BUFFER_CAP)]:
+            del self.examples[key]
 
     async def grow(self, step: int, v: int, slots: GrowthSlots) -> dict[str, float]:
         """One growth round after version ``v`` was published; its metrics."""
@@ -253,11 +315,16 @@ class CandidateGrowth:
         slots.ref[freed] = 0.0
         parent = slots.table.most_probable(slots.logits)
         proposals, errors = await self._proposals(step, parent, slots)
+        proposed = len(proposals)
+        self._registered.clear()
+        if slots.accept is not None:
+            proposals = await self._accepted(step, proposals, parent, slots)
         placed = self._place(proposals, parent, v, slots)
         pruned = self._prune(v, slots)
-        _log.info("prompt.grow", step=step, proposed=len(proposals), placed=placed, pruned=pruned)
+        _log.info("prompt.grow", step=step, proposed=proposed, accepted=len(proposals),
+                  placed=placed, pruned=pruned)  # fmt: skip
         return {
-            "prompt/proposed": float(len(proposals)),
+            "prompt/proposed": float(proposed),
             "prompt/placed": float(placed),
             "prompt/pruned": float(pruned),
             "prompt/propose_errors": float(errors),
@@ -286,11 +353,44 @@ class CandidateGrowth:
                     proposals.append((recipe, "reflection"))
                     live_recipes.add(recipe)
         if self.prompt.max_demos > 0:
-            demos = top_demos(recent, self.prompt.max_demos)
+            demos = failure_demos(recent, parent.id, self.prompt.max_demos)
+            demos = demos or top_demos(recent, self.prompt.max_demos)
             recipe = (parent.instruction, demos, parent.temperature)
             if demos and recipe not in live_recipes:
                 proposals.append((recipe, "demos"))
         return proposals, errors
+
+    async def _accepted(
+        self,
+        step: int,
+        proposals: list[tuple[Recipe, str]],
+        parent: Candidate,
+        slots: GrowthSlots,
+    ) -> list[tuple[Recipe, str]]:
+        """The proposals that beat ``parent`` on their minibatch (:attr:`GrowthSlots.accept`).
+        Each is registered to be scored; a rejected one never takes a slot."""
+        assert slots.accept is not None
+        recent = [r for r in self.buffer if r["step"] > step - self.prompt.propose_every]
+        worst = sorted(
+            (r for r in recent if r["candidate"] == parent.id),
+            key=lambda r: (r["reward"], -r["step"]),
+        ) + sorted(recent, key=lambda r: (r["reward"], -r["step"]))
+        kept: list[tuple[Recipe, str]] = []
+        for recipe, origin in proposals:
+            shown = {d.input for d in recipe[1]}
+            batch: list[Example] = []
+            for r in worst:
+                ex = self.examples.get(r["input"])
+                if ex is None or ex.text in shown or ex in batch:
+                    continue
+                batch.append(ex)
+                if len(batch) >= self.prompt.minibatch:
+                    break
+            child = slots.table.new_candidate(recipe, origin, parent.id)
+            if await slots.accept(child, parent, batch):
+                kept.append((recipe, origin))
+                self._registered[recipe] = child
+        return kept
 
     def _place(
         self, proposals: list[tuple[Recipe, str]], parent: Candidate, v: int, slots: GrowthSlots
@@ -303,7 +403,9 @@ class CandidateGrowth:
         placed = 0
         for recipe, origin in proposals[: len(free)]:
             slot = int(free[placed])
-            cand = table.new_candidate(recipe, origin, parent.id)
+            cand = self._registered.pop(recipe, None)
+            if cand is None:
+                cand = table.new_candidate(recipe, origin, parent.id)
             theta[slot] = logmeanexp(theta[live])
             ref[slot] = logmeanexp(ref[live])
             table.place(slot, cand, born=v + 1)
@@ -324,7 +426,8 @@ class CandidateGrowth:
         for s in order:
             if pruned >= excess:
                 break
-            if int(table.ids[s]) == slots.base_id or table.born[s] > v - every:
+            cid = int(table.ids[s])
+            if cid == slots.base_id or cid in slots.keep or table.born[s] > v - every:
                 continue
             table.died[s] = v + 1
             pruned += 1

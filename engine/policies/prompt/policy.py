@@ -39,6 +39,33 @@ How this departs from token-level GRPO (:mod:`engine.policies.tinylm`):
   candidates it has: GRPO here is a bandit learner with group-relative baselines, and the
   candidate growth is what lets it find prompts it was not given.
 
+**What decides which candidates exist, and which is served** (:mod:`.selection`; none of it
+touches the update above, which stays the bandit with group baselines):
+
+* an *evaluation cache* keyed by (candidate, input, decoding): a deterministic request
+  (temperature 0: ``greedy``, or an endpoint or candidate temperature of 0) is sent once and
+  its answer reused, so rollouts that draw the same candidate on the same example again and
+  every greedy re-evaluation cost no call (``prompt/cache_hits``, ``prompt/cache_calls_saved``);
+* with a validation set (:meth:`PromptPolicy.attach_selection`; the trainer attaches its
+  held-out examples and its reward when ``prompt.select_served``), a *per-example score
+  matrix*: the greedy validation scores of the most probable candidate after every update and
+  of every accepted proposal (the cache makes a candidate already scored free), and the greedy
+  rewards of rollouts at temperature 0 on the training examples;
+* *acceptance*: a proposed candidate must beat its parent on a minibatch of the training
+  examples the parent does worst on (``prompt.minibatch``), then is scored on validation, before
+  it takes a slot; a rejected one never enters the action set;
+* *Pareto retention*: pruning never retires a candidate on the validation Pareto front (best
+  on some validation example, dominated by none);
+* *new demo sets from failures*: the demo proposal is made of training examples the parent
+  got wrong, with their reference answers (the top-rewarded outputs only where there are no
+  references), and its minibatch excludes those examples;
+* *the served prompt* (:meth:`PromptPolicy.served`): the candidate with the best held-out
+  score, its validation scores and its greedy scores on the training examples it was never
+  shown, ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with
+  its 95% interval and the paired interval of its lead over the runner-up; a warning
+  (``prompt.served_coin_flip``) when that lead's interval holds 0. Without a validation set
+  it is the most probable candidate, as before.
+
 Growth (:class:`~.growth.CandidateGrowth`) runs in :meth:`PromptPolicy.after_update`, in the
 learner's task, never concurrently with an update; it resets the optimizer moments of a reused
 slot itself. The learner publishes snapshot ``V`` *before* the hook runs, so changes made
@@ -81,6 +108,7 @@ from .candidates import (
 from .growth import CandidateGrowth, GrowthSlots
 from .rendering import PromptFormat, messages_text, render_completion, render_messages
 from .sampling import PromptSample, samples_of
+from .selection import EvalCache, ScoreFn, Selection, ServedChoice
 
 if TYPE_CHECKING:
     from ...endpoints.parsing import Completion
@@ -208,6 +236,45 @@ class PromptPolicy(ArrayPolicy):
             recipes = [(i, tuple(d), t) for i, d, t in candidates]
         self._seed_slots(recipes)
         self.base_id = int(self.table.ids[0])
+        self.cache = EvalCache()
+        self.selection: Selection | None = None
+        self._served_id: int | None = None
+        """The served candidate restored from a checkpoint (used without a selection)."""
+
+    def attach_selection(self, score: ScoreFn, validation: Sequence[Example]) -> Selection | None:
+        """Score candidates on ``validation`` with ``score`` (output -> [0, 1]) to accept
+        proposals, keep the Pareto front and choose the served prompt (module docstring).
+        Nothing is attached without validation examples or with ``prompt.select_served``
+        off; returns the selection, or None."""
+        if not validation or not self.prompt.select_served:
+            return None
+        self.selection = Selection(score, validation, minibatch=self.prompt.minibatch)
+        return self.selection
+
+    def served_choice(self) -> ServedChoice | None:
+        """The served choice among every candidate scored on all of validation (live or
+        retired), with its interval; None without a selection or before any was scored."""
+        if self.selection is None:
+            return None
+        shown = {c.id: {d.input for d in c.demos} for c in self.table.registry.values()}
+        return self.selection.served(self.table.registry, self.base_id, shown)
+
+    def served(self) -> Candidate:
+        """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
+        probable live candidate."""
+        choice = self.served_choice()
+        if choice is not None:
+            return self.table.registry[choice.candidate]
+        if self._served_id is not None and self._served_id in self.table.registry:
+            return self.table.registry[self._served_id]
+        return self.best()
+
+    def deterministic(self, candidate: Candidate, *, greedy: bool = False) -> bool:
+        """Whether requests for ``candidate`` are decoded at temperature 0 (cacheable)."""
+        if greedy:
+            return True
+        t = candidate.temperature
+        return (self.endpoint.temperature if t is None else t) == 0.0
 
     def _seed_slots(self, recipes: Sequence[Recipe]) -> None:
         """The distinct seed recipes, in order, in the first slots (born at version 0)."""
@@ -419,28 +486,43 @@ class PromptPolicy(ArrayPolicy):
         greedy: bool = False,
         version: int | None = None,
         seed: int | None = None,
+        kind: str = "generation",
     ) -> Completion:
         """One request for ``example`` under ``candidate``: its rendered prompt, its
         temperature (0 when ``greedy``) and, in completions mode, the format's stop sequences.
+        ``kind`` labels its events (``selection`` for the scoring of candidates); a
+        deterministic request may be answered by :attr:`cache` whatever its kind.
 
         Returns the client's :class:`~engine.endpoints.client.Completion`; raises its errors
         (:class:`~engine.errors.EndpointError`) and ``RuntimeError`` without a client.
         """
         if self.client is None:
             raise RuntimeError("the prompt policy has no client")
+        client = self.client
         stop = None
         if self.mode == "completions" and not self.endpoint.stop:
             stop = list(self.fmt.stop)
-        return await self.client.complete(
-            self.render(candidate, example),
-            n=n,
-            kind="generation",
-            policy_version=self.version if version is None else version,
-            mode=self.mode,
-            temperature=0.0 if greedy else candidate.temperature,
-            stop=stop,
-            seed=seed,
-        )
+        prompt = self.render(candidate, example)
+        temperature = 0.0 if greedy else candidate.temperature
+
+        async def request(k: int) -> Completion:
+            return await client.complete(
+                prompt,
+                n=k,
+                kind=kind,
+                policy_version=self.version if version is None else version,
+                mode=self.mode,
+                temperature=temperature,
+                stop=stop,
+                seed=seed,
+            )
+
+        if not self.prompt.eval_cache or not self.deterministic(candidate, greedy=greedy):
+            return await request(n)
+        shown = prompt if isinstance(prompt, str) else messages_text(prompt)
+        decoding = (self.mode, 0.0, self.endpoint.max_tokens, tuple(stop or self.endpoint.stop))
+        key = (candidate.recipe, shown, decoding, self.endpoint.model)
+        return await self.cache.get_or_request(key, lambda: request(1), n=n)
 
     async def _request(
         self,
@@ -573,6 +655,9 @@ class PromptPolicy(ArrayPolicy):
         v = step + 1 if version is None else version
         self.version = v
         self.growth.record(step, groups, self.table)
+        sel = self.selection
+        if sel is not None:
+            self._record_greedy(groups, sel)
         metrics: dict[str, float] = {}
         if self.growth.due(step):
             slots = GrowthSlots(
@@ -582,13 +667,45 @@ class PromptPolicy(ArrayPolicy):
                 optimizer=self.optimizer,
                 base_id=self.base_id,
                 proposer=self.proposer or self.client,
+                accept=None if sel is None else self._accept,
+                keep=frozenset() if sel is None else self._front(),
             )
             metrics.update(await self.growth.grow(step, v, slots))
+        if sel is not None:
+            await self._score_leaders(sel)
+            self.served_choice()
+            metrics.update(sel.statistics())
+        metrics.update(self.cache.statistics())
         probs = self.probabilities()
         metrics["prompt/candidates"] = float(len(probs))
         metrics["prompt/best_prob"] = probs[0][1]
         metrics["prompt/best_candidate"] = float(probs[0][0].id)
         return metrics
+
+    def _record_greedy(self, groups: Sequence[Group], sel: Selection) -> None:
+        """Rewards of rollouts decoded at temperature 0 are greedy scores: into the matrix."""
+        for g in groups:
+            for r in g.rollouts:
+                c = r.sample.choice
+                if not r.ok or c is None or not math.isfinite(r.reward):
+                    continue
+                cand = self.table.registry.get(int(c))
+                if cand is not None and self.deterministic(cand):
+                    sel.matrix.set(cand.id, g.example.text, r.reward)
+
+    async def _score_leaders(self, sel: Selection) -> None:
+        """Score the most probable live candidate on validation (free when it already is)."""
+        await sel.evaluate(self, self.best(), sel.validation)
+
+    def _front(self) -> frozenset[int]:
+        """The live candidates on the validation Pareto front."""
+        assert self.selection is not None
+        live = [int(i) for i in self.table.ids[self.table.live()]]
+        return frozenset(self.selection.front(live))
+
+    async def _accept(self, child: Candidate, parent: Candidate, batch: Sequence[Example]) -> bool:
+        assert self.selection is not None
+        return await self.selection.accept(self, child, parent, batch)
 
     # ------------------------------------------------------------------ state
 
@@ -613,6 +730,9 @@ class PromptPolicy(ArrayPolicy):
             "candidates": registry["candidates"],
             "stats": registry["stats"],
             "buffer": list(self.growth.buffer),
+            "examples": self.growth.examples_json(),
+            "scores": None if self.selection is None else self.selection.matrix.to_json(),
+            "served": None if (c := self.served_choice()) is None else c.to_json(),
         }
         return arrays, meta
 
@@ -643,6 +763,13 @@ class PromptPolicy(ArrayPolicy):
         self.params["logits"][...] = new["params/logits"]
         self._ref[...] = new["ref/logits"]
         self.growth.buffer, self.base_id, self.version = buffer, base_id, version
+        self.growth.load_examples(meta.get("examples") or [])
+        if self.selection is not None and meta.get("scores") is not None:
+            self.selection.matrix.load(meta["scores"])
+        served = meta.get("served")
+        self._served_id = None
+        if isinstance(served, dict) and isinstance(served.get("candidate"), int):
+            self._served_id = int(served["candidate"])
 
 
 def _checked_arrays(arrays: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:

@@ -430,7 +430,11 @@ async def test_growth_against_the_sim_adds_reflected_candidates() -> None:
         cfg = sim_config(
             sim.base_url,
             prompt=PromptPolicyConfig(
-                instructions=("Answer.",), max_demos=2, max_candidates=5, propose_every=2
+                instructions=("Answer.",),
+                max_demos=2,
+                max_candidates=5,
+                propose_every=2,
+                select_served=False,  # growth without acceptance: see test_selection.py
             ),
         )
         events = EventLog(None)

@@ -1,0 +1,428 @@
+"""Which prompt candidates exist and which is served: the evaluation cache, the Pareto front,
+acceptance, the served choice, and the calls and tokens budgets that stop a run.
+
+Against the simulated server (real HTTP on loopback) with scripted models."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import anyio
+import numpy as np
+import orjson
+import pytest
+
+from engine.config.sections import (
+    DataConfig,
+    EndpointConfig,
+    GRPOConfig,
+    LimitsConfig,
+    OptimConfig,
+    PromptPolicyConfig,
+    RunConfig,
+    TrainerConfig,
+)
+from engine.endpoints.client import Client
+from engine.endpoints.spend import SpendMeter
+from engine.errors import BudgetSpent
+from engine.policies.prompt import Demo, PromptPolicy
+from engine.policies.prompt.growth import CandidateGrowth, GrowthSlots, failure_demos
+from engine.policies.prompt.selection import (
+    EvalCache,
+    ScoreMatrix,
+    Selection,
+    choose_served,
+    pareto_front,
+    wilson,
+)
+from engine.rewards.functions import exact_match
+from engine.testing.sim import SimConfig, SimRequest, SimServer
+from engine.training.assembly import build_rewarder
+from engine.training.trainer import TrainingManager
+from engine.types import Example
+
+ITEMS = [Example(f"e{i}", f"item {i}", target="even" if i % 2 == 0 else "odd") for i in range(40)]
+TRUTH = {e.text: str(e.target) for e in ITEMS}
+
+
+class Scripted:
+    """A fake model that counts its requests: right on every item under a GOOD instruction,
+    right on even items only under a HALF one, never otherwise."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def __call__(self, req: SimRequest) -> str:
+        self.requests += 1
+        p = req.prompt
+        x = p.rsplit("Input:", 1)[-1].split("\n", 1)[0].strip()
+        truth = TRUTH.get(x, "even")
+        if p.startswith("GOOD"):
+            return truth
+        if p.startswith("HALF"):
+            return truth if truth == "even" else "even"
+        return "maybe"
+
+
+async def score(ex: Example, text: str) -> float:
+    return exact_match(ex, text)
+
+
+def endpoint(url: str, temperature: float = 0.0) -> EndpointConfig:
+    return EndpointConfig(
+        base_url=url, model="sim", mode="completions", max_tokens=4, temperature=temperature
+    )
+
+
+def policy(client: Client | None, temperature: float = 0.0, **prompt: object) -> PromptPolicy:
+    cfg = PromptPolicyConfig(max_candidates=6, select_served=True, **prompt)  # type: ignore[arg-type]
+    return PromptPolicy(
+        client,
+        cfg,
+        endpoint=endpoint("http://unused/v1", temperature),
+        candidates=[("Answer.", (), None), ("HALF answer.", (), None), ("GOOD answer.", (), None)],
+    )
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+async def test_greedy_reevaluation_is_served_from_the_cache() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        pol.endpoint = endpoint(sim.base_url)
+        good = pol.candidate(2)
+        first = await pol.complete(good, ITEMS[1], greedy=True)
+        again = await pol.complete(good, ITEMS[1], greedy=True)
+        four = await pol.complete(good, ITEMS[1], greedy=True, n=4)
+        other = await pol.complete(good, ITEMS[2], greedy=True)
+    assert first.choices[0].text == again.choices[0].text == "odd"
+    assert [c.text for c in four.choices] == ["odd"] * 4
+    assert other.choices[0].text == "even"
+    assert model.requests == 2  # one per (candidate, input); the rest from the cache
+    assert pol.cache.hits == 2 and pol.cache.misses == 2
+    assert pol.cache.calls_saved == 1 + 1  # the repeat, and the 4-choice one asked once
+    assert again.requests == 0 and again.usage.total_tokens == 0
+
+
+async def test_sampled_requests_are_not_cached_and_decoding_is_part_of_the_key() -> None:
+    model = Scripted()
+    async with (
+        SimServer(SimConfig(model=model)) as sim,
+        Client(endpoint(sim.base_url, 1.0)) as client,
+    ):
+        pol = policy(client, temperature=1.0)
+        cand = pol.candidate(2)
+        await pol.complete(cand, ITEMS[1])
+        await pol.complete(cand, ITEMS[1])
+        await pol.complete(cand, ITEMS[1], greedy=True)
+        await pol.complete(cand, ITEMS[1], greedy=True)
+        pol.endpoint = dataclasses.replace(pol.endpoint, max_tokens=8)  # another decoding
+        await pol.complete(cand, ITEMS[1], greedy=True)
+    assert model.requests == 4
+    assert pol.cache.hits == 1
+
+
+async def test_concurrent_misses_of_one_key_share_a_request() -> None:
+    model = Scripted()
+    async with (
+        SimServer(SimConfig(model=model, latency=0.05)) as sim,
+        Client(endpoint(sim.base_url)) as client,
+    ):
+        pol = policy(client)
+        sel = Selection(score, [ITEMS[1]])
+        cand = pol.candidate(2)
+        ask = functools.partial(pol.complete, cand, ITEMS[3], greedy=True)
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(ask)
+        scores = await sel.evaluate(pol, cand, [ITEMS[3]])
+    assert model.requests == 1 and scores.tolist() == [1.0]
+    assert pol.cache.hits == 5
+
+
+def test_cache_keeps_no_failed_answer() -> None:
+    cache = EvalCache()
+
+    async def fail() -> object:
+        raise BudgetSpent("spent", attempt=1, endpoint="")
+
+    async def go() -> None:
+        with pytest.raises(BudgetSpent):
+            await cache.get_or_request("k", fail)  # type: ignore[arg-type]
+
+    anyio.run(go)
+    assert len(cache) == 0 and cache.misses == 1
+
+
+# ----------------------------------------------------------------------------- Pareto
+
+
+def matrix(rows: dict[int, list[float]]) -> tuple[ScoreMatrix, list[str]]:
+    m = ScoreMatrix()
+    keys = [f"x{i}" for i in range(len(next(iter(rows.values()))))]
+    for c, r in rows.items():
+        for k, v in zip(keys, r, strict=True):
+            m.set(c, k, v)
+    return m, keys
+
+
+def test_pareto_front_keeps_a_candidate_best_on_one_example() -> None:
+    m, keys = matrix(
+        {
+            0: [1, 1, 1, 0],  # best mean
+            1: [0, 0, 0, 1],  # the only one right on x3: kept
+            2: [1, 1, 0, 0],  # dominated by 0
+            3: [0, 0, 0, 0],
+        }
+    )
+    assert pareto_front(m, [0, 1, 2, 3], keys) == {0, 1}
+    assert pareto_front(m, [2, 3], keys) == {2}
+    m.set(4, "x0", 1.0)  # not scored on all of validation: not compared
+    assert 4 not in pareto_front(m, [0, 1, 4], keys)
+
+
+def test_pruning_retains_the_front_even_with_the_lowest_logit() -> None:
+    pol = PromptPolicy(
+        None,
+        PromptPolicyConfig(max_candidates=5, propose_every=1),
+        candidates=[(f"c{i}", (), None) for i in range(3)],
+    )
+    logits = pol.params["logits"]
+    logits[:3] = [0.0, -5.0, -1.0]  # candidate 1 least probable
+    pol.table.died[:] = np.iinfo(np.int64).max
+    pol.table.born[:3] = -10
+    growth = CandidateGrowth(pol.prompt, headroom=2, proposer_mode="completions", seed=0)
+    # K - headroom = 3 live allowed: add two more live slots so two must go
+    for s in (3, 4):
+        cand = pol.table.new_candidate((f"c{s}", (), None), "seed", None)
+        pol.table.place(s, cand, born=-10)
+        logits[s] = -2.0 - s
+    slots = GrowthSlots(pol.table, logits, pol._ref, None, pol.base_id, None,
+                        keep=frozenset({1}))  # fmt: skip
+    assert growth._prune(5, slots) == 2
+    alive = {int(pol.table.ids[s]) for s in np.flatnonzero(pol.table.died > 6)}
+    assert 1 in alive and 0 in alive  # the front and the base prompt stay
+    assert alive == {0, 1, 2}  # the two lowest logits off the front went
+
+
+def test_failure_demos_are_the_parents_misses_with_their_references() -> None:
+    recs = [
+        {"candidate": 3, "input": "a", "target": "A", "reward": 0.0, "step": 1},
+        {"candidate": 3, "input": "b", "target": "B", "reward": 1.0, "step": 1},
+        {"candidate": 4, "input": "c", "target": "C", "reward": 0.0, "step": 1},
+        {"candidate": 3, "input": "a", "target": "A", "reward": 0.0, "step": 2},
+        {"candidate": 3, "input": "d", "target": None, "reward": 0.0, "step": 2},
+        {"candidate": 3, "input": "e", "target": "E", "reward": 0.5, "step": 2},
+    ]
+    assert failure_demos(recs, 3, 3) == (Demo("a", "A"), Demo("e", "E"))
+
+
+# ----------------------------------------------------------------------------- acceptance
+
+
+async def test_acceptance_needs_a_strict_minibatch_win_then_scores_validation() -> None:
+    model = Scripted()
+    val = ITEMS[20:28]
+    batch = ITEMS[1:5]
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        sel = Selection(score, val)
+        base, half, good = (pol.candidate(i) for i in range(3))
+        assert await sel.accept(pol, good, half, batch)
+        assert sel.matrix.row(good.id, sel.keys) is not None  # scored on validation
+        n = model.requests
+        assert not await sel.accept(pol, base, half, batch)  # worse: rejected
+        assert sel.matrix.row(base.id, sel.keys) is None  # never scored on validation
+        assert model.requests == n + 4  # only the rejected child's minibatch was asked
+        assert not await sel.accept(pol, half, half, batch)  # a tie is not a win
+    assert sel.accepted == 1 and sel.rejected == 2
+
+
+async def test_growth_places_only_accepted_proposals() -> None:
+    """A reflection that makes things worse is scored on the minibatch and never placed."""
+
+    def model(req: SimRequest) -> str:
+        p = req.prompt
+        if "improving the instruction" in p:
+            return "Say nothing.</instruction>"
+        x = p.rsplit("Input:", 1)[-1].split("\n", 1)[0].strip()
+        if not p.startswith("HALF"):
+            return "maybe"
+        if req.temperature == 0:
+            return TRUTH.get(x, "")
+        return TRUTH.get(x, "") if (req.seed or 0) % 2 == req.index % 2 else "maybe"
+
+    async with SimServer(SimConfig(model=model)) as sim:
+        cfg = train_config(sim.base_url, steps=2)
+        cfg = dataclasses.replace(
+            cfg,
+            endpoint=endpoint(sim.base_url, 1.0),
+            prompt=PromptPolicyConfig(
+                instructions=("HALF answer.",),
+                max_demos=0,
+                max_candidates=4,
+                propose_every=2,
+                select_served=True,
+            ),
+        )
+        async with Client(cfg.endpoint, limits=cfg.limits) as client:
+            pol = PromptPolicy.from_config(cfg, client, examples=ITEMS[:20], separate_heldout=True)
+            async with TrainingManager(
+                cfg, policy=pol, rewarder=build_rewarder(cfg), train=ITEMS[:20],
+                heldout=ITEMS[20:30], out=None,
+            ) as tm:  # fmt: skip
+                await tm.run()
+    made = [pol.candidate(i) for i in range(pol.table.next_id)]
+    assert any(c.instruction == "Say nothing." for c in made)  # proposed and scored ...
+    live = {int(i) for i in pol.table.ids[pol.table.live()]}
+    assert all(pol.candidate(i).instruction != "Say nothing." for i in live)  # ... not placed
+    assert pol.selection is not None and pol.selection.rejected >= 1
+
+
+# ----------------------------------------------------------------------------- served choice
+
+
+def test_served_choice_is_the_best_validation_mean_with_its_interval() -> None:
+    m, keys = matrix({0: [0, 1, 0, 1, 0, 1, 0, 1], 1: [1] * 8, 2: [1, 1, 1, 1, 1, 1, 1, 0]})
+    c = choose_served(m, [0, 1, 2], keys, base_id=0)
+    assert c is not None and c.candidate == 1 and c.score == 1.0 and c.runner_up == 2
+    assert (c.low, c.high) == pytest.approx(wilson(1.0, 8))
+    assert c.coin_flip  # 8 against 7 of 8: the data cannot tell
+    m2, keys2 = matrix({0: [0] * 12, 1: [1] * 12})
+    c2 = choose_served(m2, [0, 1], keys2, base_id=0)
+    assert c2 is not None and c2.candidate == 1 and not c2.coin_flip and c2.lead_low > 0
+    m3, keys3 = matrix({3: [1, 0], 0: [0, 1]})  # a tie goes to the base prompt
+    c3 = choose_served(m3, [0, 3], keys3, base_id=0)
+    assert c3 is not None and c3.candidate == 0 and c3.coin_flip
+    assert choose_served(ScoreMatrix(), [0], keys, 0) is None
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(0.0, 10)[0] == 0.0 and wilson(1.0, 10)[1] == pytest.approx(1.0)
+
+
+async def test_served_prompt_is_chosen_by_validation_not_by_the_largest_logit() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        pol.params["logits"][:3] = [0.0, 3.0, -1.0]  # HALF is the most probable
+        assert pol.served().id == 1  # no validation yet: the most probable
+        sel = pol.attach_selection(score, ITEMS[20:32])
+        assert sel is not None
+        for i in range(3):
+            await sel.evaluate(pol, pol.candidate(i), sel.validation)
+        choice = pol.served_choice()
+        assert pol.best().id == 1
+        assert choice is not None and choice.candidate == 2 and pol.served().id == 2
+        assert choice.score == 1.0 and choice.runner_up == 1 and not choice.coin_flip
+        arrays, meta = pol.state()
+    assert meta["served"]["candidate"] == 2
+    other = policy(None)
+    other.load_state(arrays, meta)  # a loaded model serves what the run chose
+    assert other.served().id == 2
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def train_config(url: str, steps: int = 6, **limits: object) -> RunConfig:
+    return RunConfig(
+        policy="prompt",
+        steps=steps,
+        seed=0,
+        endpoint=endpoint(url),
+        prompt=PromptPolicyConfig(
+            instructions=("Answer.", "HALF answer.", "GOOD answer."),
+            max_demos=0,
+            max_candidates=6,
+        ),
+        grpo=GRPOConfig(group_size=4, mini_batch_size=4),
+        optim=OptimConfig(lr=0.5),
+        data=DataConfig(batch_size=4, eval_fraction=0.0),
+        trainer=TrainerConfig(eval_every=0, checkpoint_every=0),
+        limits=LimitsConfig(max_concurrency=8, **limits),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "which"),
+    [({"max_requests": 20}, "calls"), ({"max_total_tokens": 300}, "tokens")],
+)
+async def test_calls_and_tokens_budgets_stop_the_run_with_a_checkpoint(
+    tmp_path: Path, limits: dict[str, int], which: str
+) -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim:
+        cfg = train_config(sim.base_url, steps=50, **limits)
+        spend = SpendMeter.from_config(cfg)
+        async with Client(cfg.endpoint, limits=cfg.limits, spend=spend) as client:
+            pol = PromptPolicy.from_config(cfg, client, examples=ITEMS[:20], separate_heldout=True)
+            async with TrainingManager(
+                cfg, policy=pol, rewarder=build_rewarder(cfg), train=ITEMS[:20],
+                heldout=ITEMS[20:32], out=tmp_path / "run", spend=spend,
+            ) as tm:  # fmt: skip
+                summary = await tm.run()
+    assert summary.stop_reason == "budget"
+    assert summary.extra["budget_spent"] == which
+    assert f"the {which} budget ended the run" in summary.extra["stop_detail"]
+    assert 0 < summary.steps_done < 50
+    if which == "calls":
+        assert spend.admitted == model.requests == 20
+    else:
+        assert spend.tokens >= 300
+    saved = orjson.loads((tmp_path / "run" / "summary.json").read_bytes())
+    assert saved["stop_reason"] == "budget" and saved["budget_spent"] == which
+    assert any((tmp_path / "run").rglob("*.npz")) or any(
+        p.is_dir() and p.name.startswith("step") for p in (tmp_path / "run").rglob("*")
+    )
+
+
+def test_spend_meter_budgets_refuse_and_name_themselves() -> None:
+    meter = SpendMeter(max_requests=2)
+    meter.admit()
+    meter.finish()
+    assert not meter.exhausted
+    meter.admit()
+    meter.finish()
+    assert meter.exhausted and meter.spent_budget == "calls"
+    with pytest.raises(BudgetSpent, match="call budget spent"):
+        meter.admit()
+    from engine.types import Usage
+
+    tokens = SpendMeter(max_tokens=10)
+    tokens.cost(Usage(6, 5), "m", hosted=False)
+    assert tokens.tokens == 11 and tokens.spent_budget == "tokens"
+    assert "token budget spent" in str(tokens.refusal())
+    with pytest.raises(ValueError):
+        SpendMeter(max_requests=0)
+    assert math.isfinite(SpendMeter().spent)
+
+
+def test_served_choice_pools_unseen_training_scores_and_shrinks_little_evidence() -> None:
+    m = ScoreMatrix()
+    val = [f"v{i}" for i in range(4)]
+    for k in val:
+        m.set(0, k, 1.0)  # the base: right on all of validation ...
+    for i in range(10):
+        m.set(0, f"t{i}", 1.0 if i < 9 else 0.0)  # ... and on 9 of 10 training examples
+    for k in ("t0", "t1", "t2"):
+        m.set(5, k, 1.0)  # 3 of 3, one of them its own demo
+    shown = {0: set(), 5: {"t0"}}
+    c = choose_served(m, [0, 5], val, base_id=0, shown=shown)
+    assert c is not None and c.candidate == 0 and c.n == 14 and c.score == pytest.approx(13 / 14)
+    assert c.runner_up == 5 and c.coin_flip  # they share two examples, both right
+    only_val = choose_served(m, [0, 5], val, base_id=0)
+    assert only_val is not None and only_val.candidate == 0 and only_val.n == 4
+    m.set(5, "t3", 1.0)
+    m.set(5, "t4", 1.0)
+    for i in range(5, 40):
+        m.set(5, f"t{i}", 1.0)
+    c2 = choose_served(m, [0, 5], val, base_id=0, shown=shown)
+    assert c2 is not None and c2.candidate == 5 and c2.n == 39  # t0 never counts for it
