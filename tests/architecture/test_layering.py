@@ -27,6 +27,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("rollout",),
     ("learning",),
     ("training",),
+    ("cluster",),
     ("evaluation",),
     ("testing",),
     ("cli",),
