@@ -177,9 +177,9 @@ class RayCluster:
     def _connect(self) -> None:
         ray = ray_module()
         c = self.cluster
+        _probe_address(c.address, c.connect_timeout)
         if ray.is_initialized():  # the caller's own session: use it, leave it running
             return
-        _probe_address(c.address, c.connect_timeout)
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
             "log_to_driver": False,
