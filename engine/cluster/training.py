@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..config.sections import RunConfig
+from ..errors import ConfigError
 from ..learning.learner import ScoredBatch
 from ..policies.base import PolicySnapshot
 from ..rollout.groups import RolloutCounters
@@ -62,6 +63,13 @@ class ClusterTrainingManager(TrainingManager):
         if config.cluster.backend != "ray":
             raise ValueError('ClusterTrainingManager needs cluster.backend = "ray"')
         ray_module()  # not installed: the one clear error, before any file is written
+        if config.cluster.shards and make_parts is None and config.policy != "tinylm":
+            raise ConfigError(
+                f"rollout shards build the tinylm policy from the config; policy "
+                f"{config.policy!r} keeps state in the driver that shards do not get yet "
+                "(pass make_parts=, or set cluster.shards = 0)",
+                key="cluster.shards",
+            )
         super().__init__(config, **kwargs)
         self._make_parts = make_parts
         self.pool: ShardPool | None = None
