@@ -98,7 +98,7 @@ class _Sender:
 
         limiter: Any = limits
         if actor is not None:
-            limiter = LeasedLimiter(actor, limits, lease_requests=2, lease_ttl=0.3)
+            limiter = LeasedLimiter(actor, limits, lease_requests=4, lease_ttl=0.3)
         ep = EndpointConfig(base_url=url, model="sim-model", max_tokens=16, deadline=120.0)
         ok = failed = 0
         async with Client(ep, limits=limiter, retry=RetryConfig(max_attempts=4)) as client:

@@ -347,7 +347,6 @@ class LeasedLimiter:
         self._timing = Timing(None)
         self._gate = RateLimitGate(self._timing, backoff, backoff_cap)
         self._slots: asyncio.Semaphore | None = None
-        self._lease_lock: asyncio.Lock | None = None
         self._pool_requests = 0
         self._pool_tokens = 0.0
         self._pool_since = 0.0
@@ -384,9 +383,7 @@ class LeasedLimiter:
     async def _permit(self, est_tokens: int, requests: int) -> AsyncIterator[_LeasedPermit]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max)
-            self._lease_lock = asyncio.Lock()
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        assert self._lease_lock is not None
         started = self._timing.now()
         self._waiting += 1
         granted = False
@@ -395,13 +392,10 @@ class LeasedLimiter:
             async with self._slots:
                 self._in_flight += 1
                 try:
-                    async with self._lease_lock:
-                        await self._fill(requests, est_tokens)
-                        waited = await self._gate.wait() or waited
-                        if self._closed:
-                            raise ClientClosedError("limiter is closed")
-                        self._pool_requests -= requests
-                        self._pool_tokens -= est_tokens
+                    await self._take(requests, est_tokens)
+                    waited = await self._gate.wait() or waited
+                    if self._closed:
+                        raise ClientClosedError("limiter is closed")
                     granted = True
                     self._waiting -= 1
                     self._gate_waits += int(waited)
@@ -418,12 +412,19 @@ class LeasedLimiter:
             if not granted:
                 self._waiting -= 1
 
-    async def _fill(self, requests: int, est_tokens: int) -> None:
-        """Lease until the pool holds ``requests`` permits and ``est_tokens`` tokens."""
+    async def _take(self, requests: int, est_tokens: int) -> None:
+        """Take ``requests`` permits and ``est_tokens`` tokens from the pool, leasing more
+        while it holds too few. Every waiting permit may have its own lease in flight, so a
+        slow round trip to the actor never caps the shard at one lease at a time."""
         tpr = est_tokens / requests if self._tpm else 0.0
-        while self._pool_requests < requests or (self._tpm and self._pool_tokens < est_tokens):
+        while True:
             if self._closed:
                 raise ClientClosedError("limiter is closed")
+            enough_tokens = not self._tpm or self._pool_tokens >= est_tokens
+            if self._pool_requests >= requests and enough_tokens:
+                self._pool_requests -= requests
+                self._pool_tokens -= est_tokens
+                return
             await self._gate.wait()
             need = max(1, requests - self._pool_requests)
             if self._tpm and tpr > 0 and self._pool_tokens < est_tokens:
@@ -571,7 +572,6 @@ class LeasedLimiter:
 
     def _expire(self) -> None:
         """Give back permits nobody has asked for within ``lease_ttl``."""
-        lock = self._lease_lock
         idle = self._timing.now() - self._pool_since >= self._ttl and self._waiting == 0
-        if self._pool_requests > 0 and (lock is None or not lock.locked()) and idle:
+        if self._pool_requests > 0 and idle:
             self._give_back()
