@@ -409,8 +409,7 @@ class TelemetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """Beyond one machine: reward workers, rollout shards and one shared rate limit on Ray
-    (README, Beyond one machine; needs pip install 'grpo-engine[ray]')."""
+    """Ray: reward workers, rollout shards and one shared rate limit (the [ray] extra)."""
 
     backend: Literal["local", "ray"] = "local"
     """local = everything in this process; ray = reward workers, rollout shards and the
