@@ -1,27 +1,41 @@
-"""Benchmark (endpoint client stage): goodput under server-enforced RPM and TPM limits.
+"""Benchmark (endpoint client stage): goodput under server-enforced RPM and TPM limits, against
+a minute-window and a one-second-window server, with fair peers.
 
-For each client a fresh simulated server is started in its own process
-(``python -m engine serve-sim --rpm 600 --tpm ... --latency 0.05``), so both meet full
-buckets, then ``--requests`` chat requests are pushed through at ``--concurrency``:
+Two servers enforce the same per-minute limits (``--rpm``, ``--tpm``) over different windows:
+a **minute window** (the bucket holds 60 s of rate: a minute's allowance may arrive at once)
+and a **one-second window** (it holds 1 s of rate: the same average, no burst). Each arm gets
+a fresh simulated server in its own process (``python -m engine serve-sim --burst-seconds W``),
+so every arm meets full buckets, and pushes chat requests at ``--concurrency`` for
+``--seconds`` (no call starts after that; the wall time runs until the last one ends):
 
-- ``engine``: :class:`engine.endpoints.client.Client` with limits set to the server's
-  (``rpm``, ``tpm``),
-  its retries and the shared 429 gate;
-- ``openai``: ``openai.AsyncOpenAI`` with its own retries (``max_retries`` default, 2).
+- ``engine``: :class:`engine.endpoints.client.Client`, its default limits config (window
+  learning on) with ``rpm``/``tpm`` set to the server's, against a server that sends **no**
+  ``x-ratelimit-*`` headers: it learns the window from 429s;
+- ``engine+headers``: the same config against a server that sends OpenAI's
+  ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers;
+- ``openai``: ``openai.AsyncOpenAI`` as it comes (``max_retries`` 2, no client-side limit);
+- ``openai+aiolimiter``: the SDK behind two :class:`aiolimiter.AsyncLimiter` buckets of the
+  server's rpm and tpm per minute (``AsyncLimiter(rpm, 60)``: the idiomatic way to add a
+  client-side limit), with the engine's retry count
+  (``max_retries = RetryConfig().max_attempts - 1``);
+- ``openai+aiolimiter-1s``: the same with one-second buckets (``AsyncLimiter(rpm / 60, 1)``):
+  what a user who knows the server enforces a one-second window would pick.
 
-Reported per client: successes, failed requests, wall time, goodput as a fraction of what the
-server allows in that wall time, and the 429 rate (429 responses / all responses, from the
-server's own ``/sim/stats``).
+Reported per arm: successes, failures, wall time, goodput as a fraction of what the server
+allows in that wall time, and the 429 rate (429 responses / all responses, from the server's
+own ``/sim/stats``).
 
-What the server allows: both limits are token buckets that start full (``burst_seconds`` of
-rate), so in ``T`` seconds it admits at most ``min(R * b/60 + R/60 * T, (K * b/60 + K/60 * T) / c)``
-requests, where ``R`` is rpm, ``K`` tpm, ``b`` the burst seconds and ``c`` the tokens it charges
-per request (``len(prompt) // 4 + 1 + max_tokens``, its estimate, never refunded). Goodput is
-successes over that. Run::
+What the server allows: both limits are token buckets that start full (``W`` seconds of rate),
+so in ``T`` seconds it admits at most ``min(R * W/60 + R/60 * T, (K * W/60 + K/60 * T) / c)``
+requests, where ``R`` is rpm, ``K`` tpm and ``c`` the tokens it charges per request (its
+estimate, never refunded). Goodput is successes over that.
 
-    python benchmarks/bench_ratelimit.py                   # 2,000 requests: about 3-4 minutes each
-    python benchmarks/bench_ratelimit.py --requests 500 --burst-seconds 1
-    python benchmarks/bench_ratelimit.py --requests 500 --burst-seconds 1 --client-burst-seconds 60
+Scaling: the windows are real (60 s and 1 s) and so are the rates; what is short is the run
+(``--seconds``, 20 by default, a third of the long window), so a minute-window server's burst
+is most of what it allows in a run, and an arm that gives the burst up scores low. Run::
+
+    python benchmarks/bench_ratelimit.py                        # 2 servers x 5 arms x 20 s
+    python benchmarks/bench_ratelimit.py --windows 1 --arms engine,openai+aiolimiter
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -49,25 +64,23 @@ from engine.telemetry.events import EventLog
 PROMPT = "Write one short sentence about group relative policy optimization."
 MAX_TOKENS = 16
 FAKE_KEY = "sk-bench-not-a-real-key"
+CHARGE = len(PROMPT) // 4 + 1 + MAX_TOKENS
+"""Tokens the simulator charges per request at admission (its estimate; never refunded)."""
+ARMS = ("engine", "engine+headers", "openai", "openai+aiolimiter", "openai+aiolimiter-1s")
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    args: argparse.Namespace, window: float, headers: bool
+) -> tuple[subprocess.Popen[str], str]:
     cmd = [
-        sys.executable,
-        "-m",
-        "engine",
-        "serve-sim",
-        "--port",
-        "0",
-        "--latency",
-        str(args.latency),
-        "--rpm",
-        str(args.rpm),
-        "--tpm",
-        str(args.tpm),
-        "--burst-seconds",
-        str(args.burst_seconds),
-    ]
+        sys.executable, "-m", "engine", "serve-sim", "--port", "0",
+        "--latency", str(args.latency),
+        "--rpm", str(args.rpm),
+        "--tpm", str(args.tpm),
+        "--burst-seconds", str(window),
+    ]  # fmt: skip
+    if not headers:
+        cmd.append("--no-rate-headers")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
@@ -85,15 +98,15 @@ def server_stats(url: str) -> dict[str, object]:
         return orjson.loads(r.read())
 
 
-async def drive(call: Callable[[], Awaitable[object]], concurrency: int, total: int) -> dict:
-    remaining = total
+async def drive(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float) -> dict:
     ok = failed = 0
     errors: dict[str, int] = {}
+    t0 = time.perf_counter()
+    stop = t0 + seconds
 
     async def worker() -> None:
-        nonlocal remaining, ok, failed
-        while remaining > 0:
-            remaining -= 1
+        nonlocal ok, failed
+        while time.perf_counter() < stop:
             try:
                 await call()
                 ok += 1
@@ -101,134 +114,144 @@ async def drive(call: Callable[[], Awaitable[object]], concurrency: int, total: 
                 failed += 1
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return {"ok": ok, "failed": failed, "wall": time.perf_counter() - t0, "errors": errors}
 
 
-async def run_engine(url: str, args: argparse.Namespace, tmp: Path) -> dict:
-    events = EventLog(tmp / "events.jsonl")
-    cfg = EndpointConfig(
-        base_url=url, model="sim-model", max_tokens=MAX_TOKENS, deadline=args.deadline
-    )
-    limits = LimitsConfig(  # the sim, like OpenAI, charges max_tokens up front: no refunds
-        rpm=args.rpm,
-        tpm=args.tpm,
-        max_concurrency=args.concurrency,
-        adaptive=args.adaptive,
-        tpm_refund=False,
-        burst_seconds=args.client_burst_seconds,
-    )
-    async with Client(
-        cfg, limits=limits, retry=RetryConfig(), events=events, api_key=FAKE_KEY
-    ) as client:
+async def run_engine(url: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        events = EventLog(Path(tmp) / "events.jsonl")
+        cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS,
+                             deadline=args.deadline)  # fmt: skip
+        # the defaults, with the server's limits; the sim, like OpenAI, charges max_tokens
+        # up front and never refunds, so refunds are off (as for OpenAI)
+        limits = LimitsConfig(rpm=args.rpm, tpm=args.tpm, max_concurrency=args.concurrency,
+                              tpm_refund=False)  # fmt: skip
+        async with Client(cfg, limits=limits, retry=RetryConfig(), events=events,
+                          api_key=FAKE_KEY) as client:  # fmt: skip
 
-        async def call() -> object:
-            return await client.complete(PROMPT)
+            async def call() -> object:
+                return await client.complete(PROMPT)
 
-        out = await drive(call, args.concurrency, args.requests)
-        out["client"] = client.statistics()
-    events.close()
+            out = await drive(call, args.concurrency, args.seconds)
+            s = client.statistics().limiter
+            assert s is not None
+            out["client"] = (f"learned windows: requests {s.request_window:.3g} s, tokens "
+                             f"{s.token_window:.3g} s ({s.window_learning})")  # fmt: skip
+        events.close()
     return out
 
 
-async def run_openai(url: str, args: argparse.Namespace, tmp: Path) -> dict:
+async def run_openai(url: str, args: argparse.Namespace, *, period: float | None) -> dict:
+    """The SDK, bare (``period`` None) or behind aiolimiter buckets of ``period`` seconds."""
     import openai
+    from aiolimiter import AsyncLimiter
 
-    client = openai.AsyncOpenAI(base_url=url, api_key=FAKE_KEY)  # max_retries default
+    limited = period is not None
+    retries = RetryConfig().max_attempts - 1 if limited else openai.DEFAULT_MAX_RETRIES
+    client = openai.AsyncOpenAI(base_url=url, api_key=FAKE_KEY, max_retries=retries)
+    p = period or 60.0
+    rpm = AsyncLimiter(args.rpm * p / 60.0, p)
+    tpm = AsyncLimiter(args.tpm * p / 60.0, p)
     try:
 
         async def call() -> object:
+            if limited:
+                await rpm.acquire()
+                await tpm.acquire(CHARGE)
             return await client.chat.completions.create(
                 model="sim-model",
                 messages=[{"role": "user", "content": PROMPT}],
                 max_tokens=MAX_TOKENS,
             )
 
-        out = await drive(call, args.concurrency, args.requests)
-        out["client"] = f"max_retries={client.max_retries}"
+        out = await drive(call, args.concurrency, args.seconds)
+        out["client"] = f"max_retries={client.max_retries}" + (
+            f", AsyncLimiter({rpm.max_rate:g}, {p:g}) + AsyncLimiter({tpm.max_rate:g}, {p:g})"
+            if limited
+            else ""
+        )
     finally:
         await client.close()
     return out
 
 
-def allowed(args: argparse.Namespace, wall: float) -> float:
+def allowed(args: argparse.Namespace, window: float, charge: int, wall: float) -> float:
     """Requests the server admits at most in ``wall`` seconds (both buckets start full)."""
-    charge = len(PROMPT) // 4 + 1 + MAX_TOKENS
-    b = args.burst_seconds / 60.0
+    b = window / 60.0
     by_rpm = args.rpm * b + args.rpm / 60.0 * wall
     by_tpm = (args.tpm * b + args.tpm / 60.0 * wall) / charge
     return min(by_rpm, by_tpm)
 
 
-async def bench(args: argparse.Namespace) -> None:
-    import tempfile
+async def run_arm(arm: str, window: float, args: argparse.Namespace) -> tuple[dict, dict]:
+    proc, url = start_server(args, window, headers=arm != "engine")
+    try:
+        if arm.startswith("engine"):
+            out = await run_engine(url, args)
+        else:
+            periods = {"openai": None, "openai+aiolimiter": 60.0, "openai+aiolimiter-1s": 1.0}
+            out = await run_openai(url, args, period=periods[arm])
+        stats = server_stats(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return out, stats
 
+
+async def bench(args: argparse.Namespace) -> None:
     import openai
 
-    charge = len(PROMPT) // 4 + 1 + MAX_TOKENS
+    charge = CHARGE
     steady = min(args.rpm, args.tpm / charge)
     print(
-        f"server: rpm {args.rpm:g}, tpm {args.tpm:g} (charged {charge} tokens/request, so "
-        f"{steady:.0f} requests/min steady), burst {args.burst_seconds:g} s, latency "
-        f"{args.latency} s; {args.requests} requests at concurrency {args.concurrency}; "
+        f"servers: rpm {args.rpm:g}, tpm {args.tpm:g} (charged {charge} tokens/request: "
+        f"{steady:.0f} requests/min steady), windows {args.windows}, latency {args.latency} s; "
+        f"{args.seconds:g} s per arm at concurrency {args.concurrency}; "
         f"openai {openai.__version__}",
         flush=True,
     )
     rows = []
-    runners = {"engine": run_engine, "openai": run_openai}
-    for name in args.clients.split(","):
-        proc, url = start_server(args)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = await runners[name](url, args, Path(tmp))
-            stats = server_stats(url)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-        by_status = {int(k): v for k, v in stats["by_status"].items()}  # type: ignore[union-attr]
-        responses = sum(by_status.values())
-        r429 = by_status.get(429, 0)
-        goodput = out["ok"] / allowed(args, out["wall"])
-        rows.append((name, out, responses, r429, goodput))
-        print(
-            f"{name}: {out['ok']} ok, {out['failed']} failed {out['errors']}, "
-            f"{out['wall']:.1f} s, goodput {goodput:.2f} of allowed, "
-            f"429s {r429}/{responses} = {r429 / max(responses, 1):.1%}; {out['client']}",
-            flush=True,
-        )
+    for window in (float(w) for w in args.windows.split(",")):
+        for arm in args.arms.split(","):
+            if arm not in ARMS:
+                raise SystemExit(f"--arms: unknown arm {arm!r}; expected some of {ARMS}")
+            out, stats = await run_arm(arm, window, args)
+            by_status = {int(k): v for k, v in stats["by_status"].items()}  # type: ignore[union-attr]
+            responses = sum(by_status.values())
+            r429 = by_status.get(429, 0)
+            goodput = out["ok"] / allowed(args, window, charge, out["wall"])
+            rows.append((window, arm, out, responses, r429, goodput))
+            print(
+                f"window {window:g} s, {arm}: {out['ok']} ok, {out['failed']} failed "
+                f"{out['errors']}, {out['wall']:.1f} s, goodput {goodput:.3f} of allowed, "
+                f"429s {r429}/{responses} = {r429 / max(responses, 1):.2%}; {out['client']}",
+                flush=True,
+            )
     print()
-    print(
-        f"{'client':8s} {'ok':>6s} {'failed':>7s} {'wall s':>7s} {'ok/min':>7s} "
-        f"{'goodput':>8s} {'429 rate':>9s}"
-    )
-    for name, out, responses, r429, goodput in rows:
+    print("| server window | client | ok | failed | wall s | goodput | 429 rate |")
+    print("|---|---|---|---|---|---|---|")
+    for window, arm, out, responses, r429, goodput in rows:
         print(
-            f"{name:8s} {out['ok']:6d} {out['failed']:7d} {out['wall']:7.1f} "
-            f"{60 * out['ok'] / out['wall']:7.0f} {goodput:8.2f} {r429 / max(responses, 1):9.1%}"
+            f"| {window:g} s | {arm} | {out['ok']} | {out['failed']} | {out['wall']:.1f} | "
+            f"{goodput:.3f} | {r429 / max(responses, 1):.2%} ({r429} of {responses}) |"
         )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds of calls per arm")
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--rpm", type=float, default=600.0)
-    ap.add_argument("--tpm", type=float, default=18_000.0)
-    ap.add_argument("--burst-seconds", type=float, default=60.0, help="server bucket size")
-    ap.add_argument(
-        "--client-burst-seconds",
-        type=float,
-        default=1.0,
-        help="engine: limits.burst_seconds (its own buckets' size; 1 is the engine default)",
-    )
+    ap.add_argument("--rpm", type=float, default=1200.0)
+    ap.add_argument("--tpm", type=float, default=36_000.0)
+    ap.add_argument("--windows", default="60,1", help="server windows (bucket seconds)")
+    ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--deadline", type=float, default=300.0, help="engine per-request deadline")
-    ap.add_argument("--clients", default="engine,openai")
-    ap.add_argument("--adaptive", action="store_true", help="engine: AIMD concurrency")
     args = ap.parse_args()
     # the engine's retry logs are debug lines; keep the benchmark's output to its results
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("openai").setLevel(logging.WARNING)
     asyncio.run(bench(args))
 
 

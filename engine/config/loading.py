@@ -87,6 +87,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "limits.rpm": (0.0, None, True),
     "limits.tpm": (0.0, None, True),
     "limits.burst_seconds": (0.0, None, True),
+    "limits.max_burst_seconds": (0.0, None, True),
     "limits.max_concurrency": (1, None, False),
     "limits.max_cost_usd": (0.0, None, True),
     "retry.max_attempts": (1, None, False),

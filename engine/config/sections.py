@@ -241,8 +241,17 @@ class LimitsConfig:
     """Seconds of rate the rpm and tpm buckets hold: up to ``rpm * burst_seconds / 60``
     requests (and tokens likewise) go out at once after a quiet spell or a 429 pause.
     Hosted APIs document that per-minute limits may be enforced over shorter windows (60 per
-    minute as 1 per second), so the default sends no burst beyond one second's worth; 60 uses
-    a whole minute's allowance at once where a server permits it (a faster first minute)."""
+    minute as 1 per second), so the buckets start with one second's worth; ``learn_window``
+    then sizes them to the window the server enforces."""
+    learn_window: bool = True
+    """Size the rpm and tpm buckets to the window the server enforces: from its
+    ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers when it sends them,
+    else by probing for a larger burst until a 429 says where the window ends (a few
+    429s against a one-second window). Never beyond ``max_burst_seconds`` of the configured rate,
+    whatever the headers say. False keeps buckets of ``burst_seconds``."""
+    max_burst_seconds: float = 60.0
+    """The largest window learned, seconds of rate: at most ``rpm * max_burst_seconds / 60``
+    requests (and tokens likewise) go out at once, whatever a server's headers claim."""
     max_concurrency: int = 64
     """Requests in flight at once."""
     adaptive: bool = False

@@ -43,7 +43,7 @@ from ..telemetry.logs import get_logger
 from ..types import Usage
 from .fanout import EndpointKey
 from .guards import estimated_usage, usage_bound
-from .limits import LimiterProtocol, PermitProtocol
+from .limits import LimiterProtocol, Permit, PermitProtocol
 from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
 from .spend import SpendMeter
@@ -369,6 +369,8 @@ class AttemptRunner:
             return
         outcome = parse_response(raw, state.status or 0, state.headers, attempt, ctx.path,
                                  self._redact)  # fmt: skip
+        if type(permit) is Permit:  # the window learning reads the answer's rate-limit counts
+            permit.answered(state.headers, isinstance(outcome, Result))
         if isinstance(outcome, Result):
             permit.settle(self._trusted_usage(ctx, outcome, est))
             state.cost = self._spend.cost(outcome.usage, ctx.model, hosted=self._hosted)

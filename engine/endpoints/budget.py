@@ -1,4 +1,6 @@
-"""Endpoint stage: a tokens-per-minute budget whose reservations can be given back."""
+"""Endpoint stage: a per-minute token bucket whose reservations can be given back and whose
+size and level can follow what a server says (the window learning of
+:mod:`engine.endpoints.window`)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,24 @@ class TokenBudget:
     which the requests behind it wait out; it never fails. Unlike :class:`aiolimiter.AsyncLimiter`
     tokens can be given back, and no request is too large.
 
+    The capacity may change (:meth:`resize`) and the level may be set from outside
+    (:meth:`sync`, :meth:`grow`), but never above a **ceiling**: the level a bucket of
+    ``max_burst_seconds`` of the rate would have, charged with the same reservations. Whatever
+    the caller is told, the tokens granted over any ``T`` seconds stay within
+    ``rate * (T + max_burst_seconds)``.
+
     Attributes:
-        capacity: bucket size in tokens (``burst_seconds`` of the rate).
+        taken: tokens taken by reservations so far (never decreases); :meth:`reserve`
+            returns the count right after its own.
+        abandoned: tokens of reservations granted, then cancelled before their caller
+            resumed (given back, but counted in ``taken``).
+        capacity: bucket size in tokens (``burst_seconds`` of the rate, until resized).
+        max_capacity: the largest capacity (``max_burst_seconds`` of the rate).
         rate: refill rate in tokens per second.
     """
 
     __slots__ = (
+        "_ceiling",
         "_closed",
         "_eps",
         "_handle",
@@ -47,15 +61,26 @@ class TokenBudget:
         "_level",
         "_timing",
         "_waiters",
+        "abandoned",
         "capacity",
+        "max_capacity",
         "rate",
+        "taken",
     )
 
+    abandoned: float
+    taken: float
     capacity: float
+    max_capacity: float
     rate: float
 
     def __init__(
-        self, tokens_per_minute: float, *, burst_seconds: float = 60.0, clock: Clock | None = None
+        self,
+        tokens_per_minute: float,
+        *,
+        burst_seconds: float = 60.0,
+        max_burst_seconds: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not (math.isfinite(tokens_per_minute) and tokens_per_minute > 0):
             raise ValueError(
@@ -63,19 +88,30 @@ class TokenBudget:
             )
         if not (math.isfinite(burst_seconds) and burst_seconds > 0):
             raise ValueError(f"burst_seconds must be a positive number, got {burst_seconds!r}")
+        if max_burst_seconds is not None and not (
+            math.isfinite(max_burst_seconds) and max_burst_seconds > 0
+        ):
+            raise ValueError(
+                f"max_burst_seconds must be a positive number, got {max_burst_seconds!r}"
+            )
         self.rate = float(tokens_per_minute) / 60.0
         self.capacity = self.rate * burst_seconds
+        self.max_capacity = max(self.capacity, self.rate * (max_burst_seconds or 0.0))
         # The level is the tokens available now (negative is debt), as of `_last`, the
         # clock time of the last refill (None before first use); `_eps` is the float slack
         # when comparing a level with a need. Reservations queue in FIFO order as
-        # (tokens, future); `_handle` wakes the head when it can be served.
+        # (tokens, future); `_handle` wakes the head when it can be served. `_ceiling` is the
+        # level of a bucket of `max_capacity` charged alike: the level never exceeds it.
         self._level = self.capacity
+        self._ceiling = self.max_capacity
         self._last: float | None = None
         self._eps = 1e-9 * self.capacity
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[float]]] = deque()
         self._handle: asyncio.TimerHandle | None = None
         self._timing = Timing(clock)
         self._closed = False
+        self.taken = 0.0
+        self.abandoned = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -97,15 +133,72 @@ class TokenBudget:
 
     def _refill(self, now: float) -> None:
         if self._last is not None and now > self._last:
-            self._level = min(self.capacity, self._level + (now - self._last) * self.rate)
+            earned = (now - self._last) * self.rate
+            self._ceiling = min(self.max_capacity, self._ceiling + earned)
+            self._level = min(self.capacity, self._level + earned, self._ceiling)
         self._last = now if self._last is None else max(self._last, now)
 
-    def _fits(self, tokens: int) -> bool:
+    def _take(self, tokens: float) -> float:
+        self._level -= tokens
+        self._ceiling -= tokens
+        self.taken += tokens
+        return self.taken
+
+    def _fits(self, tokens: float) -> bool:
         # a request larger than the bucket needs a full bucket, then goes into debt
         return self._level + self._eps >= min(tokens, self.capacity)
 
-    async def reserve(self, tokens: int) -> None:
-        """Take ``tokens`` from the budget, waiting in FIFO order until they are available.
+    def fits(self, tokens: float) -> bool:
+        """Whether ``tokens`` could be reserved now without queueing."""
+        now = self._timing.now_or_none()
+        if now is not None:
+            self._refill(now)
+        return not self.waiting and self._fits(tokens)
+
+    def resize(self, capacity: float) -> None:
+        """Set the capacity, within ``[min(1, max_capacity), max_capacity]``; the level is cut
+        to the new capacity (a larger one fills as the rate refills it, or by :meth:`grow`)."""
+        if not math.isfinite(capacity):
+            raise ValueError(f"capacity must be finite, got {capacity!r}")
+        now = self._timing.now_or_none()
+        if now is not None:
+            self._refill(now)
+        self.capacity = min(self.max_capacity, max(min(1.0, self.max_capacity), capacity))
+        self._eps = 1e-9 * self.capacity
+        self._level = min(self._level, self.capacity)
+        self._wake()
+
+    def sync(self, level: float) -> None:
+        """Set the level to ``level`` (a server's count), kept within
+        ``[-capacity, min(capacity, ceiling)]``: a count can pause senders for at most one
+        bucket's refill and never grant beyond the ceiling."""
+        if not math.isfinite(level):
+            raise ValueError(f"level must be finite, got {level!r}")
+        now = self._timing.now_or_none()
+        if now is not None:
+            self._refill(now)
+        self._level = max(-self.capacity, min(level, self.capacity, self._ceiling))
+        self._wake()
+
+    def grow(self, tokens: float) -> float:
+        """Enlarge the capacity by ``tokens`` and add them to the level (a probe of a larger
+        window), within the ceiling; returns the tokens the capacity actually grew by."""
+        if not (math.isfinite(tokens) and tokens >= 0):
+            raise ValueError(f"tokens must be a finite number >= 0, got {tokens!r}")
+        now = self._timing.now_or_none()
+        if now is not None:
+            self._refill(now)
+        before = self.capacity
+        self.capacity = min(self.max_capacity, self.capacity + tokens)
+        self._eps = 1e-9 * self.capacity
+        grown = self.capacity - before
+        self._level = min(self._level + grown, self.capacity, self._ceiling)
+        self._wake()
+        return grown
+
+    async def reserve(self, tokens: int) -> float:
+        """Take ``tokens`` from the budget, waiting in FIFO order until they are available;
+        returns :attr:`taken` right after this reservation (its place among the others).
 
         Cancellation-safe: a cancelled reservation takes nothing and holds nobody up.
 
@@ -118,15 +211,15 @@ class TokenBudget:
             raise ClientClosedError("token budget is closed")
         self._refill(self._timing.now())
         if not self._waiters and self._fits(tokens):
-            self._level -= tokens
-            return
-        fut = self._timing.loop().create_future()
+            return self._take(tokens)
+        fut: asyncio.Future[float] = self._timing.loop().create_future()
         self._waiters.append((tokens, fut))
         self._wake()
         try:
-            await fut
+            return await fut
         except BaseException:
             if granted(fut):
+                self.abandoned += tokens
                 self.refund(tokens)  # granted, then cancelled before resuming: give it back
             else:
                 discard(self._waiters, (tokens, fut))
@@ -140,7 +233,8 @@ class TokenBudget:
         now = self._timing.now_or_none()
         if now is not None:
             self._refill(now)
-        self._level = min(self.capacity, self._level + tokens)
+        self._ceiling = min(self.max_capacity, self._ceiling + tokens)
+        self._level = min(self.capacity, self._level + tokens, self._ceiling)
         self._wake()
 
     def charge(self, tokens: float) -> None:
@@ -151,6 +245,7 @@ class TokenBudget:
         if now is not None:
             self._refill(now)
         self._level -= tokens
+        self._ceiling -= tokens
         self._wake()
 
     def _wake(self) -> None:
@@ -170,8 +265,7 @@ class TokenBudget:
             self._refill(now)
             if self._fits(tokens):
                 queue.popleft()
-                self._level -= tokens
-                fut.set_result(None)
+                fut.set_result(self._take(tokens))
                 continue
             wake_at = now + (min(tokens, self.capacity) - self._level) / self.rate
             self._handle = self._timing.call_at(wake_at, self._wake)

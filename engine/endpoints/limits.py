@@ -7,15 +7,21 @@ Every request the client sends passes through one :class:`Limiter`, in this orde
    permit is granted, so requests already queued behind a slot or budget pause too);
 2. a **concurrency slot**: at most ``max_concurrency`` permits at once, or the adaptive
    (AIMD) limit; waiters are served first come, first served;
-3. the **request rate**: an :class:`aiolimiter.AsyncLimiter` of ``rpm`` per minute;
+3. the **request rate**: a :class:`~engine.endpoints.budget.TokenBudget` of ``rpm``
+   requests per minute;
 4. the **token budget**: a :class:`~engine.endpoints.budget.TokenBudget` of ``tpm`` tokens
    per minute, reserved from an estimate before sending and settled with the real usage
    afterwards.
 
-Both buckets hold ``LimitsConfig.burst_seconds`` of their rate (1 s by default): providers
-enforce per-minute limits over shorter windows, so a minute's allowance sent at once after a
-quiet spell or a 429 pause draws 429s that pacing avoids (benchmarks/README.md has the
-measurement).
+Both buckets start with ``LimitsConfig.burst_seconds`` of their rate (1 s by default): a
+minute's allowance sent at once draws 429 storms from a server that enforces its per-minute
+limit over a second. With ``LimitsConfig.learn_window`` (the default) each bucket then sizes
+itself to the window the server enforces (:mod:`engine.endpoints.window`): from the
+``x-ratelimit-*`` headers of its responses when it sends them, else by probing for a larger
+burst until a 429 says where the window ends; never beyond ``max_burst_seconds`` of the
+configured rate. The client reports each answer to the permit it held
+(:meth:`Permit.answered`). benchmarks/README.md has the measurements against a minute-window
+and a one-second-window server.
 
 Time comes from one clock (:class:`~engine.endpoints.timing.Timing`): the running loop's by
 default, or an injected one. A limiter belongs to the event loop it is first used on.
@@ -29,19 +35,18 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
-
-from aiolimiter import AsyncLimiter
+from typing import Protocol, Self
 
 from ..config.sections import LimitsConfig
 from ..errors import ClientClosedError
 from .budget import TokenBudget
 from .gate import RateLimitGate
 from .timing import Clock, Timing, discard, granted
+from .window import READ_GAP, WindowLearner
 
 __all__ = ("Limiter", "LimiterProtocol", "LimiterStatistics", "Permit", "PermitProtocol")
 
@@ -70,6 +75,14 @@ class LimiterStatistics:
     """Acquisitions that waited on the 429 gate."""
     requests_admitted: int
     """Requests admitted: the sum of ``requests`` over granted permits."""
+    request_window: float | None = None
+    """Seconds of the rpm the request bucket holds now (learned); None without an rpm."""
+    token_window: float | None = None
+    """Seconds of the tpm the token bucket holds now (learned); None without a tpm."""
+    window_learning: str | None = None
+    """How the windows are learned: ``"headers"``, ``"probing"``, ``"settled"`` (probing
+    ended by a 429), ``"unknown"`` (no answer yet), None when learning is off or no rate
+    limit is set; per bucket as ``requests/tokens`` when they differ."""
 
 
 class PermitProtocol(Protocol):
@@ -122,7 +135,8 @@ class Permit:
         waited: clock seconds spent acquiring (gate, slot, rate and tokens).
     """
 
-    __slots__ = ("_active", "_limiter", "_seq", "_settled", "requests", "reserved", "waited")
+    __slots__ = ("_active", "_at", "_limiter", "_marks", "_open", "_seq", "_settled",
+                 "requests", "reserved", "waited")  # fmt: skip
 
     reserved: int
     requests: int
@@ -138,6 +152,10 @@ class Permit:
         self._seq = seq
         self._settled = False
         self._active = True
+        # for window learning: when it was granted, and each bucket's grant count after it
+        self._at = 0.0
+        self._marks: tuple[float, ...] = ()
+        self._open = False  # in flight for the window learning (granted, not answered)
 
     def __repr__(self) -> str:
         state = "settled" if self._settled else "open"
@@ -160,6 +178,15 @@ class Permit:
             return
         self._settled = True
         self._limiter._settle(self, used_tokens)
+
+    def answered(self, headers: Mapping[str, str] | None, ok: bool) -> None:
+        """The server answered this permit's request: ``headers`` are the response's, ``ok``
+        whether it succeeded. The limiter learns the server's window from them (the
+        ``x-ratelimit-*`` counts, or a success after a probe step); a 429 is reported
+        through :meth:`Limiter.on_rate_limited` as well. Call it inside the permit's
+        ``async with`` block, once: later calls, and calls after the block, are ignored (a
+        permit's request is in flight until it is answered or its block exits)."""
+        self._limiter._answered(self, headers, ok)
 
 
 class _PermitContext(AbstractAsyncContextManager[Permit]):
@@ -208,7 +235,7 @@ class Limiter:
                 permit.settle(response.usage.total_tokens if response.ok else 0)
 
     Acquisition order: the shared 429 gate, a concurrency slot (FIFO), the request rate
-    (aiolimiter, ``requests`` units), then ``est_tokens`` from the token budget; the gate is
+    (``requests`` units), then ``est_tokens`` from the token budget; the gate is
     checked once more before the permit is granted. On exit the slot is released; a permit
     never settled keeps its whole reservation (counted as used).
 
@@ -232,16 +259,17 @@ class Limiter:
 
     __slots__ = (
         "_budget",
-        "_close_fut",
         "_closed",
         "_decrease_seq",
         "_gate",
         "_gate_waits",
         "_in_flight",
+        "_learning",
         "_limit",
         "_max",
         "_old_open",
         "_open_permits",
+        "_quiet_until",
         "_rate_limited",
         "_refund",
         "_requests_admitted",
@@ -252,6 +280,7 @@ class Limiter:
         "_successes",
         "_timing",
         "_waiting",
+        "_windows",
         "adaptive",
     )
 
@@ -277,13 +306,30 @@ class Limiter:
         self._limit = limits.max_concurrency
         self._in_flight = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        # The buckets hold `burst_seconds` of their rate. aiolimiter reads the loop's time,
-        # not the injected clock.
+        # The buckets start with `burst_seconds` of their rate; learning resizes them, up to
+        # `max_burst_seconds` (their ceiling).
         burst = limits.burst_seconds
-        self._rpm = AsyncLimiter(limits.rpm * burst / 60.0, burst) if limits.rpm else None
-        self._budget = (
-            TokenBudget(limits.tpm, burst_seconds=burst, clock=clock) if limits.tpm else None
+        most = max(burst, limits.max_burst_seconds) if limits.learn_window else burst
+        self._rpm = (
+            TokenBudget(limits.rpm, burst_seconds=burst, max_burst_seconds=most, clock=clock)
+            if limits.rpm
+            else None
         )
+        self._budget = (
+            TokenBudget(limits.tpm, burst_seconds=burst, max_burst_seconds=most, clock=clock)
+            if limits.tpm
+            else None
+        )
+        # One learner per bucket, in the order of the permits' marks: requests, tokens.
+        learners: list[WindowLearner | None] = [None, None]
+        if limits.learn_window:
+            if self._rpm is not None:
+                learners[0] = WindowLearner(self._rpm, "requests")
+            if self._budget is not None:
+                learners[1] = WindowLearner(self._budget, "tokens")
+        self._windows = tuple(learners)
+        self._learning = any(w is not None for w in learners)
+        self._quiet_until = -math.inf  # successful answers before this are not read
         self._refund = limits.tpm_refund
         self._gate = RateLimitGate(self._timing, gate_backoff, gate_backoff_cap)
         # AIMD: permits are numbered in admission order; those numbered below
@@ -301,8 +347,6 @@ class Limiter:
         self._gate_waits = 0
         self._requests_admitted = 0
         self._closed = False
-        # Resolved on close, to end a wait inside aiolimiter.
-        self._close_fut: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -342,8 +386,8 @@ class Limiter:
             if not fut.done():
                 fut.set_exception(ClientClosedError("limiter is closed"))
         self._gate.shut()
-        if self._close_fut is not None and not self._close_fut.done():
-            self._close_fut.set_result(None)
+        if self._rpm is not None:
+            self._rpm.close()
         if self._budget is not None:
             self._budget.close()
 
@@ -377,14 +421,19 @@ class Limiter:
         started = self._timing.now()
         self._waiting += 1
         have_slot = have_tokens = False
+        rpm_mark = tok_mark = 0.0
+        rpm_taken = [0]  # request units taken so far (a fan-out takes them in pieces)
         try:
             gate_waited = await self._gate.wait()
             await self._acquire_slot()
             have_slot = True
             if self._rpm is not None:
-                await self._acquire_rate(requests)
+                rpm_mark = await self._acquire_rate(requests, rpm_taken)
             if self._budget is not None:
-                await self._budget.reserve(est_tokens)
+                tokens = self._windows[1]
+                if tokens is not None:
+                    tokens.probe(est_tokens)
+                tok_mark = await self._budget.reserve(est_tokens)
                 have_tokens = True
             # a 429 may have closed the gate while we queued: pause with the slot in hand
             gate_waited = await self._gate.wait() or gate_waited
@@ -394,6 +443,12 @@ class Limiter:
                 self._budget.refund(est_tokens)
             if have_slot:
                 self._release_slot()
+            # taken but never sent: not in flight for the window learning
+            rpm_w, tok_w = self._windows
+            if rpm_w is not None:
+                rpm_w.closed += rpm_taken[0]
+            if tok_w is not None and have_tokens:
+                tok_w.closed += est_tokens
             raise
         finally:
             self._waiting -= 1
@@ -401,7 +456,12 @@ class Limiter:
             self._gate_waits += 1
         self._requests_admitted += requests
         self._reserved += est_tokens
-        permit = Permit(self, est_tokens, requests, self._timing.now() - started, self._seq)
+        now = self._timing.now()
+        permit = Permit(self, est_tokens, requests, now - started, self._seq)
+        permit._at = now
+        if self._learning:
+            permit._marks = (rpm_mark, tok_mark)
+            permit._open = True
         self._seq += 1
         self._open_permits += 1
         return permit
@@ -436,36 +496,37 @@ class Limiter:
             self._in_flight += 1
             fut.set_result(None)
 
-    async def _acquire_rate(self, requests: int) -> None:
+    async def _acquire_rate(self, requests: int, taken: list[int]) -> float:
+        """Take ``requests`` units from the request bucket; returns the bucket's mark after
+        the last one and counts the units in ``taken[0]`` as they are taken."""
         rpm = self._rpm
         assert rpm is not None
-        remaining = float(requests)
+        learner = self._windows[0]
+        remaining = requests
+        mark = 0.0
         while remaining > 0:
-            # aiolimiter refuses amounts above its capacity: take a large fan-out in pieces
-            chunk = min(remaining, rpm.max_rate)
-            if rpm.has_capacity(chunk):
-                await rpm.acquire(chunk)  # returns at once
-            else:
-                await self._unless_closed(rpm.acquire(chunk))
+            # a fan-out larger than the bucket is paced in pieces of a full bucket, not sent
+            # at once into debt
+            chunk = min(remaining, max(1, math.floor(rpm.capacity)))
+            if learner is not None:
+                learner.probe(chunk)
+            mark = await rpm.reserve(chunk)
+            taken[0] += chunk
             remaining -= chunk
+        return mark
 
-    async def _unless_closed(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro``, raising :class:`ClientClosedError` if the limiter closes first."""
-        loop = self._timing.loop()
-        if self._close_fut is None:
-            self._close_fut = loop.create_future()
-        task = loop.create_task(coro)
-        try:
-            await asyncio.wait((task, self._close_fut), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            task.cancel()
-            raise
-        if not task.done():
-            task.cancel()
-            raise ClientClosedError("limiter is closed")
-        task.result()
+    def _close_units(self, permit: Permit) -> None:
+        """The permit's request is answered or over: its units are no longer in flight."""
+        permit._open = False
+        rpm, tokens = self._windows
+        if rpm is not None:
+            rpm.closed += permit.requests
+        if tokens is not None:
+            tokens.closed += permit.reserved
 
     def _release(self, permit: Permit) -> None:
+        if permit._open:  # never answered (a timeout, a transport error, a cancellation)
+            self._close_units(permit)
         permit._active = False
         self._open_permits -= 1
         if not permit._settled:
@@ -485,6 +546,24 @@ class Limiter:
 
     # ------------------------------------------------------------------ feedback
 
+    def _answered(self, permit: Permit, headers: Mapping[str, str] | None, ok: bool) -> None:
+        if not permit._open:
+            return
+        self._close_units(permit)
+        if self._closed:
+            return
+        now = self._timing.now()
+        if ok and now < self._quiet_until:
+            return  # every bucket reads its headers, and read them moments ago
+        rpm, tokens = self._windows
+        at = permit._at
+        if rpm is not None:
+            rpm.answered(headers, ok=ok, mark=permit._marks[0], granted_at=at, now=now)
+        if tokens is not None:
+            tokens.answered(headers, ok=ok, mark=permit._marks[1], granted_at=at, now=now)
+        if (rpm is None or rpm.mode == "headers") and (tokens is None or tokens.mode == "headers"):
+            self._quiet_until = now + READ_GAP
+
     def on_rate_limited(
         self, retry_after: float | None = None, *, permit: PermitProtocol | None = None
     ) -> None:
@@ -496,6 +575,10 @@ class Limiter:
         """
         self._rate_limited += 1
         self._gate.close_for(retry_after)
+        marks = permit._marks if isinstance(permit, Permit) and permit._marks else None
+        for i, learner in enumerate(self._windows):
+            if learner is not None:
+                learner.rate_limited(None if marks is None else marks[i])
         self._decrease(permit)
 
     def on_timeout(self, *, permit: PermitProtocol | None = None) -> None:
@@ -562,4 +645,16 @@ class Limiter:
             rate_limited=self._rate_limited,
             gate_waits=self._gate_waits,
             requests_admitted=self._requests_admitted,
+            request_window=None if self._rpm is None else self._rpm.capacity / self._rpm.rate,
+            token_window=None
+            if self._budget is None
+            else self._budget.capacity / self._budget.rate,
+            window_learning=_learning(self._windows),
         )
+
+
+def _learning(windows: tuple[WindowLearner | None, ...]) -> str | None:
+    modes = [w.mode for w in windows if w is not None]
+    if not modes:
+        return None
+    return modes[0] if len(set(modes)) == 1 else "/".join(modes)

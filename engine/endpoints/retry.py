@@ -39,6 +39,7 @@ __all__ = (
     "backoff_delay",
     "code_status",
     "is_in_flight_budget_error",
+    "lower_keys",
     "parse_duration",
     "parse_retry_after",
     "retry_after_in_body",
@@ -92,7 +93,8 @@ def parse_duration(value: str | None) -> float | None:
     return sum(float(num) * _DUR_UNITS[unit] for num, unit in _DUR_PART.findall(s))
 
 
-def _lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
+def lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with lower-case names, unless it is already a case-insensitive multidict."""
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
         return headers  # already case-insensitive
     return {k.lower(): v for k, v in headers.items()}
@@ -124,7 +126,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     Junk (``-1``, empty, garbage, NaN, more than a day) is skipped, so the caller falls back
     to its backoff. Header names are matched case-insensitively.
     """
-    h = _lower_keys(headers)
+    h = lower_keys(headers)
     ms = _seconds(h.get("retry-after-ms"))
     if ms is not None:
         return ms / 1000.0
@@ -233,7 +235,7 @@ def should_retry(
     5. Everything else, notably 400, 401, 403, 404 and 422, is not.
     """
     if headers:
-        xs = _lower_keys(headers).get("x-should-retry")
+        xs = lower_keys(headers).get("x-should-retry")
         if xs is not None:
             v = xs.strip().lower()
             if v == "true":

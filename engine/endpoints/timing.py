@@ -1,8 +1,9 @@
 """Endpoint stage: the clock and event loop the limits read, and their FIFO waiter queues.
 
 Time comes from one clock: by default the running event loop's ``time()``; tests inject a
-virtual clock (or run on a virtual-time loop) and never sleep. aiolimiter always reads the
-loop's ``time()``, so an injected clock must advance with the loop's (an offset is fine).
+virtual clock (or run on a virtual-time loop) and never sleep. Timers are set on the loop as
+delays from the clock's reading, so an injected clock must advance with the loop's (an
+offset is fine).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Timing:
         return self.loop().call_later(max(0.0, when - self.now()), callback)
 
 
-def granted(fut: asyncio.Future[None]) -> bool:
+def granted(fut: asyncio.Future[Any]) -> bool:
     """Whether a waiter's future was resolved with a grant (not cancelled, not failed)."""
     return fut.done() and not fut.cancelled() and fut.exception() is None
 

@@ -437,6 +437,8 @@ async def test_statistics_is_a_frozen_snapshot_with_the_current_numbers() -> Non
             rate_limited=0,
             gate_waits=0,
             requests_admitted=1,
+            token_window=60.0,
+            window_learning="unknown",
         )
         permit.settle(40)
         assert limiter.statistics().tokens_reserved == 0.0
