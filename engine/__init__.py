@@ -64,6 +64,7 @@ _LAZY: dict[str, str] = {
     "Advantages": "learning.advantages",
     "BatchMetrics": "training.trainer",
     "Client": "endpoints.client",
+    "ClusterTrainingManager": "cluster.training",
     "Completion": "endpoints.parsing",
     "ComparisonResult": "evaluation.compare",
     "Example": "types",
@@ -100,6 +101,7 @@ __all__ = (
     "CheckpointError",
     "Client",
     "ClientClosedError",
+    "ClusterTrainingManager",
     "ComparisonResult",
     "Completion",
     "ConfigError",
@@ -172,6 +174,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
+    from .cluster.training import ClusterTrainingManager
     from .data.jsonl import read_jsonl
     from .endpoints.client import Client
     from .endpoints.limits import Limiter

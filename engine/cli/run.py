@@ -289,8 +289,13 @@ async def _train(
         print(f"note: replacing the previous run in {config.out} (its name says latest; "
               "give --out DIR to keep a run)", file=sys.stderr)  # fmt: skip
     parts = await _endpoint_parts(config, stack, spend) if needs_endpoint(config) else {}
+    manager: type[TrainingManager] = TrainingManager
+    if config.cluster.backend == "ray":  # Ray loads only for a run that asks for it
+        from ..cluster.training import ClusterTrainingManager
+
+        manager = ClusterTrainingManager
     trainer = await stack.enter_async_context(
-        TrainingManager(
+        manager(
             config,
             on_batch_complete=progress if live is None else _both(progress, live),
             export_groups=args.export_groups,

@@ -25,7 +25,14 @@ from ..errors import ConfigError
 from .reference import type_name
 from .sections import TRACKERS, RunConfig
 
-__all__ = ("TORCH_MODULES", "given_keys", "load_config", "require_torch", "to_dict")
+__all__ = (
+    "TORCH_MODULES",
+    "given_keys",
+    "load_config",
+    "require_ray",
+    "require_torch",
+    "to_dict",
+)
 
 TORCH_MODULES = ("torch", "transformers", "peft", "safetensors", "gguf")
 """What ``policy = "hf"`` imports: the ``grpo-engine[torch]`` extra."""
@@ -126,6 +133,15 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "tracking.queue_size": (1, None, False),
     "tracking.close_timeout": (0.0, None, True),
     "telemetry.prometheus_port": (0, 65535, False),
+    "cluster.connect_timeout": (0.0, None, True),
+    "cluster.local_cpus": (0, None, False),
+    "cluster.shards": (0, None, False),
+    "cluster.shard_cpus": (0.0, None, False),
+    "cluster.shard_retries": (0, None, False),
+    "cluster.reward_workers": (1, None, False),
+    "cluster.reward_cpus": (0.0, None, False),
+    "cluster.lease_requests": (1, None, False),
+    "cluster.lease_ttl": (0.0, None, True),
 }
 """Allowed range of each numeric key: ``(min, max, min_exclusive)``; None is unbounded."""
 
@@ -383,6 +399,7 @@ def _check_cross(config: RunConfig, path: str | None) -> None:
             key="rollout.straggler_deadline",
         )
     _check_report_to(config.report_to, path)
+    _check_cluster(config, path)
     reward = config.reward
     if reward.weights and len(reward.weights) != len(reward.functions):
         raise ConfigError(
@@ -408,6 +425,37 @@ def _check_environment(config: RunConfig, path: str | None) -> None:
             'tools = "text" or "auto")',
             path=path,
             key="environment.tools",
+        )
+
+
+def _check_cluster(config: RunConfig, path: str | None) -> None:
+    """The ``[cluster]`` rules: remote rewards among the reward functions, shards and remote
+    rewards only on Ray, and Ray installed when the run uses it."""
+    cluster = config.cluster
+    for name in cluster.remote_rewards:
+        if name not in config.reward.functions:
+            raise ConfigError(
+                f"remote reward {name!r} is not one of reward.functions "
+                f"{list(config.reward.functions)}",
+                path=path,
+                key="cluster.remote_rewards",
+            )
+    if cluster.backend == "local":
+        if cluster.shards or cluster.remote_rewards:
+            key = "cluster.shards" if cluster.shards else "cluster.remote_rewards"
+            raise ConfigError('needs cluster.backend = "ray"', path=path, key=key)
+        return
+    require_ray(path)
+
+
+def require_ray(path: str | None = None) -> None:
+    """Raise one ConfigError naming ``pip install 'grpo-engine[ray]'`` unless Ray is
+    importable (checked without importing it)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "cluster.backend = \"ray\" needs ray: pip install 'grpo-engine[ray]'",
+            path=path,
+            key="cluster.backend",
         )
 
 

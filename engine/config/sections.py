@@ -14,6 +14,7 @@ from typing import Literal
 
 __all__ = (
     "TRACKERS",
+    "ClusterConfig",
     "DataConfig",
     "EndpointConfig",
     "EnvironmentConfig",
@@ -502,6 +503,41 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Ray: reward workers, rollout shards and one shared rate limit (the [ray] extra)."""
+
+    backend: Literal["local", "ray"] = "local"
+    """local = everything in this process; ray = reward workers, rollout shards and the
+    limiter actor on a Ray cluster (the driver keeps the sampler, learner, checkpoints and
+    telemetry)."""
+    address: str = ""
+    """Ray cluster to join: empty starts a local one-machine cluster; "auto" joins the one
+    started on this machine with ray start --head; "HOST:PORT" joins a head node's GCS."""
+    connect_timeout: float = 30.0
+    """Seconds to wait for the cluster at address before one clear error."""
+    local_cpus: int = 0
+    """CPUs of a local cluster started for the run (address empty); 0 = every core."""
+    shards: int = 0
+    """Rollout shards: async Ray actors each running the group runner with its own client;
+    0 runs the groups in the driver."""
+    shard_cpus: float = 0.0
+    """CPUs each shard reserves on the cluster (its work is mostly waiting on requests)."""
+    shard_retries: int = 2
+    """Times a group whose shard died is retried on another shard before it is dropped."""
+    remote_rewards: tuple[str, ...] = ()
+    """Names of [reward] functions that are CPU-heavy: they run as Ray tasks across the
+    cluster instead of in a worker thread of the process that scores."""
+    reward_workers: int = 4
+    """Remote reward calls in flight at once (each one a Ray task); more wait their turn."""
+    reward_cpus: float = 1.0
+    """CPUs each remote reward call reserves on the cluster."""
+    lease_requests: int = 4
+    """Requests a shard leases from the limiter actor at a time; unused ones go back."""
+    lease_ttl: float = 0.5
+    """Seconds a shard keeps leased permits it has not used before returning them."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """One run: what to train, on what, with which algorithm, and where outputs go."""
 
@@ -557,3 +593,5 @@ class RunConfig:
     """Settings of the experiment trackers in report_to."""
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     """Live monitoring: the Prometheus endpoint."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Ray: reward workers, rollout shards and one rate limit shared by all."""

@@ -29,6 +29,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("rollout",),
     ("learning",),
     ("training",),
+    ("cluster",),
     ("evaluation",),
     ("testing",),
     ("cli",),

@@ -1,0 +1,577 @@
+"""One rate limit for every shard: the limiter actor's buckets and gate, and the shards' leases.
+
+The provider's RPM and TPM limits hold for all of a run's requests, whichever shard sends
+them. One Ray actor (:class:`SharedBuckets` inside :func:`limiter_actor`) holds the requests
+and tokens buckets (``limits.rpm``, ``limits.tpm``, each ``limits.burst_seconds`` deep) and
+the 429 gate. A round trip to it costs milliseconds, so a shard does not ask it per request:
+its :class:`LeasedLimiter` (what the shard's :class:`~engine.endpoints.client.Client` takes
+its permits from, a :class:`~engine.endpoints.limits.LimiterProtocol`) leases permits in
+chunks of ``cluster.lease_requests`` and gives back what it has not used after
+``cluster.lease_ttl`` seconds, or at once when a 429 pauses everyone.
+
+**429s.** A shard that sees a 429 closes its own gate for the server's wait (the client's
+usual ``on_rate_limited``) and tells the actor, which closes the shared gate until the same
+deadline (a later one wins; without a wait, the default backoff doubles per episode) and
+wakes every shard's watcher (:meth:`SharedBuckets.watch`, a long poll): each closes its
+local gate for what is left of the pause and returns its unused permits. No lease is granted
+while the shared gate is closed.
+
+**The actor dying.** Leases raise while the actor is gone; a shard then grants nothing:
+its requests wait (admission stops) and it retries every ``_RETRY`` seconds until Ray has
+restarted the actor (``max_restarts=-1``), whose buckets start as a fresh limiter's do
+(``burst_seconds`` of rate), so its return is never an unlimited burst. Permits a shard held
+when the actor died are spent; nothing is granted beyond them.
+
+Token estimates are reserved per permit and settled with the real usage (the difference is
+charged or, with ``limits.tpm_refund``, refunded to the actor). A request larger than the
+token bucket's depth is granted when the bucket is full and leaves it in debt, as
+:class:`~engine.endpoints.budget.TokenBudget` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.sections import LimitsConfig
+from ..endpoints.gate import RateLimitGate
+from ..endpoints.limits import LimiterStatistics, PermitProtocol
+from ..endpoints.timing import Timing
+from ..errors import ClientClosedError
+from ..telemetry.logs import get_logger
+from ._ray import ray_module
+
+__all__ = ("LeasedLimiter", "SharedBuckets", "limiter_actor")
+
+_log = get_logger("engine.cluster.limiter")
+
+_RETRY = 0.25
+"""Seconds between a shard's tries to reach a limiter actor that is gone."""
+_WATCH = 2.0
+"""Longest a watcher's long poll waits for news before it re-polls."""
+
+
+class _Bucket:
+    """``capacity`` units refilled at ``rate`` per second; full at start; may go into debt."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute * burst_seconds / 60.0)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` (at most the capacity) is there; after :meth:`refill`."""
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Permits granted by the actor: ``requests`` requests and ``tokens`` tokens."""
+
+    requests: int
+    tokens: float
+    epoch: int
+
+
+class SharedBuckets:
+    """The state of the limiter actor: RPM and TPM buckets and the 429 gate, for all shards.
+
+    Plain Python (Ray wraps it as an async actor in :func:`limiter_actor`), so its logic is
+    the same in a test on one loop.
+
+    Args:
+        limits: ``rpm``, ``tpm`` and ``burst_seconds`` are read.
+        backoff: the first default pause after a 429 without a wait, seconds.
+        backoff_cap: the longest default pause.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        *,
+        backoff: float = 1.0,
+        backoff_cap: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        now = clock()
+        burst = limits.burst_seconds
+        self._requests = _Bucket(limits.rpm, burst, now) if limits.rpm else None
+        self._tokens = _Bucket(limits.tpm, burst, now) if limits.tpm else None
+        self._backoff, self._backoff_cap = backoff, backoff_cap
+        self._gate_until = 0.0
+        self._strikes = 0
+        self._epoch = 0  # 429 episodes: a watcher wakes when it moves
+        self._news = asyncio.Event()
+        self._serve = asyncio.Lock()  # leases are served first come, first served
+        self.granted = 0
+        self.returned = 0
+        self.rate_limited = 0
+
+    def pause_left(self) -> float:
+        """Seconds until the shared gate opens; 0 while open."""
+        return max(0.0, self._gate_until - self._clock())
+
+    async def lease(self, need: int, want: int, tokens_per_request: float) -> Lease:
+        """At least ``need`` and at most ``want`` request permits, with ``tokens_per_request``
+        tokens each, once the gate is open and the buckets hold them."""
+        need = max(1, need)
+        want = max(need, want)
+        tpr = max(0.0, tokens_per_request)
+        async with self._serve:
+            while True:
+                now = self._clock()
+                wait = self._gate_until - now
+                if wait <= 0:
+                    wait = self._refill_wait(now, need, tpr)
+                if wait <= 0:
+                    k = self._grantable(need, want, tpr)
+                    self._take(k, k * tpr)
+                    self.granted += k
+                    return Lease(k, k * tpr, self._epoch)
+                await asyncio.sleep(wait)
+
+    def _refill_wait(self, now: float, need: int, tpr: float) -> float:
+        wait = 0.0
+        if self._requests is not None:
+            self._requests.refill(now)
+            wait = max(wait, self._requests.wait_for(need))
+        if self._tokens is not None and tpr > 0:
+            self._tokens.refill(now)
+            wait = max(wait, self._tokens.wait_for(need * tpr))
+        return wait
+
+    def _grantable(self, need: int, want: int, tpr: float) -> int:
+        k = want
+        if self._requests is not None:
+            k = min(k, int(self._requests.level))
+        if self._tokens is not None and tpr > 0:
+            k = min(k, int(self._tokens.level // tpr))
+        return max(need, k)
+
+    def _take(self, requests: float, tokens: float) -> None:
+        if self._requests is not None:
+            self._requests.level -= requests
+        if self._tokens is not None:
+            self._tokens.level -= tokens
+
+    def give_back(self, requests: int, tokens: float) -> None:
+        """Unused permits returned by a shard (never above the buckets' depth)."""
+        self.returned += requests
+        now = self._clock()
+        if self._requests is not None:
+            self._requests.refill(now)
+            self._requests.level = min(self._requests.capacity, self._requests.level + requests)
+        if self._tokens is not None:
+            self._tokens.refill(now)
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + tokens)
+
+    def charge(self, tokens: float) -> None:
+        """Settle a permit: ``tokens`` more than reserved were used (negative: a refund)."""
+        if self._tokens is None:
+            return
+        self._tokens.refill(self._clock())
+        self._tokens.level = min(self._tokens.capacity, self._tokens.level - tokens)
+
+    def rate_limited_for(self, retry_after: float | None) -> float:
+        """A shard saw a 429: close the gate for everyone; the pause left, seconds."""
+        self.rate_limited += 1
+        now = self._clock()
+        new_episode = now >= self._gate_until
+        if new_episode:
+            self._strikes += 1
+        if retry_after is None or not math.isfinite(retry_after):
+            delay = min(self._backoff_cap, self._backoff * 2.0 ** min(self._strikes - 1, 32))
+        else:
+            delay = max(0.0, retry_after)
+        if now + delay > self._gate_until:
+            self._gate_until = now + delay
+            self._epoch += 1
+            self._news.set()
+            self._news = asyncio.Event()
+        return self.pause_left()
+
+    def success(self) -> None:
+        """A request succeeded after a 429: the next default pause starts from the first."""
+        self._strikes = 0
+
+    async def watch(self, epoch: int, poll: float = _WATCH) -> tuple[int, float]:
+        """Return ``(epoch, pause left)`` once the gate closed after ``epoch`` (or after
+        ``poll`` seconds with no news)."""
+        if self._epoch == epoch:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), poll)
+        return self._epoch, self.pause_left()
+
+    def statistics(self) -> dict[str, float]:
+        """Counters and levels, for tests and benchmarks."""
+        now = self._clock()
+        out: dict[str, float] = {
+            "granted": self.granted,
+            "returned": self.returned,
+            "rate_limited": self.rate_limited,
+            "pause_left": self.pause_left(),
+            "epoch": self._epoch,
+        }
+        if self._requests is not None:
+            self._requests.refill(now)
+            out["requests_level"] = self._requests.level
+        if self._tokens is not None:
+            self._tokens.refill(now)
+            out["tokens_level"] = self._tokens.level
+        return out
+
+
+def limiter_actor(
+    limits: LimitsConfig,
+    *,
+    name: str | None = None,
+    backoff: float = 1.0,
+    backoff_cap: float = 60.0,
+) -> Any:
+    """Start the limiter actor (an async Ray actor around :class:`SharedBuckets`), restarted
+    by Ray whenever it dies; returns its handle."""
+    ray = ray_module()
+
+    class LimiterActor:
+        def __init__(self) -> None:
+            self._b: SharedBuckets | None = None
+
+        def _buckets(self) -> SharedBuckets:
+            if self._b is None:  # made on the actor's event loop
+                self._b = SharedBuckets(limits, backoff=backoff, backoff_cap=backoff_cap)
+            return self._b
+
+        async def lease(self, need: int, want: int, tpr: float) -> tuple[int, float, int]:
+            got = await self._buckets().lease(need, want, tpr)
+            return got.requests, got.tokens, got.epoch
+
+        async def give_back(self, requests: int, tokens: float) -> None:
+            self._buckets().give_back(requests, tokens)
+
+        async def charge(self, tokens: float) -> None:
+            self._buckets().charge(tokens)
+
+        async def rate_limited(self, retry_after: float | None) -> float:
+            return self._buckets().rate_limited_for(retry_after)
+
+        async def success(self) -> None:
+            self._buckets().success()
+
+        async def watch(self, epoch: int, poll: float = _WATCH) -> tuple[int, float]:
+            return await self._buckets().watch(epoch, poll)
+
+        async def statistics(self) -> dict[str, float]:
+            return self._buckets().statistics()
+
+        async def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_concurrency": 1000}
+    if name is not None:
+        options["name"] = name
+    return ray.remote(LimiterActor).options(**options).remote()
+
+
+# ----------------------------------------------------------------------------- the shard side
+
+
+class _LeasedPermit:
+    """One request's permit from a :class:`LeasedLimiter`; settle it with the real usage."""
+
+    __slots__ = ("_limiter", "_settled", "requests", "reserved", "waited")
+
+    def __init__(self, limiter: LeasedLimiter, reserved: int, requests: int, waited: float):
+        self._limiter = limiter
+        self.reserved = reserved
+        self.requests = requests
+        self.waited = waited
+        self._settled = False
+
+    def settle(self, used_tokens: int) -> None:
+        """Record the real usage: the difference from the estimate goes to the actor."""
+        if self._settled:
+            return
+        self._settled = True
+        self._limiter._settle(self.reserved, used_tokens)
+
+
+class LeasedLimiter:
+    """A shard's limiter: permits leased in chunks from the limiter actor (module docstring).
+
+    Implements :class:`~engine.endpoints.limits.LimiterProtocol`, so a
+    :class:`~engine.endpoints.client.Client` takes it as ``limits=``. Concurrency is the
+    shard's own (``limits.max_concurrency``); RPM, TPM and the 429 gate are the cluster's.
+    Use it on one event loop; close it with :meth:`aclose` (unused permits go back).
+
+    Args:
+        actor: the limiter actor's handle (:func:`limiter_actor`).
+        limits: ``max_concurrency``, ``tpm`` and ``tpm_refund`` are read.
+        lease_requests: requests leased at a time.
+        lease_ttl: seconds unused permits are kept before they go back.
+    """
+
+    def __init__(
+        self,
+        actor: Any,
+        limits: LimitsConfig,
+        *,
+        lease_requests: int = 4,
+        lease_ttl: float = 0.5,
+        backoff: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        self._actor = actor
+        self._max = limits.max_concurrency
+        self._tpm = bool(limits.tpm)
+        self._refund = limits.tpm_refund
+        self._chunk = lease_requests
+        self._ttl = lease_ttl
+        self._timing = Timing(None)
+        self._gate = RateLimitGate(self._timing, backoff, backoff_cap)
+        self._slots: asyncio.Semaphore | None = None
+        self._pool_requests = 0
+        self._pool_tokens = 0.0
+        self._pool_since = 0.0
+        self._epoch = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._pending: set[Any] = set()
+        # statistics
+        self._in_flight = 0
+        self._waiting = 0
+        self._reserved = 0
+        self._rate_limited = 0
+        self._gate_waits = 0
+        self._admitted = 0
+        self._leases = 0
+        self._unreachable = 0
+        self._saw_429 = False
+
+    # ------------------------------------------------------------------ protocol
+
+    def permit(
+        self, est_tokens: int = 0, *, requests: int = 1
+    ) -> AbstractAsyncContextManager[PermitProtocol]:
+        """A permit once the cluster's limits allow it (leasing more from the actor as needed).
+
+        Raises:
+            ClientClosedError: the limiter is closed.
+        """
+        if self._closed:
+            raise ClientClosedError("limiter is closed")
+        return self._permit(max(0, est_tokens), max(1, requests))
+
+    @contextlib.asynccontextmanager
+    async def _permit(self, est_tokens: int, requests: int) -> AsyncIterator[_LeasedPermit]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max)
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        started = self._timing.now()
+        self._waiting += 1
+        granted = False
+        try:
+            waited = await self._gate.wait()
+            async with self._slots:
+                self._in_flight += 1
+                try:
+                    await self._take(requests, est_tokens)
+                    waited = await self._gate.wait() or waited
+                    if self._closed:
+                        raise ClientClosedError("limiter is closed")
+                    granted = True
+                    self._waiting -= 1
+                    self._gate_waits += int(waited)
+                    self._admitted += requests
+                    self._reserved += est_tokens
+                    waited_s = self._timing.now() - started
+                    try:
+                        yield _LeasedPermit(self, est_tokens, requests, waited_s)
+                    finally:
+                        self._reserved -= est_tokens
+                finally:
+                    self._in_flight -= 1
+        finally:
+            if not granted:
+                self._waiting -= 1
+
+    async def _take(self, requests: int, est_tokens: int) -> None:
+        """Take ``requests`` permits and ``est_tokens`` tokens from the pool, leasing more
+        while it holds too few. Every waiting permit may have its own lease in flight, so a
+        slow round trip to the actor never caps the shard at one lease at a time."""
+        tpr = est_tokens / requests if self._tpm else 0.0
+        while True:
+            if self._closed:
+                raise ClientClosedError("limiter is closed")
+            enough_tokens = not self._tpm or self._pool_tokens >= est_tokens
+            if self._pool_requests >= requests and enough_tokens:
+                self._pool_requests -= requests
+                self._pool_tokens -= est_tokens
+                return
+            await self._gate.wait()
+            need = max(1, requests - self._pool_requests)
+            if self._tpm and tpr > 0 and self._pool_tokens < est_tokens:
+                need = max(need, math.ceil((est_tokens - self._pool_tokens) / tpr))
+            want = max(need, self._chunk)
+            try:
+                got, tokens, epoch = await self._actor.lease.remote(need, want, tpr)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the actor is gone: grant nothing until it is back
+                self._unreachable += 1
+                if self._unreachable == 1 or self._unreachable % 40 == 0:
+                    _log.warning("limiter.unreachable", error=type(exc).__name__,
+                                 tries=self._unreachable)  # fmt: skip
+                await asyncio.sleep(_RETRY)
+                continue
+            self._leases += 1
+            if self._pool_requests <= 0:
+                self._pool_since = self._timing.now()
+            self._pool_requests += got
+            self._pool_tokens += tokens
+            if epoch > self._epoch:
+                self._epoch = epoch
+
+    def on_rate_limited(
+        self, retry_after: float | None = None, *, permit: PermitProtocol | None = None
+    ) -> None:
+        """A 429: pause this shard now, and every shard through the actor."""
+        self._rate_limited += 1
+        self._saw_429 = True
+        self._gate.close_for(retry_after)
+        self._give_back()
+        self._send(self._actor.rate_limited.remote(retry_after))
+
+    def on_timeout(self, *, permit: PermitProtocol | None = None) -> None:
+        """A timeout: nothing to do (the shard's concurrency is fixed)."""
+
+    def on_success(self) -> None:
+        """A success; after a 429 it resets the shared default backoff (once)."""
+        self._gate.reset_backoff()
+        if self._saw_429:
+            self._saw_429 = False
+            self._send(self._actor.success.remote())
+
+    def gate_wait(self) -> float:
+        """Seconds until this shard's view of the 429 gate opens; 0 while open."""
+        now = self._timing.now_or_none()
+        at = self._gate.open_at(now)
+        return 0.0 if at is None or now is None else at - now
+
+    def statistics(self) -> LimiterStatistics:
+        """A frozen snapshot (tokens_available: the tokens leased and not yet used)."""
+        now = self._timing.now_or_none()
+        return LimiterStatistics(
+            in_flight=self._in_flight,
+            concurrency_limit=self._max,
+            waiting=self._waiting,
+            tokens_reserved=float(self._reserved),
+            tokens_available=max(self._pool_tokens, 0.0) if self._tpm else math.inf,
+            token_debt=0.0,
+            gate_open_at=self._gate.open_at(now),
+            rate_limited=self._rate_limited,
+            gate_waits=self._gate_waits,
+            requests_admitted=self._admitted,
+        )
+
+    @property
+    def leases(self) -> int:
+        """Leases granted by the actor so far."""
+        return self._leases
+
+    async def aclose(self) -> None:
+        """Give unused permits back and stop the watcher; later permits raise."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gate.shut()
+        self._give_back()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        pending = list(self._pending)
+        if pending:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5.0)
+
+    async def __aenter__(self) -> LeasedLimiter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    def _settle(self, reserved: int, used: int) -> None:
+        if not self._tpm:
+            return
+        delta = used - reserved
+        if delta > 0 or (delta < 0 and self._refund):
+            self._send(self._actor.charge.remote(float(delta)))
+
+    def _give_back(self) -> None:
+        """Return the unused pool to the actor."""
+        requests, tokens = self._pool_requests, self._pool_tokens
+        if requests <= 0 and tokens <= 0:
+            return
+        self._pool_requests, self._pool_tokens = 0, 0.0
+        self._send(self._actor.give_back.remote(max(0, requests), max(0.0, tokens)))
+
+    def _send(self, ref: Any) -> None:
+        """Keep a fire-and-forget call's result until it lands (its failure is ignored: an
+        actor that is gone has lost its buckets anyway)."""
+        try:
+            fut = asyncio.wrap_future(ref.future())
+        except RuntimeError:  # no running loop (called at teardown)
+            return
+        self._pending.add(fut)
+        fut.add_done_callback(self._landed)
+
+    def _landed(self, fut: asyncio.Future[Any]) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled():
+            fut.exception()  # retrieved: no "never retrieved" warning
+
+    async def _watch(self) -> None:
+        """Long-poll the actor for 429 pauses; return permits idle for ``lease_ttl``."""
+        while not self._closed:
+            try:
+                poll = min(_WATCH, self._ttl)
+                ref = self._actor.watch.remote(self._epoch, poll)
+                epoch, pause = await asyncio.wait_for(asyncio.wrap_future(ref.future()),
+                                                      poll + _WATCH)  # fmt: skip
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # gone or slow: try again shortly
+                await asyncio.sleep(_RETRY)
+                continue
+            if epoch > self._epoch:
+                self._epoch = epoch
+                if pause > 0:
+                    self._gate.close_for(pause)
+                    self._give_back()
+            self._expire()
+
+    def _expire(self) -> None:
+        """Give back permits nobody has asked for within ``lease_ttl``."""
+        idle = self._timing.now() - self._pool_since >= self._ttl and self._waiting == 0
+        if self._pool_requests > 0 and idle:
+            self._give_back()
