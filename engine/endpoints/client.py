@@ -293,8 +293,8 @@ class Client:
         Args:
             prompt: a string, or chat messages (chat mode only).
             n: completions wanted; asked natively, fanned out when the endpoint ignores it.
-            kind, group_id, sample_index, policy_version: identity recorded in events (kind
-                ``generation`` or ``judge``; None takes the group bound in structlog's context).
+            kind, group_id, sample_index, policy_version: identity in events (None: the
+                group bound in structlog's context).
             mode: ``chat`` or ``completions``; None uses the endpoint config.
             max_tokens, temperature, logprobs, stop: None uses the endpoint config.
             seed: sampling seed; fanned-out requests get ``seed + i``.
@@ -302,12 +302,9 @@ class Client:
             extra_body: merged into the request body last (e.g. vLLM's ``return_token_ids``).
             deadline: seconds for the whole call, queueing and retries included; None uses
                 ``EndpointConfig.deadline``.
-            model: the model to name in the request (e.g. a LoRA adapter a server loaded);
-                None uses the endpoint's. Events record the model named.
-            tools: the OpenAI ``tools`` parameter (chat mode); the choices carry the calls
-                in :attr:`~engine.endpoints.parsing.Choice.tool_calls`.
-            episode, turn: the episode and turn the call is for, recorded in its events
-                (multi-turn rollouts, :mod:`engine.environments`).
+            model: the model named in the request and its events (e.g. a LoRA adapter).
+            tools: OpenAI ``tools`` (chat mode); calls come back in ``Choice.tool_calls``.
+            episode, turn: recorded in the events (multi-turn, :mod:`engine.environments`).
 
         Raises:
             EndpointError: a subclass saying why, with status, attempt and endpoint.
@@ -329,12 +326,10 @@ class Client:
         ctx = self._call_context(transport, prompt, mode, model, max_tokens, t0, deadline,
                                  kind=kind, group_id=group_id, sample_index=sample_index,
                                  policy_version=policy_version)  # fmt: skip
-        if episode is not None:
-            ctx.episode, ctx.turn = episode, turn
+        ctx.episode, ctx.turn = episode, turn  # None outside multi-turn rollouts
         self._calls += 1
         try:
-            if n == 1:  # the common call: one request, its one choice, nothing to merge
-                # its first attempt awaited from here: one await level less on every resume
+            if n == 1:  # the common call, its first attempt awaited here (one level less)
                 data = encode(body, 1, seed)
                 est = ctx.est_prompt + ctx.max_tokens
                 self._requests += 1
