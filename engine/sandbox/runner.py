@@ -393,14 +393,20 @@ def _spec(
 
 
 async def _drain_reader(reader: asyncio.StreamReader, sink: _Stream, over: asyncio.Event) -> None:
-    """Read a pipe to its end, keeping at most ``sink.cap`` bytes; past it, set ``over``."""
+    """Read a pipe to its end, keeping at most ``sink.cap`` bytes; past it, set ``over``.
+
+    Past the cap it goes on reading and drops what it reads: a reader that stopped would leave
+    the pipe paused, its end never seen, and on Python 3.11 ``proc.wait()`` returns only once
+    every pipe of the process has reached its end (the run would hang after its kill)."""
     while chunk := await reader.read(65536):
+        if sink.overflow:
+            continue
         room = sink.cap - len(sink.data)
         if len(chunk) > room:
             sink.data += chunk[: max(room, 0)]
             sink.overflow = True
             over.set()
-            return
+            continue
         sink.data += chunk
 
 
