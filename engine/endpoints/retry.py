@@ -38,6 +38,7 @@ __all__ = (
     "RETRY_STATUSES",
     "backoff_delay",
     "code_status",
+    "header_number",
     "is_in_flight_budget_error",
     "lower_keys",
     "parse_duration",
@@ -100,15 +101,20 @@ def lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
-def _seconds(value: str | None) -> float | None:
-    """A non-negative finite number of seconds, else None."""
+def header_number(value: str | None, high: float) -> float | None:
+    """A header's value as a finite number in ``[0, high]``, else None (absent or junk)."""
     if value is None:
         return None
     try:
         x = float(value.strip())
     except ValueError:
         return None
-    return x if math.isfinite(x) and 0 <= x <= _MAX_HINT else None
+    return x if math.isfinite(x) and 0 <= x <= high else None
+
+
+def _seconds(value: str | None) -> float | None:
+    """A non-negative finite number of seconds, else None."""
+    return header_number(value, _MAX_HINT)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .budget import TokenBudget
-from .retry import lower_keys, parse_duration
+from .retry import header_number, lower_keys, parse_duration
 
 __all__ = ("READ_GAP", "RateHeaders", "WindowLearner", "has_rate_headers", "parse_rate_headers")
 
@@ -67,13 +67,7 @@ class RateHeaders:
 
 
 def _count(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        x = float(value.strip())
-    except ValueError:
-        return None
-    return x if math.isfinite(x) and 0 <= x <= _MAX_COUNT else None
+    return header_number(value, _MAX_COUNT)
 
 
 def parse_rate_headers(headers: Mapping[str, str] | None, kind: Kind) -> RateHeaders | None:
