@@ -22,10 +22,12 @@ restarted the actor (``max_restarts=-1``), whose buckets start as a fresh limite
 (``burst_seconds`` of rate), so its return is never an unlimited burst. Permits a shard held
 when the actor died are spent; nothing is granted beyond them.
 
+The actor's buckets and gate are the ones a local :class:`~engine.endpoints.limits.Limiter`
+uses (one implementation): two :class:`~engine.endpoints.budget.TokenBudget` (FIFO, full at
+start, a request larger than the bucket's depth granted when it is full and leaving it in
+debt) and a :class:`~engine.endpoints.gate.RateLimitGate`.
 Token estimates are reserved per permit and settled with the real usage (the difference is
-charged or, with ``limits.tpm_refund``, refunded to the actor). A request larger than the
-token bucket's depth is granted when the bucket is full and leaves it in debt, as
-:class:`~engine.endpoints.budget.TokenBudget` does.
+charged or, with ``limits.tpm_refund``, refunded to the actor).
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from ..config.sections import LimitsConfig
+from ..endpoints.budget import TokenBudget
 from ..endpoints.gate import RateLimitGate
 from ..endpoints.limits import LimiterStatistics, PermitProtocol
-from ..endpoints.timing import Timing
+from ..endpoints.timing import Clock, Timing
 from ..errors import ClientClosedError
 from ..telemetry.logs import get_logger
 from ._ray import ray_module
@@ -57,27 +59,6 @@ _WATCH = 2.0
 """Longest a watcher's long poll waits for news before it re-polls."""
 
 
-class _Bucket:
-    """``capacity`` units refilled at ``rate`` per second; full at start; may go into debt."""
-
-    __slots__ = ("capacity", "level", "rate", "updated")
-
-    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute * burst_seconds / 60.0)
-        self.level = self.capacity
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait_for(self, amount: float) -> float:
-        """Seconds until ``amount`` (at most the capacity) is there; after :meth:`refill`."""
-        need = min(amount, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
-
-
 @dataclass(frozen=True, slots=True)
 class Lease:
     """Permits granted by the actor: ``requests`` requests and ``tokens`` tokens."""
@@ -90,14 +71,17 @@ class Lease:
 class SharedBuckets:
     """The state of the limiter actor: RPM and TPM buckets and the 429 gate, for all shards.
 
-    Plain Python (Ray wraps it as an async actor in :func:`limiter_actor`), so its logic is
-    the same in a test on one loop.
+    Both buckets are the client's own :class:`~engine.endpoints.budget.TokenBudget` (one of
+    ``rpm`` request units, one of ``tpm`` tokens, each ``burst_seconds`` deep, FIFO), so a
+    lease is admitted by the same bucket a local :class:`~engine.endpoints.limits.Limiter`
+    uses. Plain Python (Ray wraps it as an async actor in :func:`limiter_actor`), so its
+    logic is the same in a test on one loop; it belongs to the loop it is first used on.
 
     Args:
         limits: ``rpm``, ``tpm`` and ``burst_seconds`` are read.
         backoff: the first default pause after a 429 without a wait, seconds.
         backoff_cap: the longest default pause.
-        clock: monotonic seconds.
+        clock: monotonic seconds; default the running loop's (a virtual-time loop in tests).
     """
 
     def __init__(
@@ -106,16 +90,17 @@ class SharedBuckets:
         *,
         backoff: float = 1.0,
         backoff_cap: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
-        self._clock = clock
-        now = clock()
+        self._timing = Timing(clock)
         burst = limits.burst_seconds
-        self._requests = _Bucket(limits.rpm, burst, now) if limits.rpm else None
-        self._tokens = _Bucket(limits.tpm, burst, now) if limits.tpm else None
-        self._backoff, self._backoff_cap = backoff, backoff_cap
-        self._gate_until = 0.0
-        self._strikes = 0
+        self._requests = (
+            TokenBudget(limits.rpm, burst_seconds=burst, clock=clock) if limits.rpm else None
+        )
+        self._tokens = (
+            TokenBudget(limits.tpm, burst_seconds=burst, clock=clock) if limits.tpm else None
+        )
+        self._gate = RateLimitGate(self._timing, backoff, backoff_cap)
         self._epoch = 0  # 429 episodes: a watcher wakes when it moves
         self._news = asyncio.Event()
         self._serve = asyncio.Lock()  # leases are served first come, first served
@@ -125,82 +110,69 @@ class SharedBuckets:
 
     def pause_left(self) -> float:
         """Seconds until the shared gate opens; 0 while open."""
-        return max(0.0, self._gate_until - self._clock())
+        now = self._timing.now_or_none()
+        at = self._gate.open_at(now)
+        return 0.0 if at is None or now is None else at - now
 
     async def lease(self, need: int, want: int, tokens_per_request: float) -> Lease:
         """At least ``need`` and at most ``want`` request permits, with ``tokens_per_request``
-        tokens each, once the gate is open and the buckets hold them."""
+        tokens each, once the gate is open and the buckets hold them (``need`` waits its
+        turn in the buckets; the rest of ``want`` is added only where it is there now)."""
         need = max(1, need)
         want = max(need, want)
         tpr = max(0.0, tokens_per_request)
         async with self._serve:
-            while True:
-                now = self._clock()
-                wait = self._gate_until - now
-                if wait <= 0:
-                    wait = self._refill_wait(now, need, tpr)
-                if wait <= 0:
-                    k = self._grantable(need, want, tpr)
-                    self._take(k, k * tpr)
-                    self.granted += k
-                    return Lease(k, k * tpr, self._epoch)
-                await asyncio.sleep(wait)
+            await self._gate.wait()
+            if self._requests is not None:
+                await self._requests.reserve(need)
+            if self._tokens is not None and tpr > 0:
+                await self._tokens.reserve(need * tpr)
+            extra = await self._extra(want - need, tpr)
+            await self._gate.wait()  # a 429 while waiting: these permits wait it out
+            k = need + extra
+            self.granted += k
+            return Lease(k, k * tpr, self._epoch)
 
-    def _refill_wait(self, now: float, need: int, tpr: float) -> float:
-        wait = 0.0
+    async def _extra(self, most: int, tpr: float) -> int:
+        """Take up to ``most`` more permits that the buckets hold now, without waiting."""
+        k = most
         if self._requests is not None:
-            self._requests.refill(now)
-            wait = max(wait, self._requests.wait_for(need))
+            k = min(k, math.floor(self._requests.level() + 1e-9))
         if self._tokens is not None and tpr > 0:
-            self._tokens.refill(now)
-            wait = max(wait, self._tokens.wait_for(need * tpr))
-        return wait
-
-    def _grantable(self, need: int, want: int, tpr: float) -> int:
-        k = want
+            k = min(k, math.floor(self._tokens.level() / tpr + 1e-9))
+        if k <= 0:
+            return 0
+        # both fit and nobody queues (leases are served one at a time): no wait
         if self._requests is not None:
-            k = min(k, int(self._requests.level))
+            await self._requests.reserve(k)
         if self._tokens is not None and tpr > 0:
-            k = min(k, int(self._tokens.level // tpr))
-        return max(need, k)
-
-    def _take(self, requests: float, tokens: float) -> None:
-        if self._requests is not None:
-            self._requests.level -= requests
-        if self._tokens is not None:
-            self._tokens.level -= tokens
+            await self._tokens.reserve(k * tpr)
+        return k
 
     def give_back(self, requests: int, tokens: float) -> None:
         """Unused permits returned by a shard (never above the buckets' depth)."""
         self.returned += requests
-        now = self._clock()
-        if self._requests is not None:
-            self._requests.refill(now)
-            self._requests.level = min(self._requests.capacity, self._requests.level + requests)
-        if self._tokens is not None:
-            self._tokens.refill(now)
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + tokens)
+        if self._requests is not None and requests > 0:
+            self._requests.refund(requests)
+        if self._tokens is not None and tokens > 0:
+            self._tokens.refund(tokens)
 
     def charge(self, tokens: float) -> None:
         """Settle a permit: ``tokens`` more than reserved were used (negative: a refund)."""
-        if self._tokens is None:
+        if self._tokens is None or not math.isfinite(tokens):
             return
-        self._tokens.refill(self._clock())
-        self._tokens.level = min(self._tokens.capacity, self._tokens.level - tokens)
+        if tokens > 0:
+            self._tokens.charge(tokens)
+        elif tokens < 0:
+            self._tokens.refund(-tokens)
 
     def rate_limited_for(self, retry_after: float | None) -> float:
         """A shard saw a 429: close the gate for everyone; the pause left, seconds."""
         self.rate_limited += 1
-        now = self._clock()
-        new_episode = now >= self._gate_until
-        if new_episode:
-            self._strikes += 1
-        if retry_after is None or not math.isfinite(retry_after):
-            delay = min(self._backoff_cap, self._backoff * 2.0 ** min(self._strikes - 1, 32))
-        else:
-            delay = max(0.0, retry_after)
-        if now + delay > self._gate_until:
-            self._gate_until = now + delay
+        before = self._gate.open_at(self._timing.now())
+        self._gate.close_for(retry_after)
+        after = self._gate.open_at(self._timing.now())
+        if after is not None and (before is None or after > before):  # the pause grew
             self._epoch += 1
             self._news.set()
             self._news = asyncio.Event()
@@ -208,7 +180,7 @@ class SharedBuckets:
 
     def success(self) -> None:
         """A request succeeded after a 429: the next default pause starts from the first."""
-        self._strikes = 0
+        self._gate.reset_backoff()
 
     async def watch(self, epoch: int, poll: float = _WATCH) -> tuple[int, float]:
         """Return ``(epoch, pause left)`` once the gate closed after ``epoch`` (or after
@@ -220,7 +192,6 @@ class SharedBuckets:
 
     def statistics(self) -> dict[str, float]:
         """Counters and levels, for tests and benchmarks."""
-        now = self._clock()
         out: dict[str, float] = {
             "granted": self.granted,
             "returned": self.returned,
@@ -229,11 +200,9 @@ class SharedBuckets:
             "epoch": self._epoch,
         }
         if self._requests is not None:
-            self._requests.refill(now)
-            out["requests_level"] = self._requests.level
+            out["requests_level"] = self._requests.level()
         if self._tokens is not None:
-            self._tokens.refill(now)
-            out["tokens_level"] = self._tokens.level
+            out["tokens_level"] = self._tokens.level()
         return out
 
 
