@@ -19,12 +19,20 @@ import pytest
 
 from engine.cluster.connect import ClusterError, NodeInfo, RayCluster, check_nodes, node_versions
 from engine.cluster.limiter import LeasedLimiter, limiter_actor
-from engine.cluster.rewards import RemoteRewards
+from engine.cluster.rewards import DEPTH, RemoteRewards
 from engine.cluster.training import ClusterTrainingManager
 from engine.config.loading import load_config
-from engine.config.sections import ClusterConfig, EndpointConfig, LimitsConfig, RetryConfig
+from engine.config.sections import (
+    ClusterConfig,
+    EndpointConfig,
+    LimitsConfig,
+    RetryConfig,
+    SandboxConfig,
+)
 from engine.endpoints.client import Client
+from engine.rewards.code import UnitTestsReward
 from engine.rewards.rewarder import Rewarder, RewardSpec
+from engine.sandbox import Sandbox
 from engine.testing.sim import SimConfig, SimServer
 from engine.training.trainer import TrainingManager
 from engine.types import Example
@@ -65,7 +73,49 @@ async def test_remote_rewards_run_on_workers_bounded_and_record_failures() -> No
         assert g.error == w.error  # ... exactly as a local one is
         assert g.error is not None and "reward 'bad' failed: ValueError: no verdict" in g.error
     assert pool.calls == 3 * len(texts)
-    assert 1 <= pool.peak_in_flight <= 2  # bounded by reward_workers
+    assert 1 <= pool.peak_in_flight <= DEPTH * 2  # bounded by reward_workers
+    pool.close()
+
+
+CODE_TASK = {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "entry_point": "add"}
+
+
+async def test_the_sandboxed_unit_tests_reward_runs_on_the_pool_with_failures_as_locally() -> None:
+    pool = RemoteRewards(ClusterConfig(backend="ray", reward_workers=2, reward_cpus=0.5))
+    fast = SandboxConfig(wall_seconds=3.0, test_seconds=1.0)
+    broken = UnitTestsReward(Sandbox(SandboxConfig(python="/no/python")))
+    specs = [RewardSpec("unit_tests", UnitTestsReward(Sandbox(fast)).__call__),
+             RewardSpec("broken", broken.__call__)]  # fmt: skip
+    local = Rewarder(specs)
+    remote = pool.apply(local, ["unit_tests", "broken"])
+    texts = [
+        "```python\ndef add(a, b):\n    return a + b\n```",  # passes both
+        "```python\ndef add(a, b):\n    return a - b\n```",  # passes one
+        "```python\ndef add(a, b):\n    while True:\n        pass\n```",  # loops: a score
+        "no code here",
+    ]
+    code_ex = Example(id="c0", text="write add", target="", meta=CODE_TASK)
+    got = await remote.score_group(code_ex, texts, group_id="0-0")
+    want = await local.score_group(code_ex, texts, group_id="0-0")
+    pids = await pool.ready()
+    for g, w in zip(got, want, strict=True):
+        assert g.parts["unit_tests"] == w.parts["unit_tests"] or (
+            math.isnan(g.parts["unit_tests"]) and math.isnan(w.parts["unit_tests"])
+        )
+        # the sandbox failing is recorded as locally: the same exception and message (the
+        # OS's own detail after it may differ between processes)
+        prefix = "reward 'broken' failed: SandboxUnavailable: cannot start the sandbox interpreter"
+        assert g.error is not None and w.error is not None
+        assert g.error.startswith(prefix) and w.error.startswith(prefix)
+    assert os.getpid() not in pids
+    # no tests in the example: the same recorded RewardError, never a 0
+    plain = await remote.score_group(_ex(1), texts[:1], group_id="0-1")
+    plain_local = await local.score_group(_ex(1), texts[:1], group_id="0-1")
+    assert plain[0].error == plain_local[0].error
+    assert (
+        plain[0].error is not None and "RewardError: example 'e1' has no 'tests'" in plain[0].error
+    )
+    pool.close()
 
 
 # ----------------------------------------------------------------------------- shards
