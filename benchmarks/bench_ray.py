@@ -2,8 +2,10 @@
 
 (a) **Reward pool.** A reward costing about 50 ms of pure-Python CPU per rollout, scored for
     N rollouts: the Rewarder's local worker-thread pool (the GIL runs one at a time) vs the
-    same functions as Ray tasks (:class:`engine.cluster.rewards.RemoteRewards`), on a local
-    cluster of this machine's cores.
+    same functions on reward-worker actors (:class:`engine.cluster.rewards.RemoteRewards`), on
+    a local cluster of this machine's cores. Both arms are warmed once (untimed), then timed
+    back to back in alternating order for ``--rounds`` rounds: the median of each is shown,
+    with every round's figure and the load average (the pool's start-up is shown apart).
 (b) **One global limit.** 2 and 4 rollout-shard actors, each with its own
     :class:`~engine.endpoints.client.Client`, against one simulated server (its own process)
     enforcing 600 RPM and a TPM limit: the shards lease from one limiter actor
@@ -14,6 +16,7 @@
     training job (tinylm, 2 shards, one per node) pointed at it with ``cluster.address``.
 
     python benchmarks/bench_ray.py            # all three (needs pip install 'grpo-engine[ray]')
+    python benchmarks/bench_ray.py --only a --rounds 7
     python benchmarks/bench_ray.py --only b --seconds 20
 """
 
@@ -62,24 +65,39 @@ def cpu_reward(example: Example, text: str) -> float:
 # ----------------------------------------------------------------------------- (a)
 
 
-async def bench_rewards(n: int) -> dict[str, Any]:
+async def bench_rewards(n: int, rounds: int) -> dict[str, Any]:
+    """Both arms warmed once (the pool's workers started, the thread pool's threads), then
+    ``rounds`` rounds, each timing both arms back to back in alternating order."""
+    import statistics
+
     example = Example(id="bench", text="p", target="t")
     texts = [f"rollout {i}" for i in range(n)]
     local = Rewarder([RewardSpec("cpu", cpu_reward)])
     pool = RemoteRewards(ClusterConfig(backend="ray", reward_workers=os.cpu_count() or 2,
                                        reward_cpus=1.0))  # fmt: skip
     remote = pool.apply(local, ["cpu"])
-    await remote.score_group(example, texts, group_id="warm")  # every worker started
-    out: dict[str, Any] = {}
-    for name, rewarder in (("local threads", local), ("ray pool", remote), ("local threads", local),
-                           ("ray pool", remote)):  # fmt: skip
-        t0 = time.perf_counter()
-        scores = await rewarder.score_group(example, texts, group_id="b")
-        dt = time.perf_counter() - t0
-        assert all(s.error is None for s in scores)
-        out.setdefault(name, []).append(dt)
-    best = {k: min(v) for k, v in out.items()}
-    return {"n": n, "seconds": best, "speedup": best["local threads"] / best["ray pool"]}
+    t0 = time.perf_counter()
+    await pool.ready()
+    cold = time.perf_counter() - t0
+    arms = {"local threads": local, "ray pool": remote}
+    for rewarder in arms.values():  # warm: not timed, the same for both
+        await rewarder.score_group(example, texts[:4], group_id="warm")
+    out: dict[str, list[float]] = {k: [] for k in arms}
+    loads = []
+    for r in range(rounds):
+        order = list(arms) if r % 2 == 0 else list(reversed(arms))
+        for name in order:
+            t0 = time.perf_counter()
+            scores = await arms[name].score_group(example, texts, group_id=f"r{r}")
+            out[name].append(time.perf_counter() - t0)
+            assert all(s.error is None for s in scores)
+        loads.append(os.getloadavg()[0])
+    pool.close()
+    med = {k: statistics.median(v) for k, v in out.items()}
+    ratios = [a / b for a, b in zip(out["local threads"], out["ray pool"], strict=True)]
+    speedup = med["local threads"] / med["ray pool"]
+    return {"n": n, "median": med, "rounds": out, "speedup": speedup, "loads": loads,
+            "ratio_median": statistics.median(ratios), "cold_start": cold}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- (b)
@@ -224,6 +242,7 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=("a", "b", "c"), action="append")
     p.add_argument("--rollouts", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=5, help="(a): alternating rounds")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=6)
     args = p.parse_args()
@@ -238,10 +257,19 @@ async def main() -> None:
     if "a" in parts or "b" in parts:
         ray.init(include_dashboard=False, log_to_driver=False)
         if "a" in parts:
-            r = await bench_rewards(args.rollouts)
-            s = r["seconds"]
-            print(f"(a) {r['n']} rollouts x 50 ms CPU: local threads {s['local threads']:.2f} s,"
-                  f" ray pool {s['ray pool']:.2f} s: {r['speedup']:.2f}x")  # fmt: skip
+            r = await bench_rewards(args.rollouts, args.rounds)
+            s = r["median"]
+            print(f"(a) {r['n']} rollouts x 50 ms CPU, median of {args.rounds} alternating rounds:"
+                  f" local threads {s['local threads']:.2f} s, ray pool {s['ray pool']:.2f} s:"
+                  f" {r['speedup']:.2f}x (median of per-round ratios {r['ratio_median']:.2f}x;"
+                  f" aim 1.8x)")  # fmt: skip
+            for name, v in r["rounds"].items():
+                print(f"    {name}: " + " ".join(f"{x:.2f}" for x in v))
+            print(
+                "    load average after each round: "
+                + " ".join(f"{x:.2f}" for x in r["loads"])
+                + f"; pool start-up (not timed above) {r['cold_start']:.2f} s"
+            )
         if "b" in parts:
             print("(b) shards | limiter | ok | failed | goodput | server requests | 429s | 429 %")
             for shards in (2, 4):
