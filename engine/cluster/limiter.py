@@ -42,6 +42,7 @@ from typing import Any
 
 from ..config.sections import LimitsConfig
 from ..endpoints.budget import TokenBudget
+from ..endpoints.client import Client
 from ..endpoints.gate import RateLimitGate
 from ..endpoints.limits import LimiterStatistics, PermitProtocol
 from ..endpoints.timing import Clock, Timing
@@ -49,7 +50,7 @@ from ..errors import ClientClosedError
 from ..telemetry.logs import get_logger
 from ._ray import ray_module
 
-__all__ = ("LeasedLimiter", "SharedBuckets", "limiter_actor")
+__all__ = ("LeasedLimiter", "SharedBuckets", "driver_clients", "limiter_actor", "share_limit")
 
 _log = get_logger("engine.cluster.limiter")
 
@@ -544,3 +545,32 @@ class LeasedLimiter:
         idle = self._timing.now() - self._pool_since >= self._ttl and self._waiting == 0
         if self._pool_requests > 0 and idle:
             self._give_back()
+
+
+# ----------------------------------------------------------------------------- the driver side
+
+
+def driver_clients(*parts: Any) -> list[Client]:
+    """The endpoint clients of the driver's parts: a policy's ``client`` and ``proposer``
+    (its evaluation and reflection requests) and the ``client`` of each of a rewarder's
+    judges; each once."""
+    found: dict[int, Client] = {}
+    for part in parts:
+        holders = [part, *(spec.judge for spec in getattr(part, "judges", ()))]
+        for holder in holders:
+            for attr in ("client", "proposer"):
+                c = getattr(holder, attr, None)
+                if isinstance(c, Client):
+                    found.setdefault(id(c), c)
+    return list(found.values())
+
+
+def share_limit(clients: list[Client], actor: Any, limits: LimitsConfig,
+                *, lease_requests: int = 4, lease_ttl: float = 0.5) -> LeasedLimiter:  # fmt: skip
+    """Put the driver's ``clients`` on the limiter actor: one :class:`LeasedLimiter` for all
+    of them, so their requests count against the same RPM/TPM limit and 429 gate as the
+    shards'. Close it (:meth:`LeasedLimiter.aclose`) when the run ends."""
+    limiter = LeasedLimiter(actor, limits, lease_requests=lease_requests, lease_ttl=lease_ttl)
+    for client in clients:
+        client.share_limiter(limiter)
+    return limiter

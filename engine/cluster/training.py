@@ -32,7 +32,7 @@ from ..training.trainer import RunSummary, TrainingManager
 from ..types import Example, Group
 from ._ray import ray_module
 from .connect import RayCluster
-from .limiter import limiter_actor
+from .limiter import driver_clients, limiter_actor, share_limit
 from .rewards import RemoteRewards
 from .shards import MakeParts, ShardPool
 
@@ -85,9 +85,17 @@ class ClusterTrainingManager(TrainingManager):
             if c.remote_rewards and not c.shards:
                 self.remote = RemoteRewards(c)
                 self.rewarder = self.remote.apply(self.rewarder, c.remote_rewards)
+            # the driver's own requests (evaluation, judges) count against the shards' limit
+            clients = driver_clients(self.policy, self.rewarder)
+            endpoint_shards = c.shards and (not self.policy.embedded or self._make_parts)
+            if endpoint_shards or clients:
+                self.limiter_actor = limiter_actor(self.config.limits)
+            driver_limit = None
+            if clients:
+                driver_limit = share_limit(clients, self.limiter_actor, self.config.limits,
+                                           lease_requests=c.lease_requests,
+                                           lease_ttl=c.lease_ttl)  # fmt: skip
             if c.shards:
-                if not self.policy.embedded or self._make_parts is not None:
-                    self.limiter_actor = limiter_actor(self.config.limits)
                 self.pool = ShardPool(self.config, self.events, limiter_actor=self.limiter_actor,
                                       make_parts=self._make_parts)  # fmt: skip
             try:
@@ -96,6 +104,8 @@ class ClusterTrainingManager(TrainingManager):
                 if self.pool is not None:
                     await self.pool.aclose()
                     self.events.flush()
+                if driver_limit is not None:
+                    await driver_limit.aclose()
                 if self.limiter_actor is not None:
                     ray_module().kill(self.limiter_actor, no_restart=True)
 

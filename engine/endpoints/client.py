@@ -222,6 +222,13 @@ class Client:
         """The limiter every attempt takes a permit from."""
         return self._limiter
 
+    def share_limiter(self, limiter: LimiterProtocol) -> None:
+        """Take every later attempt's permit from ``limiter`` (a limit shared beyond this
+        client, e.g. a cluster's limiter actor); a limiter the client made is still closed
+        with it. Call it before requests are in flight."""
+        self._limiter = limiter
+        self._runner._limiter = limiter
+
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Client:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine.cluster.connect import ClusterError, NodeInfo, RayCluster, check_nodes, node_versions
-from engine.cluster.limiter import LeasedLimiter, limiter_actor
+from engine.cluster.limiter import LeasedLimiter, driver_clients, limiter_actor, share_limit
 from engine.cluster.rewards import DEPTH, RemoteRewards
 from engine.cluster.training import ClusterTrainingManager
 from engine.config.loading import load_config
@@ -31,7 +31,8 @@ from engine.config.sections import (
 )
 from engine.endpoints.client import Client
 from engine.rewards.code import UnitTestsReward
-from engine.rewards.rewarder import Rewarder, RewardSpec
+from engine.rewards.judges import LLMJudge
+from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
 from engine.sandbox import Sandbox
 from engine.testing.sim import SimConfig, SimServer
 from engine.training.trainer import TrainingManager
@@ -237,6 +238,62 @@ async def test_shards_share_one_limit_and_a_429_pauses_them_all() -> None:
                 assert time.monotonic() - t1 >= 0.5
         stats = await actor.statistics.remote()
         assert stats["rate_limited"] == 1
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+async def test_the_drivers_eval_and_judge_clients_share_the_shards_limit() -> None:
+    import ray
+
+    limits = LimitsConfig(rpm=570, burst_seconds=1.0, max_concurrency=8)
+    actor = limiter_actor(limits)
+    retry = RetryConfig(max_attempts=1)
+    try:
+        async with (
+            SimServer(SimConfig(rpm=600, burst_seconds=1.0)) as sim,
+            LeasedLimiter(actor, limits, lease_requests=2, lease_ttl=0.2) as shard,
+        ):
+            ep = EndpointConfig(base_url=sim.base_url, model="sim-model", max_tokens=8)
+            # the driver's clients as a run builds them: each with a limiter of its own
+            async with (
+                Client(ep, limits=limits, retry=retry) as shard_client,
+                Client(ep, limits=limits, retry=retry) as eval_client,
+                Client(ep, limits=limits, retry=retry) as judge_client,
+            ):
+                shard_client.share_limiter(shard)
+                judge = LLMJudge(judge_client, "Is it right?")
+                rewarder = Rewarder([RewardSpec("r", workloads.cpu_reward)],
+                                    judges=[JudgeSpec(judge)])  # fmt: skip
+
+                class Policy:
+                    client = eval_client
+
+                found = driver_clients(Policy(), rewarder)
+                assert {id(c) for c in found} == {id(eval_client), id(judge_client)}
+                driver = share_limit(found, actor, limits, lease_requests=2, lease_ttl=0.2)
+                assert eval_client.limiter is driver and judge_client.limiter is driver
+                t0 = time.monotonic()
+                calls = [c.complete(f"q{i}") for i in range(14)
+                         for c in (shard_client, eval_client, judge_client)]  # fmt: skip
+                await asyncio.gather(*calls)
+                elapsed = time.monotonic() - t0
+                assert sim.statistics().rate_limited == 0  # one limit for all three: no 429
+                # 42 requests at 9.5/s after a burst of 9: more than 3 s (each client at the
+                # full limit alone would have sent its 14 at once, drawing 429s)
+                assert elapsed >= 3.0
+                # a 429 seen by a shard pauses the driver's evaluation and judge
+                shard.on_rate_limited(1.5)
+                for _ in range(100):
+                    if driver.gate_wait() > 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert 0.5 < driver.gate_wait() <= 1.5
+                t1 = time.monotonic()
+                await eval_client.complete("after the pause")
+                assert time.monotonic() - t1 >= 0.5
+                await driver.aclose()
+        stats = await actor.statistics.remote()
+        assert stats["granted"] >= 43 and stats["rate_limited"] == 1
     finally:
         ray.kill(actor, no_restart=True)
 
