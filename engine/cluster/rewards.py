@@ -7,7 +7,8 @@ of ``[reward]`` that cost real CPU (code run against tests in the sandbox, verif
 same name and weight whose call runs on the least busy worker. Each worker runs one call at
 a time and holds at most one more queued (:data:`DEPTH`), so the next rollout starts the
 moment the last one ends, without a round trip through the driver; at most
-``reward_workers * DEPTH`` calls are out at once (the rest wait their turn on the event
+``reward_workers * DEPTH`` calls are out at once, sent only to workers that have started
+(one the cluster has no CPUs for holds nothing up) (the rest wait their turn on the event
 loop, never blocking it). The functions are put in Ray's object store once and kept by each
 worker after its first call; they must be importable (or picklable by value) on every node.
 A coroutine function (the ``unit_tests`` reward, whose sandbox waits on a subprocess) runs
@@ -24,6 +25,7 @@ run's, and Ray restarts the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import os
@@ -94,7 +96,10 @@ class RemoteRewards:
         )
         self.workers = [actor.remote() for _ in range(cluster.reward_workers)]
         self._load = [0] * len(self.workers)
+        self._started: list[int] = []  # the workers that have answered, in order
+        self._first: asyncio.Event | None = None
         self._slots: anyio.Semaphore | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self.calls = 0
         self.peak_in_flight = 0
@@ -102,6 +107,23 @@ class RemoteRewards:
     async def ready(self) -> list[int]:
         """Wait until every worker has started; their process ids."""
         return list(await asyncio.gather(*(w.pid.remote() for w in self.workers)))
+
+    def _watch_starts(self) -> None:
+        """Note each worker as it starts: calls go only to started ones, so a worker that
+        cannot be placed (the cluster's CPUs taken) holds no rollout up."""
+        self._first = asyncio.Event()
+        first = self._first
+
+        async def started(i: int) -> None:
+            with contextlib.suppress(Exception):  # never placed, or dead: left out
+                await self.workers[i].pid.remote()
+                self._started.append(i)
+                first.set()
+
+        for i in range(len(self.workers)):
+            task = asyncio.get_running_loop().create_task(started(i))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
 
     def close(self) -> None:
         """Stop the workers (calls still out fail)."""
@@ -117,8 +139,11 @@ class RemoteRewards:
         async def remote(example: Example, text: str) -> Any:
             if self._slots is None:
                 self._slots = anyio.Semaphore(DEPTH * len(self.workers))
+                self._watch_starts()
+            assert self._first is not None
+            await self._first.wait()
             async with self._slots:
-                i = min(range(len(self._load)), key=self._load.__getitem__)  # < DEPTH calls
+                i = min(self._started, key=self._load.__getitem__)
                 self._load[i] += 1
                 self._in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self._in_flight)

@@ -4,11 +4,13 @@ It is a :class:`~engine.training.trainer.TrainingManager` whose :meth:`run` firs
 starts) the cluster (:class:`~engine.cluster.connect.RayCluster`, versions checked), then
 starts what ``[cluster]`` asks for, and takes it all down at the end:
 
-* ``remote_rewards``: those reward functions run as Ray tasks (:mod:`engine.cluster.rewards`),
-  in the shards' rewarders, or in the driver's when there are no shards;
+* ``remote_rewards``: those reward functions run on reward workers
+  (:mod:`engine.cluster.rewards`), in the shards' rewarders, or in the driver's when there
+  are no shards;
 * ``shards > 0``: the groups run on rollout shards (:mod:`engine.cluster.shards`), and for an
   endpoint policy one limiter actor holds the provider's limits for all of them
-  (:mod:`engine.cluster.limiter`).
+  (:mod:`engine.cluster.limiter`); the driver's own clients (evaluation, LLM judges) lease
+  from the same actor.
 
 Everything else stays in the driver: the sampler, the learner, checkpoints, metrics and
 ``events.jsonl`` (the shards' events are written by the driver), evaluation. The step's

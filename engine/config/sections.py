@@ -525,12 +525,14 @@ class ClusterConfig:
     shard_retries: int = 2
     """Times a group whose shard died is retried on another shard before it is dropped."""
     remote_rewards: tuple[str, ...] = ()
-    """Names of [reward] functions that are CPU-heavy: they run as Ray tasks across the
-    cluster instead of in a worker thread of the process that scores."""
+    """Names of [reward] functions that are CPU-heavy (e.g. unit_tests, the code sandbox): they
+    run on reward-worker actors across the cluster instead of in a worker thread of the
+    process that scores."""
     reward_workers: int = 4
-    """Remote reward calls in flight at once (each one a Ray task); more wait their turn."""
+    """Reward-worker actors; each runs one call at a time with one more queued, so at most
+    twice this many calls are out at once (more wait their turn)."""
     reward_cpus: float = 1.0
-    """CPUs each remote reward call reserves on the cluster."""
+    """CPUs each reward worker reserves on the cluster."""
     lease_requests: int = 4
     """Requests a shard leases from the limiter actor at a time; unused ones go back."""
     lease_ttl: float = 0.5

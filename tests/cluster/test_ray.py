@@ -78,6 +78,18 @@ async def test_remote_rewards_run_on_workers_bounded_and_record_failures() -> No
     pool.close()
 
 
+async def test_a_reward_worker_the_cluster_cannot_place_holds_no_rollout_up() -> None:
+    # three workers of 1 CPU each on the session's 2-CPU cluster: one is never placed
+    pool = RemoteRewards(ClusterConfig(backend="ray", reward_workers=3, reward_cpus=1.0))
+    remote = pool.apply(Rewarder([RewardSpec("pid", workloads.pid_reward)]), ["pid"])
+    async with asyncio.timeout(60):
+        got = await remote.score_group(_ex(2), ["a"] * 8, group_id="0-2")
+    assert all(g.error is None for g in got)
+    assert 1 <= len({g.parts["pid"] for g in got}) <= 2
+    assert pool.calls == 8
+    pool.close()
+
+
 CODE_TASK = {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], "entry_point": "add"}
 
 
