@@ -50,7 +50,14 @@ from ..errors import ClientClosedError
 from ..telemetry.logs import get_logger
 from ._ray import ray_module
 
-__all__ = ("LeasedLimiter", "SharedBuckets", "driver_clients", "limiter_actor", "share_limit")
+__all__ = (
+    "DriverLimit",
+    "LeasedLimiter",
+    "SharedBuckets",
+    "driver_clients",
+    "limiter_actor",
+    "share_limit",
+)
 
 _log = get_logger("engine.cluster.limiter")
 
@@ -565,12 +572,31 @@ def driver_clients(*parts: Any) -> list[Client]:
     return list(found.values())
 
 
+class DriverLimit:
+    """The driver's clients on the limiter actor for the length of a run (:func:`share_limit`);
+    :meth:`aclose` gives the unused permits back and gives each client its own limiter again.
+
+    Attributes:
+        limiter: the one :class:`LeasedLimiter` the clients share.
+    """
+
+    def __init__(self, clients: list[Client], limiter: LeasedLimiter) -> None:
+        self.limiter = limiter
+        self._before = [(c, c.limiter) for c in clients]
+        for client in clients:
+            client.share_limiter(limiter)
+
+    async def aclose(self) -> None:
+        """Close the shared limiter; the clients take their own permits again."""
+        await self.limiter.aclose()
+        for client, before in self._before:
+            client.share_limiter(before)
+
+
 def share_limit(clients: list[Client], actor: Any, limits: LimitsConfig,
-                *, lease_requests: int = 4, lease_ttl: float = 0.5) -> LeasedLimiter:  # fmt: skip
+                *, lease_requests: int = 4, lease_ttl: float = 0.5) -> DriverLimit:  # fmt: skip
     """Put the driver's ``clients`` on the limiter actor: one :class:`LeasedLimiter` for all
     of them, so their requests count against the same RPM/TPM limit and 429 gate as the
-    shards'. Close it (:meth:`LeasedLimiter.aclose`) when the run ends."""
+    shards'. Close it (:meth:`DriverLimit.aclose`) when the run ends."""
     limiter = LeasedLimiter(actor, limits, lease_requests=lease_requests, lease_ttl=lease_ttl)
-    for client in clients:
-        client.share_limiter(limiter)
-    return limiter
+    return DriverLimit(clients, limiter)

@@ -282,7 +282,8 @@ async def test_the_drivers_eval_and_judge_clients_share_the_shards_limit() -> No
 
                 found = driver_clients(Policy(), rewarder)
                 assert {id(c) for c in found} == {id(eval_client), id(judge_client)}
-                driver = share_limit(found, actor, limits, lease_requests=2, lease_ttl=0.2)
+                shared = share_limit(found, actor, limits, lease_requests=2, lease_ttl=0.2)
+                driver = shared.limiter
                 assert eval_client.limiter is driver and judge_client.limiter is driver
                 t0 = time.monotonic()
                 calls = [c.complete(f"q{i}") for i in range(14)
@@ -303,11 +304,43 @@ async def test_the_drivers_eval_and_judge_clients_share_the_shards_limit() -> No
                 t1 = time.monotonic()
                 await eval_client.complete("after the pause")
                 assert time.monotonic() - t1 >= 0.5
-                await driver.aclose()
+                own = shared._before[0][1]
+                await shared.aclose()
+                assert eval_client.limiter is own  # after the run: its own limiter again
         stats = await actor.statistics.remote()
         assert stats["granted"] >= 43 and stats["rate_limited"] == 1
     finally:
         ray.kill(actor, no_restart=True)
+
+
+async def test_a_cluster_run_puts_its_evaluation_client_on_the_limiter_actor(
+    tmp_path: Path,
+) -> None:
+    from engine.training.assembly import build_components, make_client
+
+    async with SimServer(SimConfig(rpm=600, burst_seconds=1.0)) as sim:
+        cfg = load_config(None, ["policy='prompt'", "optim.lr=0.2", "steps=2",
+                                 "data.batch_size=2", "grpo.group_size=2", "trainer.eval_every=1",
+                                 "limits.rpm=570", "limits.burst_seconds=1.0",
+                                 f"endpoint.base_url='{sim.base_url}'",
+                                 "endpoint.model='sim-model'",
+                                 f"out={tmp_path}", "cluster.backend=ray"])  # fmt: skip
+        async with make_client(cfg) as client:
+            policy, rewarder, _ = build_components(cfg, client=client)
+            own = client.limiter
+            during: list[Any] = []
+            async with ClusterTrainingManager(cfg, policy=policy, rewarder=rewarder,
+                                              on_batch_complete=lambda _: during.append(
+                                                  client.limiter)) as tm:  # fmt: skip
+                summary = await tm.run()
+            assert summary.steps_done == 2
+            shared = during[0]
+            assert isinstance(shared, LeasedLimiter) and all(x is shared for x in during)
+            assert client.limiter is own  # given back when the run ends
+            admitted = shared.statistics().requests_admitted
+            assert admitted == sim.statistics().requests > 0  # every request, eval's included
+            assert own.statistics().requests_admitted == 0
+        assert sim.statistics().rate_limited == 0
 
 
 async def _until_dead(ray: Any, actor: Any) -> None:
