@@ -208,6 +208,19 @@ async def test_a_shard_killed_mid_run_has_its_groups_retried(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- global limiter
 
 
+async def _a_429_pauses(seen_by: LeasedLimiter, other: LeasedLimiter, client: Client) -> None:
+    """A 429 (with a 1.5 s wait) seen through ``seen_by`` pauses ``other``'s ``client``."""
+    seen_by.on_rate_limited(1.5)
+    for _ in range(100):
+        if other.gate_wait() > 0:
+            break
+        await asyncio.sleep(0.02)
+    assert 0.5 < other.gate_wait() <= 1.5
+    t1 = time.monotonic()
+    await client.complete("after the pause")
+    assert time.monotonic() - t1 >= 0.5
+
+
 async def test_shards_share_one_limit_and_a_429_pauses_them_all() -> None:
     import ray
 
@@ -239,15 +252,7 @@ async def test_shards_share_one_limit_and_a_429_pauses_them_all() -> None:
                 assert elapsed >= 3.0
                 assert a.leases + b.leases < 40  # leased in chunks, not one by one
                 # a 429 seen by one pauses the other, for the server's wait
-                a.on_rate_limited(1.5)
-                for _ in range(100):
-                    if b.gate_wait() > 0:
-                        break
-                    await asyncio.sleep(0.02)
-                assert 0.5 < b.gate_wait() <= 1.5
-                t1 = time.monotonic()
-                await cb.complete("after the pause")
-                assert time.monotonic() - t1 >= 0.5
+                await _a_429_pauses(a, b, cb)
         stats = await actor.statistics.remote()
         assert stats["rate_limited"] == 1
     finally:
@@ -295,15 +300,7 @@ async def test_the_drivers_eval_and_judge_clients_share_the_shards_limit() -> No
                 # full limit alone would have sent its 14 at once, drawing 429s)
                 assert elapsed >= 3.0
                 # a 429 seen by a shard pauses the driver's evaluation and judge
-                shard.on_rate_limited(1.5)
-                for _ in range(100):
-                    if driver.gate_wait() > 0:
-                        break
-                    await asyncio.sleep(0.02)
-                assert 0.5 < driver.gate_wait() <= 1.5
-                t1 = time.monotonic()
-                await eval_client.complete("after the pause")
-                assert time.monotonic() - t1 >= 0.5
+                await _a_429_pauses(shard, driver, eval_client)
                 own = shared._before[0][1]
                 await shared.aclose()
                 assert eval_client.limiter is own  # after the run: its own limiter again
