@@ -165,6 +165,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if module == "training.finetune":  # its cluster backend (Ray itself loads only if used)
+        importlib.import_module(".cluster.training", __name__)
     globals()[name] = value
     return value
 

@@ -12,7 +12,9 @@ rewarder of the config (``make_parts``, default :func:`config_parts`), an
 shard's requests count against one RPM/TPM limit. A group is run by
 :class:`~engine.rollout.groups.GroupRunner` with the snapshot, example, group id and
 generator the driver sent (the generator is a pure function of seed, step and group, so a
-group gives the same samples wherever it runs).
+group gives the same samples wherever it runs). The prompt policy's snapshot holds logits
+and candidate ids; the candidates themselves (instruction and demos, which growth adds in the
+driver) travel with each group (``shard_state``) and join the shard's copy of the policy.
 
 **Events, none lost.** A shard's request and phase events are collected as they are emitted
 and travel back with the group they belong to (and any left at the end with
@@ -97,6 +99,7 @@ class _Shard:
         self.limiter_actor = limiter_actor
         self.remote_rewards = remote_rewards
         self.runner: GroupRunner | None = None
+        self.policy: Policy | None = None
         self.closer: Any = None
         self.limiter: LeasedLimiter | None = None
         self.pending: list[dict[str, Any]] = []
@@ -114,6 +117,7 @@ class _Shard:
                                          lease_requests=c.lease_requests,
                                          lease_ttl=c.lease_ttl)  # fmt: skip
         policy, rewarder, self.closer = self.make_parts(self.config, self.limiter, events)
+        self.policy = policy
         if self.remote_rewards:
             from .rewards import RemoteRewards
 
@@ -127,9 +131,12 @@ class _Shard:
         group_id: str,
         rng: np.random.Generator,
         step: int,
+        state: Any = None,
     ) -> tuple[Group | None, dict[str, int], list[dict[str, Any]]]:
         if self.runner is None:
             self.runner = self._build()
+        if state is not None:  # the driver's policy state the snapshot refers to
+            self.policy.adopt_shard_state(state)  # type: ignore[union-attr]
         counters = RolloutCounters()
         group = await self.runner.run(snapshot, example, group_id, rng, step, counters=counters)
         self.groups += 1
@@ -162,6 +169,9 @@ class ShardPool:
         events: the driver's event log: shard events are re-emitted into it.
         limiter_actor: the run's limiter actor (None: shards use ``config.limits`` each).
         make_parts: builds a shard's policy and rewarder (default :func:`config_parts`).
+        shard_state: what a shard needs besides the snapshot to generate with it, from the
+            driver's policy (the prompt policy's ``shard_state``: the candidates the snapshot
+            shows); None when the snapshot is the whole story (tinylm).
 
     Attributes:
         retried: groups run again because their shard died.
@@ -177,8 +187,10 @@ class ShardPool:
         *,
         limiter_actor: Any = None,
         make_parts: MakeParts | None = None,
+        shard_state: Callable[[PolicySnapshot], Any] | None = None,
     ) -> None:
         self._ray = ray_module()
+        self._state = shard_state
         self.config = config
         self.events = events
         c = config.cluster
@@ -219,11 +231,12 @@ class ShardPool:
         """Run one group on a shard (another one if that shard dies); None when dropped."""
         counters = counters if counters is not None else RolloutCounters()
         avoid: int | None = None
+        state = self._state(snapshot) if self._state is not None else None
         for attempt in range(self.config.cluster.shard_retries + 1):
             i = self._pick(avoid)
             self._load[i] += 1
             try:
-                ref = self.shards[i].run_group.remote(snapshot, example, group_id, rng, step)
+                ref = self.shards[i].run_group.remote(snapshot, example, group_id, rng, step, state)
                 group, counts, events = await ref
             except self._errors as exc:
                 avoid = i

@@ -30,7 +30,7 @@ from ..learning.learner import ScoredBatch
 from ..policies.base import PolicySnapshot
 from ..rollout.groups import RolloutCounters
 from ..telemetry.logs import get_logger
-from ..training.trainer import RunSummary, TrainingManager
+from ..training.trainer import TRAINERS, RunSummary, TrainingManager
 from ..types import Example, Group
 from ._ray import ray_module
 from .connect import RayCluster
@@ -41,6 +41,8 @@ from .shards import MakeParts, ShardPool
 __all__ = ("ClusterTrainingManager",)
 
 _log = get_logger("engine.cluster.training")
+
+_SHARDABLE = ("tinylm", "prompt")  # policies whose shards the config alone can build
 
 
 class ClusterTrainingManager(TrainingManager):
@@ -65,11 +67,13 @@ class ClusterTrainingManager(TrainingManager):
         if config.cluster.backend != "ray":
             raise ValueError('ClusterTrainingManager needs cluster.backend = "ray"')
         ray_module()  # not installed: the one clear error, before any file is written
-        if config.cluster.shards and make_parts is None and config.policy != "tinylm":
+        if config.cluster.shards and make_parts is None and config.policy not in _SHARDABLE:
             raise ConfigError(
-                f"rollout shards build the tinylm policy from the config; policy "
-                f"{config.policy!r} keeps state in the driver that shards do not get yet "
-                "(pass make_parts=, or set cluster.shards = 0)",
+                f"rollout shards run the tinylm and prompt policies; policy {config.policy!r} "
+                "generates in-process with torch weights the learner changes every step, and "
+                "shipping them to shards each version would cost more than it saves: set "
+                "cluster.shards = 0 (remote_rewards still run on the cluster), or pass "
+                "make_parts=",
                 key="cluster.shards",
             )
         super().__init__(config, **kwargs)
@@ -98,8 +102,9 @@ class ClusterTrainingManager(TrainingManager):
                                            lease_requests=c.lease_requests,
                                            lease_ttl=c.lease_ttl)  # fmt: skip
             if c.shards:
+                state = getattr(self.policy, "shard_state", None)  # the prompt policy's
                 self.pool = ShardPool(self.config, self.events, limiter_actor=self.limiter_actor,
-                                      make_parts=self._make_parts)  # fmt: skip
+                                      make_parts=self._make_parts, shard_state=state)  # fmt: skip
             try:
                 return await super().run(resume=resume, force_resume=force_resume)
             finally:
@@ -129,3 +134,6 @@ class ClusterTrainingManager(TrainingManager):
         super()._step_metrics(batch, m)
         if self.pool is not None:
             m["cluster/groups_retried"] = self.pool.retried_by_step.pop(batch.step, 0)
+
+
+TRAINERS["ray"] = ClusterTrainingManager  # engine.finetune with [cluster] backend = "ray"

@@ -89,7 +89,7 @@ from .assembly import (
     needs_endpoint,
 )
 from .saved import resolve_saved_config
-from .trainer import BatchMetrics, RunSummary, TrainingManager
+from .trainer import TRAINERS, BatchMetrics, RunSummary, TrainingManager
 
 if TYPE_CHECKING:
     from ..policies.hf.policy import HFPolicy
@@ -807,6 +807,19 @@ class _FinetuneRun:
             self.owned.append(judge_client)
         return client, judge_client
 
+    def manager(self) -> type[TrainingManager]:
+        """The trainer class of ``cluster.backend`` (:data:`~engine.training.trainer.TRAINERS`):
+        :class:`~engine.cluster.training.ClusterTrainingManager` for ``"ray"``."""
+        backend = self.config.cluster.backend
+        if backend not in TRAINERS:
+            raise ConfigError(
+                f"cluster.backend = {backend!r}: its trainer is not loaded; call "
+                "engine.finetune (it loads engine.cluster), or import engine.cluster.training "
+                "first",
+                key="cluster.backend",
+            )
+        return TRAINERS[backend]
+
     def hf_judge_client(self, client: Client | None, judge_client: Client | None) -> Client | None:
         """The judge client of an hf run: ``judge_client``, else ``client``, else a new one
         for ``[judge]`` (or ``[endpoint]``) when ``reward.judge_prompt`` is set, else None."""
@@ -855,7 +868,7 @@ class _FinetuneRun:
             policy, rewarder = await self.build(
                 examples, heldout, reward, client, judge_client, judge_options
             )
-            async with TrainingManager(
+            async with self.manager()(
                 self.config,
                 policy=policy,
                 rewarder=rewarder,

@@ -74,7 +74,7 @@ from .rundir import RunDirClaim, claim_run_dir
 from .sources import Source, TrainData, data_digests, training_sources, validate_files
 from .tracking import RunTrackers
 
-__all__ = ("BatchMetrics", "RunSummary", "TrainingManager")
+__all__ = ("TRAINERS", "BatchMetrics", "RunSummary", "TrainingManager")
 
 _log = get_logger("engine.training.trainer")
 
@@ -751,3 +751,9 @@ class TrainingManager:
         await anyio.to_thread.run_sync(self.files.write_summary, summary.to_dict())
         await anyio.to_thread.run_sync(self.trackers.finish, self.policy, summary.to_dict())
         return summary
+
+
+TRAINERS: dict[str, type[TrainingManager]] = {"local": TrainingManager}
+"""The trainer class of each ``cluster.backend``, for :func:`engine.finetune`: ``"ray"`` is
+added by :mod:`engine.cluster.training` when it is imported (``engine.finetune`` imports it;
+it loads Ray only when a run asks for it)."""

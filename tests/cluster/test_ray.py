@@ -30,10 +30,12 @@ from engine.config.sections import (
     SandboxConfig,
 )
 from engine.endpoints.client import Client
+from engine.errors import ConfigError
 from engine.rewards.code import UnitTestsReward
 from engine.rewards.judges import LLMJudge
 from engine.rewards.rewarder import JudgeSpec, Rewarder, RewardSpec
 from engine.sandbox import Sandbox
+from engine.telemetry.events import EventLog
 from engine.testing.sim import SimConfig, SimServer
 from engine.training.trainer import TrainingManager
 from engine.types import Example
@@ -169,6 +171,124 @@ async def test_two_shards_share_the_groups_and_every_event_reaches_the_driver(
     assert len(gen) == 3 * 4  # one per group (embedded policy), none lost, none doubled
     assert {e["shard"] for e in gen} == {0, 1}
     assert all(m["groups/complete"] == 4 for m in _lines(tmp_path / "metrics.jsonl"))
+
+
+def _parity(req: Any) -> str:
+    """The simulated model: right under an instruction that says GOOD, else "maybe"."""
+    x = req.prompt.rsplit("Input:", 1)[-1].split("\n", 1)[0].strip()
+    truth = "even" if x.endswith(("0", "2", "4", "6", "8")) else "odd"
+    return truth if "GOOD" in req.prompt else "maybe"
+
+
+PARITY = [Example(id=f"p{i}", text=f"item {i}", target="even" if i % 2 == 0 else "odd")
+          for i in range(40)]  # fmt: skip
+
+
+async def test_the_prompt_policy_runs_on_two_shards_with_the_drivers_candidates(
+    tmp_path: Path,
+) -> None:
+    """The driver's policy knows a candidate the shards' own copies were never built with: it
+    reaches them with each group, the shards' requests render it, and the driver learns it."""
+    from engine.training.assembly import build_rewarder, make_client
+    from engine.training.finetune import build_prompt_policy
+
+    seen: list[str] = []
+
+    def model(req: Any) -> str:
+        seen.append(req.prompt)
+        return _parity(req)
+
+    async with SimServer(SimConfig(model=model)) as sim:
+        common = ["policy='prompt'", "optim.lr=0.5", "steps=4", "data.batch_size=2",
+                  "grpo.group_size=4", "endpoint.mode='completions'", "endpoint.max_tokens=4",
+                  f"endpoint.base_url='{sim.base_url}'", "endpoint.model='sim'",
+                  "reward.functions=['exact_match']"]  # fmt: skip
+        run = load_config(None, [*common, "prompt.instructions=['Answer.']", f"out={tmp_path}",
+                                 "cluster.backend=ray", "cluster.shards=2"])  # fmt: skip
+        driver = load_config(None, [*common, "prompt.instructions=['Answer.', "
+                                    "'GOOD: say even or odd.']"])  # fmt: skip
+        async with make_client(driver) as client:
+            policy = build_prompt_policy(driver, client, examples=PARITY)
+            async with ClusterTrainingManager(run, policy=policy, rewarder=build_rewarder(run),
+                                              train=PARITY[:32],
+                                              heldout=PARITY[32:]) as tm:  # fmt: skip
+                summary = await tm.run()
+                assert tm.pool is not None and set(tm.pool.by_shard) == {0, 1}
+        assert summary.steps_done == 4
+        assert summary.eval_after is not None and summary.eval_after == 1.0
+    assert policy.best().instruction.startswith("GOOD")
+    requests = [e for e in _lines(tmp_path / "events.jsonl") if e.get("kind") == "generation"]
+    on_shards = [e for e in requests if "shard" in e]
+    assert {e["shard"] for e in on_shards} == {0, 1}
+    assert len(on_shards) >= 4 * 2  # every group's requests, written once by the driver
+    assert any("GOOD" in p for p in seen[: len(seen) // 2])  # rendered on the shards too
+
+
+async def test_one_shard_gives_the_prompt_policy_the_same_metrics_as_local(
+    tmp_path: Path,
+) -> None:
+    """The prompt policy on a deterministic server: one shard reproduces the local run."""
+    async with SimServer(SimConfig(model=_parity)) as sim:
+        common = ["policy='prompt'", "optim.lr=0.5", "steps=3", "data.batch_size=2",
+                  "grpo.group_size=4", "endpoint.mode='completions'", "endpoint.max_tokens=4",
+                  f"endpoint.base_url='{sim.base_url}'", "endpoint.model='sim'", "seed=3",
+                  "prompt.instructions=['Answer.', 'GOOD: say even or odd.']",
+                  "reward.functions=['exact_match']"]  # fmt: skip
+        local = load_config(None, [*common, f"out={tmp_path / 'local'}"])
+        ray_cfg = load_config(None, [*common, f"out={tmp_path / 'ray'}", "cluster.backend=ray",
+                                     "cluster.shards=1"])  # fmt: skip
+        for cfg, manager in ((local, TrainingManager), (ray_cfg, ClusterTrainingManager)):
+            from engine.training.assembly import build_rewarder, make_client
+            from engine.training.finetune import build_prompt_policy
+
+            events = EventLog(Path(cfg.out) / "events.jsonl")  # as finetune() wires it
+            async with make_client(cfg, events=events) as client:
+                policy = build_prompt_policy(cfg, client, examples=PARITY)
+                async with manager(cfg, policy=policy, rewarder=build_rewarder(cfg),
+                                   train=PARITY[:32], heldout=PARITY[32:],
+                                   events=events) as tm:  # fmt: skip
+                    await tm.run()
+            events.close()
+    a, b = _lines(tmp_path / "local/metrics.jsonl"), _lines(tmp_path / "ray/metrics.jsonl")
+    assert len(a) == len(b) == 3
+    skip = TIMING | {"cluster/groups_retried"} | {k for k in a[0] if "latency" in k}
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k not in skip} == {
+            k: v for k, v in y.items() if k not in skip
+        }
+
+
+async def test_finetune_takes_the_cluster_backend_from_its_config(tmp_path: Path) -> None:
+    """engine.finetune with [cluster] backend = "ray" and shards runs its groups on shards."""
+    import engine
+
+    async with SimServer(SimConfig(model=_parity)) as sim:
+        cfg = load_config(None, ["policy='prompt'", "cluster.backend=ray", "cluster.shards=1",
+                                 "data.batch_size=2", "grpo.group_size=4"])  # fmt: skip
+        async with await engine.finetune(
+            [{"input": {"text": e.text}, "output": {"generated": e.target}} for e in PARITY],
+            base_prompt="Answer.",
+            instructions=["GOOD: say even or odd."],
+            optimizer={"learningRate": 0.5, "steps": 3},
+            endpoint={
+                "base_url": sim.base_url,
+                "model": "sim",
+                "mode": "completions",
+                "max_tokens": 4,
+            },
+            config=cfg,
+            out=tmp_path,
+        ) as model:
+            assert model.summary.steps_done == 3
+    requests = [e for e in _lines(tmp_path / "events.jsonl") if e.get("kind") == "generation"]
+    assert requests and {e.get("shard") for e in requests if "shard" in e} == {0}
+    assert sum("shard" in e for e in requests) >= 3 * 2
+
+
+def test_an_hf_run_with_shards_is_refused_with_the_reason() -> None:
+    cfg = load_config(None, ["policy='hf'", "cluster.backend=ray", "cluster.shards=2"])
+    with pytest.raises(ConfigError, match="in-process with torch weights"):
+        ClusterTrainingManager(cfg)
 
 
 async def test_a_shard_killed_mid_run_has_its_groups_retried(tmp_path: Path) -> None:

@@ -388,6 +388,21 @@ class PromptPolicy(ArrayPolicy):
         params["visible"] = visible
         return PolicySnapshot(version=self.version, params=MappingProxyType(params))
 
+    def shard_state(self, snapshot: PolicySnapshot) -> dict[int, Candidate]:
+        """What a rollout shard needs besides ``snapshot`` to generate with it: the candidates
+        its visible slots show, by id (see :meth:`adopt_shard_state`)."""
+        ids = np.asarray(snapshot.params["ids"])
+        slots = np.flatnonzero(np.asarray(snapshot.params["visible"]))
+        return {int(ids[s]): self.table.registry[int(ids[s])] for s in slots}
+
+    def adopt_shard_state(self, state: Mapping[int, Candidate]) -> None:
+        """In a rollout shard: take the driver's candidates (:meth:`shard_state`) into this
+        copy's registry, so a snapshot of the driver's policy renders as it does there."""
+        for cid, cand in state.items():
+            if not isinstance(cand, Candidate) or cand.id != int(cid):
+                raise TypeError(f"shard state: candidate {cid!r} is not a Candidate of that id")
+            self.table.registry[cand.id] = cand
+
     # ------------------------------------------------------------------ generation
 
     async def generate(
