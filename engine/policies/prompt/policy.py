@@ -253,11 +253,11 @@ class PromptPolicy(ArrayPolicy):
 
     def served_choice(self) -> ServedChoice | None:
         """The served choice among every candidate scored on all of validation (live or
-        retired), with its interval; None without a selection or before any was scored."""
+        retired), judged on the held-out (validation) examples only, with its interval; None
+        without a selection or before any was scored."""
         if self.selection is None:
             return None
-        shown = {c.id: {d.input for d in c.demos} for c in self.table.registry.values()}
-        return self.selection.served(self.table.registry, self.base_id, shown)
+        return self.selection.served(self.table.registry, self.base_id)
 
     def served(self) -> Candidate:
         """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
