@@ -542,8 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="20,12,16", help="train,val,test sizes")
     ap.add_argument("--budget", type=int, default=None,
                     help="task-model calls for the engine (default: exhaustive's)")  # fmt: skip
-    ap.add_argument("--methods", nargs="+", default=list(METHODS),
-                    choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--demos", type=int, default=3, help="demos per demo set")
     ap.add_argument("--demo-sets", type=int, default=2, help="seed demo sets besides zero-shot")
     ap.add_argument("--max-steps", type=int, default=64)
