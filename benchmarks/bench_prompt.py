@@ -20,6 +20,10 @@ reflects, the same reflection model:
 * **gepa**: ``gepa.optimize`` (``pip install gepa``) from the base instruction, with an
   adapter (below) that calls the same endpoint through the engine's client, the validation
   split as its valset and ``max_metric_calls`` equal to the calls the engine used.
+* **gepa_demos**: the same, seeded with two text components GEPA's proposer can rewrite, the
+  base ``instruction`` and ``demos`` (the engine's first seed demo set written out as
+  ``Input:``/``Output:`` blocks): the seed renders exactly as the engine's base-instruction
+  few-shot candidate, so GEPA starts from the demos the engine has instead of zero-shot.
 
 The served prompt of each method is scored on the test split (calls not counted; a shared
 cache, since the answers are greedy). Reported: the test accuracy, its 95% Wilson interval
