@@ -20,6 +20,10 @@ reflects, the same reflection model:
 * **gepa**: ``gepa.optimize`` (``pip install gepa``) from the base instruction, with an
   adapter (below) that calls the same endpoint through the engine's client, the validation
   split as its valset and ``max_metric_calls`` equal to the calls the engine used.
+* **gepa_demos**: the same, seeded with two text components GEPA's proposer can rewrite, the
+  base ``instruction`` and ``demos`` (the engine's first seed demo set written out as
+  ``Input:``/``Output:`` blocks): the seed renders exactly as the engine's base-instruction
+  few-shot candidate, so GEPA starts from the demos the engine has instead of zero-shot.
 
 The served prompt of each method is scored on the test split (calls not counted; a shared
 cache, since the answers are greedy). Reported: the test accuracy, its 95% Wilson interval
@@ -90,6 +94,9 @@ from engine.testing.sim import SimConfig, SimRequest, SimServer
 from engine.training.assembly import build_rewarder
 from engine.training.trainer import TrainingManager
 from engine.types import Example
+
+METHODS = ("base", "exhaustive", "engine", "gepa", "gepa_demos")
+"""The arms, in table order."""
 
 DATA = Path(__file__).resolve().parent / "data" / "prompt"
 
@@ -295,10 +302,30 @@ async def run_exhaustive(args: argparse.Namespace, endpoint: EndpointConfig, tas
         return {"candidate": best, "calls": spend.admitted, "candidates": len(cands)}
 
 
+GEPA_COMPONENTS = ("instruction", "demos")
+"""GEPA's text components, in prompt order: each one GEPA's proposer can rewrite."""
+
+
+def demos_text(cand: Candidate) -> str:
+    """A candidate's demos as one text, in the blocks :func:`render_completion` writes."""
+    fmt = PromptFormat()
+    return fmt.separator.join(
+        f"{fmt.input_prefix} {d.input}\n{fmt.output_prefix} {d.output}" for d in cand.demos
+    )
+
+
+def gepa_candidate(components: dict[str, str]) -> Candidate:
+    """GEPA's candidate (component name -> text) as a zero-shot engine candidate: the texts
+    joined in :data:`GEPA_COMPONENTS` order. With the seed's instruction and
+    :func:`demos_text` it renders exactly as the engine renders that few-shot candidate."""
+    texts = [components[k].strip() for k in GEPA_COMPONENTS if components.get(k, "").strip()]
+    return Candidate(-1, PromptFormat().separator.join(texts))
+
+
 class GEPAPromptAdapter:
     """GEPA's adapter (``evaluate`` / ``make_reflective_dataset``; GEPA's own proposer writes the
-    new texts) for one component, ``instruction``, rendered exactly as the engine renders a
-    zero-shot candidate and answered through the engine's client on the event loop.
+    new texts) for the components ``instruction`` and (arm ``gepa_demos``) ``demos``, rendered
+    by :func:`gepa_candidate` and answered through the engine's client on the event loop.
 
     GEPA runs in a worker thread; every call goes back to the loop with
     :func:`anyio.from_thread.run`.
@@ -312,7 +339,7 @@ class GEPAPromptAdapter:
                  capture_traces: bool = False) -> Any:  # fmt: skip
         from gepa.core.adapter import EvaluationBatch
 
-        cand = Candidate(-1, candidate["instruction"])
+        cand = gepa_candidate(candidate)
 
         async def run() -> list[str]:
             out = [""] * len(batch)
@@ -352,7 +379,8 @@ class GEPAPromptAdapter:
 
 
 async def run_gepa(args: argparse.Namespace, endpoint: EndpointConfig, refl: EndpointConfig,
-                   task: str, seed: int, split: Split, budget: int) -> dict[str, Any]:  # fmt: skip
+                   task: str, seed: int, split: Split, budget: int,
+                   seed_candidate: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     try:
         import gepa
     except ImportError:
@@ -377,7 +405,7 @@ async def run_gepa(args: argparse.Namespace, endpoint: EndpointConfig, refl: End
 
         def optimize() -> Any:
             return gepa.optimize(
-                seed_candidate={"instruction": TASKS[task][0]},
+                seed_candidate=seed_candidate,
                 trainset=split.train,
                 valset=split.val,
                 adapter=adapter,
@@ -390,9 +418,8 @@ async def run_gepa(args: argparse.Namespace, endpoint: EndpointConfig, refl: End
             )
 
         result = await anyio.to_thread.run_sync(optimize)
-        best = result.best_candidate["instruction"]
         return {
-            "candidate": Candidate(-1, best),
+            "candidate": gepa_candidate(result.best_candidate),
             "calls": spend.admitted,
             "reflection_calls": reflection_calls[0],
             "gepa_metric_calls": getattr(result, "total_metric_calls", None),
@@ -444,10 +471,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 budget = row["exhaustive"]["calls"] if args.budget is None else args.budget
                 budget = max(budget, 1)
                 row["engine"] = await run_engine(args, endpoint, refl, task, seed, split, budget)
+                used = max(1, row["engine"]["calls"])
                 if "gepa" in args.methods:
-                    used = max(1, row["engine"]["calls"])
-                    row["gepa"] = await run_gepa(args, endpoint, refl, task, seed, split, used)
-                for m in ("base", "exhaustive", "engine", "gepa"):
+                    seed_cand = {"instruction": base.instruction}
+                    row["gepa"] = await run_gepa(args, endpoint, refl, task, seed, split, used,
+                                                 seed_cand)  # fmt: skip
+                if "gepa_demos" in args.methods:  # the engine's first seed demo set as text
+                    few = min((c for c in seed_policy(cfg, None, split).table.registry.values()
+                               if c.demos), key=lambda c: c.id)  # fmt: skip
+                    seed_cand = {"instruction": base.instruction, "demos": demos_text(few)}
+                    row["gepa_demos"] = await run_gepa(args, endpoint, refl, task, seed, split,
+                                                       used, seed_cand)  # fmt: skip
+                for m in METHODS:
                     if m in row:
                         s = await test.scores(row[m]["candidate"], split.test)
                         row[m]["test"] = [float(x) for x in s]
@@ -459,8 +494,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if args.json:  # every finished run, so a cut-short benchmark keeps its rows
                     text = json.dumps({"runs": runs}, indent=2, default=str)
                     await anyio.Path(args.json).write_text(text)
-                accs = {m: row[m]["accuracy"] for m in ("base", "exhaustive", "engine", "gepa")
-                        if m in row}  # fmt: skip
+                accs = {m: row[m]["accuracy"] for m in METHODS if m in row}
                 calls = {m: row[m]["calls"] for m in accs}
                 print(f"# {task} seed {seed}: accuracy {accs} calls {calls} "
                       f"engine stop: {row['engine']['stop_detail']} "
@@ -512,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="20,12,16", help="train,val,test sizes")
     ap.add_argument("--budget", type=int, default=None,
                     help="task-model calls for the engine (default: exhaustive's)")  # fmt: skip
-    ap.add_argument("--methods", nargs="+", default=["base", "exhaustive", "engine", "gepa"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--demos", type=int, default=3, help="demos per demo set")
     ap.add_argument("--demo-sets", type=int, default=2, help="seed demo sets besides zero-shot")
     ap.add_argument("--max-steps", type=int, default=64)
@@ -528,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     result = anyio.run(bench, args)
     result["seconds"] = time.perf_counter() - t0
     result["python"] = platform.python_version()
-    methods = [m for m in ("base", "exhaustive", "engine", "gepa") if m in args.methods]
+    methods = [m for m in METHODS if m in args.methods]
     print(table(result, methods))
     print(f"# {len(result['runs'])} runs in {result['seconds']:.0f} s; split {args.split}; "
           f"endpoint {result['endpoint']} model {args.model}")  # fmt: skip

@@ -431,6 +431,7 @@ def _format_summary(summary: RunSummary) -> str:
         f"after {_fmt(summary.eval_after)}  (greedy, held-out{_failed(summary)})\n"
         f"  convergence    {describe(summary.extra.get('convergence'))}\n"
         + _spend_line(summary)
+        + _served_line(summary)
         + (
             f"  outputs        {summary.out}/ (summary.json, metrics.jsonl, events.jsonl, "
             "checkpoints/)"
@@ -438,6 +439,14 @@ def _format_summary(summary: RunSummary) -> str:
             else "  outputs        none (stopped before the run started)"
         )
     )
+
+
+def _served_line(summary: RunSummary) -> str:
+    """The prompt policy's served candidate and why (``served_prompt.json`` has it too)."""
+    served = summary.extra.get("served")
+    if not isinstance(served, dict):
+        return ""
+    return f"  served prompt  candidate {served.get('candidate')}: {served.get('reason')}\n"
 
 
 def _spend_line(summary: RunSummary) -> str:

@@ -190,11 +190,12 @@ class PromptPolicyConfig:
     """Every K steps ask the model for new instructions from best and worst rollouts; 0 = never."""
     max_candidates: int = 16
     """Prune the weakest candidates beyond this many."""
-    select_served: bool = False
+    select_served: bool = True
     """Score candidates on the held-out examples with the run's reward (extra ``selection``
     requests, and judge calls when a judge is a reward): serve the one with the best held-out
     score, not the most probable one; proposals must beat their parent on a minibatch first,
-    and pruning keeps the held-out Pareto front (engine.policies.prompt.selection)."""
+    and pruning keeps the held-out Pareto front (engine.policies.prompt.selection). False:
+    serve the most probable candidate and send no ``selection`` request."""
     minibatch: int = 4
     """Training examples a proposal is first tried on (those its parent does worst on)."""
     eval_cache: bool = True

@@ -267,10 +267,19 @@ class SpendMeter:
         """Requests admitted and not yet finished."""
         return self._in_flight
 
-    def restore(self, spent: float) -> None:
-        """Set the spent total (a resumed run's); thresholds already passed stay quiet."""
+    def restore(self, spent: float, *, calls: int | None = None, tokens: int | None = None) -> None:
+        """Set the spent total (a resumed run's) and, when given, the calls admitted and the
+        tokens answered (the ``max_requests`` / ``max_tokens`` meters); thresholds already
+        passed stay quiet."""
         if not (math.isfinite(spent) and spent >= 0):
             raise ValueError(f"spent must be a finite number >= 0, got {spent!r}")
+        for name, n in (("calls", calls), ("tokens", tokens)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {n!r}")
+        if calls is not None:
+            self.admitted = calls
+        if tokens is not None:
+            self.tokens = tokens
         self.spent = float(spent)
         if self.budget is not None:
             self._fired = {t for t in THRESHOLDS if self.spent >= t * self.budget}

@@ -31,6 +31,8 @@ class RunProgress:
         eval_history: ``(step, eval reward)`` of every evaluation; step -1 before training.
         reward_first: train rewards of the run's first :data:`FIRST_STEPS` steps.
         spent_usd: USD spent on requests when the checkpoint was written.
+        calls: requests admitted by then (the ``limits.max_requests`` meter).
+        tokens: prompt + completion tokens answered by then (``limits.max_total_tokens``).
     """
 
     best_eval: float = -math.inf
@@ -38,6 +40,8 @@ class RunProgress:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     reward_first: list[float] = field(default_factory=list)
     spent_usd: float = 0.0
+    calls: int = 0
+    tokens: int = 0
 
     def record_step(self, step: int, reward: float) -> None:
         """Keep the reward of one of the first steps."""
@@ -72,6 +76,8 @@ class RunProgress:
             "eval_history": self.eval_history,
             "reward_first": self.reward_first,
             "spent_usd": self.spent_usd,
+            "calls": self.calls,
+            "tokens": self.tokens,
         }
 
     @classmethod
@@ -84,6 +90,8 @@ class RunProgress:
             eval_history=[(s, v) for s, v in meta.get("eval_history", [])],
             reward_first=list(meta.get("reward_first", [])),
             spent_usd=_spent(meta.get("spent_usd", 0.0)),
+            calls=_count(meta.get("calls", 0), "calls"),
+            tokens=_count(meta.get("tokens", 0), "tokens"),
         )
 
 
@@ -98,3 +106,15 @@ def _spent(value: object) -> float:
         if math.isfinite(number) and number >= 0:
             return number
     raise CheckpointError(f"checkpoint's spent_usd is not a finite number >= 0: {value!r:.40}")
+
+
+def _count(value: object, name: str) -> int:
+    """A checkpoint's call or token count, checked (a checkpoint is data; a checkpoint
+    written before these were saved has none: 0).
+
+    Raises:
+        CheckpointError: it is not an integer >= 0.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise CheckpointError(f"checkpoint's {name} is not an integer >= 0: {value!r:.40}")

@@ -145,6 +145,9 @@ def run_artifacts(policy: Any, out: Path) -> list[Path]:
         choice = choice_of() if callable(choice_of) else None
         if choice is not None:  # its held-out score, interval and whether it was a coin flip
             data["selection"] = choice.to_json()
+        report_of = getattr(policy, "served_report", None)
+        if callable(report_of):  # which was served and why
+            data["served"] = report_of()
         path = out / "served_prompt.json"
         path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         found.append(path)

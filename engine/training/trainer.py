@@ -367,8 +367,14 @@ class TrainingManager:
 
     async def save_checkpoint(self, path: str | Path) -> Path:
         """Write the whole run state (policy, optimizer, snapshots, counters, spend) atomically."""
-        self.progress.spent_usd = self.spend.spent
+        self._progress_spend()
         return await self.checkpoints.save(path, self.progress)
+
+    def _progress_spend(self) -> None:
+        """The spend meters (USD, calls, tokens) into the progress a checkpoint saves."""
+        self.progress.spent_usd = self.spend.spent
+        self.progress.calls = self.spend.admitted
+        self.progress.tokens = self.spend.tokens
 
     async def load_checkpoint(self, path: str | Path) -> int:
         """Restore a checkpoint; the next :meth:`run` continues from its step. Returns the step.
@@ -377,7 +383,8 @@ class TrainingManager:
             CheckpointError: unreadable, or written with an incompatible config (the key named).
         """
         self.progress = await self.checkpoints.load(path)
-        self.spend.restore(self.progress.spent_usd)
+        p = self.progress
+        self.spend.restore(p.spent_usd, calls=p.calls, tokens=p.tokens)
         return self.learner.version
 
     # ----------------------------------------------------------------------- the run
@@ -614,7 +621,7 @@ class TrainingManager:
 
     async def _save_step(self) -> None:
         """The step's checkpoint, with the spend so far."""
-        self.progress.spent_usd = self.spend.spent
+        self._progress_spend()
         await self.checkpoints.save_step(self.progress)
 
     def _step_metrics(self, batch: ScoredBatch, m: dict[str, Any]) -> None:
@@ -729,6 +736,9 @@ class TrainingManager:
         }
         if self.stop_detail is not None:
             extra["stop_detail"] = self.stop_detail
+        report_of = getattr(self.policy, "served_report", None)
+        if callable(report_of):  # the prompt policy: which candidate is served, and why
+            extra["served"] = report_of()
         if self.config.grpo.stale_groups == "withhold":  # as in the step metrics
             extra["stale_withheld"] = self.learner.stale_withheld
         summary = RunSummary(

@@ -35,7 +35,11 @@ def run_config(base_url: str, out: Path, budget: float) -> dict[str, Any]:
         "seed": 0,
         "out": str(out),
         "grpo": {"group_size": 4, "mini_batch_size": 2},
-        "prompt": {"instructions": ["Classify the sentiment of this review."]},
+        # select_served off: this test follows generation and judge spend step by step
+        "prompt": {
+            "instructions": ["Classify the sentiment of this review."],
+            "select_served": False,
+        },
         "endpoint": {
             "provider": "local",
             "base_url": base_url,

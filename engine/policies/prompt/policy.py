@@ -47,7 +47,7 @@ touches the update above, which stays the bandit with group baselines):
   its answer reused, so rollouts that draw the same candidate on the same example again and
   every greedy re-evaluation cost no call (``prompt/cache_hits``, ``prompt/cache_calls_saved``);
 * with a validation set (:meth:`PromptPolicy.attach_selection`; the trainer attaches its
-  held-out examples and its reward when ``prompt.select_served``), a *per-example score
+  held-out examples and its reward unless ``prompt.select_served = false``), a *per-example score
   matrix*: the greedy validation scores of the most probable candidate after every update and
   of every accepted proposal (the cache makes a candidate already scored free), and the greedy
   rewards of rollouts at temperature 0 on the training examples;
@@ -59,12 +59,15 @@ touches the update above, which stays the bandit with group baselines):
 * *new demo sets from failures*: the demo proposal is made of training examples the parent
   got wrong, with their reference answers (the top-rewarded outputs only where there are no
   references), and its minibatch excludes those examples;
-* *the served prompt* (:meth:`PromptPolicy.served`): the candidate with the best held-out
-  score, its validation scores and its greedy scores on the training examples it was never
-  shown, ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with
-  its 95% interval and the paired interval of its lead over the runner-up; a warning
-  (``prompt.served_coin_flip``) when that lead's interval holds 0. Without a validation set
-  it is the most probable candidate, as before.
+* *the served prompt* (:meth:`PromptPolicy.served`, on by default: ``prompt.select_served``):
+  among the candidates scored on all of validation, the one with the best validation score
+  (held-out examples only), ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the
+  largest logit), with its 95% interval and the paired interval of its lead over the
+  runner-up; a warning (``prompt.served_coin_flip``) when that lead's interval holds 0. The
+  greedy evaluation (``eval/reward``) decodes the served candidate, so it measures what is
+  served; :meth:`PromptPolicy.served_report` says which was served and why (the summary's
+  ``served``, ``served_prompt.json``). Without a validation set, or with
+  ``select_served = false``, it is the most probable candidate, as before.
 
 Growth (:class:`~.growth.CandidateGrowth`) runs in :meth:`PromptPolicy.after_update`, in the
 learner's task, never concurrently with an update; it resets the optimizer moments of a reused
@@ -253,11 +256,11 @@ class PromptPolicy(ArrayPolicy):
 
     def served_choice(self) -> ServedChoice | None:
         """The served choice among every candidate scored on all of validation (live or
-        retired), with its interval; None without a selection or before any was scored."""
+        retired), judged on the held-out (validation) examples only, with its interval; None
+        without a selection or before any was scored."""
         if self.selection is None:
             return None
-        shown = {c.id: {d.input for d in c.demos} for c in self.table.registry.values()}
-        return self.selection.served(self.table.registry, self.base_id, shown)
+        return self.selection.served(self.table.registry, self.base_id)
 
     def served(self) -> Candidate:
         """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
@@ -268,6 +271,33 @@ class PromptPolicy(ArrayPolicy):
         if self._served_id is not None and self._served_id in self.table.registry:
             return self.table.registry[self._served_id]
         return self.best()
+
+    def served_report(self) -> dict[str, Any]:
+        """Which candidate is served and why, as plain JSON data: ``candidate``, ``by``
+        (``validation``, ``checkpoint`` or ``most_probable``), ``reason`` (one sentence for
+        the user) and, chosen on validation, the choice's score, interval and coin-flip flag
+        (:meth:`ServedChoice.to_json`)."""
+        choice = self.served_choice()
+        if choice is not None:
+            c = choice
+            reason = (
+                f"best mean held-out score {c.score:.3f} (95% interval [{c.low:.2f}, "
+                f"{c.high:.2f}], {c.n} examples) of {c.candidates} scored candidates"
+            )
+            if c.coin_flip and c.runner_up is not None:
+                reason += (
+                    f"; a coin flip: its lead over candidate {c.runner_up} is within "
+                    f"[{c.lead_low:.2f}, {c.lead_high:.2f}], which holds 0"
+                )
+            return {"candidate": c.candidate, "by": "validation", "reason": reason,
+                    **{k: v for k, v in c.to_json().items() if k != "candidate"}}  # fmt: skip
+        if self._served_id is not None and self._served_id in self.table.registry:
+            return {"candidate": self._served_id, "by": "checkpoint",
+                    "reason": "the served candidate saved in the checkpoint"}  # fmt: skip
+        why = ("prompt.select_served is off" if not self.prompt.select_served
+               else "no held-out examples were scored")  # fmt: skip
+        return {"candidate": self.best().id, "by": "most_probable",
+                "reason": f"the most probable candidate ({why})"}  # fmt: skip
 
     def deterministic(self, candidate: Candidate, *, greedy: bool = False) -> bool:
         """Whether requests for ``candidate`` are decoded at temperature 0 (cacheable)."""
@@ -416,9 +446,11 @@ class PromptPolicy(ArrayPolicy):
     ) -> list[Sample]:
         """Draw a candidate per rollout from ``snapshot`` and complete its rendered prompt.
 
-        ``greedy``: the most probable candidate at temperature 0, one request, its sample
-        repeated ``n`` times. Failed requests give samples carrying ``error``; this method
-        raises only on cancellation or programming errors.
+        ``greedy``: the served candidate (:meth:`served_choice`: the best on the held-out
+        examples, so ``eval/reward`` measures what is served) or, without a served choice, the
+        snapshot's most probable one, at temperature 0, one request, its sample repeated ``n``
+        times. Failed requests give samples carrying ``error``; this method raises only on
+        cancellation or programming errors.
         """
         logits = np.asarray(snapshot.params["logits"])
         ids = np.asarray(snapshot.params["ids"])
@@ -426,6 +458,9 @@ class PromptPolicy(ArrayPolicy):
         if slots.size == 0:
             raise ValueError("the snapshot shows no candidate")
         logp = _log_softmax(logits[slots])  # (M,)
+        if greedy and (choice := self.served_choice()) is not None:
+            return await self._generate_served(choice.candidate, slots, ids, logp, example, n,
+                                               snapshot.version)  # fmt: skip
         if greedy:
             picks = np.full(n, int(np.argmax(logp)))
         else:
@@ -538,6 +573,24 @@ class PromptPolicy(ArrayPolicy):
         decoding = (self.mode, 0.0, self.endpoint.max_tokens, tuple(stop or self.endpoint.stop))
         key = (candidate.recipe, shown, decoding, self.endpoint.model)
         return await self.cache.get_or_request(key, lambda: request(1), n=n)
+
+    async def _generate_served(
+        self,
+        cid: int,
+        slots: np.ndarray,
+        ids: np.ndarray,
+        logp: np.ndarray,
+        example: Example,
+        n: int,
+        version: int,
+    ) -> list[Sample]:
+        """``n`` copies of one greedy sample of candidate ``cid`` (live or retired: a retired
+        one has slot -1 and log-probability -inf under the snapshot)."""
+        where = np.flatnonzero(ids[slots] == cid)
+        slot, lp = (int(slots[where[0]]), float(logp[where[0]])) if where.size else (-1, -math.inf)
+        samples = await self._request(self.table.registry[cid], slot, example, 1, lp, version,
+                                      0, True)  # fmt: skip
+        return [samples[0]] + [dataclasses.replace(samples[0]) for _ in range(n - 1)]
 
     async def _request(
         self,

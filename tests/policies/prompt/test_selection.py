@@ -1,5 +1,6 @@
 """Which prompt candidates exist and which is served: the evaluation cache, the Pareto front,
-acceptance, the served choice, and the calls and tokens budgets that stop a run.
+acceptance, the served choice (on by default, on the held-out split only, what ``eval/reward``
+measures), and the calls and tokens budgets that stop a run and survive a resume.
 
 Against the simulated server (real HTTP on loopback) with scripted models."""
 
@@ -27,7 +28,7 @@ from engine.config.sections import (
 )
 from engine.endpoints.client import Client
 from engine.endpoints.spend import SpendMeter
-from engine.errors import BudgetSpent
+from engine.errors import BudgetSpent, CheckpointError
 from engine.policies.prompt import Demo, PromptPolicy
 from engine.policies.prompt.growth import CandidateGrowth, GrowthSlots, failure_demos
 from engine.policies.prompt.selection import (
@@ -41,6 +42,9 @@ from engine.policies.prompt.selection import (
 from engine.rewards.functions import exact_match
 from engine.testing.sim import SimConfig, SimRequest, SimServer
 from engine.training.assembly import build_rewarder
+from engine.training.heldout import evaluate_heldout
+from engine.training.progress import RunProgress
+from engine.training.tracking import run_artifacts
 from engine.training.trainer import TrainingManager
 from engine.types import Example
 
@@ -426,3 +430,141 @@ def test_served_choice_pools_unseen_training_scores_and_shrinks_little_evidence(
         m.set(5, f"t{i}", 1.0)
     c2 = choose_served(m, [0, 5], val, base_id=0, shown=shown)
     assert c2 is not None and c2.candidate == 5 and c2.n == 39  # t0 never counts for it
+
+
+# ----------------------------------------------------------------------------- served by default
+
+
+def test_select_served_is_on_by_default_with_an_opt_out() -> None:
+    assert PromptPolicyConfig().select_served is True
+    off = PromptPolicy(
+        None,
+        PromptPolicyConfig(select_served=False),
+        endpoint=endpoint("http://unused/v1"),
+        candidates=[("Answer.", (), None), ("GOOD answer.", (), None)],
+    )
+    assert off.attach_selection(score, ITEMS[20:32]) is None
+    assert off.served_report()["by"] == "most_probable"
+    assert "select_served is off" in off.served_report()["reason"]
+
+
+async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_path: Path) -> None:
+    model = Scripted()
+    out = tmp_path / "run"
+    async with SimServer(SimConfig(model=model)) as sim:
+        cfg = train_config(sim.base_url, steps=2)
+        assert cfg.prompt.select_served  # the default, not set by train_config
+        spend = SpendMeter.from_config(cfg)
+        async with Client(cfg.endpoint, limits=cfg.limits, spend=spend) as client:
+            pol = PromptPolicy.from_config(cfg, client, examples=ITEMS[:20], separate_heldout=True)
+            pol.params["logits"][:3] = [0.0, 4.0, -4.0]  # HALF is the most probable
+            async with TrainingManager(
+                cfg, policy=pol, rewarder=build_rewarder(cfg), train=ITEMS[:20],
+                heldout=ITEMS[20:32], out=out, spend=spend,
+            ) as tm:  # fmt: skip
+                summary = await tm.run()
+    assert pol.selection is not None  # attached by default, with the held-out examples
+    served = summary.extra["served"]
+    assert served["candidate"] == 1 and served["by"] == "validation"
+    assert served["score"] == 0.5 and served["n"] == 12  # HALF: the even half
+    assert (served["low"], served["high"]) == pytest.approx(wilson(0.5, 12))
+    assert "best mean held-out score 0.500" in served["reason"]
+    assert served["coin_flip"] is False
+    saved = orjson.loads((out / "summary.json").read_bytes())
+    assert saved["served"]["candidate"] == 1
+    run_artifacts(pol, out)  # what the run's trackers attach when they finish
+    file = orjson.loads((out / "served_prompt.json").read_bytes())
+    assert file["instruction"] == "HALF answer." and file["served"] == served
+
+
+async def test_the_served_score_counts_held_out_examples_only() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        sel = pol.attach_selection(score, ITEMS[20:32])
+        assert sel is not None
+        await sel.evaluate(pol, pol.candidate(1), sel.validation)  # HALF: 6 of 12
+        for ex in ITEMS[:20]:  # many perfect greedy scores on unseen training examples
+            sel.matrix.set(1, ex.text, 1.0)
+        await sel.evaluate(pol, pol.candidate(2), sel.validation[:6])  # GOOD: part only
+        choice = pol.served_choice()
+    assert choice is not None and choice.candidate == 1
+    assert choice.n == 12 and choice.score == pytest.approx(0.5)  # training scores left out
+    assert choice.candidates == 1  # GOOD, not scored on all of validation, is not compared
+
+
+async def test_eval_reward_measures_the_served_candidate_not_the_most_probable() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        pol.params["logits"][:3] = [0.0, 3.0, -1.0]  # HALF is the most probable
+        rewarder = build_rewarder(train_config(sim.base_url))
+        test = ITEMS[32:40]
+        before = await evaluate_heldout(pol, rewarder, pol.snapshot(pol.version), test, seed=0)
+        assert before["eval/reward"] == pytest.approx(0.5)  # HALF: no served choice yet
+        sel = pol.attach_selection(score, ITEMS[20:32])
+        assert sel is not None
+        for i in range(3):
+            await sel.evaluate(pol, pol.candidate(i), sel.validation)
+        after = await evaluate_heldout(pol, rewarder, pol.snapshot(pol.version), test, seed=0)
+    assert pol.best().id == 1 and pol.served().id == 2
+    assert after["eval/reward"] == 1.0 and after["eval/failures"] == 0
+
+
+def test_checkpointed_call_and_token_counts_are_validated() -> None:
+    meta = RunProgress(spent_usd=0.5, calls=17, tokens=900).to_meta()
+    back = RunProgress.from_meta(orjson.loads(orjson.dumps(meta)))
+    assert (back.calls, back.tokens) == (17, 900)
+    old = {k: v for k, v in meta.items() if k not in ("calls", "tokens")}
+    assert RunProgress.from_meta(old).calls == 0  # a checkpoint written before them
+    for bad in (-1, 2.5, True, "3", None):
+        with pytest.raises(CheckpointError, match="calls"):
+            RunProgress.from_meta({**meta, "calls": bad})
+    with pytest.raises(CheckpointError, match="tokens"):
+        RunProgress.from_meta({**meta, "tokens": -5})
+    meter = SpendMeter(max_requests=20)
+    meter.restore(0.0, calls=20, tokens=3)
+    assert meter.exhausted and meter.spent_budget == "calls" and meter.tokens == 3
+    with pytest.raises(ValueError):
+        meter.restore(0.0, calls=-1)
+
+
+@pytest.mark.parametrize(("limit", "which"), [("max_requests", "calls"),
+                                              ("max_total_tokens", "tokens")])  # fmt: skip
+async def test_call_and_token_budgets_survive_a_resume(
+    tmp_path: Path, limit: str, which: str
+) -> None:
+    out = tmp_path / "run"
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim:
+        base = train_config(sim.base_url, steps=3)
+        first = dataclasses.replace(
+            base,
+            trainer=TrainerConfig(eval_every=0, checkpoint_every=1),
+            prompt=dataclasses.replace(base.prompt, select_served=False),
+        )
+        done = await _run(first, out)
+        used = {"calls": done.extra["calls"], "tokens": done.extra["tokens"]}
+        assert done.steps_done == 3 and used[which] > 0
+        # resumed with a budget just above what the first run used: it ends almost at once
+        cap = used[which] + 1
+        limits = dataclasses.replace(first.limits, **{limit: cap})
+        more = dataclasses.replace(first, steps=50, limits=limits)
+        sent = model.requests
+        second = await _run(more, out, resume=True)
+    assert second.stop_reason == "budget" and second.extra["budget_spent"] == which
+    assert second.extra[which] >= cap
+    if which == "calls":  # the meter went on from the checkpoint's count: one more call
+        assert second.extra["calls"] == cap and model.requests - sent == 1
+    assert second.steps_done <= done.steps_done + 1  # at most one step more, not a new budget
+
+
+async def _run(cfg, out: Path, *, resume: bool = False):  # type: ignore[no-untyped-def]
+    spend = SpendMeter.from_config(cfg)
+    async with Client(cfg.endpoint, limits=cfg.limits, spend=spend) as client:
+        pol = PromptPolicy.from_config(cfg, client, examples=ITEMS[:20], separate_heldout=True)
+        async with TrainingManager(
+            cfg, policy=pol, rewarder=build_rewarder(cfg), train=ITEMS[:20],
+            heldout=ITEMS[20:32], out=out, spend=spend,
+        ) as tm:  # fmt: skip
+            return await tm.run(resume=out if resume else None)
