@@ -144,6 +144,19 @@ class TokenBudget:
         self.taken += tokens
         return self.taken
 
+    def ready(self, tokens: float, now: float) -> bool:
+        """Whether ``tokens`` can be taken at clock time ``now`` without queueing (the bucket
+        refilled to ``now``; nothing is taken: :meth:`take` does that)."""
+        if self._closed:
+            return False
+        self._refill(now)
+        return not self._waiters and self._fits(tokens)
+
+    def take(self, tokens: float) -> float:
+        """Take ``tokens`` that :meth:`ready` just admitted; returns :attr:`taken` after them
+        (the mark :meth:`reserve` returns)."""
+        return self._take(tokens)
+
     def _fits(self, tokens: float) -> bool:
         # a request larger than the bucket needs a full bucket, then goes into debt
         return self._level + self._eps >= min(tokens, self.capacity)
