@@ -122,7 +122,10 @@ class TokenBudget:
     @property
     def waiting(self) -> int:
         """Reservations queued and not yet served (cancelled ones may linger until skipped)."""
-        return sum(1 for _, fut in self._waiters if not fut.done())
+        queue = self._waiters
+        if not queue:
+            return 0
+        return sum(1 for _, fut in queue if not fut.done())
 
     def level(self) -> float:
         """Tokens available now; negative while in debt."""
@@ -166,7 +169,7 @@ class TokenBudget:
         now = self._timing.now_or_none()
         if now is not None:
             self._refill(now)
-        return not self.waiting and self._fits(tokens)
+        return self._fits(tokens) and not self.waiting
 
     def resize(self, capacity: float) -> None:
         """Set the capacity, within ``[min(1, max_capacity), max_capacity]``; the level is cut
