@@ -122,7 +122,10 @@ class TokenBudget:
     @property
     def waiting(self) -> int:
         """Reservations queued and not yet served (cancelled ones may linger until skipped)."""
-        return sum(1 for _, fut in self._waiters if not fut.done())
+        queue = self._waiters
+        if not queue:
+            return 0
+        return sum(1 for _, fut in queue if not fut.done())
 
     def level(self) -> float:
         """Tokens available now; negative while in debt."""
@@ -144,6 +147,19 @@ class TokenBudget:
         self.taken += tokens
         return self.taken
 
+    def ready(self, tokens: float, now: float) -> bool:
+        """Whether ``tokens`` can be taken at clock time ``now`` without queueing (the bucket
+        refilled to ``now``; nothing is taken: :meth:`take` does that)."""
+        if self._closed:
+            return False
+        self._refill(now)
+        return not self._waiters and self._fits(tokens)
+
+    def take(self, tokens: float) -> float:
+        """Take ``tokens`` that :meth:`ready` just admitted; returns :attr:`taken` after them
+        (the mark :meth:`reserve` returns)."""
+        return self._take(tokens)
+
     def _fits(self, tokens: float) -> bool:
         # a request larger than the bucket needs a full bucket, then goes into debt
         return self._level + self._eps >= min(tokens, self.capacity)
@@ -153,7 +169,7 @@ class TokenBudget:
         now = self._timing.now_or_none()
         if now is not None:
             self._refill(now)
-        return not self.waiting and self._fits(tokens)
+        return self._fits(tokens) and not self.waiting
 
     def resize(self, capacity: float) -> None:
         """Set the capacity, within ``[min(1, max_capacity), max_capacity]``; the level is cut

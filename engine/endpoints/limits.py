@@ -207,8 +207,12 @@ class _PermitContext(AbstractAsyncContextManager[Permit]):
     async def __aenter__(self) -> Permit:
         if self._permit is not None:
             raise RuntimeError("a permit context cannot be entered twice")
-        self._permit = await self._limiter._acquire(self._est, self._requests)
-        return self._permit
+        limiter = self._limiter
+        permit = limiter._grant_now(self._est, self._requests)
+        if permit is None:
+            permit = await limiter._acquire(self._est, self._requests)
+        self._permit = permit
+        return permit
 
     async def __aexit__(
         self,
@@ -454,10 +458,53 @@ class Limiter:
             self._waiting -= 1
         if gate_waited:
             self._gate_waits += 1
+        now = self._timing.now()
+        return self._grant(est_tokens, requests, now - started, now, rpm_mark, tok_mark)
+
+    def _grant_now(self, est_tokens: int, requests: int) -> Permit | None:
+        """The uncontended path in one call: a permit when every limit admits the request at
+        once (no 429 pause, a free slot, room in both buckets, nobody queued anywhere), else
+        None and nothing taken (:meth:`_acquire` then queues as usual). The window learners
+        are asked to probe first, as on the queued path."""
+        if self._closed or self._slot_waiters or self._in_flight >= self._limit:
+            return None
+        if est_tokens < 0 or requests < 1:
+            return None  # permit() refuses these; the queued path says why
+        now = self._timing.now()
+        if self._gate.open_at(now) is not None:
+            return None
+        rpm, budget = self._rpm, self._budget
+        rpm_w, tok_w = self._windows
+        if rpm is not None:
+            if requests > max(1, math.floor(rpm.capacity)):
+                return None  # paced in pieces by the queued path
+            if rpm_w is not None:
+                rpm_w.probe(requests)
+            if not rpm.ready(requests, now):
+                return None
+        if budget is not None:
+            if tok_w is not None:
+                tok_w.probe(est_tokens)
+            if not budget.ready(est_tokens, now):
+                return None
+        rpm_mark = rpm.take(requests) if rpm is not None else 0.0
+        tok_mark = budget.take(est_tokens) if budget is not None else 0.0
+        self._in_flight += 1
+        return self._grant(est_tokens, requests, 0.0, now, rpm_mark, tok_mark)
+
+    def _grant(
+        self,
+        est_tokens: int,
+        requests: int,
+        waited: float,
+        now: float,
+        rpm_mark: float,
+        tok_mark: float,
+    ) -> Permit:
+        """The permit for units already taken (a slot, ``requests`` and ``est_tokens``)."""
         self._requests_admitted += requests
         self._reserved += est_tokens
-        now = self._timing.now()
-        permit = Permit(self, est_tokens, requests, now - started, self._seq)
+        permit = Permit(self, est_tokens, requests, waited, self._seq)
         permit._at = now
         if self._learning:
             permit._marks = (rpm_mark, tok_mark)

@@ -38,6 +38,9 @@ class Timing:
         return self._loop
 
     def now(self) -> float:
+        loop = self._loop
+        if loop is not None and self._clock is None:  # the common case, in one call
+            return loop.time()
         if self._clock is not None:
             return self._clock()
         return self.loop().time()
