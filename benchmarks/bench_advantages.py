@@ -13,8 +13,8 @@ The results must agree (``np.allclose`` with ``equal_nan``) before any time is p
 engine and numpy run alternately, ``--repeats`` rounds of one run each (on a shared machine a
 load spike then hits both arms alike, not the one that happened to run first); each is
 reported as its best and median run, the ratio as the median of the rounds' ratios. The naive
-loop runs once, over the whole batch (not extrapolated). The numpy arm covers ``--scale`` and ``--leave-one-out``; with
-``--drop-zero-std`` it is left out (it has no notion of a dropped group).
+loop runs once, over the whole batch (not extrapolated). The numpy arm covers ``--scale`` and
+``--leave-one-out``; with ``--drop-zero-std`` it is left out (it has no notion of a dropped group).
 
 Usage::
 
