@@ -10,9 +10,11 @@ All run on the same (B, G) rewards with about 1% failed rollouts (NaN), in the s
 - ``naive loop``: the reference per-group Python loop (``tests/learning/reference_advantages.py``).
 
 The results must agree (``np.allclose`` with ``equal_nan``) before any time is printed. The
-engine and numpy are timed as the best of ``--repeats`` runs, the naive loop once, over the
-whole batch (not extrapolated). The numpy arm covers ``--scale`` and ``--leave-one-out``; with
-``--drop-zero-std`` it is left out (it has no notion of a dropped group).
+engine and numpy run alternately, ``--repeats`` rounds of one run each (on a shared machine a
+load spike then hits both arms alike, not the one that happened to run first); each is
+reported as its best and median run, the ratio as the median of the rounds' ratios. The naive
+loop runs once, over the whole batch (not extrapolated). The numpy arm covers ``--scale`` and
+``--leave-one-out``; with ``--drop-zero-std`` it is left out (it has no notion of a dropped group).
 
 Usage::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -69,13 +72,19 @@ def numpy_advantages(
         return centred / (std + eps)
 
 
-def _best(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def _alternate(
+    fns: list[Callable[[], object]], repeats: int
+) -> tuple[list[list[float]], list[object]]:
+    """Run each of ``fns`` once per round, in turn, for ``repeats`` rounds: the times (one
+    list per function, by round) and each function's last result."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[object] = [None] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return times, outs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rollouts", type=int, default=1_000_000, help="total rollouts B * G")
     ap.add_argument("--group-size", type=int, default=8, help="G, rollouts per group")
     ap.add_argument("--nan-frac", type=float, default=0.01, help="fraction of failed rollouts")
-    ap.add_argument("--repeats", type=int, default=5, help="runs of the vectorized version")
+    ap.add_argument("--repeats", type=int, default=15, help="alternating rounds of engine/numpy")
     ap.add_argument("--scale", choices=["group", "batch", "none"], default="group")
     ap.add_argument("--leave-one-out", action="store_true")
     ap.add_argument("--drop-zero-std", action="store_true")
@@ -110,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.isnan(rewards).mean():.2%} NaN, options {kw}"
     )
 
-    t_fast, fast = _best(lambda: group_advantages(rewards, **kw), args.repeats)  # type: ignore[arg-type]
-    t_np = None
+    fns: list[Callable[[], object]] = [lambda: group_advantages(rewards, **kw)]  # type: ignore[arg-type]
     if not args.drop_zero_std:
         np_kw = dict(scale=args.scale, leave_one_out=args.leave_one_out)
-        t_np, peer = _best(lambda: numpy_advantages(rewards, **np_kw), args.repeats)  # type: ignore[arg-type]
+        fns.append(lambda: numpy_advantages(rewards, **np_kw))  # type: ignore[arg-type]
+    times, outs = _alternate(fns, args.repeats)
+    fast, t_fast = outs[0], min(times[0])
+    t_np = min(times[1]) if len(fns) > 1 else None
+    peer = outs[1] if len(fns) > 1 else None
 
     t0 = time.perf_counter()
     slow = naive_group_advantages(rewards, **kw)  # type: ignore[arg-type]
@@ -133,14 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         print("MISMATCH: engine and numpy advantages differ", file=sys.stderr)
         return 1
     print(f"agree: yes (frac_reward_zero_std={fast.frac_reward_zero_std:.4f})")  # type: ignore[union-attr]
-    print(f"engine:     {t_fast * 1e3:9.1f} ms  (best of {args.repeats})")
+    rounds = f"{args.repeats} alternating rounds"
+    print(
+        f"engine:     {t_fast * 1e3:9.2f} ms best, {statistics.median(times[0]) * 1e3:.2f} ms "
+        f"median ({rounds})"
+    )
     if t_np is not None:
         print(
-            f"numpy:      {t_np * 1e3:9.1f} ms  (best of {args.repeats}; nanmean/nanstd per group)"
+            f"numpy:      {t_np * 1e3:9.2f} ms best, {statistics.median(times[1]) * 1e3:.2f} ms "
+            f"median (nanmean/nanstd per group)"
         )
     print(f"naive loop: {t_slow * 1e3:9.1f} ms  (one full run)")
     if t_np is not None:
-        print(f"engine vs numpy (fair peer): {t_np / t_fast:6.2f}x")
+        ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
+        print(
+            f"engine vs numpy (fair peer): {statistics.median(ratios):6.2f}x median of rounds "
+            f"({min(ratios):.2f}-{max(ratios):.2f}), {t_np / t_fast:.2f}x best vs best"
+        )
     print(f"engine vs naive loop:        {t_slow / t_fast:6.1f}x")
     return 0
 
