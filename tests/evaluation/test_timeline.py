@@ -34,7 +34,10 @@ def _judged_config(base_url: str, out: Path) -> dict[str, object]:
         "seed": 0,
         "out": str(out),
         "grpo": {"group_size": GROUP, "mini_batch_size": 4},
-        "prompt": {"instructions": ["Label the review.", "Positive or negative?"]},
+        "prompt": {
+            "instructions": ["Label the review.", "Positive or negative?"],
+            "select_served": False,
+        },  # no served-choice scoring: these counts are of generation and evaluation
         "endpoint": {
             "provider": "local",
             "base_url": base_url,

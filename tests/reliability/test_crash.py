@@ -540,6 +540,7 @@ async def test_a_stop_during_an_evaluation_starts_no_other(tmp_path: Path, phase
             "prompt": {
                 "instructions": ["Classify the sentiment of this review."],
                 "eval_cache": False,
+                "select_served": False,  # only evaluations send requests after training
             },
             "endpoint": {"provider": "local", "base_url": sim.base_url, "max_tokens": 8},
             "reward": {"functions": ["non_empty"]},

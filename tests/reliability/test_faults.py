@@ -63,7 +63,11 @@ def run_config(base_url: str, out: Path, *, steps: int, policy: str) -> dict[str
         "seed": 0,
         "out": str(out),
         "grpo": {"group_size": GROUP, "mini_batch_size": 4},
-        "prompt": {"instructions": INSTRUCTIONS, "max_demos": 2},
+        "prompt": {
+            "instructions": INSTRUCTIONS,
+            "max_demos": 2,
+            "select_served": False,
+        },  # no served-choice scoring: these counts are of generation and evaluation
         "endpoint": {
             "provider": "local",
             "base_url": base_url,

@@ -168,7 +168,9 @@ async def test_scraped_during_a_judged_run_with_faults(tmp_path: Path) -> None:
         cfg.write_text(to_toml({
             "policy": "prompt", "steps": 400, "out": str(out),
             "grpo": {"group_size": 4, "mini_batch_size": 4},
-            "prompt": {"instructions": ["Label the review.", "Positive or negative?"]},
+            "prompt": {"instructions": ["Label the review.", "Positive or negative?"],
+                       # no served-choice scoring: these counts are of generation and evaluation
+                       "select_served": False},
             "endpoint": {"provider": "local", "base_url": sim.base_url, "model": "sim-model",
                          "max_tokens": 8, "timeout": 30.0, "deadline": 120.0},
             "limits": {"max_concurrency": 2},
