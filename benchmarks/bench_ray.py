@@ -162,7 +162,8 @@ async def bench_limit(shards: int, seconds: float, shared: bool) -> dict[str, An
         sender = ray.remote(num_cpus=0)(_Sender)
         actors = [sender.remote() for _ in range(shards)]
         await asyncio.gather(*(a.ready.remote() for a in actors))  # started before the clock
-        until = time.time() + 0.5 + seconds
+        window = 0.5 + seconds  # the senders run from now until `until`: this whole window
+        until = time.time() + window
         results = await asyncio.gather(
             *(a.run.remote(url, limits, actor, until, 8) for a in actors)
         )
@@ -172,7 +173,7 @@ async def bench_limit(shards: int, seconds: float, shared: bool) -> dict[str, An
         if actor is not None:
             ray.kill(actor, no_restart=True)
     ok = sum(r["ok"] for r in results)
-    allowance = RPM / 60.0 * seconds + RPM * SERVER_BURST / 60.0
+    allowance = RPM / 60.0 * window + RPM * SERVER_BURST / 60.0
     requests = int(stats.get("requests", 0))
     limited = int(stats.get("rate_limited", 0))
     return {
