@@ -48,7 +48,7 @@ from .limits import LimiterProtocol, Permit, PermitProtocol
 from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
 from .spend import SpendMeter
-from .transport import ATTEMPT, Alarm, Watchdog, read_capped
+from .transport import Alarm, Watchdog, read_capped
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
 
@@ -242,16 +242,22 @@ def _fields(
     return fields
 
 
-class _AttemptState:
-    """What one attempt has got to: its permit, when it was sent, the response status and
-    headers, the outcome once decided and what it cost. ``by_attempt``: the watchdog was
-    moved from the call's deadline to the attempt's own timeout. ``t_start``: when it began
-    to queue."""
+class _AttemptState(Alarm):
+    """What one attempt has got to (its alarm in the watchdog, one object per attempt): its
+    permit, when it was sent, the response status and headers, the outcome once decided and
+    what it cost. ``by_attempt``: the watchdog was moved from the call's deadline to the
+    attempt's own timeout. ``t_start``: when it began to queue."""
 
     __slots__ = ("by_attempt", "cost", "headers", "outcome", "permit", "status", "t_send",
                  "t_start")  # fmt: skip
 
-    def __init__(self, t_start: float) -> None:
+    def __init__(self, task: asyncio.Task[Any], when: float, t_start: float) -> None:
+        # Alarm's fields, set here rather than by a call to its __init__ (once per attempt)
+        self.task = task
+        self.when = when
+        self.cancelling = task.cancelling()
+        self.fired = False
+        self.fresh = False
         self.permit: PermitProtocol | None = None
         self.t_start = t_start
         self.t_send: float | None = None
@@ -321,12 +327,12 @@ class AttemptRunner:
             return paused
         task = asyncio.current_task(ctx.loop)
         assert task is not None
-        alarm = ctx.watchdog.arm(task, ctx.loop_end)
-        state = _AttemptState(self._clock())
+        state = _AttemptState(task, ctx.loop_end, self._clock())
+        ctx.watchdog.add(state)
         try:
-            await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
+            await self._send_with_permit(ctx, state, data, est, attempt, used_immediate)
         except asyncio.CancelledError:
-            if not alarm.fired or task.uncancel() > alarm.cancelling:
+            if not state.fired or task.uncancel() > state.cancelling:
                 if state.t_send is not None:  # sent, or being sent: the server may have it
                     latency = self._clock() - state.t_send
                     wait = state.t_send - state.t_start
@@ -334,11 +340,11 @@ class AttemptRunner:
                                            state.cost if state.outcome else None,
                                            wait)  # fmt: skip
                 raise  # not ours, or someone else cancelled as well
-            alarm.fired = False  # handled: the cancellation is taken back
+            state.fired = False  # handled: the cancellation is taken back
             state.outcome = self._timed_out(state, attempt, ctx.path)
         finally:
-            ctx.watchdog.disarm(alarm)
-        if alarm.fired:  # it fired, but code below us swallowed the CancelledError
+            ctx.watchdog.disarm(state)
+        if state.fired:  # it fired, but code below us swallowed the CancelledError
             task.uncancel()
         return self._report(ctx, state, n, attempt)
 
@@ -357,7 +363,6 @@ class AttemptRunner:
         self,
         ctx: CallContext,
         state: _AttemptState,
-        alarm: Alarm,
         data: bytes,
         est: int,
         attempt: int,
@@ -386,12 +391,11 @@ class AttemptRunner:
                 return
             spend.admit(ctx.path, attempt)
             try:
-                self._start_send(ctx, state, alarm)
+                self._start_send(ctx, state)
                 in_flight = self._events.in_flight
                 kind = ctx.kind
                 if in_flight is not None:
                     in_flight[kind] += 1
-                token = ATTEMPT.set(alarm)
                 raw: bytes | Failure | None
                 try:
                     async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
@@ -407,24 +411,24 @@ class AttemptRunner:
                         else:
                             raw = await read_capped(resp, self._max_bytes)
                 except (aiohttp.ClientError, OSError, ValueError) as exc:
-                    resend_now = alarm.reused and not used_immediate
+                    # a connection this attempt did not open came from the keep-alive pool
+                    resend_now = not state.fresh and not used_immediate
                     raw = self._send_failure(exc, attempt, ctx.path, resend_now)
                 finally:
-                    ATTEMPT.reset(token)
                     if in_flight is not None:
                         in_flight[kind] -= 1
                 self._classify(ctx, state, permit, raw, est, attempt)
             finally:
                 spend.finish(state.cost[0])
 
-    def _start_send(self, ctx: CallContext, state: _AttemptState, alarm: Alarm) -> None:
+    def _start_send(self, ctx: CallContext, state: _AttemptState) -> None:
         """The attempt is being sent: its send time, and the watchdog moved to the attempt's
         own timeout when that ends before the call's deadline."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
-            ctx.watchdog.move(alarm, attempt_end)
+            ctx.watchdog.move(state, attempt_end)
 
     def _classify(
         self,
