@@ -373,6 +373,11 @@ class Client:
         budget = self._endpoint.deadline if deadline is None else deadline
         loop = asyncio.get_running_loop()
         url, path = self._urls[mode]
+        if type(prompt) is str:  # what estimate_tokens and prompt_chars say of a string
+            chars = len(prompt)
+            est = chars // 4 + 1
+        else:
+            est, chars = estimate_tokens(prompt), prompt_chars(prompt)
         return CallContext(
             session=transport.session,
             url=url,
@@ -383,9 +388,9 @@ class Client:
             group_id=group_id,
             sample_index=sample_index,
             policy_version=policy_version,
-            est_prompt=estimate_tokens(prompt),
+            est_prompt=est,
             max_tokens=max_tokens,
-            prompt_chars=prompt_chars(prompt),
+            prompt_chars=chars,
             t_end=t0 + budget,
             loop=loop,
             watchdog=transport.watchdog,

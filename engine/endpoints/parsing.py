@@ -320,6 +320,8 @@ def _error_in_body(doc: dict[str, Any], raw_choices: Any) -> Mapping[str, Any] |
 
 def _parse_choices(raw_choices: list[Any]) -> list[Choice]:
     """The choices in the server's index order, re-indexed 0..n-1."""
+    if len(raw_choices) == 1:  # the usual answer: one choice, nothing to order
+        return [parse_choice(raw_choices[0], 0)]
     choices = [parse_choice(c, i) for i, c in enumerate(raw_choices)]
     if len(choices) > 1:
         choices.sort(key=_choice_order(raw_choices))
@@ -342,16 +344,21 @@ def _result(
     rid = doc.get("id")
     model = doc.get("model")
     if redact.active:
-        choices = [_scrub(c, redact) for c in choices]
+        if len(choices) == 1:
+            choices = [_scrub(choices[0], redact)]
+        else:
+            choices = [_scrub(c, redact) for c in choices]
+    rid = redact.id(rid if rid is None or type(rid) is str else str(rid))
+    model = redact.secrets(model) if type(model) is str else None
     return Result(
-        choices=choices,
-        usage=usage,
-        id=_short(redact.id(rid if rid is None or type(rid) is str else str(rid))),
-        model=_short(redact.secrets(model)) if type(model) is str else None,
-        request_id=redact.id(headers.get("x-request-id")),
-        prompt_token_ids=None if ptids is None else _int_list(ptids),
-        attempts=attempt,
-        usage_anomaly=anomaly,
+        choices,
+        usage,
+        rid if rid is None or len(rid) <= 200 else rid[:200],  # _short, inline
+        model if model is None or len(model) <= 200 else model[:200],
+        redact.id(headers.get("x-request-id")),
+        None if ptids is None else _int_list(ptids),
+        attempt,
+        anomaly,
     )
 
 
