@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -55,6 +56,7 @@ __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
 _log = get_logger("engine.endpoints.attempts")
 
 _NO_USAGE = Usage()
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -263,7 +265,7 @@ class _AttemptState(Alarm):
         self.t_send: float | None = None
         self.by_attempt = False
         self.status: int | None = None
-        self.headers: Mapping[str, str] = {}
+        self.headers: Mapping[str, str] = _NO_HEADERS  # until a response has some
         self.outcome: Result | Failure | None = None
         self.cost: tuple[float, str] = (0.0, "none")
 

@@ -193,6 +193,8 @@ class Client:
             mode: _url(self._resolved.base_url, suffix)
             for mode, suffix in (("chat", "chat/completions"), ("completions", "completions"))
         }
+        # the endpoint keys of the configured model (one tuple per call saved)
+        self._keys = {m: (self._resolved.base_url, m, self._resolved.model) for m in self._urls}
         # Made on first use, inside the running loop.
         self._transport: Transport | None = None
         self._closed = False
@@ -382,7 +384,9 @@ class Client:
             session=transport.session,
             url=url,
             path=path,
-            key=(self._resolved.base_url, mode, model),
+            key=self._keys[mode]
+            if model is self._resolved.model
+            else (self._resolved.base_url, mode, model),
             model=model,
             kind=kind,
             group_id=group_id,

@@ -345,7 +345,9 @@ def _result(
     model = doc.get("model")
     if redact.active:
         if len(choices) == 1:
-            choices = [_scrub(choices[0], redact)]
+            c = _scrub(choices[0], redact)
+            if c is not choices[0]:  # the usual case keeps the list as it is
+                choices = [c]
         else:
             choices = [_scrub(c, redact) for c in choices]
     rid = redact.id(rid if rid is None or type(rid) is str else str(rid))
