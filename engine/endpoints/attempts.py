@@ -45,7 +45,7 @@ from ..telemetry.logs import get_logger
 from ..types import Usage
 from .fanout import EndpointKey
 from .guards import estimated_usage, usage_bound
-from .limits import LimiterProtocol, Permit, PermitProtocol
+from .limits import Limiter, LimiterProtocol, Permit, PermitProtocol
 from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
 from .spend import SpendMeter
@@ -332,7 +332,19 @@ class AttemptRunner:
         state = _AttemptState(task, ctx.loop_end, self._clock())
         ctx.watchdog.add(state)
         try:
-            await self._send_with_permit(ctx, state, data, est, attempt, used_immediate)
+            spend = self._spend
+            limiter = self._limiter
+            if spend.exhausted:  # asked before the permit: no queueing for a refused request
+                state.outcome = Failure(spend.refusal(ctx.path, attempt))
+            elif type(limiter) is Limiter and (fast := limiter.permit_now(est)) is not None:
+                # uncontended: the permit without a context manager's two coroutines
+                try:
+                    await self._send(ctx, state, fast, data, est, attempt, used_immediate)
+                finally:
+                    limiter.release(fast)
+            else:
+                async with limiter.permit(est) as permit:
+                    await self._send(ctx, state, permit, data, est, attempt, used_immediate)
         except asyncio.CancelledError:
             if not state.fired or task.uncancel() > state.cancelling:
                 if state.t_send is not None:  # sent, or being sent: the server may have it
@@ -361,67 +373,64 @@ class AttemptRunner:
         self._events.failure(ctx, failure, n, attempt, None)
         return failure
 
-    async def _send_with_permit(
+    async def _send(
         self,
         ctx: CallContext,
         state: _AttemptState,
+        permit: PermitProtocol,
         data: bytes,
         est: int,
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Take a permit, send, read the whole response, classify and settle; the outcome
-        (and an answer's cost) goes into ``state``.
+        """With ``permit`` held: send, read the whole response, classify and settle; the
+        outcome (and an answer's cost) goes into ``state``.
 
-        The spend meter is asked before the permit (no queueing for a refused request) and
-        again just before sending; an admitted attempt is counted in flight until it ends.
-        Timeouts and transport errors keep the reservation: the server may have done the
-        work. One coroutine for the permit, the send and the read (every await level is
-        paid again on each resumption of the request): a body of announced length within
-        the cap is read at once, and the attempt is counted in the event log's
-        ``in_flight`` while it is sent and answered.
+        The spend meter was asked before the permit (no queueing for a refused request) and
+        is asked again just before sending; an admitted attempt is counted in flight until
+        it ends. Timeouts and transport errors keep the reservation: the server may have
+        done the work. One coroutine for the send and the read (every await level is paid
+        again on each resumption of the request): a body of announced length within the cap
+        is read at once, and the attempt is counted in the event log's ``in_flight`` while
+        it is sent and answered.
         """
+        state.permit = permit
         spend = self._spend
         if spend.exhausted:
+            permit.settle(0)
             state.outcome = Failure(spend.refusal(ctx.path, attempt))
             return
-        async with self._limiter.permit(est) as permit:
-            state.permit = permit
-            if spend.exhausted:
-                permit.settle(0)
-                state.outcome = Failure(spend.refusal(ctx.path, attempt))
-                return
-            spend.admit(ctx.path, attempt)
+        spend.admit(ctx.path, attempt)
+        try:
+            self._start_send(ctx, state)
+            in_flight = self._events.in_flight
+            kind = ctx.kind
+            if in_flight is not None:
+                in_flight[kind] += 1
+            raw: bytes | Failure | None
             try:
-                self._start_send(ctx, state)
-                in_flight = self._events.in_flight
-                kind = ctx.kind
-                if in_flight is not None:
-                    in_flight[kind] += 1
-                raw: bytes | Failure | None
-                try:
-                    async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                        state.status = resp.status
-                        state.headers = resp.headers
-                        length = resp.content_length
-                        if (
-                            length is not None
-                            and length <= self._max_bytes
-                            and ("Content-Encoding" not in resp.headers)
-                        ):
-                            raw = await resp.read()  # what read_capped does for such a body
-                        else:
-                            raw = await read_capped(resp, self._max_bytes)
-                except (aiohttp.ClientError, OSError, ValueError) as exc:
-                    # a connection this attempt did not open came from the keep-alive pool
-                    resend_now = not state.fresh and not used_immediate
-                    raw = self._send_failure(exc, attempt, ctx.path, resend_now)
-                finally:
-                    if in_flight is not None:
-                        in_flight[kind] -= 1
-                self._classify(ctx, state, permit, raw, est, attempt)
+                async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
+                    state.status = resp.status
+                    state.headers = resp.headers
+                    length = resp.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_bytes
+                        and ("Content-Encoding" not in resp.headers)
+                    ):
+                        raw = await resp.read()  # what read_capped does for such a body
+                    else:
+                        raw = await read_capped(resp, self._max_bytes)
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                # a connection this attempt did not open came from the keep-alive pool
+                resend_now = not state.fresh and not used_immediate
+                raw = self._send_failure(exc, attempt, ctx.path, resend_now)
             finally:
-                spend.finish(state.cost[0])
+                if in_flight is not None:
+                    in_flight[kind] -= 1
+            self._classify(ctx, state, permit, raw, est, attempt)
+        finally:
+            spend.finish(state.cost[0])
 
     def _start_send(self, ctx: CallContext, state: _AttemptState) -> None:
         """The attempt is being sent: its send time, and the watchdog moved to the attempt's

@@ -208,7 +208,7 @@ class _PermitContext(AbstractAsyncContextManager[Permit]):
         if self._permit is not None:
             raise RuntimeError("a permit context cannot be entered twice")
         limiter = self._limiter
-        permit = limiter._grant_now(self._est, self._requests)
+        permit = limiter.permit_now(self._est, requests=self._requests)
         if permit is None:
             permit = await limiter._acquire(self._est, self._requests)
         self._permit = permit
@@ -461,11 +461,13 @@ class Limiter:
         now = self._timing.now()
         return self._grant(est_tokens, requests, now - started, now, rpm_mark, tok_mark)
 
-    def _grant_now(self, est_tokens: int, requests: int) -> Permit | None:
+    def permit_now(self, est_tokens: int = 0, *, requests: int = 1) -> Permit | None:
         """The uncontended path in one call: a permit when every limit admits the request at
         once (no 429 pause, a free slot, room in both buckets, nobody queued anywhere), else
-        None and nothing taken (:meth:`_acquire` then queues as usual). The window learners
-        are asked to probe first, as on the queued path."""
+        None and nothing taken (:meth:`permit` then queues as usual). The window learners
+        are asked to probe first, as on the queued path. A permit from here is held until
+        :meth:`release` (what leaving a :meth:`permit` block does): the client's common
+        path, without a context manager's two coroutines."""
         if self._closed or self._slot_waiters or self._in_flight >= self._limit:
             return None
         if est_tokens < 0 or requests < 1:
@@ -578,6 +580,11 @@ class Limiter:
             rpm.closed += permit.requests
         if tokens is not None:
             tokens.closed += permit.reserved
+
+    def release(self, permit: Permit) -> None:
+        """Release the slot of a permit from :meth:`permit_now`; later calls do nothing."""
+        if permit._active:
+            self._release(permit)
 
     def _release(self, permit: Permit) -> None:
         if permit._open:  # never answered (a timeout, a transport error, a cancellation)
