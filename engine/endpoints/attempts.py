@@ -293,8 +293,8 @@ class AttemptRunner:
         usage_anomalies: responses whose usage was not trusted, by reason.
     """
 
-    __slots__ = ("_clock", "_events", "_hosted", "_limiter", "_max_bytes", "_redact", "_spend",
-                 "_timeout", "usage_anomalies")  # fmt: skip
+    __slots__ = ("_clock", "_events", "_hosted", "_in_flight", "_limiter", "_max_bytes",
+                 "_redact", "_spend", "_timeout", "usage_anomalies")  # fmt: skip
 
     def __init__(
         self,
@@ -313,6 +313,7 @@ class AttemptRunner:
         self._clock = clock
         self._redact = redact
         self._events = events
+        self._in_flight = events.in_flight  # the event log's counter (one per log), or None
         self._max_bytes = max_bytes
         self.usage_anomalies: Counter[str] = Counter()
         self._spend = spend if spend is not None else SpendMeter()
@@ -403,7 +404,7 @@ class AttemptRunner:
         spend.admit(ctx.path, attempt)
         try:
             self._start_send(ctx, state)
-            in_flight = self._events.in_flight
+            in_flight = self._in_flight
             kind = ctx.kind
             if in_flight is not None:
                 in_flight[kind] += 1
