@@ -29,6 +29,7 @@ GC, and the ratios to bare aiohttp. Run::
     python benchmarks/bench_client.py --concurrency 512 --repeat 5 --gc default cli
     python benchmarks/bench_client.py --profile engine      # cProfile of the engine run
     python benchmarks/bench_client.py --memory 100000       # RSS over 100k requests
+    python benchmarks/bench_client.py --calls --concurrency 512   # calls per request, by module
 """
 
 from __future__ import annotations
@@ -393,6 +394,68 @@ def report(results: dict[str, list[Result]]) -> None:
         )
 
 
+def _area(filename: str) -> str:
+    """Where a profiled function lives: an engine module, or the library it belongs to."""
+    if "/engine/" in filename:
+        return "engine/" + filename.split("/engine/", 1)[1]
+    for lib in ("aiohttp", "asyncio", "multidict", "yarl", "benchmarks", "selectors"):
+        if lib in filename:
+            return lib
+    return "other"
+
+
+def _calls_by_area(prof: cProfile.Profile) -> dict[str, float]:
+    """Calls counted by cProfile (coroutine resumptions included), each builtin charged to
+    the area of the function that called it."""
+    by: dict[str, float] = {}
+    for (f, _, _), (_, nc, _, _, callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        if f == "~":  # a builtin
+            for (cf, _, _), v in callers.items():
+                by[_area(cf)] = by.get(_area(cf), 0) + (v[0] if isinstance(v, tuple) else v)
+        else:
+            by[_area(f)] = by.get(_area(f), 0) + nc
+    return by
+
+
+async def calls(args: argparse.Namespace) -> None:
+    """Python calls per request, by where they are made: bare aiohttp and the engine
+    (matched limits, every feature on) under cProfile, in one process, same server."""
+    conc, total = args.concurrency[-1], args.requests or 3000
+    warm = max(conc * 2, 200)
+    out: dict[str, dict[str, float]] = {}
+    with server_process(args.latency) as url, tempfile.TemporaryDirectory() as tmpdir:
+        for key in ("bare", "engine"):
+            prof = cProfile.Profile()
+            orig_drive = drive
+
+            async def profiled(call, c, n, _orig=orig_drive, _prof=prof):  # type: ignore[no-untyped-def]
+                if n != total:
+                    return await _orig(call, c, n)
+                _prof.enable()
+                try:
+                    return await _orig(call, c, n)
+                finally:
+                    _prof.disable()
+
+            globals()["drive"] = profiled
+            try:
+                if key == "bare":
+                    await run_bare(url, conc, total, warm)
+                else:
+                    await run_engine(url, conc, total, warm, Path(tmpdir), True)
+            finally:
+                globals()["drive"] = orig_drive
+            out[key] = _calls_by_area(prof)
+    e, b = out["engine"], out["bare"]
+    print(f"\ncalls per request at c={conc} ({total} requests each, cProfile)")
+    print(f"{'where':32s} {'engine':>8s} {'bare':>8s} {'extra':>8s}")
+    for k in sorted(set(e) | set(b), key=lambda k: -(e.get(k, 0) - b.get(k, 0))):
+        ek, bk = e.get(k, 0) / total, b.get(k, 0) / total
+        if abs(ek - bk) >= 0.5:
+            print(f"{k:32s} {ek:8.1f} {bk:8.1f} {ek - bk:8.1f}")
+    print(f"{'total':32s} {sum(e.values()) / total:8.1f} {sum(b.values()) / total:8.1f}")
+
+
 def rss_mib() -> float:
     """This process's resident set now (Linux ``/proc``; peak RSS elsewhere), MiB."""
     try:
@@ -481,6 +544,9 @@ def main() -> None:
     ap.add_argument(
         "--memory", type=int, default=0, help="instead: RSS growth over this many requests"
     )
+    ap.add_argument(
+        "--calls", action="store_true", help="instead: Python calls per request, by module"
+    )
     args = ap.parse_args()
     factory = None
     if args.loop == "uvloop":
@@ -488,7 +554,10 @@ def main() -> None:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(memory(args) if args.memory else bench(args))
+        if args.calls:
+            runner.run(calls(args))
+        else:
+            runner.run(memory(args) if args.memory else bench(args))
 
 
 if __name__ == "__main__":

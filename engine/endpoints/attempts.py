@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -44,17 +45,18 @@ from ..telemetry.logs import get_logger
 from ..types import Usage
 from .fanout import EndpointKey
 from .guards import estimated_usage, usage_bound
-from .limits import LimiterProtocol, Permit, PermitProtocol
+from .limits import Limiter, LimiterProtocol, Permit, PermitProtocol
 from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
 from .spend import SpendMeter
-from .transport import ATTEMPT, Alarm, Watchdog, read_capped
+from .transport import Alarm, Watchdog, read_capped
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
 
 _log = get_logger("engine.endpoints.attempts")
 
 _NO_USAGE = Usage()
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -242,22 +244,28 @@ def _fields(
     return fields
 
 
-class _AttemptState:
-    """What one attempt has got to: its permit, when it was sent, the response status and
-    headers, the outcome once decided and what it cost. ``by_attempt``: the watchdog was
-    moved from the call's deadline to the attempt's own timeout. ``t_start``: when it began
-    to queue."""
+class _AttemptState(Alarm):
+    """What one attempt has got to (its alarm in the watchdog, one object per attempt): its
+    permit, when it was sent, the response status and headers, the outcome once decided and
+    what it cost. ``by_attempt``: the watchdog was moved from the call's deadline to the
+    attempt's own timeout. ``t_start``: when it began to queue."""
 
     __slots__ = ("by_attempt", "cost", "headers", "outcome", "permit", "status", "t_send",
                  "t_start")  # fmt: skip
 
-    def __init__(self, t_start: float) -> None:
+    def __init__(self, task: asyncio.Task[Any], when: float, t_start: float) -> None:
+        # Alarm's fields, set here rather than by a call to its __init__ (once per attempt)
+        self.task = task
+        self.when = when
+        self.cancelling = task.cancelling()
+        self.fired = False
+        self.fresh = False
         self.permit: PermitProtocol | None = None
         self.t_start = t_start
         self.t_send: float | None = None
         self.by_attempt = False
         self.status: int | None = None
-        self.headers: Mapping[str, str] = {}
+        self.headers: Mapping[str, str] = _NO_HEADERS  # until a response has some
         self.outcome: Result | Failure | None = None
         self.cost: tuple[float, str] = (0.0, "none")
 
@@ -285,8 +293,8 @@ class AttemptRunner:
         usage_anomalies: responses whose usage was not trusted, by reason.
     """
 
-    __slots__ = ("_clock", "_events", "_hosted", "_limiter", "_max_bytes", "_redact", "_spend",
-                 "_timeout", "usage_anomalies")  # fmt: skip
+    __slots__ = ("_clock", "_events", "_hosted", "_in_flight", "_limiter", "_max_bytes",
+                 "_redact", "_spend", "_timeout", "usage_anomalies")  # fmt: skip
 
     def __init__(
         self,
@@ -305,6 +313,7 @@ class AttemptRunner:
         self._clock = clock
         self._redact = redact
         self._events = events
+        self._in_flight = events.in_flight  # the event log's counter (one per log), or None
         self._max_bytes = max_bytes
         self.usage_anomalies: Counter[str] = Counter()
         self._spend = spend if spend is not None else SpendMeter()
@@ -321,12 +330,24 @@ class AttemptRunner:
             return paused
         task = asyncio.current_task(ctx.loop)
         assert task is not None
-        alarm = ctx.watchdog.arm(task, ctx.loop_end)
-        state = _AttemptState(self._clock())
+        state = _AttemptState(task, ctx.loop_end, self._clock())
+        ctx.watchdog.add(state)
         try:
-            await self._send_with_permit(ctx, state, alarm, data, est, attempt, used_immediate)
+            spend = self._spend
+            limiter = self._limiter
+            if spend.exhausted:  # asked before the permit: no queueing for a refused request
+                state.outcome = Failure(spend.refusal(ctx.path, attempt))
+            elif type(limiter) is Limiter and (fast := limiter.permit_now(est)) is not None:
+                # uncontended: the permit without a context manager's two coroutines
+                try:
+                    await self._send(ctx, state, fast, data, est, attempt, used_immediate)
+                finally:
+                    limiter.release(fast)
+            else:
+                async with limiter.permit(est) as permit:
+                    await self._send(ctx, state, permit, data, est, attempt, used_immediate)
         except asyncio.CancelledError:
-            if not alarm.fired or task.uncancel() > alarm.cancelling:
+            if not state.fired or task.uncancel() > state.cancelling:
                 if state.t_send is not None:  # sent, or being sent: the server may have it
                     latency = self._clock() - state.t_send
                     wait = state.t_send - state.t_start
@@ -334,11 +355,11 @@ class AttemptRunner:
                                            state.cost if state.outcome else None,
                                            wait)  # fmt: skip
                 raise  # not ours, or someone else cancelled as well
-            alarm.fired = False  # handled: the cancellation is taken back
+            state.fired = False  # handled: the cancellation is taken back
             state.outcome = self._timed_out(state, attempt, ctx.path)
         finally:
-            ctx.watchdog.disarm(alarm)
-        if alarm.fired:  # it fired, but code below us swallowed the CancelledError
+            ctx.watchdog.disarm(state)
+        if state.fired:  # it fired, but code below us swallowed the CancelledError
             task.uncancel()
         return self._report(ctx, state, n, attempt)
 
@@ -353,78 +374,73 @@ class AttemptRunner:
         self._events.failure(ctx, failure, n, attempt, None)
         return failure
 
-    async def _send_with_permit(
+    async def _send(
         self,
         ctx: CallContext,
         state: _AttemptState,
-        alarm: Alarm,
+        permit: PermitProtocol,
         data: bytes,
         est: int,
         attempt: int,
         used_immediate: bool,
     ) -> None:
-        """Take a permit, send, read the whole response, classify and settle; the outcome
-        (and an answer's cost) goes into ``state``.
+        """With ``permit`` held: send, read the whole response, classify and settle; the
+        outcome (and an answer's cost) goes into ``state``.
 
-        The spend meter is asked before the permit (no queueing for a refused request) and
-        again just before sending; an admitted attempt is counted in flight until it ends.
-        Timeouts and transport errors keep the reservation: the server may have done the
-        work. One coroutine for the permit, the send and the read (every await level is
-        paid again on each resumption of the request): a body of announced length within
-        the cap is read at once, and the attempt is counted in the event log's
-        ``in_flight`` while it is sent and answered.
+        The spend meter was asked before the permit (no queueing for a refused request) and
+        is asked again just before sending; an admitted attempt is counted in flight until
+        it ends. Timeouts and transport errors keep the reservation: the server may have
+        done the work. One coroutine for the send and the read (every await level is paid
+        again on each resumption of the request): a body of announced length within the cap
+        is read at once, and the attempt is counted in the event log's ``in_flight`` while
+        it is sent and answered.
         """
+        state.permit = permit
         spend = self._spend
         if spend.exhausted:
+            permit.settle(0)
             state.outcome = Failure(spend.refusal(ctx.path, attempt))
             return
-        async with self._limiter.permit(est) as permit:
-            state.permit = permit
-            if spend.exhausted:
-                permit.settle(0)
-                state.outcome = Failure(spend.refusal(ctx.path, attempt))
-                return
-            spend.admit(ctx.path, attempt)
+        spend.admit(ctx.path, attempt)
+        try:
+            self._start_send(ctx, state)
+            in_flight = self._in_flight
+            kind = ctx.kind
+            if in_flight is not None:
+                in_flight[kind] += 1
+            raw: bytes | Failure | None
             try:
-                self._start_send(ctx, state, alarm)
-                in_flight = self._events.in_flight
-                kind = ctx.kind
-                if in_flight is not None:
-                    in_flight[kind] += 1
-                token = ATTEMPT.set(alarm)
-                raw: bytes | Failure | None
-                try:
-                    async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                        state.status = resp.status
-                        state.headers = resp.headers
-                        length = resp.content_length
-                        if (
-                            length is not None
-                            and length <= self._max_bytes
-                            and ("Content-Encoding" not in resp.headers)
-                        ):
-                            raw = await resp.read()  # what read_capped does for such a body
-                        else:
-                            raw = await read_capped(resp, self._max_bytes)
-                except (aiohttp.ClientError, OSError, ValueError) as exc:
-                    resend_now = alarm.reused and not used_immediate
-                    raw = self._send_failure(exc, attempt, ctx.path, resend_now)
-                finally:
-                    ATTEMPT.reset(token)
-                    if in_flight is not None:
-                        in_flight[kind] -= 1
-                self._classify(ctx, state, permit, raw, est, attempt)
+                async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
+                    state.status = resp.status
+                    state.headers = resp.headers
+                    length = resp.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_bytes
+                        and ("Content-Encoding" not in resp.headers)
+                    ):
+                        raw = await resp.read()  # what read_capped does for such a body
+                    else:
+                        raw = await read_capped(resp, self._max_bytes)
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                # a connection this attempt did not open came from the keep-alive pool
+                resend_now = not state.fresh and not used_immediate
+                raw = self._send_failure(exc, attempt, ctx.path, resend_now)
             finally:
-                spend.finish(state.cost[0])
+                if in_flight is not None:
+                    in_flight[kind] -= 1
+            self._classify(ctx, state, permit, raw, est, attempt)
+        finally:
+            spend.finish(state.cost[0])
 
-    def _start_send(self, ctx: CallContext, state: _AttemptState, alarm: Alarm) -> None:
+    def _start_send(self, ctx: CallContext, state: _AttemptState) -> None:
         """The attempt is being sent: its send time, and the watchdog moved to the attempt's
         own timeout when that ends before the call's deadline."""
         state.t_send = self._clock()
         attempt_end = ctx.loop.time() + self._timeout
         if attempt_end < ctx.loop_end:
             state.by_attempt = True
-            ctx.watchdog.move(alarm, attempt_end)
+            ctx.watchdog.move(state, attempt_end)
 
     def _classify(
         self,

@@ -135,11 +135,20 @@ class TokenBudget:
         return self._level
 
     def _refill(self, now: float) -> None:
-        if self._last is not None and now > self._last:
-            earned = (now - self._last) * self.rate
-            self._ceiling = min(self.max_capacity, self._ceiling + earned)
-            self._level = min(self.capacity, self._level + earned, self._ceiling)
-        self._last = now if self._last is None else max(self._last, now)
+        # min() and max() spelled out: this runs several times per request
+        last = self._last
+        if last is None:
+            self._last = now
+        elif now > last:
+            earned = (now - last) * self.rate
+            ceiling = self._ceiling + earned
+            if not ceiling < self.max_capacity:
+                ceiling = self.max_capacity
+            self._ceiling = ceiling
+            level = self._level + earned
+            cap = self.capacity
+            self._level = min(cap, level, ceiling) if level > cap or ceiling < level else level
+            self._last = now
 
     def _take(self, tokens: float) -> float:
         self._level -= tokens
@@ -153,12 +162,16 @@ class TokenBudget:
         if self._closed:
             return False
         self._refill(now)
-        return not self._waiters and self._fits(tokens)
+        # _fits, inline
+        return not self._waiters and self._level + self._eps >= min(tokens, self.capacity)
 
     def take(self, tokens: float) -> float:
         """Take ``tokens`` that :meth:`ready` just admitted; returns :attr:`taken` after them
         (the mark :meth:`reserve` returns)."""
-        return self._take(tokens)
+        self._level -= tokens  # _take, inline
+        self._ceiling -= tokens
+        self.taken += tokens
+        return self.taken
 
     def _fits(self, tokens: float) -> bool:
         # a request larger than the bucket needs a full bucket, then goes into debt
@@ -251,7 +264,8 @@ class TokenBudget:
             self._refill(now)
         self._ceiling = min(self.max_capacity, self._ceiling + tokens)
         self._level = min(self.capacity, self._level + tokens, self._ceiling)
-        self._wake()
+        if self._waiters or self._handle is not None:  # else _wake has nothing to do
+            self._wake()
 
     def charge(self, tokens: float) -> None:
         """Take ``tokens`` used beyond the reservation; the level may go negative (debt)."""

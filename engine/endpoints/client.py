@@ -82,7 +82,7 @@ from ..telemetry.logs import get_logger
 from .attempts import AttemptEvents, AttemptRunner, CallContext
 from .fanout import ChoiceCaps, chunks, merge
 from .limits import Limiter, LimiterProtocol, LimiterStatistics
-from .parsing import Completion, Failure, Result, parse_response
+from .parsing import Completion, Failure, Result, new_completion, parse_response
 from .payload import Prompt, build_body, encode, estimate_tokens, prompt_chars
 from .providers import ResolvedEndpoint, resolve_endpoint
 from .redaction import Redactor, strip_url
@@ -193,6 +193,8 @@ class Client:
             mode: _url(self._resolved.base_url, suffix)
             for mode, suffix in (("chat", "chat/completions"), ("completions", "completions"))
         }
+        # the endpoint keys of the configured model (one tuple per call saved)
+        self._keys = {m: (self._resolved.base_url, m, self._resolved.model) for m in self._urls}
         # Made on first use, inside the running loop.
         self._transport: Transport | None = None
         self._closed = False
@@ -318,10 +320,11 @@ class Client:
             ClientClosedError: the client was closed.
             ValueError: ``n`` < 1, or chat messages or tools in completions mode.
         """
-        transport = self._transport_or_raise()
+        transport = self._transport or self._transport_or_raise()  # None once closed
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        await transport.pacer.turn()
+        if not transport.pacer.start_now():  # a burst of calls: wait for a later iteration
+            await transport.pacer.queue()
         mode = mode or self._endpoint.mode
         t0 = self._clock()
         max_tokens = self._endpoint.max_tokens if max_tokens is None else max_tokens
@@ -342,10 +345,8 @@ class Client:
                 self._requests += 1
                 self._attempts += 1
                 outcome = await self._runner.run(ctx, data, est, 1, 1, False)
-                if isinstance(outcome, Result):
-                    head = outcome
-                else:
-                    head = await self._retry_from(ctx, data, est, 1, outcome)
+                head = (outcome if isinstance(outcome, Result)
+                        else await self._retry_from(ctx, data, est, 1, outcome))  # fmt: skip
             else:
                 return self._completion(await self._gather(ctx, body, n, seed), n, t0)
         except BaseException:
@@ -374,19 +375,26 @@ class Client:
         budget = self._endpoint.deadline if deadline is None else deadline
         loop = asyncio.get_running_loop()
         url, path = self._urls[mode]
+        if type(prompt) is str:  # what estimate_tokens and prompt_chars say of a string
+            chars = len(prompt)
+            est = chars // 4 + 1
+        else:
+            est, chars = estimate_tokens(prompt), prompt_chars(prompt)
         return CallContext(
             session=transport.session,
             url=url,
             path=path,
-            key=(self._resolved.base_url, mode, model),
+            key=self._keys[mode]
+            if model is self._resolved.model
+            else (self._resolved.base_url, mode, model),
             model=model,
             kind=kind,
             group_id=group_id,
             sample_index=sample_index,
             policy_version=policy_version,
-            est_prompt=estimate_tokens(prompt),
+            est_prompt=est,
             max_tokens=max_tokens,
-            prompt_chars=prompt_chars(prompt),
+            prompt_chars=chars,
             t_end=t0 + budget,
             loop=loop,
             watchdog=transport.watchdog,
@@ -397,16 +405,16 @@ class Client:
         """The result of a call for one choice: its request's first choice (what
         :meth:`_completion` makes of one part)."""
         choices = head.choices
-        return Completion(
-            choices=choices if len(choices) <= 1 else choices[:1],
-            usage=head.usage,
-            id=head.id,
-            model=head.model,
-            latency=self._clock() - t0,
-            attempts=head.attempts,
-            requests=1,
-            request_id=head.request_id,
-            prompt_token_ids=head.prompt_token_ids,
+        return new_completion(
+            choices if len(choices) <= 1 else choices[:1],
+            head.usage,
+            head.id,
+            head.model,
+            self._clock() - t0,
+            head.attempts,
+            1,
+            head.request_id,
+            head.prompt_token_ids,
         )
 
     def _completion(self, parts: list[Result], n: int, t0: float) -> Completion:

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..types import ToolCall, Usage
+from ..types import ToolCall, Usage, new_usage
 from .redaction import Redactor
 from .spend import reported_cost
 
@@ -144,7 +144,7 @@ def read_usage(u: Any) -> tuple[Usage, str | None]:
                 cost = reported_cost(cost)
                 if cost is not None and cost > _MAX_COST:
                     cost = None
-            return Usage(p, c, cached, reasoning, cost), None
+            return new_usage(p, c, cached, reasoning, cost), None
     counts = (
         _count(u.get("prompt_tokens")),
         _count(u.get("completion_tokens")),

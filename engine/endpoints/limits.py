@@ -208,7 +208,7 @@ class _PermitContext(AbstractAsyncContextManager[Permit]):
         if self._permit is not None:
             raise RuntimeError("a permit context cannot be entered twice")
         limiter = self._limiter
-        permit = limiter._grant_now(self._est, self._requests)
+        permit = limiter.permit_now(self._est, requests=self._requests)
         if permit is None:
             permit = await limiter._acquire(self._est, self._requests)
         self._permit = permit
@@ -461,11 +461,13 @@ class Limiter:
         now = self._timing.now()
         return self._grant(est_tokens, requests, now - started, now, rpm_mark, tok_mark)
 
-    def _grant_now(self, est_tokens: int, requests: int) -> Permit | None:
+    def permit_now(self, est_tokens: int = 0, *, requests: int = 1) -> Permit | None:
         """The uncontended path in one call: a permit when every limit admits the request at
         once (no 429 pause, a free slot, room in both buckets, nobody queued anywhere), else
-        None and nothing taken (:meth:`_acquire` then queues as usual). The window learners
-        are asked to probe first, as on the queued path."""
+        None and nothing taken (:meth:`permit` then queues as usual). The window learners
+        are asked to probe first, as on the queued path. A permit from here is held until
+        :meth:`release` (what leaving a :meth:`permit` block does): the client's common
+        path, without a context manager's two coroutines."""
         if self._closed or self._slot_waiters or self._in_flight >= self._limit:
             return None
         if est_tokens < 0 or requests < 1:
@@ -475,17 +477,24 @@ class Limiter:
             return None
         rpm, budget = self._rpm, self._budget
         rpm_w, tok_w = self._windows
+        # A learner's probe can only grow a bucket that is not ready (senders queued, or no
+        # room for the request), or settle one at its ceiling: asked only then, it does
+        # exactly what it would do on every permit, without its calls on the common path.
         if rpm is not None:
-            if requests > max(1, math.floor(rpm.capacity)):
+            if requests > 1 and requests > max(1, math.floor(rpm.capacity)):
                 return None  # paced in pieces by the queued path
-            if rpm_w is not None:
+            ready = rpm.ready(requests, now)
+            if rpm_w is not None and (not ready or rpm.capacity >= rpm.max_capacity):
                 rpm_w.probe(requests)
-            if not rpm.ready(requests, now):
+                ready = ready or rpm.ready(requests, now)
+            if not ready:
                 return None
         if budget is not None:
-            if tok_w is not None:
+            ready = budget.ready(est_tokens, now)
+            if tok_w is not None and (not ready or budget.capacity >= budget.max_capacity):
                 tok_w.probe(est_tokens)
-            if not budget.ready(est_tokens, now):
+                ready = ready or budget.ready(est_tokens, now)
+            if not ready:
                 return None
         rpm_mark = rpm.take(requests) if rpm is not None else 0.0
         tok_mark = budget.take(est_tokens) if budget is not None else 0.0
@@ -531,7 +540,8 @@ class Limiter:
 
     def _release_slot(self) -> None:
         self._in_flight -= 1
-        self._wake_slots()
+        if self._slot_waiters:
+            self._wake_slots()
 
     def _wake_slots(self) -> None:
         """Hand free slots to the waiters at the front of the queue."""
@@ -571,6 +581,11 @@ class Limiter:
         if tokens is not None:
             tokens.closed += permit.reserved
 
+    def release(self, permit: Permit) -> None:
+        """Release the slot of a permit from :meth:`permit_now`; later calls do nothing."""
+        if permit._active:
+            self._release(permit)
+
     def _release(self, permit: Permit) -> None:
         if permit._open:  # never answered (a timeout, a transport error, a cancellation)
             self._close_units(permit)
@@ -580,7 +595,9 @@ class Limiter:
             self._reserved -= permit.reserved  # never settled: the reservation counts as used
         if permit._seq < self._decrease_seq:
             self._old_open -= 1
-        self._release_slot()
+        self._in_flight -= 1  # the slot: what _release_slot does, without its call
+        if self._slot_waiters:
+            self._wake_slots()
 
     def _settle(self, permit: Permit, used: int) -> None:
         if permit._active:
@@ -668,6 +685,8 @@ class Limiter:
 
         The client fails a request at once when this wait would end past its deadline.
         """
+        if self._gate._deadline is None:  # open (asked before every attempt)
+            return 0.0
         now = self._timing.now_or_none()
         at = self._gate.open_at(now)
         return 0.0 if at is None or now is None else at - now

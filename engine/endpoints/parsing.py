@@ -40,6 +40,8 @@ __all__ = (
     "Result",
     "describe_error",
     "error_object",
+    "new_choice",
+    "new_completion",
     "parse_choice",
     "parse_response",
     "parse_usage",
@@ -125,6 +127,67 @@ class Result:
     prompt_token_ids: list[int] | None
     attempts: int
     usage_anomaly: str | None = None
+
+
+_SET_CHOICE = tuple(
+    getattr(Choice, f).__set__
+    for f in ("index", "text", "finish_reason", "token_ids", "logprobs", "tokens", "tool_calls")
+)
+_SET_COMPLETION = tuple(
+    getattr(Completion, f).__set__
+    for f in ("choices", "usage", "id", "model", "latency", "attempts", "requests", "request_id",
+              "prompt_token_ids")
+)  # fmt: skip
+
+
+def new_choice(
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    token_ids: list[int] | None,
+    logprobs: list[float] | None,
+    tokens: list[str] | None,
+    tool_calls: tuple[ToolCall, ...],
+) -> Choice:
+    """``Choice(...)`` on the hot path: the same frozen object, its slots filled directly
+    (the frozen ``__init__`` goes through ``object.__setattr__`` per field, about twice as
+    slow; one is built per choice of every response)."""
+    c = object.__new__(Choice)
+    si, st, sf, sids, slp, stok, scalls = _SET_CHOICE
+    si(c, index)
+    st(c, text)
+    sf(c, finish_reason)
+    sids(c, token_ids)
+    slp(c, logprobs)
+    stok(c, tokens)
+    scalls(c, tool_calls)
+    return c
+
+
+def new_completion(
+    choices: list[Choice],
+    usage: Usage,
+    id: str | None,
+    model: str | None,
+    latency: float,
+    attempts: int,
+    requests: int,
+    request_id: str | None,
+    prompt_token_ids: list[int] | None,
+) -> Completion:
+    """``Completion(...)`` on the hot path (once per call), as :func:`new_choice`."""
+    out = object.__new__(Completion)
+    sc, su, sid, sm, sl, sa, sr, srid, sp = _SET_COMPLETION
+    sc(out, choices)
+    su(out, usage)
+    sid(out, id)
+    sm(out, model)
+    sl(out, latency)
+    sa(out, attempts)
+    sr(out, requests)
+    srid(out, request_id)
+    sp(out, prompt_token_ids)
+    return out
 
 
 class Failure:
@@ -257,6 +320,8 @@ def _error_in_body(doc: dict[str, Any], raw_choices: Any) -> Mapping[str, Any] |
 
 def _parse_choices(raw_choices: list[Any]) -> list[Choice]:
     """The choices in the server's index order, re-indexed 0..n-1."""
+    if len(raw_choices) == 1:  # the usual answer: one choice, nothing to order
+        return [parse_choice(raw_choices[0], 0)]
     choices = [parse_choice(c, i) for i, c in enumerate(raw_choices)]
     if len(choices) > 1:
         choices.sort(key=_choice_order(raw_choices))
@@ -279,16 +344,23 @@ def _result(
     rid = doc.get("id")
     model = doc.get("model")
     if redact.active:
-        choices = [_scrub(c, redact) for c in choices]
+        if len(choices) == 1:
+            c = _scrub(choices[0], redact)
+            if c is not choices[0]:  # the usual case keeps the list as it is
+                choices = [c]
+        else:
+            choices = [_scrub(c, redact) for c in choices]
+    rid = redact.id(rid if rid is None or type(rid) is str else str(rid))
+    model = redact.secrets(model) if type(model) is str else None
     return Result(
-        choices=choices,
-        usage=usage,
-        id=_short(redact.id(rid if rid is None or type(rid) is str else str(rid))),
-        model=_short(redact.secrets(model)) if type(model) is str else None,
-        request_id=redact.id(headers.get("x-request-id")),
-        prompt_token_ids=_int_list(ptids),
-        attempts=attempt,
-        usage_anomaly=anomaly,
+        choices,
+        usage,
+        rid if rid is None or len(rid) <= 200 else rid[:200],  # _short, inline
+        model if model is None or len(model) <= 200 else model[:200],
+        redact.id(headers.get("x-request-id")),
+        None if ptids is None else _int_list(ptids),
+        attempt,
+        anomaly,
     )
 
 
@@ -305,8 +377,11 @@ def _scrub(c: Choice, redact: Redactor) -> Choice:
     tokens = scrub_tokens(c.tokens, redact) if c.tokens else None
     fr = c.finish_reason
     reason = redact.secrets(fr) if fr is not None else None
-    calls = tuple(_scrub_call(t, redact) for t in c.tool_calls)
-    same_calls = all(a is b for a, b in zip(calls, c.tool_calls, strict=True))
+    if c.tool_calls:
+        calls = tuple(_scrub_call(t, redact) for t in c.tool_calls)
+        same_calls = all(a is b for a, b in zip(calls, c.tool_calls, strict=True))
+    else:  # the usual case: no tool calls, no generators to build
+        calls, same_calls = c.tool_calls, True
     if text is c.text and tokens is None and reason is fr and same_calls:
         return c  # the usual case: nothing echoed
     ids = None if text is not c.text or tokens is not None else c.token_ids
@@ -404,8 +479,13 @@ def _float_list(values: list[Any]) -> list[float]:
 
 def parse_choice(c: dict[str, Any], index: int) -> Choice:
     msg = c.get("message")
-    text = text_of(msg.get("content")) if type(msg) is dict else text_of(c.get("text"))
-    calls = read_tool_calls(msg.get("tool_calls")) if type(msg) is dict else ()
+    if type(msg) is dict:
+        content = msg.get("content")
+        text = content if type(content) is str else text_of(content)
+        raw_calls = msg.get("tool_calls")
+        calls = () if raw_calls is None else read_tool_calls(raw_calls)
+    else:
+        text, calls = text_of(c.get("text")), ()
     logprobs: list[float] | None = None
     tokens: list[str] | None = None
     lp = c.get("logprobs")
@@ -428,7 +508,7 @@ def parse_choice(c: dict[str, Any], index: int) -> Choice:
         except ValueError:
             token_ids = None
     fr = c.get("finish_reason")
-    return Choice(
+    return new_choice(
         index,
         text,
         fr if type(fr) is str or fr is None else str(fr),

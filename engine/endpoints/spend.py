@@ -248,7 +248,12 @@ class SpendMeter:
     @property
     def exhausted(self) -> bool:
         """Whether a budget is spent: USD, calls or tokens (never without a budget)."""
-        return self.spent_budget is not None
+        # what `spent_budget is not None` says, without its call (asked twice per attempt)
+        return (
+            (self.budget is not None and self.spent >= self.budget)
+            or (self.max_requests is not None and self.admitted >= self.max_requests)
+            or (self.max_tokens is not None and self.tokens >= self.max_tokens)
+        )
 
     @property
     def spent_budget(self) -> str | None:

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import weakref
 from collections import deque
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
 __all__ = (
-    "ATTEMPT",
     "MAX_HANDSHAKES",
     "START_BUDGET",
     "Alarm",
@@ -52,31 +48,31 @@ KEEPALIVE_TIMEOUT = 4.0
 
 
 class Alarm:
-    """The state of one attempt: its timer entry, and whether its connection was reused.
+    """The state of one attempt: its timer entry, and whether it opened a new connection.
 
     Attributes:
         task: the task running the attempt.
         when: loop time at which the attempt is cancelled.
         cancelling: cancel requests already pending on the task when it was armed.
         fired: whether the watchdog cancelled the task.
-        reused: whether the attempt's connection came from the keep-alive pool.
+        fresh: whether the attempt opened a new connection (set by
+            :class:`ReuseAwareConnector`); a connection it did not open came from the
+            keep-alive pool.
     """
 
-    __slots__ = ("cancelling", "fired", "reused", "task", "when")
+    __slots__ = ("cancelling", "fired", "fresh", "task", "when")
 
     def __init__(self, task: asyncio.Task[Any], when: float) -> None:
         self.task = task
         self.when = when
         self.cancelling = task.cancelling()
         self.fired = False
-        self.reused = False
+        self.fresh = False
 
-
-_SERVED = "_engine_served"
-"""The attribute :class:`ReuseAwareConnector` sets on a protocol once it has served a request."""
-
-ATTEMPT: ContextVar[Alarm | None] = ContextVar("engine_client_attempt", default=None)
-"""The alarm of the attempt running in this context, for the connector to mark reuse on."""
+    @property
+    def reused(self) -> bool:
+        """Whether the attempt's connection (once it has one) came from the keep-alive pool."""
+        return not self.fresh
 
 
 class Watchdog:
@@ -100,11 +96,18 @@ class Watchdog:
 
     def arm(self, task: asyncio.Task[Any], when: float) -> Alarm:
         """Cancel ``task`` at loop time ``when`` unless disarmed first (one alarm per task)."""
-        alarm = Alarm(task, when)
-        self._alarms[task] = alarm
-        if when < self._wake_at:
-            self._schedule(when)
+        return self.add(Alarm(task, when))
+
+    def add(self, alarm: Alarm) -> Alarm:
+        """Arm ``alarm`` (made for its task, perhaps a subclass carrying more state)."""
+        self._alarms[alarm.task] = alarm
+        if alarm.when < self._wake_at:
+            self._schedule(alarm.when)
         return alarm
+
+    def alarm_of(self, task: asyncio.Task[Any] | None) -> Alarm | None:
+        """The alarm armed for ``task``, if any."""
+        return None if task is None else self._alarms.get(task)
 
     def move(self, alarm: Alarm, when: float) -> None:
         """Move an armed alarm to loop time ``when``."""
@@ -178,16 +181,28 @@ class Pacer:
     async def turn(self) -> None:
         """Return when the caller may start: at once, unless this iteration's budget is spent
         (or calls are already waiting)."""
-        if not self._waiters:
-            if not self._tick_pending:  # the first start of this iteration
-                self._tick_pending = True
-                self._first, self._started = self._loop.time(), 1
-                self._loop.call_soon(self._next_iteration)
-                return
-            if self._loop.time() - self._first < self._budget:
-                self._started += 1
-                return
-            self._per = max(1, self._started)  # what fit in the budget
+        if not self.start_now():
+            await self.queue()
+
+    def start_now(self) -> bool:
+        """Start now if this iteration's budget allows it (and nobody waits): True, counted;
+        else False, and the caller awaits :meth:`queue` (:meth:`turn` in two steps, so a
+        caller that may start pays no coroutine)."""
+        if self._waiters:
+            return False
+        if not self._tick_pending:  # the first start of this iteration
+            self._tick_pending = True
+            self._first, self._started = self._loop.time(), 1
+            self._loop.call_soon(self._next_iteration)
+            return True
+        if self._loop.time() - self._first < self._budget:
+            self._started += 1
+            return True
+        self._per = max(1, self._started)  # what fit in the budget
+        return False
+
+    async def queue(self) -> None:
+        """Wait for a turn in the queue (after :meth:`start_now` said no)."""
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
         await waiter  # a cancelled waiter stays queued, done: its turn goes to the next
@@ -217,26 +232,26 @@ class Pacer:
 
 
 class ReuseAwareConnector(aiohttp.TCPConnector):
-    """A TCPConnector that tells the current attempt whether its connection was reused, and
+    """A TCPConnector that tells the current attempt whether it opened a new connection, and
     opens at most ``MAX_HANDSHAKES`` new connections at once.
 
     A ``ServerDisconnectedError`` on a pooled connection is the stale keep-alive race (the
     server closed the idle connection as we sent on it) and is retried at once. aiohttp's
-    tracing can report reuse too, but it costs every request several signal dispatches; this
-    costs one attribute read in :meth:`connect` (a public, documented connector method).
+    tracing can report reuse too, but it costs every request several signal dispatches; here
+    nothing runs for a pooled connection: ``_create_connection``, the hook aiohttp's
+    connectors call for a new connection only (the same in every aiohttp 3.x this package
+    accepts), marks the attempt's alarm (found in the watchdog by the task) as ``fresh``, so
+    a connection the attempt did not open came from the pool.
 
     The handshake limit: a server that accepts in bursts completes hundreds of handshakes
     in the same instant, and each completion resumes a request (transport, protocol,
     sending), all in one loop iteration (tests/reliability/README.md, "The start burst").
-    With at most ``MAX_HANDSHAKES`` pending, one iteration resumes at most that many. It
-    wraps ``_create_connection``, the hook aiohttp's connectors call for a new connection
-    only (the same in every aiohttp 3.x this package accepts).
+    With at most ``MAX_HANDSHAKES`` pending, one iteration resumes at most that many.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, watchdog: Watchdog | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # protocols that cannot carry the mark (a future aiohttp with slotted ones)
-        self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+        self._watchdog = watchdog
         self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
 
     async def _create_connection(
@@ -245,31 +260,12 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
         traces: list[Trace],
         timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
     ) -> ResponseHandler:
+        if self._watchdog is not None:
+            alarm = self._watchdog.alarm_of(asyncio.current_task())
+            if alarm is not None:
+                alarm.fresh = True
         async with self._handshakes:
             return await super()._create_connection(req, traces, timeout)
-
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-    ) -> Connection:
-        """A connection, marking the current attempt's alarm when it was served before."""
-        conn = await super().connect(req, traces, timeout)
-        proto = conn.protocol
-        if proto is not None:
-            # A mark on the protocol itself (it lives exactly as long as its connection): one
-            # attribute read per request where a WeakSet lookup made a weak reference.
-            if getattr(proto, _SERVED, False) or proto in self._served:
-                state = ATTEMPT.get()
-                if state is not None:
-                    state.reused = True
-            else:
-                try:
-                    setattr(proto, _SERVED, True)
-                except AttributeError:
-                    self._served.add(proto)
-        return conn
 
 
 class Transport:
@@ -285,8 +281,9 @@ class Transport:
 
     def __init__(self, headers: Mapping[str, str], pool_size: int) -> None:
         loop = asyncio.get_running_loop()
+        self.watchdog = Watchdog(loop)
         connector = ReuseAwareConnector(
-            limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=300
+            self.watchdog, limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=300
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -294,7 +291,6 @@ class Transport:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
             raise_for_status=False,
         )
-        self.watchdog = Watchdog(loop)
         self.pacer = Pacer(loop, START_BUDGET)
 
     async def aclose(self) -> None:

@@ -81,7 +81,7 @@ class LatencySample:
         seen: values recorded since the last reset.
     """
 
-    __slots__ = ("_rng", "capacity", "seen", "values")
+    __slots__ = ("_below", "_rng", "capacity", "seen", "values")
 
     def __init__(self, capacity: int = LATENCY_SAMPLE, *, seed: int = 0) -> None:
         if capacity < 1:
@@ -90,6 +90,8 @@ class LatencySample:
         self.values: list[float] = []
         self.seen = 0
         self._rng = random.Random(seed)  # deterministic: the same events, the same quantiles
+        # what randrange(n) draws for an n > 0, without its argument checks (once per event)
+        self._below = self._rng._randbelow
 
     def add(self, value: float) -> None:
         """Record one value."""
@@ -97,7 +99,7 @@ class LatencySample:
         if len(self.values) < self.capacity:
             self.values.append(value)
             return
-        j = self._rng.randrange(self.seen)
+        j = self._below(self.seen)
         if j < self.capacity:
             self.values[j] = value
 
@@ -220,14 +222,20 @@ class RequestTally:
         that is never reset stays within :data:`LATENCY_SAMPLE` floats."""
         get = event.get
         self.requests += 1
-        self.by_kind[str(get("kind", "generation"))] += 1
-        self.prompt_tokens += int(get("prompt_tokens") or 0)
-        self.completion_tokens += int(get("completion_tokens") or 0)
-        self.cost += float(get("cost") or 0.0)
-        self.cost_usd += float(get("cost_usd") or 0.0)
+        kind = get("kind", "generation")
+        self.by_kind[kind if type(kind) is str else str(kind)] += 1
+        # int(x or 0) and float(x or 0.0), without the conversion where x already is one
+        if v := get("prompt_tokens"):
+            self.prompt_tokens += v if type(v) is int else int(v)
+        if v := get("completion_tokens"):
+            self.completion_tokens += v if type(v) is int else int(v)
+        if v := get("cost"):
+            self.cost += v if type(v) is float else float(v)
+        if v := get("cost_usd"):
+            self.cost_usd += v if type(v) is float else float(v)
         latency = get("latency")
         if latency is not None:
-            self.latencies.add(float(latency))
+            self.latencies.add(latency if type(latency) is float else float(latency))
         err = get("error_class")
         if err == "cancelled":
             self.cancelled += 1
