@@ -12,12 +12,26 @@ server's burst; a client bucket of a minute draws 429 storms from a one-second-w
   ``remaining + reset * limit / 60``, and its level becomes the server's ``remaining``, plus
   what refilled since the request was granted, less what was granted after it.
 - **From 429s**, when a server sends no such headers: while the bucket holds senders back,
-  it *probes*: it enlarges itself by a small step (1/32 of the starting capacity) and grants
-  the step at once; when a request granted after the step has succeeded the step is kept and
-  the next one is twice as large. The first 429 that follows a step takes the capacity back
-  to before that step and ends the probing. Against a one-second window this costs a few
-  429s (one to four in ``benchmarks/bench_ratelimit.py``); against a minute window most of
-  the minute's burst is found in about eleven round trips.
+  it *probes*: it enlarges itself by a small step (1/32 of its capacity) and grants the
+  step at once; when a request granted after the step has succeeded the step is kept and
+  the next one is twice as large. A 429 that answers a step takes the capacity back to
+  before it, plus the units of the step that answers already proved, and marks the
+  window as below where the 429 came. Against a one-second window this costs a few 429s;
+  against a minute window the burst is found in about eleven round trips.
+- **Probing again**: a bucket can only be too small after it sat full (a busy bucket
+  never fills, and then its size does not matter, only its rate), so the bucket counts
+  what its refill spills while full (``TokenBudget.spilled``): the units a server with a
+  larger window may have banked, the *credit*. A 429 empties it. Once it holds the
+  smallest step's worth times a backoff, the next burst that holds senders back probes
+  again: steps from 1/32 of the capacity, doubling, never beyond the credit and, once a
+  429 said where the window ends, never beyond half the way there (a bisection). Each
+  failed probe doubles the backoff (up to a ceiling's worth of quiet), a kept step resets
+  it; so a window that grew is found after the next quiet spell, a 429 from a transient
+  (another tenant) does not pin the burst, and a one-second window draws ever fewer 429s.
+- **Too large**: a 429 that answers no step but comes while the burst of a full bucket is
+  being spent places the window (what went through since the bucket was full, less the
+  refill since) and the capacity goes 1/64 below it, never below half the starting one: a
+  window that shrank costs one burst's 429s (at most the requests in flight).
 
 Headers are untrusted: a value that is not a finite number in range (or a duration
 :func:`~engine.endpoints.retry.parse_duration` reads) is ignored, and whatever they say,
@@ -25,6 +39,7 @@ the bucket stays within :class:`~engine.endpoints.budget.TokenBudget`'s ceiling:
 than ``max_burst_seconds`` of the configured rate at once, refilled at the configured rate.
 A hostile server can therefore at most make the client send its configured rate with a burst
 of ``max_burst_seconds``, or pause it for one bucket's refill; never unlimited, never stalled.
+Its 429s can shrink the burst to half the starting bucket, never the rate.
 """
 
 from __future__ import annotations
