@@ -354,17 +354,23 @@ class WindowLearner:
         return True
 
     def _overshot(self, m: float, granted_at: float) -> bool:
-        """A 429 for a request granted while the burst of a full bucket was being spent.
+        """A 429 for a request granted while the burst of a full bucket was being spent
+        (within one bucket's refill time of it being full).
 
-        The bucket was full at ``budget.full_at`` with ``full_mark`` granted; the server,
-        at most full then too, refused the units up to ``m`` although it had refilled for
-        ``granted_at - full_at`` seconds since: its window is below ``m - full_mark`` less
-        that refill. When that is below the capacity (or not above it by more than the
-        clocks' jitter), the capacity goes 1/64 below it (a margin: a bucket the very size of
-        the server's draws a 429 now and then), never below half the starting capacity."""
+        The bucket was full at ``budget.full_at`` with ``full_mark`` granted; the server
+        refused the units up to ``m`` although it had refilled for ``granted_at - full_at``
+        seconds since: it held less than ``m - full_mark`` less that refill then. Had its
+        window been larger than the bucket, it would not have been emptier than it; so if
+        that is not above the bucket (by more than the clocks' jitter, 1/32), the server was
+        full and that is a bound on its window: the capacity goes 1/64 below it (a margin: a
+        bucket the very size of the server's draws a 429 now and then), never below half
+        the starting capacity."""
         budget = self.budget
-        bound = m - budget.full_mark - budget.rate * max(0.0, granted_at - budget.full_at)
         prior = budget.capacity
+        since = granted_at - budget.full_at
+        if not since <= prior / budget.rate:
+            return False  # not full within a bucket's refill (or never): no burst to place
+        bound = m - budget.full_mark - budget.rate * max(0.0, since)
         if not bound <= prior + prior / 32.0 or prior <= self._floor:
             return False  # not a burst the server could not hold: no news about the window
         bound = min(bound, prior)  # (within 1/32 above: timing, not news; call it the bucket)
