@@ -118,6 +118,26 @@ async def drive(call: Callable[[], Awaitable[object]], concurrency: int, seconds
     return {"ok": ok, "failed": failed, "wall": time.perf_counter() - t0, "errors": errors}
 
 
+async def drive_phases(call: Callable[[], Awaitable[object]], args: argparse.Namespace) -> dict:
+    """``args.phases`` rounds of :func:`drive` with ``args.pause`` seconds of no requests
+    between them (a training step's quiet spell); per-phase walls in ``walls``."""
+    t0 = time.perf_counter()
+    out: dict = {"ok": 0, "failed": 0, "errors": {}, "walls": [], "phase_ok": []}
+    for k in range(args.phases):
+        if k:
+            await asyncio.sleep(args.pause)
+        phase = await drive(call, args.concurrency, args.seconds)
+        out["ok"] += phase["ok"]
+        out["failed"] += phase["failed"]
+        for name, n in phase["errors"].items():
+            out["errors"][name] = out["errors"].get(name, 0) + n
+        out["walls"].append(phase["wall"])
+        out["phase_ok"].append(phase["ok"])
+    out["wall"] = sum(out["walls"])
+    out["elapsed"] = time.perf_counter() - t0
+    return out
+
+
 async def run_engine(url: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         events = EventLog(Path(tmp) / "events.jsonl")
@@ -133,7 +153,7 @@ async def run_engine(url: str, args: argparse.Namespace) -> dict:
             async def call() -> object:
                 return await client.complete(PROMPT)
 
-            out = await drive(call, args.concurrency, args.seconds)
+            out = await drive_phases(call, args)
             s = client.statistics().limiter
             assert s is not None
             out["client"] = (f"learned windows: requests {s.request_window:.3g} s, tokens "
@@ -165,7 +185,7 @@ async def run_openai(url: str, args: argparse.Namespace, *, period: float | None
                 max_tokens=MAX_TOKENS,
             )
 
-        out = await drive(call, args.concurrency, args.seconds)
+        out = await drive_phases(call, args)
         out["client"] = f"max_retries={client.max_retries}" + (
             f", AsyncLimiter({rpm.max_rate:g}, {p:g}) + AsyncLimiter({tpm.max_rate:g}, {p:g})"
             if limited
@@ -176,12 +196,30 @@ async def run_openai(url: str, args: argparse.Namespace, *, period: float | None
     return out
 
 
-def allowed(args: argparse.Namespace, window: float, charge: int, wall: float) -> float:
-    """Requests the server admits at most in ``wall`` seconds (both buckets start full)."""
+def admits(args: argparse.Namespace, window: float, charge: int, wall: float) -> float:
+    """Requests the server admits at most in ``wall`` seconds from full buckets."""
     b = window / 60.0
     by_rpm = args.rpm * b + args.rpm / 60.0 * wall
     by_tpm = (args.tpm * b + args.tpm / 60.0 * wall) / charge
     return min(by_rpm, by_tpm)
+
+
+def allowed(args: argparse.Namespace, window: float, charge: int, out: dict) -> float:
+    """Requests the server admits at most over the run's phases (its buckets start full).
+
+    A bucket of ``W`` seconds admits at most ``W + T`` seconds of rate in any ``T`` seconds:
+    so at most the sum over the phases of a full bucket and its refill, and at most one
+    full bucket and the refill over the whole run, pauses included; the smaller counts."""
+    walls = out.get("walls", [out["wall"]])
+    per_phase = sum(admits(args, window, charge, wall) for wall in walls)
+    whole = admits(args, window, charge, out.get("elapsed", out["wall"]))
+    return min(per_phase, whole)
+
+
+def phase_goodputs(args: argparse.Namespace, window: float, charge: int, out: dict) -> str:
+    """Each phase's goodput (after a pause of at least the window the buckets are full)."""
+    pairs = zip(out["phase_ok"], out["walls"], strict=True)
+    return ", ".join(f"{ok / admits(args, window, charge, wall):.3f}" for ok, wall in pairs)
 
 
 async def run_arm(arm: str, window: float, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -207,7 +245,9 @@ async def bench(args: argparse.Namespace) -> None:
     print(
         f"servers: rpm {args.rpm:g}, tpm {args.tpm:g} (charged {charge} tokens/request: "
         f"{steady:.0f} requests/min steady), windows {args.windows}, latency {args.latency} s; "
-        f"{args.seconds:g} s per arm at concurrency {args.concurrency}; "
+        f"{args.seconds:g} s per arm at concurrency {args.concurrency}"
+        + (f" x {args.phases} phases, {args.pause:g} s apart" if args.phases > 1 else "")
+        + "; "
         f"openai {openai.__version__}",
         flush=True,
     )
@@ -220,12 +260,18 @@ async def bench(args: argparse.Namespace) -> None:
             by_status = {int(k): v for k, v in stats["by_status"].items()}  # type: ignore[union-attr]
             responses = sum(by_status.values())
             r429 = by_status.get(429, 0)
-            goodput = out["ok"] / allowed(args, window, charge, out["wall"])
+            goodput = out["ok"] / allowed(args, window, charge, out)
+
             rows.append((window, arm, out, responses, r429, goodput))
+            phases = (
+                f"; per phase: ok {out['phase_ok']}, "
+                f"goodput {phase_goodputs(args, window, charge, out)}"
+            )
             print(
                 f"window {window:g} s, {arm}: {out['ok']} ok, {out['failed']} failed "
                 f"{out['errors']}, {out['wall']:.1f} s, goodput {goodput:.3f} of allowed, "
-                f"429s {r429}/{responses} = {r429 / max(responses, 1):.2%}; {out['client']}",
+                f"429s {r429}/{responses} = {r429 / max(responses, 1):.2%}; {out['client']}"
+                + (phases if args.phases > 1 else ""),
                 flush=True,
             )
     print()
@@ -248,6 +294,18 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--deadline", type=float, default=300.0, help="engine per-request deadline")
+    ap.add_argument(
+        "--phases",
+        type=int,
+        default=1,
+        help="phases of --seconds of calls per arm, on one client and one server",
+    )
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=60.0,
+        help="seconds with no calls between phases (a quiet spell: the buckets refill)",
+    )
     args = ap.parse_args()
     # the engine's retry logs are debug lines; keep the benchmark's output to its results
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -263,8 +263,9 @@ class LimitsConfig:
     """Size the rpm and tpm buckets to the window the server enforces: from its
     ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers when it sends them,
     else by probing for a larger burst until a 429 says where the window ends (a few
-    429s against a one-second window). Never beyond ``max_burst_seconds`` of the configured rate,
-    whatever the headers say. False keeps buckets of ``burst_seconds``."""
+    429s against a one-second window), and again after quiet spells. Never beyond
+    ``max_burst_seconds`` of the configured rate, whatever the headers say. False keeps
+    buckets of ``burst_seconds``."""
     max_burst_seconds: float = 60.0
     """The largest window learned, seconds of rate: at most ``rpm * max_burst_seconds / 60``
     requests (and tokens likewise) go out at once, whatever a server's headers claim."""

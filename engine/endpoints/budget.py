@@ -50,6 +50,11 @@ class TokenBudget:
         capacity: bucket size in tokens (``burst_seconds`` of the rate, until resized).
         max_capacity: the largest capacity (``max_burst_seconds`` of the rate).
         rate: refill rate in tokens per second.
+        spilled: tokens the refill could not add because the bucket was full (never
+            decreases): how long it sat full, in tokens. A server whose window is larger
+            than the bucket banked them; the window learning probes for them.
+        full_at: the clock time the bucket was last seen full (-inf: never since it
+            started; it starts full); ``full_mark`` is :attr:`taken` then.
     """
 
     __slots__ = (
@@ -63,8 +68,11 @@ class TokenBudget:
         "_waiters",
         "abandoned",
         "capacity",
+        "full_at",
+        "full_mark",
         "max_capacity",
         "rate",
+        "spilled",
         "taken",
     )
 
@@ -73,6 +81,9 @@ class TokenBudget:
     capacity: float
     max_capacity: float
     rate: float
+    spilled: float
+    full_at: float
+    full_mark: float
 
     def __init__(
         self,
@@ -112,6 +123,9 @@ class TokenBudget:
         self._closed = False
         self.taken = 0.0
         self.abandoned = 0.0
+        self.spilled = 0.0
+        self.full_at = -math.inf
+        self.full_mark = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -147,7 +161,12 @@ class TokenBudget:
             self._ceiling = ceiling
             level = self._level + earned
             cap = self.capacity
-            self._level = min(cap, level, ceiling) if level > cap or ceiling < level else level
+            if level > cap:  # full: what the refill spilled, and when, for the window learner
+                old = self._level
+                self.spilled += level - (old if old > cap else cap)
+                self.full_at, self.full_mark = now, self.taken
+                level = cap
+            self._level = level if level < ceiling else ceiling
             self._last = now
 
     def _take(self, tokens: float) -> float:

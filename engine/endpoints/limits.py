@@ -639,10 +639,12 @@ class Limiter:
         """
         self._rate_limited += 1
         self._gate.close_for(retry_after)
-        marks = permit._marks if isinstance(permit, Permit) and permit._marks else None
+        marks, at = None, None
+        if isinstance(permit, Permit) and permit._marks:
+            marks, at = permit._marks, permit._at
         for i, learner in enumerate(self._windows):
             if learner is not None:
-                learner.rate_limited(None if marks is None else marks[i])
+                learner.rate_limited(None if marks is None else marks[i], at)
         self._decrease(permit)
 
     def on_timeout(self, *, permit: PermitProtocol | None = None) -> None:

@@ -241,7 +241,7 @@ def test_the_simulators_counts_give_its_window(window: float) -> None:
 
 
 async def _drive(
-    limiter: Limiter, server: RateLimits, requests: int, latency: float = 0.05
+    limiter: Limiter, server: RateLimits | _Switchable, requests: int, latency: float = 0.05
 ) -> tuple[int, int]:
     """``requests`` calls through ``limiter`` against the simulator's limiter, which admits
     each at its grant and answers ``latency`` later; a 429 is retried after the wait it asks.
@@ -328,3 +328,162 @@ async def test_the_client_reports_answers_to_its_permits() -> None:
     assert stats.window_learning == "headers"
     assert stats.request_window == pytest.approx(60.0, abs=0.2)
     assert stats.token_window == pytest.approx(60.0, abs=0.2)
+
+
+# ----------------------------------------------------------------------------- probing again
+
+
+class _Switchable:
+    """The simulator's limits behind one name, swapped for new ones mid-test (a provider
+    that changes the window it enforces); ``fail`` lists the admissions (0-based, counted
+    over the test) answered with a 429 whatever the limits say (another tenant's burst)."""
+
+    def __init__(self, window: float, rpm: float = 600, fail: tuple[int, ...] = ()) -> None:
+        self.rpm = rpm
+        self.limits = RateLimits(rpm, None, window, headers=False, clock=_now)
+        self.fail = set(fail)
+        self.admitted = 0
+
+    def enforce(self, window: float) -> None:
+        self.limits = RateLimits(self.rpm, None, window, headers=False, clock=_now)
+
+    def admit(self, tokens: int):  # the RateLimits interface _drive uses
+        n = self.admitted
+        self.admitted += 1
+        if n in self.fail:
+            return self._refused(), {}
+        return self.limits.admit(tokens)
+
+    def _refused(self):
+        server = RateLimits(60, None, 1.0, headers=False, clock=_now)
+        server.admit(0)
+        refused, _ = server.admit(0)  # an empty bucket's 429: wait about a second
+        assert refused is not None
+        return refused
+
+
+def _learner(limiter: Limiter):
+    learner = limiter._windows[0]
+    assert learner is not None
+    return learner
+
+
+def test_the_bucket_counts_what_it_spills_while_full() -> None:
+    now = [100.0]
+    budget = TokenBudget(600, burst_seconds=1.0, clock=lambda: now[0])  # 10/s, holds 10
+    assert budget.level() == 10 and budget.spilled == 0 and budget.full_at == -math.inf
+    now[0] += 2.0
+    assert budget.level() == 10
+    assert budget.spilled == pytest.approx(20.0)  # two seconds of rate it could not hold
+    assert (budget.full_at, budget.full_mark) == (102.0, 0.0)
+    budget.take(budget.level())
+    now[0] += 0.5
+    budget.level()
+    assert budget.spilled == pytest.approx(20.0)  # refilling, not full: nothing spilled
+    now[0] += 1.0  # full again after 0.5 s more, then 0.5 s of spill
+    budget.level()
+    assert budget.spilled == pytest.approx(25.0)
+    assert (budget.full_at, budget.full_mark) == (103.5, 10.0)
+
+
+@virtual_time
+async def test_probing_restarts_after_a_quiet_spell_and_finds_a_window_that_grew() -> None:
+    """600/min: a one-second window is learned (a 429 or two), then the provider moves to a
+    minute window. While the client stays busy the bucket never fills and nothing is
+    probed (its size does not matter: the rate does); after a quiet spell the next burst
+    probes again and opens the minute's burst."""
+    server = _Switchable(1.0)
+    limiter = Limiter(LimitsConfig(rpm=600, max_concurrency=64))
+    too_many, _ = await _drive(limiter, server, 300)
+    assert too_many <= 2 and limiter.statistics().request_window == pytest.approx(1.0, abs=0.05)
+    learner = _learner(limiter)
+    too_many, seconds = await _drive(limiter, server, 300)  # busy: no credit, no probe
+    assert (too_many, learner.credit, learner.mode) == (0, 0.0, "settled")
+    assert seconds == pytest.approx(30.0, abs=0.2)
+
+    server.enforce(60.0)
+    await asyncio.sleep(70.0)  # the bucket sits full: the server may bank more than it
+    assert learner.credit == pytest.approx(69.0 * 10, abs=5)
+    too_many, seconds = await _drive(limiter, server, 1500)
+    assert too_many <= 2
+    assert limiter.statistics().request_window >= 55.0  # type: ignore[operator]
+    assert seconds <= 90.0 + 1.0  # the burst was found at once: 600 now, 900 at 10/s
+
+
+@virtual_time
+async def test_a_transient_429_does_not_pin_the_burst() -> None:
+    """Another tenant's 429 while the client probes a minute window ends the probing at
+    a few seconds; the next quiet spell lets it probe again and find the minute."""
+    server = _Switchable(60.0, fail=(40,))
+    limiter = Limiter(LimitsConfig(rpm=600, max_concurrency=64))
+    await _drive(limiter, server, 1500)
+    pinned = limiter.statistics().request_window
+    assert pinned is not None and pinned < 10.0  # the fluke ended the first probing early
+    await asyncio.sleep(70.0)
+    too_many, seconds = await _drive(limiter, server, 1500)
+    assert too_many <= 1
+    assert limiter.statistics().request_window >= 55.0  # type: ignore[operator]
+    assert seconds <= 90.0 + 1.0
+
+
+@pytest.mark.parametrize("window", [40.0, 10.0])
+@virtual_time
+async def test_probing_converges_close_to_the_window(window: float) -> None:
+    """A window inside the ceiling (40 s or 10 s of 60): the first 429 takes the bucket back
+    to what the step's earlier answers proved (not the whole step: it was up to half the
+    window), and the window is known from above; rounds after quiet spells stay within a
+    few percent of it, at one 429 a round (a one-unit step past it)."""
+    server = _Switchable(window)
+    limiter = Limiter(LimitsConfig(rpm=600, max_concurrency=64))
+    learner = _learner(limiter)
+    too_many, _ = await _drive(limiter, server, 1000)
+    assert too_many <= 64  # one failed step: at most the requests in flight
+    first = limiter.statistics().request_window
+    assert first is not None and 0.97 * window <= first <= 1.01 * window
+    assert learner.upper <= 1.01 * window * 10 + 1
+    for _ in range(3):
+        await asyncio.sleep(window + 10.0)
+        too_many, _ = await _drive(limiter, server, 1000)
+        assert too_many <= 1
+        learned = limiter.statistics().request_window
+        assert learned is not None and 0.95 * window <= learned <= 1.01 * window
+
+
+@virtual_time
+async def test_failed_probes_back_off() -> None:
+    """A one-second window and forty bursts of 40 requests, 5 s apart: each quiet spell
+    lets the bucket fill and spill, but every failed probe doubles the quiet the next one
+    waits for, so the 429s thin out: under 1% of the requests in all, none in most of the
+    later bursts."""
+    server = _Switchable(1.0)
+    limiter = Limiter(LimitsConfig(rpm=600, max_concurrency=64))
+    per_burst = []
+    for _ in range(40):
+        too_many, _ = await _drive(limiter, server, 40)
+        per_burst.append(too_many)
+        await asyncio.sleep(5.0)
+    assert sum(per_burst) <= 0.01 * 40 * 40 * 1.5  # 429s per request sent, about 1%
+    assert sum(per_burst[20:]) <= 3
+    assert limiter.statistics().request_window <= 1.05  # type: ignore[operator]
+
+
+@virtual_time
+async def test_a_window_that_shrank_is_found_from_one_burst() -> None:
+    """A minute window learned, then the provider enforces one second: the first burst
+    draws a 429 per request in flight beyond the server's 10; the 429s place the window
+    (what went through since the bucket was full, less the refill) and the next bursts
+    draw two at most."""
+    server = _Switchable(60.0)
+    limiter = Limiter(LimitsConfig(rpm=600, max_concurrency=64))
+    await _drive(limiter, server, 1000)
+    assert limiter.statistics().request_window == pytest.approx(60.0)
+    server.enforce(1.0)
+    await asyncio.sleep(70.0)
+    too_many, _ = await _drive(limiter, server, 100)
+    assert too_many <= 64
+    assert limiter.statistics().request_window <= 1.1  # type: ignore[operator]
+    for _ in range(2):
+        await asyncio.sleep(70.0)
+        too_many, seconds = await _drive(limiter, server, 100)
+        assert too_many <= 2
+        assert seconds <= 9.0 + 0.3
