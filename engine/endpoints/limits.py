@@ -46,7 +46,7 @@ from ..errors import ClientClosedError
 from .budget import TokenBudget
 from .gate import RateLimitGate
 from .timing import Clock, Timing, discard, granted
-from .window import READ_GAP, WindowLearner
+from .window import READ_GAP, WindowLearner, rate_headers_of
 
 __all__ = ("Limiter", "LimiterProtocol", "LimiterStatistics", "Permit", "PermitProtocol")
 
@@ -621,6 +621,7 @@ class Limiter:
             return  # every bucket reads its headers, and read them moments ago
         rpm, tokens = self._windows
         at = permit._at
+        headers = rate_headers_of(headers)  # once per answer, not once per bucket
         if rpm is not None:
             rpm.answered(headers, ok=ok, mark=permit._marks[0], granted_at=at, now=now)
         if tokens is not None:

@@ -52,7 +52,14 @@ from typing import Literal
 from .budget import TokenBudget
 from .retry import header_number, lower_keys, parse_duration
 
-__all__ = ("READ_GAP", "RateHeaders", "WindowLearner", "has_rate_headers", "parse_rate_headers")
+__all__ = (
+    "READ_GAP",
+    "RateHeaders",
+    "WindowLearner",
+    "has_rate_headers",
+    "parse_rate_headers",
+    "rate_headers_of",
+)
 
 _MAX_COUNT = 1e15
 """A limit or remaining count above this is junk, not a count."""
@@ -104,6 +111,21 @@ def parse_rate_headers(headers: Mapping[str, str] | None, kind: Kind) -> RateHea
         return None
     limit = _count(headers.get(f"x-ratelimit-limit-{kind}"))
     return RateHeaders(limit=limit if limit else None, remaining=remaining, reset=reset)
+
+
+_REMAINING = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
+
+
+def rate_headers_of(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """``headers`` with lower-case names if they name a ``remaining`` count (the one header
+    :func:`parse_rate_headers` needs before anything else), else None: what every bucket's
+    learner reads, worked out once per response. Most servers send none, and then no bucket
+    parses anything."""
+    if not headers:
+        return None
+    headers = lower_keys(headers)
+    a, b = _REMAINING
+    return headers if a in headers or b in headers else None
 
 
 def has_rate_headers(headers: Mapping[str, str] | None) -> bool:

@@ -20,7 +20,7 @@ from engine.endpoints.budget import TokenBudget
 from engine.endpoints.client import Client
 from engine.endpoints.limits import Limiter, Permit
 from engine.endpoints.retry import parse_retry_after
-from engine.endpoints.window import parse_rate_headers
+from engine.endpoints.window import parse_rate_headers, rate_headers_of
 from engine.errors import ConfigError
 from engine.testing.sim import SimConfig, SimServer
 from engine.testing.sim.limits import RateLimits
@@ -487,3 +487,21 @@ async def test_a_window_that_shrank_is_found_from_one_burst() -> None:
         too_many, seconds = await _drive(limiter, server, 100)
         assert too_many <= 2
         assert seconds <= 9.0 + 0.3
+
+
+def test_rate_headers_are_picked_out_once_per_answer() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    assert rate_headers_of(None) is None
+    assert rate_headers_of({}) is None
+    # no remaining count: nothing for any bucket to read, whatever else is there
+    assert rate_headers_of({"Content-Type": "application/json"}) is None
+    assert rate_headers_of({"X-RateLimit-Limit-Requests": "60"}) is None
+    mixed = {"X-RateLimit-Remaining-Tokens": "900", "X-RateLimit-Reset-Tokens": "6m0s"}
+    picked = rate_headers_of(mixed)
+    assert picked == {"x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6m0s"}
+    info = parse_rate_headers(picked, "tokens")
+    assert info is not None and info.remaining == 900 and info.reset == 360
+    assert parse_rate_headers(picked, "requests") is None
+    ci = CIMultiDictProxy(CIMultiDict({"X-Ratelimit-Remaining-Requests": "5"}))
+    assert rate_headers_of(ci) is ci  # already case-insensitive: passed through, not copied
