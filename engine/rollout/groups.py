@@ -352,9 +352,10 @@ class GroupRunner:
 
     def saturated(self) -> bool:
         """Whether a group started now would only queue: a group waits at the gate, or the
-        client's limiter has more calls queued for a slot than a quarter of its concurrency
-        limit (enough to keep every slot busy while the next groups get going). Continuous
-        admission starts groups while this is False (:mod:`engine.training.producer`)."""
+        client's limiter has as many calls queued for a slot as its concurrency limit (a
+        round of them: every slot stays busy while the next groups get going, and a call
+        waits about one request's latency). Continuous admission starts groups while this
+        is False (:mod:`engine.training.producer`)."""
         if self.gate.statistics().waiting:
             return True
         return self._queued is not None and self._queued()
@@ -594,11 +595,11 @@ def _client_capacity(client: Client) -> Callable[[], int]:
 
 
 def _client_backlog(client: Client) -> Callable[[], bool]:
-    """Whether more calls wait for the client's limiter than a quarter of its limit."""
+    """Whether as many calls wait for the client's limiter as its concurrency limit."""
 
     def backlog() -> bool:
         st = client.limiter.statistics()
-        return st.waiting > max(1, st.concurrency_limit // 4)
+        return st.waiting >= max(1, st.concurrency_limit)
 
     return backlog
 

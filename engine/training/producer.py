@@ -13,9 +13,10 @@ before the slowest group of batch ``k`` is trained, so a long latency tail idles
 the endpoint frees up and the staleness bound allows; each is stamped with the policy version
 current when it starts; the learner's batch ``b`` is the next ``data.batch_size`` groups to
 complete. *As the endpoint frees up*: a group starts only while no other waits at the
-:class:`~engine.rollout.admission.GroupGate` and the client's limiter has at most a quarter of
-its concurrency limit queued (:meth:`~engine.rollout.groups.GroupRunner.saturated`), enough to
-keep every slot busy. A group started earlier would only wait in a queue, ageing towards its
+:class:`~engine.rollout.admission.GroupGate` and the client's limiter has fewer calls queued
+than its concurrency limit (:meth:`~engine.rollout.groups.GroupRunner.saturated`): enough to
+keep every slot busy through a round of completions on a slow event loop. A group started
+earlier would only wait in a queue, ageing towards its
 deadline while it holds a place of the bound: a bench run (``benchmarks/bench_pipeline.py``,
 sigma 1.5) that started groups as soon as the bound allowed queued 200 requests behind 32
 slots, every group took about as long as the bound's slack, and the learner kept waiting for
@@ -261,6 +262,7 @@ class ContinuousProducer:
         self._finished: set[int] = set()  # indices > _next trained or dropped
         self._records: dict[int, list[int]] = {}  # batch step -> indices it finished
         self._since: list[int] = []  # indices finished since the last batch: dropped ones
+        self._failed = 0  # of those, dropped for failing (not cut for being late)
         self._forming = 0  # the batch being formed (or the last one, until it is sent)
         self._room = 0  # its places left
         self._pending: Counter[int] = Counter()  # deadline -> started groups not taken yet
@@ -357,6 +359,7 @@ class ContinuousProducer:
         if group is None:  # dropped: its place goes to a later group
             self._pending[live.deadline] -= 1
             self._since.append(live.index)
+            self._failed += not live.cut.is_set()
         else:
             self._done.append(_Done(live.index, live.deadline, group, live.wall, live.perf))
         self._notify()
@@ -399,15 +402,16 @@ class ContinuousProducer:
     async def _form(self, b: int) -> ScoredBatch:
         """Batch ``b``: the next ``B`` groups to finish, earliest deadline first where the
         bound needs it; stragglers that hold it back are cut (:meth:`_held_back`). When a
-        batch's worth of groups was dropped before it filled (every request failing, the
-        budget spent), it goes short, even empty, so that the trainer sees the failures (once
-        no started group is due in it: the bound still holds)."""
+        batch's worth of groups was dropped for failing before it filled (every request
+        failing, the budget spent; a cut straggler is no failure), it goes short, even empty,
+        so that the trainer sees the failures (once no started group is due in it: the bound
+        still holds)."""
         B = self.batch_size
         picked: list[_Done] = []
         held_since: float | None = None
         self._forming, self._room = b, B
         self._notify()  # the places of a new batch: admission may go on
-        while len(picked) < B and not (len(self._since) >= B and self._due(b) == 0):
+        while len(picked) < B and not (self._failed >= B and self._due(b) == 0):
             item = self._pick(b, B - len(picked))
             if item is not None:
                 self._done.remove(item)
@@ -425,7 +429,7 @@ class ContinuousProducer:
         self.max_lag = max(self.max_lag, lag)
         metrics["groups/max_lag"] = lag
         self._records[b] = [d.index for d in picked] + self._since
-        self._since = []
+        self._since, self._failed = [], 0
         now, wall = time.perf_counter(), time.time()
         return ScoredBatch(
             b,

@@ -110,22 +110,42 @@ class Recorder:
         return [gid for _, groups in self.batches for gid, _, _ in groups]
 
 
-@pytest.mark.parametrize(("staleness", "sigma"), [(0, 1.5), (1, 1.0), (2, 1.5), (3, 2.0)])
+CUT = ("rollout.straggler_deadline=3.0",)
+CAP = ("rollout.max_groups_in_flight=3",)
+
+
+@pytest.mark.parametrize(
+    ("staleness", "sigma", "extra"),
+    [
+        (0, 1.5, ()),
+        (1, 1.0, ()),
+        (2, 1.5, ()),
+        (3, 2.0, ()),
+        (1, 2.0, CUT),
+        (2, 2.0, CUT),
+        (3, 2.0, CUT + CAP),
+        (1, 1.5, CAP),
+    ],
+)
 def test_staleness_bound_holds_per_group_under_random_latencies(
-    staleness: int, sigma: float
+    staleness: int, sigma: float, extra: tuple[str, ...]
 ) -> None:
     """No group is trained more than max_staleness versions after the one that generated it,
-    under log-normal latencies; every batch is full and no group is trained twice."""
+    under log-normal latencies, with stragglers cut (past straggler_deadline, or as soon as
+    waiting for them idles the endpoint) and groups started as the gate frees up (a cap on
+    groups in flight): every batch is full and no group is trained twice."""
 
     @virtual_time
     async def run() -> None:
-        cfg = config("steps=10", f"grpo.max_staleness={staleness}")
+        cfg = config("steps=10", f"grpo.max_staleness={staleness}", *extra)
         draws = np.random.default_rng(staleness).lognormal(0.0, sigma, size=10_000)
         policy = Delayed(cfg, lambda rank, call: float(draws[rank % len(draws)]))
         async with TrainingManager(cfg, policy=policy, out=None) as tm:
             rec = Recorder(tm)
             summary = await tm.run()
         assert summary.steps_done == 10 and summary.extra["stale_dropped"] == 0
+        if extra == CUT:  # stragglers were there to cut
+            assert sum(m["groups/cut"] for m in tm.history) > 0
         assert [v for v, _ in rec.batches] == list(range(10))
         assert all(len(groups) == 4 for _, groups in rec.batches)
         lags = rec.lags()
