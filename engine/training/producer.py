@@ -16,11 +16,11 @@ complete. *As the endpoint frees up*: a group starts only while no other waits a
 :class:`~engine.rollout.admission.GroupGate` and the client's limiter has fewer calls queued
 than its concurrency limit (:meth:`~engine.rollout.groups.GroupRunner.saturated`): enough to
 keep every slot busy through a round of completions on a slow event loop. A group started
-earlier would only wait in a queue, ageing towards its
-deadline while it holds a place of the bound: a bench run (``benchmarks/bench_pipeline.py``,
-sigma 1.5) that started groups as soon as the bound allowed queued 200 requests behind 32
-slots, every group took about as long as the bound's slack, and the learner kept waiting for
-the last of a wave of groups stamped with one version while the slots idled.
+earlier would only wait in a queue, ageing towards its deadline while it holds a place of the
+bound: a bench run (``benchmarks/bench_pipeline.py``, sigma 1.5) that started groups as soon
+as the bound allowed queued 200 requests behind 32 slots, every group took about as long as
+the bound's slack, and the learner kept waiting for the last of a wave of groups stamped with
+one version while the slots idled.
 The bound is kept per group: a group started at version ``v`` is trained at a version
 ``<= v + max_staleness`` (its *deadline* batch ``v + max_staleness``), as AReaL's and SkyRL's
 staleness managers count it. Two rules keep it:
