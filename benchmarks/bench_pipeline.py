@@ -24,9 +24,10 @@ judge reward (:class:`~engine.rewards.judges.LLMJudge`, one verdict per rollout)
   ``k + 1`` generated while batch ``k`` is trained;
 - ``engine s=N``: the same at ``--max-staleness`` (3: what this benchmark ran before);
 - ``continuous s=N``: ``rollout.admission = "continuous"`` at ``--max-staleness``: groups
-  start as the bound allows, the learner trains the next B groups to complete, stragglers
-  cut after ``--straggler-deadline`` seconds of holding the learner back (``--arms
-  continuous-default`` runs it at the default staleness).
+  start as the endpoint frees up and the bound allows, the learner trains the next B groups
+  to complete, stragglers cut after ``--straggler-deadline`` seconds of holding the learner
+  back, or as soon as waiting for them idles the endpoint (``--arms continuous-default``
+  runs it at the default staleness).
 
 Same :class:`~engine.policies.prompt.PromptPolicy`, :class:`~engine.rewards.rewarder.Rewarder`,
 :class:`~engine.learning.learner.Learner` and :class:`~engine.data.jsonl.GroupSampler` in every

@@ -280,6 +280,8 @@ class GroupRunner:
         n_honoured: whether the endpoint honours ``n`` now (a whole group then costs one
             unit); None: ``config.endpoint.use_n``.
         episodes: runs each member as an episode (``[environment]``); None: completions.
+        queued: whether the endpoint's limiter has a backlog now (:meth:`saturated`); None:
+            only the gate's queue is seen.
 
     Attributes:
         completion: the partial-group policy.
@@ -300,8 +302,10 @@ class GroupRunner:
         events: EventLog | None = None,
         n_honoured: Callable[[], bool] | None = None,
         episodes: EpisodeRunner | None = None,
+        queued: Callable[[], bool] | None = None,
     ) -> None:
         rollout = config.rollout
+        self._queued = queued
         self.policy = policy
         self.rewarder = rewarder
         self.group_size = config.grpo.group_size
@@ -337,12 +341,24 @@ class GroupRunner:
         client = None if policy.embedded else policy.client
         capacity: Callable[[], int] | None = None
         n_honoured: Callable[[], bool] = lambda: config.endpoint.use_n  # noqa: E731
+        queued: Callable[[], bool] | None = None
         if isinstance(client, Client):
             capacity, n_honoured = _client_capacity(client), _client_honours_n(client, config)
+            queued = _client_backlog(client)
         gate = GroupGate(capacity, max_groups=config.rollout.max_groups_in_flight)
         episodes = EpisodeRunner.from_config(config, events=events)
         return cls(policy, rewarder, config, gate=gate, events=events, n_honoured=n_honoured,
-                   episodes=episodes)  # fmt: skip
+                   episodes=episodes, queued=queued)  # fmt: skip
+
+    def saturated(self) -> bool:
+        """Whether a group started now would only queue: a group waits at the gate, or the
+        client's limiter has as many calls queued for a slot as its concurrency limit (a
+        round of them: every slot stays busy while the next groups get going, and a call
+        waits about one request's latency). Continuous admission starts groups while this
+        is False (:mod:`engine.training.producer`)."""
+        if self.gate.statistics().waiting:
+            return True
+        return self._queued is not None and self._queued()
 
     # ------------------------------------------------------------------ one group
 
@@ -576,6 +592,16 @@ def _episode_score(sample: Sample) -> Score:
 def _client_capacity(client: Client) -> Callable[[], int]:
     """The gate's unit capacity: the client's concurrency limit now."""
     return lambda: int(client.limiter.statistics().concurrency_limit)
+
+
+def _client_backlog(client: Client) -> Callable[[], bool]:
+    """Whether as many calls wait for the client's limiter as its concurrency limit."""
+
+    def backlog() -> bool:
+        st = client.limiter.statistics()
+        return st.waiting >= max(1, st.concurrency_limit)
+
+    return backlog
 
 
 def _client_honours_n(client: Client, config: RunConfig) -> Callable[[], bool]:

@@ -10,9 +10,17 @@ bit. That is why it stays the default. Its cost: batch ``k + max_staleness + 1``
 before the slowest group of batch ``k`` is trained, so a long latency tail idles the endpoint.
 
 **continuous** (:class:`ContinuousProducer`): groups start one by one, in sampler order, as
-soon as the staleness bound allows (the :class:`~engine.rollout.admission.GroupGate` then
-starts their requests as the limits free up); each is stamped with the policy version current
-when it starts; the learner's batch ``b`` is the next ``data.batch_size`` groups to complete.
+the endpoint frees up and the staleness bound allows; each is stamped with the policy version
+current when it starts; the learner's batch ``b`` is the next ``data.batch_size`` groups to
+complete. *As the endpoint frees up*: a group starts only while no other waits at the
+:class:`~engine.rollout.admission.GroupGate` and the client's limiter has fewer calls queued
+than its concurrency limit (:meth:`~engine.rollout.groups.GroupRunner.saturated`): enough to
+keep every slot busy through a round of completions on a slow event loop. A group started
+earlier would only wait in a queue, ageing towards its deadline while it holds a place of the
+bound: a bench run (``benchmarks/bench_pipeline.py``, sigma 1.5) that started groups as soon
+as the bound allowed queued 200 requests behind 32 slots, every group took about as long as
+the bound's slack, and the learner kept waiting for the last of a wave of groups stamped with
+one version while the slots idled.
 The bound is kept per group: a group started at version ``v`` is trained at a version
 ``<= v + max_staleness`` (its *deadline* batch ``v + max_staleness``), as AReaL's and SkyRL's
 staleness managers count it. Two rules keep it:
@@ -25,11 +33,14 @@ staleness managers count it. Two rules keep it:
   passed over (left for a later batch) while taking it would leave too little room in this
   batch for groups whose deadline is nearer (earliest deadline first). A group whose deadline
   is this batch is waited for. Once enough other groups have finished to fill the batch, the
-  learner is *held back* by the stragglers it waits for; after ``rollout.
-  straggler_deadline`` seconds of that they are cut and ``rollout.partial_group`` decides
-  what is kept of each.
+  learner is *held back* by the stragglers it waits for; after ``rollout.straggler_deadline``
+  seconds of that they are cut and ``rollout.partial_group`` decides what is kept of each.
+  They are cut sooner, as soon as waiting for them idles the endpoint: the learner waits for
+  this batch, the bound's places are all taken (most by finished groups waiting behind the
+  stragglers' batch), so no group may start, and the endpoint's backlog is gone.
 
-The two rules never let a group be trained past its deadline (``tests/training/
+Waiting for the endpoint and cutting stragglers only delay starts and end groups early:
+the two rules never let a group be trained past its deadline (``tests/training/
 test_continuous.py`` checks it under random latencies). Checkpoints in continuous mode hold
 the learner's state exactly, and the *data position*: the first group not yet trained (or
 dropped) and the later ones that were; a resumed run starts the others again (their
@@ -46,12 +57,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 from anyio.abc import ObjectSendStream, TaskGroup
 
@@ -64,6 +76,10 @@ from ..rollout.groups import RolloutCounters
 from ..types import Example, Group
 
 __all__ = ("BatchProducer", "ContinuousProducer", "RunGroup", "make_producer")
+
+POLL = 0.005
+"""Seconds between looks at the endpoint's backlog while only it keeps a group from
+starting, or a held-back learner's stragglers from being cut (:class:`ContinuousProducer`)."""
 
 
 class RunGroup(Protocol):
@@ -219,6 +235,8 @@ class ContinuousProducer:
         run_group: fans out one group (with a ``cut`` event).
         position: where a resumed run's data stands (:func:`read_position`); None: at the
             start step's first group.
+        saturated: whether a group started now would only queue at the endpoint
+            (:meth:`~engine.rollout.groups.GroupRunner.saturated`); None: never.
     """
 
     def __init__(
@@ -229,7 +247,9 @@ class ContinuousProducer:
         run_group: RunGroup,
         *,
         position: tuple[int, frozenset[int]] | None = None,
+        saturated: Callable[[], bool] | None = None,
     ) -> None:
+        self.saturated = saturated or (lambda: False)
         self.steps = config.steps
         self.batch_size = sampler.batch_size
         self.max_staleness = config.grpo.max_staleness
@@ -242,6 +262,7 @@ class ContinuousProducer:
         self._finished: set[int] = set()  # indices > _next trained or dropped
         self._records: dict[int, list[int]] = {}  # batch step -> indices it finished
         self._since: list[int] = []  # indices finished since the last batch: dropped ones
+        self._failed = 0  # of those, dropped for failing (not cut for being late)
         self._forming = 0  # the batch being formed (or the last one, until it is sent)
         self._room = 0  # its places left
         self._pending: Counter[int] = Counter()  # deadline -> started groups not taken yet
@@ -302,8 +323,7 @@ class ContinuousProducer:
                     index = batch.step * B + j
                     if index < self._next or index in skip:
                         continue
-                    while not self._may_start(self.learner.version):
-                        await self._wait(published=True)
+                    await self._admissible()
                     version = self.learner.version
                     snapshot = await self.learner.snapshot_at(version)
                     now = anyio.current_time()
@@ -312,6 +332,19 @@ class ContinuousProducer:
                     self._live[index] = live
                     self._pending[live.deadline] += 1
                     tg.start_soon(self._run, live, snapshot, batch, j, example)
+                    # let it reach the gate before the next look at the backlog
+                    await anyio.lowlevel.checkpoint()
+
+    async def _admissible(self) -> None:
+        """Until a group may start: the bound allows it, and the endpoint has no backlog
+        (a group stamped now would only wait in a queue, ageing towards its deadline)."""
+        while True:
+            if not self._may_start(self.learner.version):
+                await self._wait(published=True)
+            elif self.saturated():
+                await anyio.sleep(POLL)
+            else:
+                return
 
     async def _run(
         self, live: _Live, snapshot: PolicySnapshot, batch: Batch, j: int, example: Example
@@ -326,6 +359,7 @@ class ContinuousProducer:
         if group is None:  # dropped: its place goes to a later group
             self._pending[live.deadline] -= 1
             self._since.append(live.index)
+            self._failed += not live.cut.is_set()
         else:
             self._done.append(_Done(live.index, live.deadline, group, live.wall, live.perf))
         self._notify()
@@ -368,15 +402,16 @@ class ContinuousProducer:
     async def _form(self, b: int) -> ScoredBatch:
         """Batch ``b``: the next ``B`` groups to finish, earliest deadline first where the
         bound needs it; stragglers that hold it back are cut (:meth:`_held_back`). When a
-        batch's worth of groups was dropped before it filled (every request failing, the
-        budget spent), it goes short, even empty, so that the trainer sees the failures (once
-        no started group is due in it: the bound still holds)."""
+        batch's worth of groups was dropped for failing before it filled (every request
+        failing, the budget spent; a cut straggler is no failure), it goes short, even empty,
+        so that the trainer sees the failures (once no started group is due in it: the bound
+        still holds)."""
         B = self.batch_size
         picked: list[_Done] = []
         held_since: float | None = None
         self._forming, self._room = b, B
         self._notify()  # the places of a new batch: admission may go on
-        while len(picked) < B and not (len(self._since) >= B and self._due(b) == 0):
+        while len(picked) < B and not (self._failed >= B and self._due(b) == 0):
             item = self._pick(b, B - len(picked))
             if item is not None:
                 self._done.remove(item)
@@ -385,8 +420,8 @@ class ContinuousProducer:
                 picked.append(item)
                 held_since = None
                 continue
-            held_since, within = self._held_back(B - len(picked), held_since)
-            await self._wait(within=within)
+            held_since, within = self._held_back(b, B - len(picked), held_since)
+            await self._wait(published=True, within=within)
         counters, self._counters = self._counters, RolloutCounters()
         metrics: dict[str, float] = dict(counters.statistics().metrics())
         metrics["groups/cut"], self._cut = self._cut, 0
@@ -394,7 +429,7 @@ class ContinuousProducer:
         self.max_lag = max(self.max_lag, lag)
         metrics["groups/max_lag"] = lag
         self._records[b] = [d.index for d in picked] + self._since
-        self._since = []
+        self._since, self._failed = [], 0
         now, wall = time.perf_counter(), time.time()
         return ScoredBatch(
             b,
@@ -404,24 +439,38 @@ class ContinuousProducer:
             started=min((d.wall for d in picked), default=wall),
         )
 
+    def _starved(self, b: int) -> bool:
+        """Waiting for batch ``b``'s stragglers idles the endpoint: the learner has trained
+        every batch before ``b`` (it waits for this one), no group may start (the bound's
+        places are all taken, most by finished groups that wait for ``b``; near the run's
+        end, every group the run still needs has started), and the endpoint has no backlog
+        left to keep its slots busy. A cut straggler's place goes to the next group."""
+        version = self.learner.version
+        return version >= b and not self._may_start(version) and not self.saturated()
+
     def _due(self, b: int) -> int:
         """Started groups not taken yet whose deadline is batch ``b`` (or earlier)."""
         return sum(n for d, n in self._pending.items() if d <= b)
 
-    def _held_back(self, room: int, since: float | None) -> tuple[float | None, float]:
-        """The batch waits with ``room`` places left: when enough groups have finished to
+    def _held_back(self, b: int, room: int, since: float | None) -> tuple[float | None, float]:
+        """Batch ``b`` waits with ``room`` places left: when enough groups have finished to
         fill them and only the bound keeps them out (the places are owed to groups of a
         nearer deadline, still running), the learner is held back by those stragglers. Once
-        it has been for ``straggler_deadline`` seconds, they are cut. Returns when the hold
-        began (None: not held) and the seconds until the next cut (inf: none)."""
+        it has been for ``straggler_deadline`` seconds, they are cut; sooner when waiting
+        for them idles the endpoint (:meth:`_starved`). Returns when the hold began (None:
+        not held) and the seconds until the next look (inf: none)."""
         limit = self.straggler_deadline
         if limit <= 0 or len(self._done) < room or not self._live:
             return None, math.inf
         now = anyio.current_time()
         since = now if since is None else since
         left = since + limit - now
-        if left > 0:
-            return since, left
+        if left > 0 and not self._starved(b):
+            # only the endpoint's backlog can change unannounced (finished groups and
+            # published versions wake the caller): look at it again soon when it is all
+            # that keeps the stragglers from being cut
+            waiting = self.learner.version >= b and not self._may_start(self.learner.version)
+            return since, min(left, POLL) if waiting else left
         nearest = min(live.deadline for live in self._live.values())
         for live in self._live.values():
             if live.deadline == nearest:
@@ -436,8 +485,12 @@ def make_producer(
     run_group: RunGroup,
     *,
     position: tuple[int, frozenset[int]] | None = None,
+    saturated: Callable[[], bool] | None = None,
 ) -> BatchProducer | ContinuousProducer:
-    """The producer ``rollout.admission`` names."""
+    """The producer ``rollout.admission`` names (``position`` and ``saturated`` are the
+    continuous one's)."""
     if config.rollout.admission == "continuous":
-        return ContinuousProducer(config, sampler, learner, run_group, position=position)
+        return ContinuousProducer(
+            config, sampler, learner, run_group, position=position, saturated=saturated
+        )
     return BatchProducer(config, sampler, learner, run_group)

@@ -321,6 +321,12 @@ class TrainingManager:
         oversampled stragglers). Returns None when the group is dropped; ``counters`` counts;
         ``cut`` set ends a straggler with what it has (continuous admission).
         """
+        runner = self._runner()
+        return await runner.run(snapshot, example, group_id, rng, step, counters=counters, cut=cut)
+
+    def _runner(self) -> GroupRunner:
+        """The run's :class:`~engine.rollout.groups.GroupRunner` (one admission gate for
+        every batch), made again if the policy or rewarder was replaced."""
         runner = self._group_runner
         if (
             runner is None
@@ -330,8 +336,12 @@ class TrainingManager:
             runner = GroupRunner.for_policy(
                 self.policy, self.rewarder, self.config, events=self.events
             )
-            self._group_runner = runner  # one admission gate for every batch of the run
-        return await runner.run(snapshot, example, group_id, rng, step, counters=counters, cut=cut)
+            self._group_runner = runner
+        return runner
+
+    def _saturated(self) -> bool:
+        """Whether the endpoint has a backlog now (continuous admission waits it out)."""
+        return self._runner().saturated()
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -460,7 +470,12 @@ class TrainingManager:
         if self.config.rollout.admission == "continuous" and saved is not None:
             position = read_position(saved, f"checkpoint at step {start}")
         producer = make_producer(
-            self.config, self.sampler, self.learner, self.run_group, position=position
+            self.config,
+            self.sampler,
+            self.learner,
+            self.run_group,
+            position=position,
+            saturated=self._saturated,
         )
         if isinstance(producer, ContinuousProducer):
             self.checkpoints.position = producer.position

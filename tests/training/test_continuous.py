@@ -110,22 +110,42 @@ class Recorder:
         return [gid for _, groups in self.batches for gid, _, _ in groups]
 
 
-@pytest.mark.parametrize(("staleness", "sigma"), [(0, 1.5), (1, 1.0), (2, 1.5), (3, 2.0)])
+CUT = ("rollout.straggler_deadline=3.0",)
+CAP = ("rollout.max_groups_in_flight=3",)
+
+
+@pytest.mark.parametrize(
+    ("staleness", "sigma", "extra"),
+    [
+        (0, 1.5, ()),
+        (1, 1.0, ()),
+        (2, 1.5, ()),
+        (3, 2.0, ()),
+        (1, 2.0, CUT),
+        (2, 2.0, CUT),
+        (3, 2.0, CUT + CAP),
+        (1, 1.5, CAP),
+    ],
+)
 def test_staleness_bound_holds_per_group_under_random_latencies(
-    staleness: int, sigma: float
+    staleness: int, sigma: float, extra: tuple[str, ...]
 ) -> None:
     """No group is trained more than max_staleness versions after the one that generated it,
-    under log-normal latencies; every batch is full and no group is trained twice."""
+    under log-normal latencies, with stragglers cut (past straggler_deadline, or as soon as
+    waiting for them idles the endpoint) and groups started as the gate frees up (a cap on
+    groups in flight): every batch is full and no group is trained twice."""
 
     @virtual_time
     async def run() -> None:
-        cfg = config("steps=10", f"grpo.max_staleness={staleness}")
+        cfg = config("steps=10", f"grpo.max_staleness={staleness}", *extra)
         draws = np.random.default_rng(staleness).lognormal(0.0, sigma, size=10_000)
         policy = Delayed(cfg, lambda rank, call: float(draws[rank % len(draws)]))
         async with TrainingManager(cfg, policy=policy, out=None) as tm:
             rec = Recorder(tm)
             summary = await tm.run()
         assert summary.steps_done == 10 and summary.extra["stale_dropped"] == 0
+        if extra == CUT:  # stragglers were there to cut
+            assert sum(m["groups/cut"] for m in tm.history) > 0
         assert [v for v, _ in rec.batches] == list(range(10))
         assert all(len(groups) == 4 for _, groups in rec.batches)
         lags = rec.lags()
@@ -334,3 +354,120 @@ def test_a_malformed_admission_position_is_one_checkpoint_error() -> None:
                 {"next": True, "done": []}, {"next": 3, "done": "4"}):  # fmt: skip
         with pytest.raises(CheckpointError, match="ck: admission position"):
             read_position(bad, "ck")
+
+
+class Live:
+    """Wraps the manager's group function: how many groups are started (stamped with a
+    version) and not finished, at most, and when each straggler's run ended."""
+
+    def __init__(self, tm: TrainingManager) -> None:
+        self.now = 0
+        self.peak = 0
+        run_group = tm.run_group
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            try:
+                return await run_group(*args, **kwargs)
+            finally:
+                self.now -= 1
+
+        tm.run_group = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5])
+def test_groups_start_as_the_endpoint_frees_up(sigma: float) -> None:
+    """With two groups generating at once at most (rollout.max_groups_in_flight), a group
+    starts, and takes its version, only once no other waits to be admitted: at most four
+    are started and not finished (two generating, one waiting at the gate, one being
+    scored), where the bound alone would start (max_staleness + 1) x B = 12 at once. The
+    bound holds, every batch is full, and groups run fewer versions behind than the bound
+    lets them."""
+
+    @virtual_time
+    async def run() -> None:
+        cfg = config("steps=8", "grpo.max_staleness=2", "rollout.max_groups_in_flight=2")
+        draws = np.random.default_rng(3).lognormal(0.0, sigma, size=10_000)
+        policy = Delayed(cfg, lambda rank, call: float(draws[rank % len(draws)]))
+        async with TrainingManager(cfg, policy=policy, out=None) as tm:
+            rec, live = Recorder(tm), Live(tm)
+            summary = await tm.run()
+        assert summary.steps_done == 8 and all(len(g) == 4 for _, g in rec.batches)
+        assert live.peak <= 4
+        lags = rec.lags()
+        assert min(lags) >= 0 and max(lags) <= 2
+        assert sum(lags) / len(lags) < 1.0
+
+    run()
+
+
+def test_without_a_gate_cap_the_bound_alone_decides_admission() -> None:
+    """The peer of the test above: no cap on groups in flight (an embedded policy has no
+    limiter to wait for), so the bound's (max_staleness + 1) x B groups start at once."""
+
+    @virtual_time
+    async def run() -> None:
+        cfg = config("steps=8", "grpo.max_staleness=2")
+        draws = np.random.default_rng(3).lognormal(0.0, 1.5, size=10_000)
+        policy = Delayed(cfg, lambda rank, call: float(draws[rank % len(draws)]))
+        async with TrainingManager(cfg, policy=policy, out=None) as tm:
+            live = Live(tm)
+            await tm.run()
+        assert live.peak == 12
+
+    run()
+
+
+class CutWatch(Delayed):
+    """Delayed, recording when a generation call is cancelled (a cut straggler) and how many
+    groups were then waiting at the run's admission gate."""
+
+    def __init__(self, cfg: RunConfig, delay: Callable[[int, int], float]) -> None:
+        super().__init__(cfg, delay)
+        self.tm: TrainingManager | None = None
+        self.cuts: list[tuple[float, int]] = []
+
+    async def generate(
+        self,
+        snapshot: PolicySnapshot,
+        example: Example,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        greedy: bool = False,
+    ) -> list[Sample]:
+        try:
+            return await super().generate(snapshot, example, n, rng, greedy=greedy)
+        except anyio.get_cancelled_exc_class():
+            assert self.tm is not None and self.tm._group_runner is not None
+            waiting = self.tm._group_runner.gate.statistics().waiting
+            self.cuts.append((anyio.current_time(), waiting))
+            raise
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+def test_straggler_is_cut_once_waiting_for_it_idles_the_endpoint(cap: int) -> None:
+    """A straggler holds back the learner with the bound's places all taken: nothing may
+    start, so waiting idles the endpoint and it is cut then, long before straggler_deadline
+    (1,000 s), but not while other groups still wait to be admitted (cap: two groups
+    generating at once). It is dropped, its place goes to the next group, the bound holds."""
+
+    @virtual_time
+    async def run() -> None:
+        cfg = config("steps=4", "grpo.max_staleness=1", "rollout.straggler_deadline=1000.0",
+                     f"rollout.max_groups_in_flight={cap}")  # fmt: skip
+        policy = CutWatch(cfg, lambda rank, call: 1e6 if rank == 0 else 1.0)
+        t0 = anyio.current_time()
+        async with TrainingManager(cfg, policy=policy, out=None) as tm:
+            policy.tm = tm
+            rec = Recorder(tm)
+            summary = await tm.run()
+        assert summary.steps_done == 4 and all(len(g) == 4 for _, g in rec.batches)
+        assert anyio.current_time() - t0 < 100 and "0-0" not in rec.group_ids()
+        assert [w for _, w in policy.cuts] == [0]
+        assert sum(m["groups/cut"] for m in tm.history) == 1
+        assert sum(m["groups/dropped"] for m in tm.history) == 1
+        assert max(rec.lags()) <= 1
+
+    run()
