@@ -496,6 +496,29 @@ async def test_the_race_pairs_the_contenders_on_unseen_examples_within_its_calls
         assert await sel.race(pol, [a, b], ITEMS[10:20], 5) == 0  # a spent budget: no more
 
 
+async def test_pooled_evidence_never_counts_a_candidates_own_demos_or_seen_inputs() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = racers(client)
+        sel = pol.attach_selection(score, ITEMS[20:26])
+        assert sel is not None
+        b = pol.candidate(2)  # shows item 3 as a demo
+        await sel.evaluate(pol, b, sel.validation)
+        sel.matrix.set(b.id, ITEMS[3].text, 1.0)  # its own demo: right, and not evidence
+        sel.matrix.set(b.id, ITEMS[4].text, 0.0)
+        choice = pol.served_choice()
+        assert choice is not None and choice.candidate == b.id
+        assert choice.n == 7 and choice.score == pytest.approx(6 / 7)
+        grown = pol.table.new_candidate(("GOOD answer.", (), 0.0), "reflection", b.id,
+                                        seen=[ITEMS[5].text])  # fmt: skip
+        assert grown.shown == {ITEMS[5].text}  # no demos of its own
+        await sel.evaluate(pol, grown, sel.validation)
+        sel.matrix.set(grown.id, ITEMS[5].text, 1.0)  # what its reflection saw: not evidence
+        sel.matrix.set(grown.id, ITEMS[6].text, 1.0)
+        choice = pol.served_choice()
+        assert choice is not None and choice.candidate == grown.id and choice.n == 7
+
+
 async def test_after_update_races_a_coin_flip_only_and_chooses_on_the_pooled_evidence() -> None:
     model = Scripted()
     async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
