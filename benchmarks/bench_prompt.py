@@ -264,6 +264,13 @@ async def run_engine(
     cfg = run_config(args, endpoint, task, seed, budget)
     spend = SpendMeter(max_requests=budget)
     events = EventLog(None)
+    kinds: dict[str, int] = {}  # where the task-model calls went (generation, selection)
+
+    def count(ev: Any) -> None:
+        if ev.get("kind") not in (None, "phase"):  # every attempt, as the budget counts
+            kinds[str(ev["kind"])] = kinds.get(str(ev["kind"]), 0) + 1
+
+    events.subscribe(count)
     async with (
         task_client(args, endpoint, spend=spend, events=events) as client,
         task_client(args, refl) as proposer,
@@ -285,6 +292,13 @@ async def run_engine(
             "cache": policy.cache.statistics(),
             "served": None if choice is None else choice.to_json(),
             "candidates_made": policy.table.next_id,
+            "calls_by_kind": kinds,
+            "selection": None if policy.selection is None else policy.selection.statistics(),
+            "served_prompt": {
+                "instruction": policy.served().instruction,
+                "demos": [d.input for d in policy.served().demos],
+                "origin": policy.served().origin,
+            },
         }
 
 

@@ -129,6 +129,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "prompt.max_demos": (0, None, False),
     "prompt.propose_every": (0, None, False),
     "prompt.minibatch": (1, None, False),
+    "prompt.race_calls": (0, None, False),
     "prompt.max_candidates": (1, None, False),
     "tracking.queue_size": (1, None, False),
     "tracking.close_timeout": (0.0, None, True),

@@ -198,6 +198,15 @@ class PromptPolicyConfig:
     serve the most probable candidate and send no ``selection`` request."""
     minibatch: int = 4
     """Training examples a proposal is first tried on (those its parent does worst on)."""
+    served_evidence: Literal["validation", "pooled"] = "pooled"
+    """What the served choice is judged on: ``validation`` (the held-out examples only) or
+    ``pooled`` (also each candidate's greedy scores on the training examples its prompt was not
+    made from: not its demos, not those its proposal was written from). Candidates must be
+    scored on all of validation either way."""
+    race_calls: int = 4
+    """While the served choice is a coin flip, evaluations per update spent scoring it and its
+    runner-up on the training examples the other was scored on (a paired race, judged with
+    ``served_evidence = "pooled"``); 0 = no race."""
     eval_cache: bool = True
     """Answer a repeated deterministic request (temperature 0: greedy evaluations, rollouts at
     temperature 0) for the same candidate, input and decoding from memory, without a call."""

@@ -54,6 +54,8 @@ class Candidate:
         temperature: sampling temperature for this candidate; None uses the endpoint's.
         origin: ``seed``, ``reflection`` or ``demos``.
         parent: the id of the candidate it was derived from, if any.
+        seen: the training inputs its proposal was written from (a reflection's examples, and
+            its ancestors'); like its demos, they never count as its held-out evidence.
     """
 
     id: int
@@ -62,6 +64,12 @@ class Candidate:
     temperature: float | None = None
     origin: str = "seed"
     parent: int | None = None
+    seen: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> frozenset[str]:
+        """The inputs this candidate's prompt was made from: its demos' and :attr:`seen`."""
+        return frozenset(d.input for d in self.demos) | frozenset(self.seen)
 
     @property
     def recipe(self) -> tuple[str, tuple[Demo, ...], float | None]:
@@ -77,6 +85,7 @@ class Candidate:
             "temperature": self.temperature,
             "origin": self.origin,
             "parent": self.parent,
+            "seen": list(self.seen),
         }
 
     @classmethod
@@ -93,6 +102,7 @@ class Candidate:
                 temperature=None if temp is None else float(temp),
                 origin=str(obj.get("origin", "seed")),
                 parent=None if parent is None else int(parent),
+                seen=tuple(str(x) for x in obj.get("seen") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed prompt candidate {obj!r}: {exc!r}") from None
@@ -176,10 +186,13 @@ class CandidateTable:
         self.statistics: dict[int, CandidateStatistics] = {}
         self.next_id = 0
 
-    def new_candidate(self, recipe: Recipe, origin: str, parent: int | None) -> Candidate:
-        """Register a new candidate (not in a slot yet)."""
+    def new_candidate(
+        self, recipe: Recipe, origin: str, parent: int | None, seen: Sequence[str] = ()
+    ) -> Candidate:
+        """Register a new candidate (not in a slot yet); ``seen``: :attr:`Candidate.seen`."""
         instruction, demos, temperature = recipe
-        cand = Candidate(self.next_id, instruction, demos, temperature, origin, parent)
+        seen = tuple(dict.fromkeys(seen))
+        cand = Candidate(self.next_id, instruction, demos, temperature, origin, parent, seen)
         self.registry[cand.id] = cand
         self.statistics[cand.id] = CandidateStatistics()
         self.next_id += 1

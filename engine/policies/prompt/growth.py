@@ -7,7 +7,9 @@ Every ``propose_every`` steps the prompt policy (:meth:`PromptPolicy.after_updat
 1. *reflection*: the most probable candidate's instruction, the best and the worst recent
    rollouts (input, output, expected answer, reward, judge feedback) go into a reflection
    prompt; the model (or a separate ``proposer`` client) answers with an improved
-   instruction, which becomes a candidate with the parent's demos;
+   instruction, which becomes a candidate with the parent's demos; the inputs of those
+   rollouts (and the parent's own ``seen``) are the child's :attr:`~.candidates.Candidate.seen`,
+   never counted as its held-out evidence;
 2. *demos*: the recent training examples the parent got wrong, with their reference answers,
    become a new demo set (where examples have no reference: the top-scoring recent rollouts,
    input and output), a candidate with the parent's instruction;
@@ -255,6 +257,8 @@ class CandidateGrowth:
         """Recent training examples by text (for acceptance minibatches)."""
         self._registered: dict[Recipe, Candidate] = {}
         """Accepted proposals of this round, registered (and scored) before placement."""
+        self._seen: dict[Recipe, tuple[str, ...]] = {}
+        """This round's proposals: the training inputs each was written from."""
 
     def examples_json(self) -> list[dict[str, Any]]:
         """The recent training examples as JSON data (for a checkpoint)."""
@@ -314,6 +318,7 @@ class CandidateGrowth:
         slots.logits[freed] = 0.0
         slots.ref[freed] = 0.0
         parent = slots.table.most_probable(slots.logits)
+        self._seen.clear()
         proposals, errors = await self._proposals(step, parent, slots)
         proposed = len(proposals)
         self._registered.clear()
@@ -352,12 +357,14 @@ class CandidateGrowth:
                 if recipe not in live_recipes:
                     proposals.append((recipe, "reflection"))
                     live_recipes.add(recipe)
+                    self._seen[recipe] = parent.seen + tuple(r["input"] for r in best + worst)
         if self.prompt.max_demos > 0:
             demos = failure_demos(recent, parent.id, self.prompt.max_demos)
             demos = demos or top_demos(recent, self.prompt.max_demos)
             recipe = (parent.instruction, demos, parent.temperature)
             if demos and recipe not in live_recipes:
                 proposals.append((recipe, "demos"))
+                self._seen[recipe] = parent.seen
         return proposals, errors
 
     async def _accepted(
@@ -386,7 +393,7 @@ class CandidateGrowth:
                 batch.append(ex)
                 if len(batch) >= self.prompt.minibatch:
                     break
-            child = slots.table.new_candidate(recipe, origin, parent.id)
+            child = slots.table.new_candidate(recipe, origin, parent.id, self._seen.get(recipe, ()))
             if await slots.accept(child, parent, batch):
                 kept.append((recipe, origin))
                 self._registered[recipe] = child
@@ -405,7 +412,7 @@ class CandidateGrowth:
             slot = int(free[placed])
             cand = self._registered.pop(recipe, None)
             if cand is None:
-                cand = table.new_candidate(recipe, origin, parent.id)
+                cand = table.new_candidate(recipe, origin, parent.id, self._seen.get(recipe, ()))
             theta[slot] = logmeanexp(theta[live])
             ref[slot] = logmeanexp(ref[live])
             table.place(slot, cand, born=v + 1)

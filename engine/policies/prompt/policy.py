@@ -60,10 +60,18 @@ touches the update above, which stays the bandit with group baselines):
   got wrong, with their reference answers (the top-rewarded outputs only where there are no
   references), and its minibatch excludes those examples;
 * *the served prompt* (:meth:`PromptPolicy.served`, on by default: ``prompt.select_served``):
-  among the candidates scored on all of validation, the one with the best validation score
-  (held-out examples only), ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the
-  largest logit), with its 95% interval and the paired interval of its lead over the
-  runner-up; a warning (``prompt.served_coin_flip``) when that lead's interval holds 0. The
+  among the candidates scored on all of validation, the one with the best held-out score,
+  ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with its
+  95% interval and the paired interval of its lead over the runner-up; a warning
+  (``prompt.served_coin_flip``) when that lead's interval holds 0. Its evidence
+  (``prompt.served_evidence``): by default ``pooled``, the validation scores plus the greedy
+  scores on training examples its prompt was not made from (never its own demos, never the
+  examples its reflection was written from: :attr:`~.candidates.Candidate.seen`), so 12
+  validation answers are not all it is judged on; ``validation`` uses those alone;
+* *the race* (``prompt.race_calls`` evaluations per update, pooled evidence only): while the
+  served choice is a coin flip, it and its runner-up are scored on the training examples the
+  other was scored on (then on those neither was), the one with less evidence first, so the
+  calls go to separating the two candidates that matter and the comparison is paired. The
   greedy evaluation (``eval/reward``) decodes the served candidate, so it measures what is
   served; :meth:`PromptPolicy.served_report` says which was served and why (the summary's
   ``served``, ``served_prompt.json``). Without a validation set, or with
@@ -260,7 +268,10 @@ class PromptPolicy(ArrayPolicy):
         without a selection or before any was scored."""
         if self.selection is None:
             return None
-        return self.selection.served(self.table.registry, self.base_id)
+        shown = None
+        if self.prompt.served_evidence == "pooled":
+            shown = {c.id: c.shown for c in self.table.registry.values()}
+        return self.selection.served(self.table.registry, self.base_id, shown)
 
     def served(self) -> Candidate:
         """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
@@ -280,9 +291,12 @@ class PromptPolicy(ArrayPolicy):
         choice = self.served_choice()
         if choice is not None:
             c = choice
+            where = ("validation" if self.prompt.served_evidence == "validation"
+                     else "validation and unseen training")  # fmt: skip
             reason = (
                 f"best mean held-out score {c.score:.3f} (95% interval [{c.low:.2f}, "
-                f"{c.high:.2f}], {c.n} examples) of {c.candidates} scored candidates"
+                f"{c.high:.2f}], {c.n} {where} examples; validation alone {c.validation:.3f}) "
+                f"of {c.candidates} scored candidates"
             )
             if c.coin_flip and c.runner_up is not None:
                 reason += (
@@ -741,7 +755,7 @@ class PromptPolicy(ArrayPolicy):
             metrics.update(await self.growth.grow(step, v, slots))
         if sel is not None:
             await self._score_leaders(sel)
-            self.served_choice()
+            await self._race(sel)
             metrics.update(sel.statistics())
         metrics.update(self.cache.statistics())
         probs = self.probabilities()
@@ -764,6 +778,21 @@ class PromptPolicy(ArrayPolicy):
     async def _score_leaders(self, sel: Selection) -> None:
         """Score the most probable live candidate on validation (free when it already is)."""
         await sel.evaluate(self, self.best(), sel.validation)
+
+    async def _race(self, sel: Selection) -> None:
+        """While the served choice is a coin flip, spend up to ``prompt.race_calls``
+        evaluations scoring it and its runner-up on the training examples (then validation)
+        where only one of them is scored (:meth:`Selection.race`); then choose again."""
+        choice = self.served_choice()
+        if choice is None or not choice.coin_flip or choice.runner_up is None:
+            return
+        if self.prompt.race_calls <= 0 or self.prompt.served_evidence != "pooled":
+            return
+        reg = self.table.registry
+        contenders = [reg[choice.candidate], reg[choice.runner_up]]
+        pool = [*self.growth.examples.values(), *sel.validation]
+        if await sel.race(self, contenders, pool, self.prompt.race_calls):
+            self.served_choice()
 
     def _front(self) -> frozenset[int]:
         """The live candidates on the validation Pareto front."""

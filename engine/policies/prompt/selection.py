@@ -22,12 +22,18 @@ run hands to the user at the end:
   improvement, as GEPA), then it is scored on the whole validation set and enters the table.
 * **The served choice** (:func:`choose_served`): the candidate with the best held-out score,
   where a candidate's held-out evidence is its validation scores plus its greedy scores on the
-  training examples it was never shown as a demo (the largest logit plays no part). Ranked by
+  training examples its prompt was not made from (its demos, the examples its reflection
+  saw: ``shown``); the largest logit plays no part. Ranked by
   the posterior mean under a uniform prior, ``(sum + 1) / (n + 2)``, so 3 right of 3 does not
   beat 13 of 14; reported with the 95% Wilson interval of its mean and a paired 95% interval
   of its lead over the runner-up on the examples both were scored on; when that interval holds
-  0 the choice is a coin flip and a warning says so. (Without the ``shown`` map the choice is
-  on complete validation rows only.)
+  0 the choice is a coin flip and a warning says so. Only candidates scored on all of
+  validation are compared; without the ``shown`` map the choice is on validation alone.
+* **The race** (:meth:`Selection.race`): the served choice and its runner-up are scored on
+  the examples of a pool (the training examples seen) that a rival was scored on and they
+  were not, then on those neither was, skipping each one's own ``shown`` inputs, a turn at a
+  time to the one with the fewest scores, within a number of calls: a paired race between
+  the two candidates a coin flip cannot separate.
 """
 
 from __future__ import annotations
@@ -246,6 +252,8 @@ class ServedChoice:
         lead_low, lead_high: the paired 95% interval of its lead over the runner-up.
         coin_flip: whether that interval holds 0 (the data cannot tell the two apart).
         candidates: how many candidates were compared.
+        validation: its mean on the validation examples alone (its score is that when the
+            choice is made on validation only).
     """
 
     candidate: int
@@ -258,6 +266,7 @@ class ServedChoice:
     lead_high: float = math.nan
     coin_flip: bool = False
     candidates: int = 1
+    validation: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (NaN as None)."""
@@ -275,10 +284,13 @@ def _evidence(
     shown: Mapping[int, Collection[str]] | None,
 ) -> dict[str, float]:
     """The scores a candidate is judged on: its whole validation row (none unless complete);
-    with ``shown``, every greedy score of examples it was not shown as a demo."""
+    with ``shown``, also every greedy score of training examples its prompt was not made from
+    (its demos, :attr:`Candidate.seen`)."""
     row = matrix.scores_of(cid)
     if shown is None:
         return {k: row[k] for k in keys} if all(k in row for k in keys) else {}
+    if not all(k in row for k in keys):
+        return {}
     hidden = shown.get(cid, ())
     return {k: v for k, v in row.items() if k not in hidden}
 
@@ -310,8 +322,9 @@ def choose_served(
     best = order[0]
     n = len(ev[best])
     low, high = wilson(means[best], n)
+    val = float(np.mean([ev[best][k] for k in keys])) if keys else math.nan
     if len(order) == 1:
-        return ServedChoice(best, means[best], low, high, n)
+        return ServedChoice(best, means[best], low, high, n, validation=val)
     second = order[1]
     common = [k for k in ev[best] if k in ev[second]]
     d = np.array([ev[best][k] - ev[second][k] for k in common])  # (E,) paired differences
@@ -331,6 +344,7 @@ def choose_served(
         lead_high=lead_high,
         coin_flip=not lead_low > 0,
         candidates=len(order),
+        validation=val,
     )
 
 
@@ -348,6 +362,7 @@ class Selection:
         calls: greedy evaluations asked for (cached or not).
         failures: evaluations whose request or score failed (scored 0, not kept).
         accepted, rejected: proposals that passed / failed the minibatch test.
+        raced: evaluations asked for by :meth:`race`.
         stopped: a request was refused for a spent budget: no further evaluation is sent.
     """
 
@@ -364,6 +379,7 @@ class Selection:
         self.accepted = 0
         self.rejected = 0
         self.stopped = False
+        self.raced = 0
         self.last_served: ServedChoice | None = None
 
     async def evaluate(
@@ -428,6 +444,43 @@ class Selection:
                   child_sum=float(c.sum()), parent_sum=float(p.sum()))  # fmt: skip
         return ok
 
+    async def race(
+        self,
+        policy: Completer,
+        contenders: Sequence[Candidate],
+        pool: Sequence[Example],
+        calls: int,
+    ) -> int:
+        """Score ``contenders`` (the served choice and its runner-up) on the ``pool`` examples
+        each has no score on and was not made from (:attr:`Candidate.shown`), those a rival
+        was scored on first (so the comparison is paired), each turn to the contender with the
+        fewest scores, at most ``calls`` evaluations in all; returns how many were asked."""
+        if calls <= 0 or self.stopped or len(contenders) < 2:
+            return 0
+        queues: list[list[Example]] = []
+        for c in contenders:
+            mine, shown = self.matrix.scores_of(c.id), c.shown
+            rivals = [o for o in contenders if o.id != c.id]
+            scored = {k for o in rivals for k in self.matrix.scores_of(o.id)}
+            hidden = {k for o in rivals for k in o.shown}
+            fresh = {ex.text: ex for ex in pool if ex.text not in mine and ex.text not in shown}
+            todo = list(fresh.values())
+            todo.sort(key=lambda ex: (ex.text not in scored, ex.text in hidden))
+            queues.append(todo)
+        plan: list[list[Example]] = [[] for _ in contenders]
+        held = [len(self.matrix.scores_of(c.id)) for c in contenders]
+        asked = 0
+        while asked < calls and any(queues):  # each turn to the one with the least evidence
+            i = min((j for j, q in enumerate(queues) if q), key=lambda j: held[j])
+            plan[i].append(queues[i].pop(0))
+            held[i] += 1
+            asked += 1
+        for c, exs in zip(contenders, plan, strict=True):
+            if exs:
+                await self.evaluate(policy, c, exs)
+        self.raced += asked
+        return asked
+
     def front(self, cids: Iterable[int]) -> set[int]:
         """The validation Pareto front among ``cids``."""
         return pareto_front(self.matrix, cids, self.keys)
@@ -456,6 +509,7 @@ class Selection:
             "prompt/eval_failures": float(self.failures),
             "prompt/accepted": float(self.accepted),
             "prompt/rejected": float(self.rejected),
+            "prompt/raced": float(self.raced),
         }
         s = self.last_served
         if s is not None:

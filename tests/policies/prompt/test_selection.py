@@ -29,7 +29,7 @@ from engine.config.sections import (
 from engine.endpoints.client import Client
 from engine.endpoints.spend import SpendMeter
 from engine.errors import BudgetSpent, CheckpointError
-from engine.policies.prompt import Demo, PromptPolicy
+from engine.policies.prompt import Candidate, Demo, PromptPolicy
 from engine.policies.prompt.growth import CandidateGrowth, GrowthSlots, failure_demos
 from engine.policies.prompt.selection import (
     EvalCache,
@@ -250,9 +250,12 @@ async def test_acceptance_needs_a_strict_minibatch_win_then_scores_validation() 
 async def test_growth_places_only_accepted_proposals() -> None:
     """A reflection that makes things worse is scored on the minibatch and never placed."""
 
+    reflections: list[str] = []
+
     def model(req: SimRequest) -> str:
         p = req.prompt
         if "improving the instruction" in p:
+            reflections.append(p)
             return "Say nothing.</instruction>"
         x = p.rsplit("Input:", 1)[-1].split("\n", 1)[0].strip()
         if not p.startswith("HALF"):
@@ -282,7 +285,13 @@ async def test_growth_places_only_accepted_proposals() -> None:
             ) as tm:  # fmt: skip
                 await tm.run()
     made = [pol.candidate(i) for i in range(pol.table.next_id)]
-    assert any(c.instruction == "Say nothing." for c in made)  # proposed and scored ...
+    said = [c for c in made if c.instruction == "Say nothing."]
+    assert said  # proposed and scored ...
+    # the training inputs its reflection was written from are its `seen`: never its evidence
+    seen = set(said[0].seen)
+    assert seen and seen <= {e.text for e in ITEMS[:20]} and seen <= said[0].shown
+    assert all(any(f"Input: {x}" in r for r in reflections) for x in seen)
+    assert Candidate.from_json(said[0].to_json()) == said[0]
     live = {int(i) for i in pol.table.ids[pol.table.live()]}
     assert all(pol.candidate(i).instruction != "Say nothing." for i in live)  # ... not placed
     assert pol.selection is not None and pol.selection.rejected >= 1
@@ -414,22 +423,136 @@ def test_served_choice_pools_unseen_training_scores_and_shrinks_little_evidence(
     val = [f"v{i}" for i in range(4)]
     for k in val:
         m.set(0, k, 1.0)  # the base: right on all of validation ...
+        m.set(5, k, 1.0)  # ... and so is candidate 5
     for i in range(10):
-        m.set(0, f"t{i}", 1.0 if i < 9 else 0.0)  # ... and on 9 of 10 training examples
+        m.set(0, f"t{i}", 1.0 if i < 9 else 0.0)  # the base: 9 of 10 training examples
     for k in ("t0", "t1", "t2"):
         m.set(5, k, 1.0)  # 3 of 3, one of them its own demo
-    shown = {0: set(), 5: {"t0"}}
-    c = choose_served(m, [0, 5], val, base_id=0, shown=shown)
+    for k in ("t0", "t1", "t2", "t3"):
+        m.set(7, k, 1.0)  # perfect on training, but not scored on all of validation
+    m.set(7, "v0", 1.0)
+    shown = {0: set(), 5: {"t0"}, 7: set()}
+    c = choose_served(m, [0, 5, 7], val, base_id=0, shown=shown)
     assert c is not None and c.candidate == 0 and c.n == 14 and c.score == pytest.approx(13 / 14)
-    assert c.runner_up == 5 and c.coin_flip  # they share two examples, both right
+    assert c.validation == 1.0  # its validation mean, reported apart
+    assert c.candidates == 2  # 7 lacks validation examples: not compared
+    assert c.runner_up == 5 and c.coin_flip  # (13 + 1) / 16 = (6 + 1) / 8: a tie, the base
     only_val = choose_served(m, [0, 5], val, base_id=0)
     assert only_val is not None and only_val.candidate == 0 and only_val.n == 4
-    m.set(5, "t3", 1.0)
-    m.set(5, "t4", 1.0)
-    for i in range(5, 40):
+    for i in range(3, 40):
         m.set(5, f"t{i}", 1.0)
     c2 = choose_served(m, [0, 5], val, base_id=0, shown=shown)
-    assert c2 is not None and c2.candidate == 5 and c2.n == 39  # t0 never counts for it
+    assert c2 is not None and c2.candidate == 5 and c2.n == 4 + 39  # t0 never counts for it
+    assert c2.runner_up == 0 and c2.coin_flip  # paired on 4 + 9 examples, 1 difference
+
+
+# ----------------------------------------------------------------------------- the race
+
+
+def racers(client: Client | None, **prompt: object) -> PromptPolicy:
+    """Two candidates right on every item (one shows item 3 as a demo), the base never."""
+    cfg = PromptPolicyConfig(max_candidates=6, select_served=True, **prompt)  # type: ignore[arg-type]
+    return PromptPolicy(
+        client,
+        cfg,
+        endpoint=endpoint("http://unused/v1"),
+        candidates=[
+            ("Answer.", (), None),
+            ("GOOD answer.", (), None),
+            ("GOOD reply.", (Demo(ITEMS[3].text, "odd"),), None),
+        ],
+    )
+
+
+async def test_the_race_pairs_the_contenders_on_unseen_examples_within_its_calls() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = racers(client)
+        sel = pol.attach_selection(score, ITEMS[20:26])
+        assert sel is not None
+        a, b = pol.candidate(1), pol.candidate(2)
+        await sel.evaluate(pol, a, sel.validation)
+        await sel.evaluate(pol, b, sel.validation)
+        await sel.evaluate(pol, a, ITEMS[:4])  # a has 4 training scores, b none
+        n = model.requests
+        pool = ITEMS[:10]
+        assert await sel.race(pol, [a, b], pool, 0) == 0 and model.requests == n
+        assert await sel.race(pol, [a, b], pool, 3) == 3 and model.requests == n + 3
+        assert sel.raced == 3
+        # b, with less evidence, first, on what a was scored on (paired), never on item 3,
+        # its own demo; then on what neither was
+        b_train = {k for k in sel.matrix.scores_of(b.id) if k not in sel.keys}
+        assert b_train == {ITEMS[0].text, ITEMS[1].text, ITEMS[2].text}
+        assert await sel.race(pol, [a, b], pool, 2) == 2
+        b_train = {k for k in sel.matrix.scores_of(b.id) if k not in sel.keys}
+        assert b_train == {e.text for e in ITEMS[:5]} - {ITEMS[3].text}  # 10 scores each
+        a_train = {k for k in sel.matrix.scores_of(a.id) if k not in sel.keys}
+        assert a_train == {e.text for e in ITEMS[:5]}  # its turn: the one b was scored on
+        await sel.race(pol, [a, b], pool, 100)  # to the end of the pool
+        assert set(sel.matrix.scores_of(a.id)) >= {e.text for e in pool}
+        assert ITEMS[3].text not in sel.matrix.scores_of(b.id)
+        assert await sel.race(pol, [a, b], pool, 100) == 0  # nothing left to score
+        sel.stopped = True
+        assert await sel.race(pol, [a, b], ITEMS[10:20], 5) == 0  # a spent budget: no more
+
+
+async def test_pooled_evidence_never_counts_a_candidates_own_demos_or_seen_inputs() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = racers(client)
+        sel = pol.attach_selection(score, ITEMS[20:26])
+        assert sel is not None
+        b = pol.candidate(2)  # shows item 3 as a demo
+        await sel.evaluate(pol, b, sel.validation)
+        sel.matrix.set(b.id, ITEMS[3].text, 1.0)  # its own demo: right, and not evidence
+        sel.matrix.set(b.id, ITEMS[4].text, 0.0)
+        choice = pol.served_choice()
+        assert choice is not None and choice.candidate == b.id
+        assert choice.n == 7 and choice.score == pytest.approx(6 / 7)
+        grown = pol.table.new_candidate(("GOOD answer.", (), 0.0), "reflection", b.id,
+                                        seen=[ITEMS[5].text])  # fmt: skip
+        assert grown.shown == {ITEMS[5].text}  # no demos of its own
+        await sel.evaluate(pol, grown, sel.validation)
+        sel.matrix.set(grown.id, ITEMS[5].text, 1.0)  # what its reflection saw: not evidence
+        sel.matrix.set(grown.id, ITEMS[6].text, 1.0)
+        choice = pol.served_choice()
+        assert choice is not None and choice.candidate == grown.id and choice.n == 7
+
+
+async def test_after_update_races_a_coin_flip_only_and_chooses_on_the_pooled_evidence() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = racers(client, race_calls=4)
+        sel = pol.attach_selection(score, ITEMS[20:26])
+        assert sel is not None
+        for i in (1, 2):
+            await sel.evaluate(pol, pol.candidate(i), sel.validation)
+        pol.growth.examples = {e.text: e for e in ITEMS[:10]}  # the training examples seen
+        before = pol.served_choice()
+        assert before is not None and before.coin_flip and before.n == 6  # 6 of 6 each
+        metrics = await pol.after_update(0, [])
+        assert metrics["prompt/raced"] == 4.0  # one update's race: race_calls evaluations
+        for _ in range(10):
+            await pol.after_update(0, [])
+        assert sel.raced == 10 + 9  # every unseen training example, then nothing more
+        after = pol.served_choice()
+        assert after is not None and after.n in (15, 16) and after.coin_flip  # still tied
+        off = racers(client, race_calls=0)
+        sel_off = off.attach_selection(score, ITEMS[20:26])
+        assert sel_off is not None
+        for i in (1, 2):
+            await sel_off.evaluate(off, off.candidate(i), sel_off.validation)
+        off.growth.examples = {e.text: e for e in ITEMS[:10]}
+        assert (await off.after_update(0, []))["prompt/raced"] == 0.0
+        clear = policy(client, race_calls=4)  # GOOD leads HALF beyond doubt: no race
+        sel_clear = clear.attach_selection(score, ITEMS[20:32])
+        assert sel_clear is not None
+        for i in (1, 2):
+            await sel_clear.evaluate(clear, clear.candidate(i), sel_clear.validation)
+        clear.growth.examples = {e.text: e for e in ITEMS[:10]}
+        choice = clear.served_choice()
+        assert choice is not None and not choice.coin_flip
+        assert (await clear.after_update(0, []))["prompt/raced"] == 0.0
 
 
 # ----------------------------------------------------------------------------- served by default
@@ -466,9 +589,12 @@ async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_pa
     assert pol.selection is not None  # attached by default, with the held-out examples
     served = summary.extra["served"]
     assert served["candidate"] == 1 and served["by"] == "validation"
-    assert served["score"] == 0.5 and served["n"] == 12  # HALF: the even half
-    assert (served["low"], served["high"]) == pytest.approx(wilson(0.5, 12))
-    assert "best mean held-out score 0.500" in served["reason"]
+    # HALF: the even half of validation, and its greedy rollouts on training examples pooled
+    pooled = pol.selection.matrix.scores_of(1)
+    assert served["validation"] == 0.5 and served["n"] == len(pooled) > 12
+    assert served["score"] == pytest.approx(np.mean(list(pooled.values())))
+    assert (served["low"], served["high"]) == pytest.approx(wilson(served["score"], served["n"]))
+    assert f"best mean held-out score {served['score']:.3f}" in served["reason"]
     assert served["coin_flip"] is False
     saved = orjson.loads((out / "summary.json").read_bytes())
     assert saved["served"]["candidate"] == 1
@@ -477,10 +603,13 @@ async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_pa
     assert file["instruction"] == "HALF answer." and file["served"] == served
 
 
-async def test_the_served_score_counts_held_out_examples_only() -> None:
+@pytest.mark.parametrize("evidence", ["validation", "pooled"])
+async def test_the_served_score_counts_validation_or_unseen_training_examples(
+    evidence: str,
+) -> None:
     model = Scripted()
     async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = policy(client)
+        pol = policy(client, served_evidence=evidence)
         sel = pol.attach_selection(score, ITEMS[20:32])
         assert sel is not None
         await sel.evaluate(pol, pol.candidate(1), sel.validation)  # HALF: 6 of 12
@@ -488,8 +617,11 @@ async def test_the_served_score_counts_held_out_examples_only() -> None:
             sel.matrix.set(1, ex.text, 1.0)
         await sel.evaluate(pol, pol.candidate(2), sel.validation[:6])  # GOOD: part only
         choice = pol.served_choice()
-    assert choice is not None and choice.candidate == 1
-    assert choice.n == 12 and choice.score == pytest.approx(0.5)  # training scores left out
+    assert choice is not None and choice.candidate == 1 and choice.validation == 0.5
+    if evidence == "validation":
+        assert choice.n == 12 and choice.score == pytest.approx(0.5)  # training left out
+    else:
+        assert choice.n == 32 and choice.score == pytest.approx((6 + 20) / 32)
     assert choice.candidates == 1  # GOOD, not scored on all of validation, is not compared
 
 
