@@ -244,6 +244,22 @@ def parse_response(
     retried; an error status then shows the raw text), a redirect (3xx) is an error naming
     its location, and the key is redacted from the text of the choices.
     """
+    if 200 <= status < 300:
+        plain = _plain_result(raw, headers, attempt, redact)
+        if plain is not None:
+            return plain
+    return _parse_general(raw, status, headers, attempt, path, redact)
+
+
+def _parse_general(
+    raw: bytes,
+    status: int,
+    headers: Mapping[str, str],
+    attempt: int,
+    path: str,
+    redact: Redactor,
+) -> Result | Failure:
+    """:func:`parse_response` for every body (the usual one too: the tests compare)."""
     deep = False
     try:
         doc = orjson.loads(raw) if raw else None
@@ -289,6 +305,71 @@ def parse_response(
             f"malformed choices: {type(exc).__name__}", status, headers, attempt, path
         )
     return _result(doc, raw_choices, choices, headers, attempt, redact)
+
+
+def _plain_result(
+    raw: bytes, headers: Mapping[str, str], attempt: int, redact: Redactor
+) -> Result | None:
+    """The result of the usual 2xx answer in one flat pass, or None when the body is
+    anything else (then :func:`parse_response`'s general path decides, with the same
+    outcome for every body this accepts: ``tests/endpoints/test_parsing.py`` compares them).
+
+    The usual answer: a JSON object of little nesting, no ``error``, exactly one choice that
+    is an object with a string ``message.content`` (chat) or ``text`` (completions), no
+    tool calls, logprobs or token ids anywhere, and a finish reason that is a string other
+    than ``error`` or absent."""
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        return None  # too_deep() decides
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or doc.get("error") is not None:
+        return None
+    raw_choices = doc.get("choices")
+    if type(raw_choices) is not list or len(raw_choices) != 1:
+        return None
+    c = raw_choices[0]
+    if type(c) is not dict:
+        return None
+    get = c.get
+    fr = get("finish_reason")
+    if (fr is not None and (type(fr) is not str or fr == "error")) or get("logprobs") is not None:
+        return None
+    if get("token_ids") is not None or get("prompt_token_ids") is not None:
+        return None
+    msg = get("message")
+    if type(msg) is dict:
+        text = msg.get("content")
+        if msg.get("tool_calls") is not None:
+            return None
+    else:
+        text = get("text")
+    if type(text) is not str or doc.get("prompt_token_ids") is not None:
+        return None
+    usage, anomaly = read_usage(doc.get("usage"))
+    model = doc.get("model")
+    if type(model) is not str:
+        model = None
+    if redact.active:  # what _scrub does to a choice without tokens or tool calls
+        secrets = redact.secrets
+        text = secrets(text)
+        if fr is not None:
+            fr = secrets(fr)
+        if model is not None:
+            model = secrets(model)
+    rid = doc.get("id")
+    rid = redact.id(rid if rid is None or type(rid) is str else str(rid))
+    return Result(
+        [new_choice(0, text, fr, None, None, None, ())],
+        usage,
+        rid if rid is None or len(rid) <= 200 else rid[:200],
+        model if model is None or len(model) <= 200 else model[:200],
+        redact.id(headers.get("x-request-id")),
+        None,
+        attempt,
+        anomaly,
+    )
 
 
 def _response_failure(

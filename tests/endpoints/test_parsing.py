@@ -106,3 +106,127 @@ def test_a_redirect_with_a_bad_location_is_still_a_response_error() -> None:
         assert isinstance(out, Failure) and isinstance(out.error, ResponseError)
         assert not out.error.retryable and "not followed" in str(out.error)
         assert KEY not in str(out.error) and "k=1" not in str(out.error)
+
+
+# ------------------------------------------------------------------ the flat path
+
+_KEY_FOR_PLAIN = "sk-plain-path-secret-0123456789"
+
+
+def _plain_bodies() -> list[object]:
+    """Bodies for the flat path: the usual answers it takes, and near misses it must hand
+    to the general path (each decided the same either way)."""
+    msg = {"role": "assistant", "content": "an answer"}
+    usual = {
+        "id": "c-1",
+        "model": "m",
+        "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    bodies: list[object] = [usual]
+
+    def variant(**top: object) -> dict[str, object]:
+        return {**usual, **top}
+
+    def choice(**fields: object) -> dict[str, object]:
+        return variant(choices=[{"index": 0, "message": msg, "finish_reason": "stop", **fields}])
+
+    bodies += [
+        variant(usage=None),
+        variant(usage={"prompt_tokens": -1, "completion_tokens": 2}),
+        variant(
+            usage={
+                "prompt_tokens": 3,
+                "completion_tokens": 2,
+                "cost": 0.5,
+                "prompt_tokens_details": {"cached_tokens": 1},
+            }
+        ),
+        variant(id=None),
+        variant(id=12345),
+        variant(id="x" * 300),
+        variant(model=None),
+        variant(model=7),
+        variant(model="m" * 300),
+        variant(model=f"echo {_KEY_FOR_PLAIN}"),
+        variant(id=f"id-{_KEY_FOR_PLAIN}"),
+        variant(error={"message": "boom"}),
+        variant(error="text"),
+        variant(prompt_token_ids=[1, 2]),
+        variant(choices=[]),
+        variant(choices=[usual["choices"][0]] * 2),
+        variant(choices=["text"]),
+        choice(finish_reason="error"),
+        choice(finish_reason=None),
+        choice(finish_reason=3),
+        choice(finish_reason=f"stop {_KEY_FOR_PLAIN}"),
+        choice(logprobs={"content": []}),
+        choice(token_ids=[1, 2]),
+        choice(prompt_token_ids=[1]),
+        choice(message={"role": "assistant", "content": f"key: {_KEY_FOR_PLAIN}"}),
+        choice(message={"role": "assistant", "content": None}),
+        choice(message={"role": "assistant", "content": [{"type": "text", "text": "p"}]}),
+        choice(message={"role": "assistant", "content": "", "tool_calls": []}),
+        choice(message="not an object"),
+        {"id": "t", "choices": [{"text": "completion text", "finish_reason": "length"}]},
+        {"id": "t", "choices": [{"index": 0, "text": 5}]},
+        [1, 2],
+        "text",
+        None,
+    ]
+    nested: object = "leaf"
+    for _ in range(80):
+        nested = [nested]
+    bodies.append(variant(extra=nested))
+    return bodies
+
+
+def _fields_of(r: Result | Failure) -> object:
+    if isinstance(r, Failure):
+        return ("failure", type(r.error).__name__, str(r.error), r.error.retryable)
+    return (
+        "result",
+        r.choices,
+        r.usage,
+        r.id,
+        r.model,
+        r.request_id,
+        r.prompt_token_ids,
+        r.attempts,
+        r.usage_anomaly,
+    )
+
+
+def test_the_flat_path_decides_every_body_as_the_general_path_does() -> None:
+    from engine.endpoints.parsing import _parse_general, _plain_result
+
+    taken = 0
+    for key in (_KEY_FOR_PLAIN, None):
+        redact = Redactor(key)
+        for body in _plain_bodies():
+            raw = orjson.dumps(body)
+            headers = CIMultiDict({"x-request-id": f"req-{_KEY_FOR_PLAIN}"})
+            plain = _plain_result(raw, headers, 2, redact)
+            general = _parse_general(raw, 200, headers, 2, "/v1/chat/completions", redact)
+            whole = parse_response(raw, 200, headers, 2, "/v1/chat/completions", redact)
+            assert _fields_of(whole) == _fields_of(general)
+            if plain is not None:
+                taken += 1
+                assert _fields_of(plain) == _fields_of(general), body
+    assert taken >= 20  # the usual answers go the flat way
+
+
+def test_an_echoed_key_is_redacted_on_the_flat_path() -> None:
+    from engine.endpoints.parsing import _plain_result
+
+    body = {
+        "id": f"id-{_KEY_FOR_PLAIN}",
+        "model": f"m {_KEY_FOR_PLAIN}",
+        "choices": [
+            {"message": {"content": f"say {_KEY_FOR_PLAIN}"}, "finish_reason": _KEY_FOR_PLAIN}
+        ],
+    }
+    r = _plain_result(orjson.dumps(body), CIMultiDict(), 1, Redactor(_KEY_FOR_PLAIN))
+    assert isinstance(r, Result)
+    seen = [r.id, r.model, r.choices[0].text, r.choices[0].finish_reason]
+    assert all(_KEY_FOR_PLAIN not in (s or "") for s in seen) and "[REDACTED]" in r.choices[0].text
