@@ -33,6 +33,7 @@ import aiohttp
 from yarl import URL
 
 from ..errors import (
+    BudgetSpent,
     DeadlineExceeded,
     EndpointError,
     EndpointTimeout,
@@ -397,11 +398,12 @@ class AttemptRunner:
         """
         state.permit = permit
         spend = self._spend
-        if spend.exhausted:
+        try:
+            spend.admit(ctx.path, attempt)  # asks whether a budget is spent, and refuses
+        except BudgetSpent as exc:
             permit.settle(0)
-            state.outcome = Failure(spend.refusal(ctx.path, attempt))
+            state.outcome = Failure(exc)
             return
-        spend.admit(ctx.path, attempt)
         try:
             self._start_send(ctx, state)
             in_flight = self._in_flight

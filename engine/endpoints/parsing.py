@@ -349,17 +349,14 @@ def _plain_result(
         return None
     usage, anomaly = read_usage(doc.get("usage"))
     model = doc.get("model")
-    if type(model) is not str:
-        model = None
-    if redact.active:  # what _scrub does to a choice without tokens or tool calls
-        secrets = redact.secrets
-        text = secrets(text)
-        if fr is not None:
-            fr = secrets(fr)
-        if model is not None:
-            model = secrets(model)
     rid = doc.get("id")
-    rid = redact.id(rid if rid is None or type(rid) is str else str(rid))
+    # what _scrub does to a choice without tokens or tool calls, and _result to the rest
+    text, fr, model, rid = redact.answer(
+        text,
+        fr,
+        model if type(model) is str else None,
+        rid if rid is None or type(rid) is str else str(rid),
+    )
     return Result(
         [new_choice(0, text, fr, None, None, None, ())],
         usage,

@@ -90,6 +90,30 @@ class Redactor:
                 text = text.replace(s, "[REDACTED]")
         return text
 
+    def answer(
+        self, text: str, reason: str | None, model: str | None, rid: str | None
+    ) -> tuple[str, str | None, str | None, str | None]:
+        """An answer's text, finish reason and model with the key redacted (:meth:`secrets`)
+        and its id as :meth:`id` leaves it: what the client's usual response needs, in one
+        call."""
+        secrets = self._secrets
+        if not secrets:
+            return text, reason, model, rid
+        shortest = self._shortest  # a text shorter than every spelling cannot hold one
+        if len(text) >= shortest:
+            for s in secrets:
+                if s in text:
+                    text = text.replace(s, "[REDACTED]")
+        if reason is not None and len(reason) >= shortest:
+            for s in secrets:
+                if s in reason:
+                    reason = reason.replace(s, "[REDACTED]")
+        if model is not None and len(model) >= shortest:
+            for s in secrets:
+                if s in model:
+                    model = model.replace(s, "[REDACTED]")
+        return text, reason, model, None if rid is None else self(rid)
+
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Where the key (in any of its spellings) occurs in ``text``: sorted, merged
         ``(start, end)`` character ranges."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import random
 import time
 from collections import Counter
@@ -189,6 +190,11 @@ class RequestStatistics:
         return out
 
 
+_TALLIED = operator.itemgetter(
+    "kind", "prompt_tokens", "completion_tokens", "cost", "cost_usd", "latency", "error_class"
+)
+
+
 class RequestTally:
     """Counts request events: tokens, latencies, errors by class, requests by kind.
 
@@ -220,23 +226,26 @@ class RequestTally:
 
         Latencies are kept as a bounded uniform sample (:class:`LatencySample`), so a window
         that is never reset stays within :data:`LATENCY_SAMPLE` floats."""
-        get = event.get
+        try:  # a client's attempt event has every field: one lookup for all of them
+            kind, pt, ct, cost, cost_usd, latency, err = _TALLIED(event)
+        except KeyError:
+            get = event.get
+            kind, pt, ct = get("kind", "generation"), get("prompt_tokens"), get("completion_tokens")
+            cost, cost_usd, latency = get("cost"), get("cost_usd"), get("latency")
+            err = get("error_class")
         self.requests += 1
-        kind = get("kind", "generation")
         self.by_kind[kind if type(kind) is str else str(kind)] += 1
         # int(x or 0) and float(x or 0.0), without the conversion where x already is one
-        if v := get("prompt_tokens"):
-            self.prompt_tokens += v if type(v) is int else int(v)
-        if v := get("completion_tokens"):
-            self.completion_tokens += v if type(v) is int else int(v)
-        if v := get("cost"):
-            self.cost += v if type(v) is float else float(v)
-        if v := get("cost_usd"):
-            self.cost_usd += v if type(v) is float else float(v)
-        latency = get("latency")
+        if pt:
+            self.prompt_tokens += pt if type(pt) is int else int(pt)
+        if ct:
+            self.completion_tokens += ct if type(ct) is int else int(ct)
+        if cost:
+            self.cost += cost if type(cost) is float else float(cost)
+        if cost_usd:
+            self.cost_usd += cost_usd if type(cost_usd) is float else float(cost_usd)
         if latency is not None:
             self.latencies.add(latency if type(latency) is float else float(latency))
-        err = get("error_class")
         if err == "cancelled":
             self.cancelled += 1
         elif err:

@@ -40,6 +40,24 @@ def test_cancelled_attempts_are_counted_apart_from_errors() -> None:
     assert tally.statistics().metrics()["requests/total"] == 0  # the window was reset
 
 
+def test_an_event_with_every_field_tallies_as_one_with_only_some() -> None:
+    """A client's event (every field present) and an embedder's (only some) are counted by
+    the same rules: absent fields count as zero or none."""
+    full = {"kind": "judge", "prompt_tokens": 4, "completion_tokens": 2.0, "cost": None,
+            "cost_usd": 0.5, "latency": 0.25, "error_class": "server"}  # fmt: skip
+    partial = {"prompt_tokens": 4, "completion_tokens": 2, "cost_usd": 0.5, "latency": 0.25,
+               "error_class": "server", "kind": "judge"}  # fmt: skip
+    a, b = RequestTally(), RequestTally()
+    a.record(full)
+    b.record(partial)
+    assert a.statistics() == b.statistics()
+    c = RequestTally()
+    c.record({"latency": 1})  # nothing else: a generation, no tokens, no error
+    out = c.statistics().metrics()
+    assert out["requests/generation"] == 1 and out["tokens/prompt"] == 0
+    assert out["requests/errors"] == 0 and out["latency/p50"] == 1.0
+
+
 def test_merge_adds_every_count() -> None:
     """Merging a tally adds every count, by kind and by error class too."""
     a, b = RequestTally(), RequestTally()
