@@ -228,8 +228,9 @@ def run_config(args: argparse.Namespace, endpoint: EndpointConfig, task: str, se
             instructions=(base, second),
             max_demos=args.demos,
             propose_every=2,
-            max_candidates=8,
+            max_candidates=8 + (args.merge_demos > 0),  # a slot for the merge proposal
             minibatch=4,
+            merge_demos=args.merge_demos,
             select_served=True,
         ),
         grpo=GRPOConfig(group_size=4, mini_batch_size=4),
@@ -563,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--demos", type=int, default=3, help="demos per demo set")
     ap.add_argument("--demo-sets", type=int, default=2, help="seed demo sets besides zero-shot")
+    ap.add_argument("--merge-demos", type=int, default=6,
+                    help="the engine's merge proposals: demos at most (0: no merge)")  # fmt: skip
     ap.add_argument("--max-steps", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=4)
