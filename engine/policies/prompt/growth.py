@@ -15,10 +15,12 @@ Every ``propose_every`` steps the prompt policy (:meth:`PromptPolicy.after_updat
    input and output), a candidate with the parent's instruction;
 3. *merge* (``merge_demos > 0``): the parent's instruction with its demos joined by those of
    the most probable other live candidate whose demos differ (at most ``merge_demos``, the
-   parent's first), a larger few-shot set made of two lineages (GEPA's merge);
+   parent's first), a larger few-shot set made of two lineages (GEPA's merge), accepted when
+   it matches its parent on its minibatch (a tie is enough, unlike the other proposals);
 4. *acceptance* (with a selection, :mod:`.selection`): each proposal is scored against its
    parent on a minibatch of the recent examples the parent does worst on (minus the
-   proposal's own demos) and takes a slot only if it does strictly better there;
+   proposal's own demos) and takes a slot only if it does strictly better there (a merge: at
+   least as well);
 5. *pruning*: the least probable candidates beyond ``max_candidates - headroom`` are retired
    (never the base prompt, never one on the validation Pareto front (``keep``), never one
    added in this round or the previous one).

@@ -61,7 +61,9 @@ touches the update above, which stays the bandit with group baselines):
   references), and its minibatch excludes those examples;
 * *merges* (``prompt.merge_demos > 0``): a third proposal per round, the parent's
   instruction with its demos joined by those of the most probable other candidate whose demos
-  differ (a larger few-shot set, GEPA's merge of two lineages), accepted like any proposal;
+  differ (a larger few-shot set, GEPA's merge of two lineages); it is accepted when it does at
+  least as well as its parent on its minibatch (as GEPA accepts a merge that matches its
+  parents), then scored on validation like any accepted proposal;
 * *the served prompt* (:meth:`PromptPolicy.served`, on by default: ``prompt.select_served``):
   among the candidates scored on all of validation, the one with the best held-out score,
   ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with its
@@ -806,7 +808,8 @@ class PromptPolicy(ArrayPolicy):
 
     async def _accept(self, child: Candidate, parent: Candidate, batch: Sequence[Example]) -> bool:
         assert self.selection is not None
-        return await self.selection.accept(self, child, parent, batch)
+        ties = child.origin == "merge"  # a merge need only match its parent (GEPA's rule)
+        return await self.selection.accept(self, child, parent, batch, ties=ties)
 
     # ------------------------------------------------------------------ state
 
