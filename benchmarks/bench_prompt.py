@@ -14,7 +14,8 @@ reflects, the same reflection model:
   ``candidates x train``, and that number is the budget everyone else gets.
 * **engine**: :class:`~engine.training.trainer.TrainingManager` with the prompt policy (the
   same seed candidates), GRPO at temperature 0 (the evaluation cache makes a repeated draw
-  free), growth every 2 steps, the validation split as its held-out set (acceptance, Pareto
+  free), growth every 2 steps (with merge proposals of up to ``--merge-demos`` demos, one
+  more candidate slot for them), the validation split as its held-out set (acceptance, Pareto
   retention, the served prompt) and ``limits.max_requests`` set to the budget: the run stops
   when the calls budget is spent and serves :meth:`~engine.policies.prompt.PromptPolicy.served`.
 * **gepa**: ``gepa.optimize`` (``pip install gepa``) from the base instruction, with an
