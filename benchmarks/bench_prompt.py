@@ -14,7 +14,8 @@ reflects, the same reflection model:
   ``candidates x train``, and that number is the budget everyone else gets.
 * **engine**: :class:`~engine.training.trainer.TrainingManager` with the prompt policy (the
   same seed candidates), GRPO at temperature 0 (the evaluation cache makes a repeated draw
-  free), growth every 2 steps, the validation split as its held-out set (acceptance, Pareto
+  free), growth every 2 steps (with merge proposals of up to ``--merge-demos`` demos, one
+  more candidate slot for them), the validation split as its held-out set (acceptance, Pareto
   retention, the served prompt) and ``limits.max_requests`` set to the budget: the run stops
   when the calls budget is spent and serves :meth:`~engine.policies.prompt.PromptPolicy.served`.
 * **gepa**: ``gepa.optimize`` (``pip install gepa``) from the base instruction, with an
@@ -228,8 +229,9 @@ def run_config(args: argparse.Namespace, endpoint: EndpointConfig, task: str, se
             instructions=(base, second),
             max_demos=args.demos,
             propose_every=2,
-            max_candidates=8,
+            max_candidates=8 + (args.merge_demos > 0),  # a slot for the merge proposal
             minibatch=4,
+            merge_demos=args.merge_demos,
             select_served=True,
         ),
         grpo=GRPOConfig(group_size=4, mini_batch_size=4),
@@ -563,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--demos", type=int, default=3, help="demos per demo set")
     ap.add_argument("--demo-sets", type=int, default=2, help="seed demo sets besides zero-shot")
+    ap.add_argument("--merge-demos", type=int, default=6,
+                    help="the engine's merge proposals: demos at most (0: no merge)")  # fmt: skip
     ap.add_argument("--max-steps", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=12)
     ap.add_argument("--concurrency", type=int, default=4)

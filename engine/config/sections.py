@@ -198,6 +198,12 @@ class PromptPolicyConfig:
     serve the most probable candidate and send no ``selection`` request."""
     minibatch: int = 4
     """Training examples a proposal is first tried on (those its parent does worst on)."""
+    merge_demos: int = 0
+    """Each growth round also proposes a merge (as GEPA merges candidates): the parent's
+    instruction with its demos joined by those of the most probable other candidate whose
+    demos differ, at most this many demos (the parent's first); it is accepted when it does at
+    least as well as its parent on its minibatch (the other proposals must do strictly better)
+    and takes one more free slot (headroom). 0 = no merge."""
     served_evidence: Literal["validation", "pooled"] = "pooled"
     """What the served choice is judged on: ``validation`` (the held-out examples only) or
     ``pooled`` (also each candidate's greedy scores on the training examples its prompt was not

@@ -52,7 +52,7 @@ class Candidate:
             field in braces) it is a template rendered per example instead.
         demos: the few-shot demonstrations, in order.
         temperature: sampling temperature for this candidate; None uses the endpoint's.
-        origin: ``seed``, ``reflection`` or ``demos``.
+        origin: ``seed``, ``reflection``, ``demos`` or ``merge``.
         parent: the id of the candidate it was derived from, if any.
         seen: the training inputs its proposal was written from (a reflection's examples, and
             its ancestors'); like its demos, they never count as its held-out evidence.

@@ -13,10 +13,15 @@ Every ``propose_every`` steps the prompt policy (:meth:`PromptPolicy.after_updat
 2. *demos*: the recent training examples the parent got wrong, with their reference answers,
    become a new demo set (where examples have no reference: the top-scoring recent rollouts,
    input and output), a candidate with the parent's instruction;
-3. *acceptance* (with a selection, :mod:`.selection`): each proposal is scored against its
+3. *merge* (``merge_demos > 0``): the parent's instruction with its demos joined by those of
+   the most probable other live candidate whose demos differ (at most ``merge_demos``, the
+   parent's first), a larger few-shot set made of two lineages (GEPA's merge), accepted when
+   it matches its parent on its minibatch (a tie is enough, unlike the other proposals);
+4. *acceptance* (with a selection, :mod:`.selection`): each proposal is scored against its
    parent on a minibatch of the recent examples the parent does worst on (minus the
-   proposal's own demos) and takes a slot only if it does strictly better there;
-4. *pruning*: the least probable candidates beyond ``max_candidates - headroom`` are retired
+   proposal's own demos) and takes a slot only if it does strictly better there (a merge: at
+   least as well);
+5. *pruning*: the least probable candidates beyond ``max_candidates - headroom`` are retired
    (never the base prompt, never one on the validation Pareto front (``keep``), never one
    added in this round or the previous one).
 
@@ -50,6 +55,7 @@ __all__ = (
     "best_and_worst",
     "failure_demos",
     "logmeanexp",
+    "merged_demos",
     "parse_instruction",
     "reflection_prompt",
     "reset_moments",
@@ -211,6 +217,27 @@ def failure_demos(records: Sequence[Mapping[str, Any]], parent: int, k: int) -> 
     return tuple(demos)
 
 
+def merged_demos(
+    parent: Candidate, others: Sequence[Candidate], k: int
+) -> tuple[Candidate | None, tuple[Demo, ...]]:
+    """The merge partner (the first of ``others``, most probable first, whose demos are not
+    all among the parent's) and the parent's demos joined by its new ones, at most ``k``
+    (the parent's first, distinct inputs); ``(None, ())`` when no candidate adds a demo."""
+    have = {d.input for d in parent.demos}
+    for other in others:
+        new = [d for d in other.demos if d.input not in have]
+        if other.id == parent.id or not new:
+            continue
+        out: list[Demo] = []
+        seen: set[str] = set()
+        for d in (*parent.demos, *new):
+            if d.input not in seen:
+                seen.add(d.input)
+                out.append(d)
+        return other, tuple(out[:k])
+    return None, ()
+
+
 def reset_moments(optimizer: Adam | None, slot: int, live: np.ndarray) -> None:
     """Zero Adam's first moment of ``logits[slot]`` and set its second moment to the live
     slots' mean, through the optimizer's public state API (no-op before its first step)."""
@@ -364,8 +391,32 @@ class CandidateGrowth:
             recipe = (parent.instruction, demos, parent.temperature)
             if demos and recipe not in live_recipes:
                 proposals.append((recipe, "demos"))
+                live_recipes.add(recipe)
                 self._seen[recipe] = parent.seen
+        if self.prompt.merge_demos > 0:
+            self._merge(parent, slots, live_recipes, proposals)
         return proposals, errors
+
+    def _merge(
+        self,
+        parent: Candidate,
+        slots: GrowthSlots,
+        live_recipes: set[Recipe],
+        proposals: list[tuple[Recipe, str]],
+    ) -> None:
+        """Append the merge proposal (:func:`merged_demos`) unless it exists already."""
+        table, theta = slots.table, slots.logits
+        order = sorted(np.flatnonzero(table.live()), key=lambda s: (-theta[s], int(table.ids[s])))
+        others = [table.at(int(s)) for s in order]
+        other, demos = merged_demos(parent, others, self.prompt.merge_demos)
+        if other is None or len(demos) <= len(parent.demos):
+            return
+        recipe = (parent.instruction, demos, parent.temperature)
+        if recipe in live_recipes:
+            return
+        proposals.append((recipe, "merge"))
+        live_recipes.add(recipe)
+        self._seen[recipe] = tuple(dict.fromkeys(parent.seen + other.seen))
 
     async def _accepted(
         self,

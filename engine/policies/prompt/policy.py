@@ -59,6 +59,11 @@ touches the update above, which stays the bandit with group baselines):
 * *new demo sets from failures*: the demo proposal is made of training examples the parent
   got wrong, with their reference answers (the top-rewarded outputs only where there are no
   references), and its minibatch excludes those examples;
+* *merges* (``prompt.merge_demos > 0``): a third proposal per round, the parent's
+  instruction with its demos joined by those of the most probable other candidate whose demos
+  differ (a larger few-shot set, GEPA's merge of two lineages); it is accepted when it does at
+  least as well as its parent on its minibatch (as GEPA accepts a merge that matches its
+  parents), then scored on validation like any accepted proposal;
 * *the served prompt* (:meth:`PromptPolicy.served`, on by default: ``prompt.select_served``):
   among the candidates scored on all of validation, the one with the best held-out score,
   ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with its
@@ -228,7 +233,8 @@ class PromptPolicy(ArrayPolicy):
         self.fmt = fmt
         self.seed = seed
         k = prompt.max_candidates
-        self.headroom = min(2, k - 1) if prompt.propose_every > 0 else 0
+        kinds = 3 if prompt.merge_demos > 0 else 2  # reflection, demos (, merge)
+        self.headroom = min(kinds, k - 1) if prompt.propose_every > 0 else 0
         self.version = 0
         self.params: dict[str, np.ndarray] = {"logits": np.zeros(k)}
         self._ref = np.zeros(k)
@@ -802,7 +808,8 @@ class PromptPolicy(ArrayPolicy):
 
     async def _accept(self, child: Candidate, parent: Candidate, batch: Sequence[Example]) -> bool:
         assert self.selection is not None
-        return await self.selection.accept(self, child, parent, batch)
+        ties = child.origin == "merge"  # a merge need only match its parent (GEPA's rule)
+        return await self.selection.accept(self, child, parent, batch, ties=ties)
 
     # ------------------------------------------------------------------ state
 

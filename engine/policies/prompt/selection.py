@@ -427,14 +427,17 @@ class Selection:
         child: Candidate,
         parent: Candidate,
         minibatch: Sequence[Example],
+        *,
+        ties: bool = False,
     ) -> bool:
         """Whether ``child`` beats ``parent`` on ``minibatch`` (strictly, by the sum of greedy
-        scores); if so it is also scored on the whole validation set."""
+        scores; with ``ties``, matching it is enough); if so it is also scored on the whole
+        validation set."""
         if not minibatch:
             return False
         p = await self.evaluate(policy, parent, minibatch)
         c = await self.evaluate(policy, child, minibatch)
-        ok = float(c.sum()) > float(p.sum())
+        ok = float(c.sum()) > float(p.sum()) or (ties and float(c.sum()) >= float(p.sum()))
         if ok:
             self.accepted += 1
             await self.evaluate(policy, child, self.validation)

@@ -247,6 +247,25 @@ async def test_acceptance_needs_a_strict_minibatch_win_then_scores_validation() 
     assert sel.accepted == 1 and sel.rejected == 2
 
 
+async def test_a_merge_is_accepted_on_a_tie_the_other_proposals_are_not() -> None:
+    """``ties``: matching the parent on the minibatch is enough (merges); worse still fails."""
+    async with (
+        SimServer(SimConfig(model=Scripted())) as sim,
+        Client(endpoint(sim.base_url)) as client,
+    ):
+        pol = policy(client)
+        sel = Selection(score, ITEMS[20:28])
+        base, half, good = (pol.candidate(i) for i in range(3))
+        assert not await sel.accept(pol, good, good, ITEMS[1:5])
+        assert await sel.accept(pol, good, good, ITEMS[1:5], ties=True)
+        assert not await sel.accept(pol, base, half, ITEMS[0:4], ties=True)  # worse on evens
+        merge = dataclasses.replace(half, id=99, origin="merge")
+        pol.attach_selection(score, ITEMS[20:28])
+        assert await pol._accept(merge, half, ITEMS[1:5])  # the policy passes ties for a merge
+        assert not await pol._accept(dataclasses.replace(merge, origin="demos"), half, ITEMS[1:5])
+    assert sel.accepted == 1 and sel.rejected == 2
+
+
 async def test_growth_places_only_accepted_proposals() -> None:
     """A reflection that makes things worse is scored on the minibatch and never placed."""
 
