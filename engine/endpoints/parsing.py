@@ -244,10 +244,16 @@ def parse_response(
     retried; an error status then shows the raw text), a redirect (3xx) is an error naming
     its location, and the key is redacted from the text of the choices.
     """
-    if 200 <= status < 300:
-        plain = _plain_result(raw, headers, attempt, redact)
-        if plain is not None:
-            return plain
+    if 200 <= status < 300 and raw and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        try:  # nested little enough that too_deep() has nothing to say: parsed once here
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the general path says why
+        else:
+            plain = _plain_result(doc, headers, attempt, redact)
+            if plain is not None:
+                return plain
+            return _parse_general(raw, status, headers, attempt, path, redact, (doc,))
     return _parse_general(raw, status, headers, attempt, path, redact)
 
 
@@ -258,15 +264,20 @@ def _parse_general(
     attempt: int,
     path: str,
     redact: Redactor,
+    loaded: tuple[Any] | None = None,
 ) -> Result | Failure:
-    """:func:`parse_response` for every body (the usual one too: the tests compare)."""
+    """:func:`parse_response` for every body (the usual one too: the tests compare);
+    ``loaded``: the body already parsed, and known to be nested within the limit."""
     deep = False
-    try:
-        doc = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        doc, deep = None, "depth" in str(exc)  # orjson's own limit: 1,024 levels
-    if doc is not None and (type(doc) is dict or type(doc) is list) and too_deep(raw):
-        doc, deep = None, True
+    if loaded is not None:
+        doc = loaded[0]
+    else:
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            doc, deep = None, "depth" in str(exc)  # orjson's own limit: 1,024 levels
+        if doc is not None and (type(doc) is dict or type(doc) is list) and too_deep(raw):
+            doc, deep = None, True
     if 300 <= status < 400:
         return _redirect(status, headers, attempt, path, redact)
     if not 200 <= status < 300:
@@ -308,22 +319,17 @@ def _parse_general(
 
 
 def _plain_result(
-    raw: bytes, headers: Mapping[str, str], attempt: int, redact: Redactor
+    doc: Any, headers: Mapping[str, str], attempt: int, redact: Redactor
 ) -> Result | None:
     """The result of the usual 2xx answer in one flat pass, or None when the body is
     anything else (then :func:`parse_response`'s general path decides, with the same
     outcome for every body this accepts: ``tests/endpoints/test_parsing.py`` compares them).
 
-    The usual answer: a JSON object of little nesting, no ``error``, exactly one choice that
-    is an object with a string ``message.content`` (chat) or ``text`` (completions), no
-    tool calls, logprobs or token ids anywhere, and a finish reason that is a string other
-    than ``error`` or absent."""
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
-        return None  # too_deep() decides
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    The usual answer (``doc``, a body the caller parsed and found nested within
+    :data:`~engine.endpoints.guards.MAX_JSON_DEPTH`): a JSON object with no ``error``,
+    exactly one choice that is an object with a string ``message.content`` (chat) or
+    ``text`` (completions), no tool calls, logprobs or token ids anywhere, and a finish
+    reason that is a string other than ``error`` or absent."""
     if type(doc) is not dict or doc.get("error") is not None:
         return None
     raw_choices = doc.get("choices")
