@@ -285,7 +285,8 @@ async def run_engine(
         ) as tm:  # fmt: skip
             summary = await tm.run()
         choice = policy.served_choice()
-        return {
+        out = {"diagnosis": diagnosis(policy)} if args.diagnose else {}
+        return out | {
             "candidate": policy.served(),
             "calls": spend.admitted,
             "stop_reason": summary.stop_reason,
@@ -302,6 +303,25 @@ async def run_engine(
                 "origin": policy.served().origin,
             },
         }
+
+
+def diagnosis(policy: PromptPolicy) -> dict[str, Any]:
+    """What the served choice was made from (``--diagnose``): the score matrix and every
+    candidate's origin, demos and the inputs it was made from; the bench adds each one's test
+    scores, so served-choice rules can be compared after the fact."""
+    assert policy.selection is not None
+    return {
+        "matrix": policy.selection.matrix.to_json(),
+        "validation": [ex.text for ex in policy.selection.validation],
+        "base_id": policy.base_id,
+        "candidates": {str(c.id): candidate_info(c) for c in policy.table.registry.values()},
+    }
+
+
+def candidate_info(c: Candidate) -> dict[str, Any]:
+    """One candidate in ``--diagnose``'s output (``object`` is scored on test, then dropped)."""
+    return {"origin": c.origin, "demos": len(c.demos), "shown": sorted(c.shown),
+            "instruction": c.instruction[:60], "object": c}  # fmt: skip
 
 
 async def run_exhaustive(args: argparse.Namespace, endpoint: EndpointConfig, task: str,
@@ -498,6 +518,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     seed_cand = {"instruction": base.instruction, "demos": demos_text(few)}
                     row["gepa_demos"] = await run_gepa(args, endpoint, refl, task, seed, split,
                                                        used, seed_cand)  # fmt: skip
+                diag = row["engine"].get("diagnosis")
+                for info in (diag or {}).get("candidates", {}).values():  # not counted
+                    info["test"] = [
+                        float(x) for x in await test.scores(info.pop("object"), split.test)
+                    ]
                 for m in METHODS:
                     if m in row:
                         s = await test.scores(row[m]["candidate"], split.test)
@@ -572,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--json", default="")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also write the engine's score matrix and every candidate's test "
+                         "scores (extra calls, not counted)")  # fmt: skip
     args = ap.parse_args(argv)
     if not args.sim and not args.base_url:
         ap.error("give --base-url (or --sim)")

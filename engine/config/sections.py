@@ -204,15 +204,17 @@ class PromptPolicyConfig:
     demos differ, at most this many demos (the parent's first); it is accepted when it does at
     least as well as its parent on its minibatch (the other proposals must do strictly better)
     and takes one more free slot (headroom). 0 = no merge."""
-    served_evidence: Literal["validation", "pooled"] = "pooled"
-    """What the served choice is judged on: ``validation`` (the held-out examples only) or
+    served_evidence: Literal["validation_first", "validation", "pooled"] = "validation_first"
+    """What the served choice is judged on: ``validation_first`` (the validation mean, its
+    ties broken by the pooled evidence), ``validation`` (the held-out examples only) or
     ``pooled`` (also each candidate's greedy scores on the training examples its prompt was not
     made from: not its demos, not those its proposal was written from). Candidates must be
-    scored on all of validation either way."""
+    scored on all of validation in every case."""
     race_calls: int = 4
     """While the served choice is a coin flip, evaluations per update spent scoring it and its
-    runner-up on the training examples the other was scored on (a paired race, judged with
-    ``served_evidence = "pooled"``); 0 = no race."""
+    runner-up on the training examples the other was scored on (a paired race; with
+    ``validation_first`` only while they tie on validation; none with ``validation``); 0 = no
+    race."""
     eval_cache: bool = True
     """Answer a repeated deterministic request (temperature 0: greedy evaluations, rollouts at
     temperature 0) for the same candidate, input and decoding from memory, without a call."""

@@ -69,12 +69,18 @@ touches the update above, which stays the bandit with group baselines):
   ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with its
   95% interval and the paired interval of its lead over the runner-up; a warning
   (``prompt.served_coin_flip``) when that lead's interval holds 0. Its evidence
-  (``prompt.served_evidence``): by default ``pooled``, the validation scores plus the greedy
-  scores on training examples its prompt was not made from (never its own demos, never the
-  examples its reflection was written from: :attr:`~.candidates.Candidate.seen`), so 12
-  validation answers are not all it is judged on; ``validation`` uses those alone;
-* *the race* (``prompt.race_calls`` evaluations per update, pooled evidence only): while the
-  served choice is a coin flip, it and its runner-up are scored on the training examples the
+  (``prompt.served_evidence``): by default ``validation_first``, the validation mean decides
+  and the *pooled* evidence breaks its ties; ``pooled`` ranks on the validation scores plus
+  the greedy scores on training examples its prompt was not made from (never its own demos,
+  never the examples its reflection was written from: :attr:`~.candidates.Candidate.seen`);
+  ``validation`` uses the validation scores alone. Validation decides first because it is
+  the one sample every candidate is scored on alike: the training scores are gathered where
+  the bandit and the acceptance test sent each candidate, and in bench_prompt ranking on them
+  served worse prompts than validation did (``benchmarks/README.md``); but 12 validation
+  answers tie often, and the training evidence separates those ties;
+* *the race* (``prompt.race_calls`` evaluations per update, not with ``validation``): while the
+  served choice is a coin flip (with ``validation_first``: a tie on validation, which only
+  training evidence can break), it and its runner-up are scored on the training examples the
   other was scored on (then on those neither was), the one with less evidence first, so the
   calls go to separating the two candidates that matter and the comparison is paired. The
   greedy evaluation (``eval/reward``) decodes the served candidate, so it measures what is
@@ -275,9 +281,12 @@ class PromptPolicy(ArrayPolicy):
         if self.selection is None:
             return None
         shown = None
-        if self.prompt.served_evidence == "pooled":
+        if self.prompt.served_evidence != "validation":
             shown = {c.id: c.shown for c in self.table.registry.values()}
-        return self.selection.served(self.table.registry, self.base_id, shown)
+        first = self.prompt.served_evidence == "validation_first"
+        return self.selection.served(
+            self.table.registry, self.base_id, shown, validation_first=first
+        )
 
     def served(self) -> Candidate:
         """The prompt to serve: the best on validation (:meth:`served_choice`), else the most
@@ -297,13 +306,18 @@ class PromptPolicy(ArrayPolicy):
         choice = self.served_choice()
         if choice is not None:
             c = choice
-            where = ("validation" if self.prompt.served_evidence == "validation"
-                     else "validation and unseen training")  # fmt: skip
+            where = ("validation and unseen training" if self.prompt.served_evidence == "pooled"
+                     else "validation")  # fmt: skip
             reason = (
                 f"best mean held-out score {c.score:.3f} (95% interval [{c.low:.2f}, "
                 f"{c.high:.2f}], {c.n} {where} examples; validation alone {c.validation:.3f}) "
                 f"of {c.candidates} scored candidates"
             )
+            if c.tied:
+                reason += (
+                    f"; tied on validation with candidate {c.runner_up}, ahead on the pooled "
+                    f"held-out evidence ({c.tiebreak:.3f} on {c.tiebreak_n} examples)"
+                )
             if c.coin_flip and c.runner_up is not None:
                 reason += (
                     f"; a coin flip: its lead over candidate {c.runner_up} is within "
@@ -792,8 +806,10 @@ class PromptPolicy(ArrayPolicy):
         choice = self.served_choice()
         if choice is None or not choice.coin_flip or choice.runner_up is None:
             return
-        if self.prompt.race_calls <= 0 or self.prompt.served_evidence != "pooled":
+        if self.prompt.race_calls <= 0 or self.prompt.served_evidence == "validation":
             return
+        if self.prompt.served_evidence == "validation_first" and not choice.tied:
+            return  # training evidence only breaks validation ties: it cannot change this
         reg = self.table.registry
         contenders = [reg[choice.candidate], reg[choice.runner_up]]
         pool = [*self.growth.examples.values(), *sel.validation]

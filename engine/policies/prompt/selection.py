@@ -28,7 +28,11 @@ run hands to the user at the end:
   beat 13 of 14; reported with the 95% Wilson interval of its mean and a paired 95% interval
   of its lead over the runner-up on the examples both were scored on; when that interval holds
   0 the choice is a coin flip and a warning says so. Only candidates scored on all of
-  validation are compared; without the ``shown`` map the choice is on validation alone.
+  validation are compared; without the ``shown`` map the choice is on validation alone. With
+  ``validation_first`` (the policy's default) the validation mean ranks first and the pooled
+  posterior only breaks its ties: the validation examples are the one sample every candidate
+  is scored on alike, while training scores are gathered wherever the bandit and the
+  acceptance test sent each candidate.
 * **The race** (:meth:`Selection.race`): the served choice and its runner-up are scored on
   the examples of a pool (the training examples seen) that a rival was scored on and they
   were not, then on those neither was, skipping each one's own ``shown`` inputs, a turn at a
@@ -254,6 +258,10 @@ class ServedChoice:
         candidates: how many candidates were compared.
         validation: its mean on the validation examples alone (its score is that when the
             choice is made on validation only).
+        tiebreak, tiebreak_n: chosen validation first, its mean on the pooled held-out
+            evidence that breaks validation ties, and how many examples that is.
+        tied: chosen validation first, whether it and the runner-up tie on validation (the
+            pooled evidence decided).
     """
 
     candidate: int
@@ -267,6 +275,9 @@ class ServedChoice:
     coin_flip: bool = False
     candidates: int = 1
     validation: float = math.nan
+    tiebreak: float = math.nan
+    tiebreak_n: int = 0
+    tied: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (NaN as None)."""
@@ -301,6 +312,8 @@ def choose_served(
     keys: Sequence[str],
     base_id: int,
     shown: Mapping[int, Collection[str]] | None = None,
+    *,
+    validation_first: bool = False,
 ) -> ServedChoice | None:
     """The best candidate of ``cids`` (module docstring); None when none has any evidence.
 
@@ -310,24 +323,33 @@ def choose_served(
     examples it was never shown. Ranked by the posterior mean under a uniform prior,
     ``(sum + 1) / (n + 2)``, so little evidence is not a win; ties: the base prompt, then more
     evidence, then the earliest. The lead over the runner-up
-    is paired on the examples both were scored on (a coin flip with fewer than two)."""
+    is paired on the examples both were scored on (a coin flip with fewer than two).
+
+    With ``validation_first`` (and ``shown``): ranked by the validation mean first, the pooled
+    posterior mean only breaking its ties; the score, its interval and the lead are then those
+    on validation, and ``tiebreak`` / ``tiebreak_n`` hold the pooled evidence."""
     ev = {c: e for c in cids if (e := _evidence(matrix, c, keys, shown))}
     if not ev or (shown is None and not keys):
         return None
+    first = validation_first and shown is not None and bool(keys)
     means = {c: float(np.mean(list(e.values()))) for c, e in ev.items()}
     # ranked by the posterior mean under a uniform prior, (sum + 1) / (n + 2): a candidate
     # right on 3 of 3 examples does not beat one right on 13 of 14
     rank = {c: (sum(e.values()) + 1.0) / (len(e) + 2.0) for c, e in ev.items()}
-    order = sorted(ev, key=lambda c: (-rank[c], c != base_id, -len(ev[c]), c))
+    val = {c: sum(e[k] for k in keys) for c, e in ev.items()} if first else dict.fromkeys(ev, 0.0)
+    order = sorted(ev, key=lambda c: (-val[c], -rank[c], c != base_id, -len(ev[c]), c))
     best = order[0]
-    n = len(ev[best])
-    low, high = wilson(means[best], n)
-    val = float(np.mean([ev[best][k] for k in keys])) if keys else math.nan
+    judged = {c: {k: ev[c][k] for k in keys} for c in order[:2]} if first else ev
+    score = float(np.mean(list(judged[best].values())))
+    n = len(judged[best])
+    extra: dict[str, Any] = {"tiebreak": means[best], "tiebreak_n": len(ev[best])} if first else {}
+    validation = float(np.mean([ev[best][k] for k in keys])) if keys else math.nan
+    low, high = wilson(score, n)
     if len(order) == 1:
-        return ServedChoice(best, means[best], low, high, n, validation=val)
+        return ServedChoice(best, score, low, high, n, validation=validation, **extra)
     second = order[1]
-    common = [k for k in ev[best] if k in ev[second]]
-    d = np.array([ev[best][k] - ev[second][k] for k in common])  # (E,) paired differences
+    common = [k for k in judged[best] if k in judged[second]]
+    d = np.array([judged[best][k] - judged[second][k] for k in common])  # (E,) paired
     if d.size >= 2:
         half = _Z95 * float(d.std(ddof=1)) / math.sqrt(d.size)
         lead_low, lead_high = float(d.mean()) - half, float(d.mean()) + half
@@ -335,7 +357,7 @@ def choose_served(
         lead_low, lead_high = -math.inf, math.inf
     return ServedChoice(
         best,
-        means[best],
+        score,
         low,
         high,
         n,
@@ -344,7 +366,9 @@ def choose_served(
         lead_high=lead_high,
         coin_flip=not lead_low > 0,
         candidates=len(order),
-        validation=val,
+        validation=validation,
+        tied=first and val[best] == val[second],
+        **extra,
     )
 
 
@@ -493,10 +517,14 @@ class Selection:
         cids: Iterable[int],
         base_id: int,
         shown: Mapping[int, Collection[str]] | None = None,
+        *,
+        validation_first: bool = False,
     ) -> ServedChoice | None:
         """The served choice among ``cids`` (:func:`choose_served`); warns once per new
         coin-flip choice."""
-        choice = choose_served(self.matrix, cids, self.keys, base_id, shown)
+        choice = choose_served(
+            self.matrix, cids, self.keys, base_id, shown, validation_first=validation_first
+        )
         if choice is not None and choice.coin_flip and choice != self.last_served:
             _log.warning("prompt.served_coin_flip", candidate=choice.candidate,
                          score=choice.score, runner_up=choice.runner_up,

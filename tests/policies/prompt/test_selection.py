@@ -465,7 +465,65 @@ def test_served_choice_pools_unseen_training_scores_and_shrinks_little_evidence(
     assert c2.runner_up == 0 and c2.coin_flip  # paired on 4 + 9 examples, 1 difference
 
 
+def test_validation_first_ranks_on_validation_and_breaks_its_ties_on_pooled_evidence() -> None:
+    m = ScoreMatrix()
+    val = [f"v{i}" for i in range(6)]
+    for i, k in enumerate(val):
+        m.set(1, k, 1.0 if i < 4 else 0.0)  # 4 of 6 on validation
+        m.set(2, k, 1.0 if i < 3 else 0.0)  # 3 of 6 ...
+        m.set(3, k, 1.0 if i < 4 else 0.0)  # 4 of 6, a tie with 1
+    for i in range(30):
+        m.set(2, f"t{i}", 1.0)  # ... but perfect on 30 training examples
+        m.set(1, f"t{i}", 1.0 if i < 20 else 0.0)
+        m.set(3, f"t{i}", 1.0 if i < 25 else 0.0)
+    shown: dict[int, set[str]] = {1: set(), 2: set(), 3: set()}
+    pooled = choose_served(m, [1, 2, 3], val, base_id=0, shown=shown)
+    assert pooled is not None and pooled.candidate == 2  # 33 of 36 pooled
+    c = choose_served(m, [1, 2, 3], val, base_id=0, shown=shown, validation_first=True)
+    assert c is not None and c.candidate == 3 and c.runner_up == 1  # 4 of 6; the tie: 29 > 24
+    assert c.tied and c.coin_flip and c.n == 6 and c.score == pytest.approx(4 / 6)
+    assert c.validation == pytest.approx(4 / 6) and (c.low, c.high) == wilson(4 / 6, 6)
+    assert c.tiebreak == pytest.approx(29 / 36) and c.tiebreak_n == 36
+    assert c.lead_low == c.lead_high == 0.0  # the lead is paired on validation: none
+    for i in range(30):
+        m.set(3, f"t{i}", 0.0)
+    c2 = choose_served(m, [1, 2, 3], val, base_id=0, shown=shown, validation_first=True)
+    assert c2 is not None and c2.candidate == 1 and c2.runner_up == 3 and c2.tied
+    m.set(3, "v5", 1.0)  # 3 now leads on validation: training evidence no longer matters
+    c3 = choose_served(m, [1, 2, 3], val, base_id=0, shown=shown, validation_first=True)
+    assert c3 is not None and c3.candidate == 3 and not c3.tied and c3.coin_flip
+    assert c3.to_json()["tiebreak"] == pytest.approx(5 / 36)
+    plain = choose_served(m, [1, 2, 3], val, base_id=0, validation_first=True)  # no shown
+    assert plain is not None and plain.candidate == 3 and plain.tiebreak_n == 0
+
+
 # ----------------------------------------------------------------------------- the race
+
+
+async def test_validation_first_races_only_a_tie_on_validation() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = racers(client, race_calls=4)
+        assert pol.prompt.served_evidence == "validation_first"  # the default
+        sel = pol.attach_selection(score, ITEMS[20:26])
+        assert sel is not None
+        for i in (1, 2):
+            await sel.evaluate(pol, pol.candidate(i), sel.validation)
+        pol.growth.examples = {e.text: e for e in ITEMS[:10]}
+        tie = pol.served_choice()
+        assert tie is not None and tie.tied and tie.n == 6  # 6 of 6 each
+        assert (await pol.after_update(0, []))["prompt/raced"] == 4.0
+        after = pol.served_choice()
+        assert after is not None and after.tiebreak_n > 6 and after.n == 6
+        lead = policy(client, race_calls=4)  # HALF and GOOD on 2 items: GOOD ahead, by little
+        sel_lead = lead.attach_selection(score, ITEMS[20:22])
+        assert sel_lead is not None
+        for i in (1, 2):
+            await sel_lead.evaluate(lead, lead.candidate(i), sel_lead.validation)
+        lead.growth.examples = {e.text: e for e in ITEMS[:10]}
+        choice = lead.served_choice()
+        assert choice is not None and choice.coin_flip and not choice.tied
+        assert (await lead.after_update(0, []))["prompt/raced"] == 0.0  # nothing to break
 
 
 def racers(client: Client | None, **prompt: object) -> PromptPolicy:
@@ -518,7 +576,7 @@ async def test_the_race_pairs_the_contenders_on_unseen_examples_within_its_calls
 async def test_pooled_evidence_never_counts_a_candidates_own_demos_or_seen_inputs() -> None:
     model = Scripted()
     async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = racers(client)
+        pol = racers(client, served_evidence="pooled")
         sel = pol.attach_selection(score, ITEMS[20:26])
         assert sel is not None
         b = pol.candidate(2)  # shows item 3 as a demo
@@ -541,7 +599,7 @@ async def test_pooled_evidence_never_counts_a_candidates_own_demos_or_seen_input
 async def test_after_update_races_a_coin_flip_only_and_chooses_on_the_pooled_evidence() -> None:
     model = Scripted()
     async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = racers(client, race_calls=4)
+        pol = racers(client, race_calls=4, served_evidence="pooled")
         sel = pol.attach_selection(score, ITEMS[20:26])
         assert sel is not None
         for i in (1, 2):
@@ -610,8 +668,10 @@ async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_pa
     assert served["candidate"] == 1 and served["by"] == "validation"
     # HALF: the even half of validation, and its greedy rollouts on training examples pooled
     pooled = pol.selection.matrix.scores_of(1)
-    assert served["validation"] == 0.5 and served["n"] == len(pooled) > 12
-    assert served["score"] == pytest.approx(np.mean(list(pooled.values())))
+    assert served["validation"] == served["score"] == 0.5 and served["n"] == 12
+    assert served["tiebreak_n"] == len(pooled) > 12  # validation first, pooled for ties
+    assert served["tiebreak"] == pytest.approx(np.mean(list(pooled.values())))
+    assert served["tied"] is False
     assert (served["low"], served["high"]) == pytest.approx(wilson(served["score"], served["n"]))
     assert f"best mean held-out score {served['score']:.3f}" in served["reason"]
     assert served["coin_flip"] is False
@@ -622,7 +682,7 @@ async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_pa
     assert file["instruction"] == "HALF answer." and file["served"] == served
 
 
-@pytest.mark.parametrize("evidence", ["validation", "pooled"])
+@pytest.mark.parametrize("evidence", ["validation", "pooled", "validation_first"])
 async def test_the_served_score_counts_validation_or_unseen_training_examples(
     evidence: str,
 ) -> None:
@@ -639,6 +699,9 @@ async def test_the_served_score_counts_validation_or_unseen_training_examples(
     assert choice is not None and choice.candidate == 1 and choice.validation == 0.5
     if evidence == "validation":
         assert choice.n == 12 and choice.score == pytest.approx(0.5)  # training left out
+    elif evidence == "validation_first":  # the score is validation's, the pooled breaks ties
+        assert choice.n == 12 and choice.score == pytest.approx(0.5)
+        assert choice.tiebreak_n == 32 and choice.tiebreak == pytest.approx((6 + 20) / 32)
     else:
         assert choice.n == 32 and choice.score == pytest.approx((6 + 20) / 32)
     assert choice.candidates == 1  # GOOD, not scored on all of validation, is not compared
