@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -505,25 +506,28 @@ async def test_validation_first_races_only_a_tie_on_validation() -> None:
     async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
         pol = racers(client, race_calls=4)
         assert pol.prompt.served_evidence == "validation_first"  # the default
-        sel = pol.attach_selection(score, ITEMS[20:26])
-        assert sel is not None
-        for i in (1, 2):
-            await sel.evaluate(pol, pol.candidate(i), sel.validation)
-        pol.growth.examples = {e.text: e for e in ITEMS[:10]}
+        await two_scored(pol, ITEMS[20:26])
         tie = pol.served_choice()
         assert tie is not None and tie.tied and tie.n == 6  # 6 of 6 each
         assert (await pol.after_update(0, []))["prompt/raced"] == 4.0
         after = pol.served_choice()
         assert after is not None and after.tiebreak_n > 6 and after.n == 6
         lead = policy(client, race_calls=4)  # HALF and GOOD on 2 items: GOOD ahead, by little
-        sel_lead = lead.attach_selection(score, ITEMS[20:22])
-        assert sel_lead is not None
-        for i in (1, 2):
-            await sel_lead.evaluate(lead, lead.candidate(i), sel_lead.validation)
-        lead.growth.examples = {e.text: e for e in ITEMS[:10]}
+        await two_scored(lead, ITEMS[20:22])
         choice = lead.served_choice()
         assert choice is not None and choice.coin_flip and not choice.tied
         assert (await lead.after_update(0, []))["prompt/raced"] == 0.0  # nothing to break
+
+
+async def two_scored(pol: PromptPolicy, validation: Sequence[Example]) -> Selection:
+    """Attach a selection on ``validation``, score candidates 1 and 2 on all of it, and show
+    the policy's growth the first 10 items as the training examples seen (the race's pool)."""
+    sel = pol.attach_selection(score, validation)
+    assert sel is not None
+    for i in (1, 2):
+        await sel.evaluate(pol, pol.candidate(i), sel.validation)
+    pol.growth.examples = {e.text: e for e in ITEMS[:10]}
+    return sel
 
 
 def racers(client: Client | None, **prompt: object) -> PromptPolicy:
@@ -615,18 +619,10 @@ async def test_after_update_races_a_coin_flip_only_and_chooses_on_the_pooled_evi
         after = pol.served_choice()
         assert after is not None and after.n in (15, 16) and after.coin_flip  # still tied
         off = racers(client, race_calls=0)
-        sel_off = off.attach_selection(score, ITEMS[20:26])
-        assert sel_off is not None
-        for i in (1, 2):
-            await sel_off.evaluate(off, off.candidate(i), sel_off.validation)
-        off.growth.examples = {e.text: e for e in ITEMS[:10]}
+        await two_scored(off, ITEMS[20:26])
         assert (await off.after_update(0, []))["prompt/raced"] == 0.0
         clear = policy(client, race_calls=4)  # GOOD leads HALF beyond doubt: no race
-        sel_clear = clear.attach_selection(score, ITEMS[20:32])
-        assert sel_clear is not None
-        for i in (1, 2):
-            await sel_clear.evaluate(clear, clear.candidate(i), sel_clear.validation)
-        clear.growth.examples = {e.text: e for e in ITEMS[:10]}
+        await two_scored(clear, ITEMS[20:32])
         choice = clear.served_choice()
         assert choice is not None and not choice.coin_flip
         assert (await clear.after_update(0, []))["prompt/raced"] == 0.0
