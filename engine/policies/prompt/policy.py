@@ -68,11 +68,13 @@ touches the update above, which stays the bandit with group baselines):
   among the candidates scored on all of validation, the one with the best held-out score,
   ranked by the posterior mean ``(sum + 1) / (n + 2)`` (not by the largest logit), with its
   95% interval and the paired interval of its lead over the runner-up; a warning
-  (``prompt.served_coin_flip``) when that lead's interval holds 0. Its evidence
-  (``prompt.served_evidence``): by default ``validation_first``, the validation mean decides
-  and the *pooled* evidence breaks its ties; ``pooled`` ranks on the validation scores plus
-  the greedy scores on training examples its prompt was not made from (never its own demos,
-  never the examples its reflection was written from: :attr:`~.candidates.Candidate.seen`);
+  (``prompt.served_coin_flip``) when that lead's interval holds 0, and one
+  (``prompt.served_unrivalled``) when no other candidate was scored on all of validation.
+  Its evidence (``prompt.served_evidence``): by default ``validation_first``, the validation
+  mean decides and the *pooled* evidence breaks its ties; ``pooled`` ranks on the validation
+  scores plus the greedy scores on training examples its prompt was not made from (never its
+  own demos, never the examples its reflection was written from:
+  :attr:`~.candidates.Candidate.seen`);
   ``validation`` uses the validation scores alone. Validation decides first because it is
   the one sample every candidate is scored on alike: the training scores are gathered where
   the bandit and the acceptance test sent each candidate, and in bench_prompt ranking on them
@@ -322,6 +324,12 @@ class PromptPolicy(ArrayPolicy):
                 reason += (
                     f"; a coin flip: its lead over candidate {c.runner_up} is within "
                     f"[{c.lead_low:.2f}, {c.lead_high:.2f}], which holds 0"
+                )
+            unscored = len(self.table.registry) - c.candidates
+            if c.candidates == 1 and unscored > 0:
+                reason += (
+                    f"; unrivalled: none of the other {unscored} candidates was scored on "
+                    "all of validation, so nothing was compared"
                 )
             return {"candidate": c.candidate, "by": "validation", "reason": reason,
                     **{k: v for k, v in c.to_json().items() if k != "candidate"}}  # fmt: skip

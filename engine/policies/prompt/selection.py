@@ -28,11 +28,12 @@ run hands to the user at the end:
   beat 13 of 14; reported with the 95% Wilson interval of its mean and a paired 95% interval
   of its lead over the runner-up on the examples both were scored on; when that interval holds
   0 the choice is a coin flip and a warning says so. Only candidates scored on all of
-  validation are compared; without the ``shown`` map the choice is on validation alone. With
-  ``validation_first`` (the policy's default) the validation mean ranks first and the pooled
-  posterior only breaks its ties: the validation examples are the one sample every candidate
-  is scored on alike, while training scores are gathered wherever the bandit and the
-  acceptance test sent each candidate.
+  validation are compared (a choice with no such rival also warns: nothing was compared);
+  without the ``shown`` map the choice is on validation alone. With ``validation_first`` (the
+  policy's default) the validation mean ranks first and the pooled posterior only breaks its
+  ties: the validation examples are the one sample every candidate is scored on alike, while
+  training scores are gathered wherever the bandit and the acceptance test sent each
+  candidate.
 * **The race** (:meth:`Selection.race`): the served choice and its runner-up are scored on
   the examples of a pool (the training examples seen) that a rival was scored on and they
   were not, then on those neither was, skipping each one's own ``shown`` inputs, a turn at a
@@ -521,15 +522,23 @@ class Selection:
         validation_first: bool = False,
     ) -> ServedChoice | None:
         """The served choice among ``cids`` (:func:`choose_served`); warns once per new
-        coin-flip choice."""
+        choice that is a coin flip (``prompt.served_coin_flip``) or that had no rival, when
+        other candidates exist but none was scored on all of validation
+        (``prompt.served_unrivalled``: nothing was compared)."""
+        ids = list(cids)
         choice = choose_served(
-            self.matrix, cids, self.keys, base_id, shown, validation_first=validation_first
+            self.matrix, ids, self.keys, base_id, shown, validation_first=validation_first
         )
-        if choice is not None and choice.coin_flip and choice != self.last_served:
-            _log.warning("prompt.served_coin_flip", candidate=choice.candidate,
-                         score=choice.score, runner_up=choice.runner_up,
-                         lead_low=choice.lead_low, lead_high=choice.lead_high,
-                         n=choice.n)  # fmt: skip
+        if choice is not None and choice != self.last_served:
+            if choice.coin_flip:
+                _log.warning("prompt.served_coin_flip", candidate=choice.candidate,
+                             score=choice.score, runner_up=choice.runner_up,
+                             lead_low=choice.lead_low, lead_high=choice.lead_high,
+                             n=choice.n)  # fmt: skip
+            elif choice.candidates == 1 and len(ids) > 1:
+                _log.warning("prompt.served_unrivalled", candidate=choice.candidate,
+                             score=choice.score, n=choice.n,
+                             not_validated=len(ids) - 1)  # fmt: skip
         self.last_served = choice
         return choice
 

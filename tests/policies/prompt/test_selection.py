@@ -16,6 +16,7 @@ import anyio
 import numpy as np
 import orjson
 import pytest
+import structlog
 
 from engine.config.sections import (
     DataConfig,
@@ -701,6 +702,38 @@ async def test_the_served_score_counts_validation_or_unseen_training_examples(
     else:
         assert choice.n == 32 and choice.score == pytest.approx((6 + 20) / 32)
     assert choice.candidates == 1  # GOOD, not scored on all of validation, is not compared
+
+
+async def test_a_choice_without_a_rival_or_by_a_coin_flip_warns_once_and_says_so() -> None:
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = policy(client)
+        sel = pol.attach_selection(score, ITEMS[20:32])
+        assert sel is not None
+        with structlog.testing.capture_logs() as logs:
+            await sel.evaluate(pol, pol.candidate(1), sel.validation)  # HALF: the only one
+            first, again = pol.served_choice(), pol.served_choice()
+            report = pol.served_report()
+            await sel.evaluate(pol, pol.candidate(0), sel.validation[:11])  # short of a row
+            assert pol.served_choice() == first  # still unrivalled: no new warning
+            await sel.evaluate(pol, pol.candidate(0), sel.validation)  # 0 of 12: a rival
+            rivalled = pol.served_report()
+    assert first is not None and first == again and first.candidates == 1
+    assert "unrivalled: none of the other 2 candidates" in report["reason"]
+    assert "unrivalled" not in rivalled["reason"] and rivalled["candidates"] == 2
+    assert [e["event"] for e in logs] == ["prompt.served_unrivalled"]
+    assert logs[0]["candidate"] == 1 and logs[0]["not_validated"] == 2
+    sel.matrix.set(2, sel.keys[0], 1.0)  # GOOD right on one example, wrong on the rest: 1 of 12
+    for k in sel.keys[1:]:
+        sel.matrix.set(2, k, 0.0)
+    for k in sel.keys[:7]:  # HALF against the base prompt: 6 of 12 vs 7 of 12, a coin flip
+        sel.matrix.set(0, k, 1.0)
+    with structlog.testing.capture_logs() as logs:
+        flip = pol.served_choice()
+        assert pol.served_choice() == flip
+    assert flip is not None and flip.candidate == 0 and flip.coin_flip
+    assert [e["event"] for e in logs] == ["prompt.served_coin_flip"]
+    assert "a coin flip" in pol.served_report()["reason"]
 
 
 async def test_eval_reward_measures_the_served_candidate_not_the_most_probable() -> None:
