@@ -6,10 +6,11 @@ Against the simulated server (real HTTP on loopback) with scripted models."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -91,6 +92,20 @@ def policy(client: Client | None, temperature: float = 0.0, **prompt: object) ->
         endpoint=endpoint("http://unused/v1", temperature),
         candidates=[("Answer.", (), None), ("HALF answer.", (), None), ("GOOD answer.", (), None)],
     )
+
+
+@contextlib.asynccontextmanager
+async def attached(
+    make: Callable[[Client], PromptPolicy], validation: Sequence[Example]
+) -> AsyncIterator[tuple[Scripted, PromptPolicy, Selection]]:
+    """A policy from ``make`` on a client of a scripted simulated server, with a selection on
+    ``validation`` attached: (the model, the policy, the selection)."""
+    model = Scripted()
+    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
+        pol = make(client)
+        sel = pol.attach_selection(score, validation)
+        assert sel is not None
+        yield model, pol, sel
 
 
 # ----------------------------------------------------------------------------- cache
@@ -547,11 +562,7 @@ def racers(client: Client | None, **prompt: object) -> PromptPolicy:
 
 
 async def test_the_race_pairs_the_contenders_on_unseen_examples_within_its_calls() -> None:
-    model = Scripted()
-    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = racers(client)
-        sel = pol.attach_selection(score, ITEMS[20:26])
-        assert sel is not None
+    async with attached(racers, ITEMS[20:26]) as (model, pol, sel):
         a, b = pol.candidate(1), pol.candidate(2)
         await sel.evaluate(pol, a, sel.validation)
         await sel.evaluate(pol, b, sel.validation)
@@ -683,11 +694,8 @@ async def test_a_default_run_serves_the_best_held_out_prompt_and_says_why(tmp_pa
 async def test_the_served_score_counts_validation_or_unseen_training_examples(
     evidence: str,
 ) -> None:
-    model = Scripted()
-    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = policy(client, served_evidence=evidence)
-        sel = pol.attach_selection(score, ITEMS[20:32])
-        assert sel is not None
+    make = functools.partial(policy, served_evidence=evidence)
+    async with attached(make, ITEMS[20:32]) as (_, pol, sel):
         await sel.evaluate(pol, pol.candidate(1), sel.validation)  # HALF: 6 of 12
         for ex in ITEMS[:20]:  # many perfect greedy scores on unseen training examples
             sel.matrix.set(1, ex.text, 1.0)
@@ -705,11 +713,7 @@ async def test_the_served_score_counts_validation_or_unseen_training_examples(
 
 
 async def test_a_choice_without_a_rival_or_by_a_coin_flip_warns_once_and_says_so() -> None:
-    model = Scripted()
-    async with SimServer(SimConfig(model=model)) as sim, Client(endpoint(sim.base_url)) as client:
-        pol = policy(client)
-        sel = pol.attach_selection(score, ITEMS[20:32])
-        assert sel is not None
+    async with attached(policy, ITEMS[20:32]) as (_, pol, sel):
         with structlog.testing.capture_logs() as logs:
             await sel.evaluate(pol, pol.candidate(1), sel.validation)  # HALF: the only one
             first, again = pol.served_choice(), pol.served_choice()
