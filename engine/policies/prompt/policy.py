@@ -325,10 +325,9 @@ class PromptPolicy(ArrayPolicy):
                     f"; a coin flip: its lead over candidate {c.runner_up} is within "
                     f"[{c.lead_low:.2f}, {c.lead_high:.2f}], which holds 0"
                 )
-            unscored = len(self.table.registry) - c.candidates
-            if c.candidates == 1 and unscored > 0:
+            if c.unrivalled:
                 reason += (
-                    f"; unrivalled: none of the other {unscored} candidates was scored on "
+                    f"; unrivalled: none of the other {c.unscored} candidates was scored on "
                     "all of validation, so nothing was compared"
                 )
             return {"candidate": c.candidate, "by": "validation", "reason": reason,

@@ -263,6 +263,8 @@ class ServedChoice:
             evidence that breaks validation ties, and how many examples that is.
         tied: chosen validation first, whether it and the runner-up tie on validation (the
             pooled evidence decided).
+        unscored: the candidates asked about that were not scored on all of validation (not
+            compared); with ``candidates == 1`` the choice is *unrivalled*.
     """
 
     candidate: int
@@ -279,6 +281,13 @@ class ServedChoice:
     tiebreak: float = math.nan
     tiebreak_n: int = 0
     tied: bool = False
+    unscored: int = 0
+
+    @property
+    def unrivalled(self) -> bool:
+        """Whether other candidates exist but none was scored on all of validation, so
+        nothing was compared."""
+        return self.candidates == 1 and self.unscored > 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (NaN as None)."""
@@ -329,9 +338,11 @@ def choose_served(
     With ``validation_first`` (and ``shown``): ranked by the validation mean first, the pooled
     posterior mean only breaking its ties; the score, its interval and the lead are then those
     on validation, and ``tiebreak`` / ``tiebreak_n`` hold the pooled evidence."""
-    ev = {c: e for c in cids if (e := _evidence(matrix, c, keys, shown))}
+    ids = list(cids)
+    ev = {c: e for c in ids if (e := _evidence(matrix, c, keys, shown))}
     if not ev or (shown is None and not keys):
         return None
+    unscored = len(set(ids)) - len(ev)
     first = validation_first and shown is not None and bool(keys)
     means = {c: float(np.mean(list(e.values()))) for c, e in ev.items()}
     # ranked by the posterior mean under a uniform prior, (sum + 1) / (n + 2): a candidate
@@ -347,7 +358,8 @@ def choose_served(
     validation = float(np.mean([ev[best][k] for k in keys])) if keys else math.nan
     low, high = wilson(score, n)
     if len(order) == 1:
-        return ServedChoice(best, score, low, high, n, validation=validation, **extra)
+        return ServedChoice(best, score, low, high, n, validation=validation,
+                            unscored=unscored, **extra)  # fmt: skip
     second = order[1]
     common = [k for k in judged[best] if k in judged[second]]
     d = np.array([judged[best][k] - judged[second][k] for k in common])  # (E,) paired
@@ -369,6 +381,7 @@ def choose_served(
         candidates=len(order),
         validation=validation,
         tied=first and val[best] == val[second],
+        unscored=unscored,
         **extra,
     )
 
@@ -525,9 +538,8 @@ class Selection:
         choice that is a coin flip (``prompt.served_coin_flip``) or that had no rival, when
         other candidates exist but none was scored on all of validation
         (``prompt.served_unrivalled``: nothing was compared)."""
-        ids = list(cids)
         choice = choose_served(
-            self.matrix, ids, self.keys, base_id, shown, validation_first=validation_first
+            self.matrix, cids, self.keys, base_id, shown, validation_first=validation_first
         )
         if choice is not None and choice != self.last_served:
             if choice.coin_flip:
@@ -535,10 +547,10 @@ class Selection:
                              score=choice.score, runner_up=choice.runner_up,
                              lead_low=choice.lead_low, lead_high=choice.lead_high,
                              n=choice.n)  # fmt: skip
-            elif choice.candidates == 1 and len(ids) > 1:
+            elif choice.unrivalled:
                 _log.warning("prompt.served_unrivalled", candidate=choice.candidate,
                              score=choice.score, n=choice.n,
-                             not_validated=len(ids) - 1)  # fmt: skip
+                             not_validated=choice.unscored)  # fmt: skip
         self.last_served = choice
         return choice
 

@@ -723,6 +723,7 @@ async def test_a_choice_without_a_rival_or_by_a_coin_flip_warns_once_and_says_so
             await sel.evaluate(pol, pol.candidate(0), sel.validation)  # 0 of 12: a rival
             rivalled = pol.served_report()
     assert first is not None and first == again and first.candidates == 1
+    assert first.unrivalled and first.unscored == 2
     assert "unrivalled: none of the other 2 candidates" in report["reason"]
     assert "unrivalled" not in rivalled["reason"] and rivalled["candidates"] == 2
     assert [e["event"] for e in logs] == ["prompt.served_unrivalled"]
