@@ -9,11 +9,16 @@ then, at each concurrency, runs the same chat request through:
   ``max_concurrency`` left at its default (64), retries armed, one event per attempt written
   to a temporary ``events.jsonl``;
 - ``engine-matched``: the same with ``max_concurrency = c`` (as many in flight as the peers);
+- ``engine-aiohttp``: ``engine-matched`` over an aiohttp session (``http_client = "aiohttp"``);
 - ``openai-aiohttp``: ``openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient())`` (the
   fair peer: ``pip install 'openai[aiohttp]'``);
 - ``openai-httpx``: ``openai.AsyncOpenAI`` with its default httpx transport (only with
   ``--with-httpx``: at c=512 it times out);
-- ``bare``: one ``aiohttp.ClientSession``, orjson in and out, nothing else (the floor).
+- ``bare``: one ``aiohttp.ClientSession``, orjson in and out, nothing else (the peer the
+  issue's targets are ratios to);
+- ``wire``: the engine's own HTTP/1.1 connections (:class:`engine.endpoints.wire.HttpPool`,
+  what ``EndpointConfig.http_client = "native"`` sends over), orjson in and out, nothing
+  else: the floor under the engine, so that what its features cost stays visible.
 
 Every client runs under the same garbage-collector settings, in two passes by default:
 ``default`` (CPython's thresholds, nothing frozen) and ``cli`` (what ``python -m engine run``
@@ -222,13 +227,16 @@ async def drive(
 
 
 async def run_engine(
-    url: str, conc: int, total: int, warm: int, tmp: Path, matched: bool
+    url: str, conc: int, total: int, warm: int, tmp: Path, matched: bool, http: str = "native"
 ) -> Result:
     events = EventLog(tmp / f"events-{conc}.jsonl")
-    cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS)
+    cfg = EndpointConfig(base_url=url, model="sim-model", max_tokens=MAX_TOKENS,
+                         http_client=http)  # type: ignore[arg-type]  # fmt: skip
     if matched:
         limits = LimitsConfig(rpm=10_000_000, tpm=1e12, max_concurrency=conc)
         name = f"engine, max_concurrency={conc}"
+        if http != "native":
+            name += f", over {http}"
     else:  # rpm and tpm armed, max_concurrency at its default
         limits = LimitsConfig(rpm=10_000_000, tpm=1e12)
         name = f"engine, default limits ({limits.max_concurrency})"
@@ -294,7 +302,43 @@ async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
 
         await drive(call, conc, warm)
         ok, err, wall, cpu, gcs = await drive(call, conc, total)
-    return Result("bare aiohttp (floor)", conc, ok, err, wall, cpu, gcs)
+    return Result("bare aiohttp", conc, ok, err, wall, cpu, gcs)
+
+
+async def run_wire(url: str, conc: int, total: int, warm: int) -> Result:
+    """The engine's own HTTP/1.1 connections (engine.endpoints.wire.HttpPool) with nothing
+    on top: orjson in and out, as ``bare`` does over aiohttp (the floor of the engine's
+    native HTTP client; what the engine costs beyond it is its features)."""
+    from yarl import URL
+
+    from engine.endpoints.wire import HttpPool
+
+    target = URL(f"{url}/chat/completions")
+    headers = {"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"}
+    pool = HttpPool(target, headers, limit=conc)
+    head = pool.head(target)
+    try:
+
+        async def call() -> object:
+            body = orjson.dumps(
+                {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": PROMPT}],
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 1.0,
+                }
+            )
+            status, _, raw = await pool.post(head, body, 1 << 26)
+            data = orjson.loads(raw or b"null")
+            if status != 200:
+                raise RuntimeError(status)
+            return data["choices"][0]["message"]["content"]
+
+        await drive(call, conc, warm)
+        ok, err, wall, cpu, gcs = await drive(call, conc, total)
+    finally:
+        await pool.aclose()
+    return Result("bare engine.endpoints.wire", conc, ok, err, wall, cpu, gcs)
 
 
 def _have_aiohttp_transport() -> str | None:
@@ -332,10 +376,15 @@ async def bench(args: argparse.Namespace) -> None:
                 )
                 runs: list[tuple[str, Callable[[], Awaitable[Result]]]] = [
                     ("bare", functools.partial(run_bare, url, conc, total, warm)),
+                    ("wire", functools.partial(run_wire, url, conc, total, warm)),
                     ("engine", functools.partial(run_engine, url, conc, total, warm, tmp, False)),
                     (
                         "engine-matched",
                         functools.partial(run_engine, url, conc, total, warm, tmp, True),
+                    ),
+                    (
+                        "engine-aiohttp",
+                        functools.partial(run_engine, url, conc, total, warm, tmp, True, "aiohttp"),
                     ),
                 ]
                 if not no_aio:
@@ -378,7 +427,7 @@ def report(results: dict[str, list[Result]]) -> None:
     }
     floor = med.get("bare")
     print(
-        f"{'client (median of runs)':34s} {'req/s':>9s} {'best':>7s} {'CPU us/req':>11s} "
+        f"{'client (median of runs)':46s} {'req/s':>9s} {'best':>7s} {'CPU us/req':>11s} "
         f"{'GC %CPU':>8s} {'x bare rps':>11s} {'x bare CPU':>11s} {'errors':>7s}"
     )
     for key, rs in results.items():
@@ -389,7 +438,7 @@ def report(results: dict[str, list[Result]]) -> None:
         errors = sum(r.errors for r in rs)
         share = 100 * statistics.median(r.gc_share for r in rs)
         print(
-            f"{rs[0].name:34s} {rps:9.0f} {best:7.0f} {cpu:11.0f} {share:8.1f} {rr:11.2f} "
+            f"{rs[0].name:46s} {rps:9.0f} {best:7.0f} {cpu:11.0f} {share:8.1f} {rr:11.2f} "
             f"{rc:11.2f} {errors:7d}"
         )
 
@@ -529,7 +578,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma list of: bare,engine,engine-matched,openai-aiohttp,openai-httpx",
+        help="comma list of: bare,wire,engine,engine-matched,engine-aiohttp,openai-aiohttp,"
+        "openai-httpx",
     )
     ap.add_argument("--with-httpx", action="store_true", help="also run openai's httpx client")
     ap.add_argument(

@@ -256,6 +256,11 @@ class EndpointConfig:
     """Largest response body read, in bytes (after decompression): reading stops at this size
     and the attempt fails with a response error, never retried. The default, 64 MiB, holds
     many choices with logprobs."""
+    http_client: Literal["native", "aiohttp"] = "native"
+    """How requests are sent: ``native``, the client's own keep-alive HTTP/1.1 connections
+    (about a quarter of aiohttp's CPU per request; plain HTTP and TLS, gzip and deflate,
+    no proxy), or ``aiohttp``, an aiohttp session (the fallback for what ``native`` does
+    not do)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ Modules, each importing only those above it:
 - ``guards``: bounds on untrusted server data (JSON depth, usage figures, an echoed key).
 - ``parsing``: choices, usage and errors out of a response.
 - ``payload``, ``fanout``: the request body and token estimate; serving ``n`` choices.
-- ``transport``: session, connector, attempt watchdog, call pacer.
+- ``wire``: the client's own keep-alive HTTP/1.1 connections (the default HTTP client).
+- ``transport``: those connections or an aiohttp session, attempt watchdog, call pacer.
 - ``attempts``: one HTTP attempt and its event.
 - ``client``: :class:`~engine.endpoints.client.Client`, the request lifecycle.
 - ``signatures``, ``modules``: typed output fields and the PredictModule over a client.

@@ -51,6 +51,7 @@ from .parsing import Failure, Result, parse_response
 from .redaction import Redactor
 from .spend import SpendMeter
 from .transport import Alarm, Watchdog, read_capped
+from .wire import Disconnected, HttpPool, ProtocolError
 
 __all__ = ("AttemptEvents", "AttemptRunner", "CallContext")
 
@@ -65,7 +66,7 @@ class CallContext:
     """What every request of one :meth:`~engine.endpoints.client.Client.complete` call shares.
 
     Attributes:
-        session: the client's aiohttp session.
+        session: the client's aiohttp session (None with its own connections, ``lane``).
         url: where requests are posted; ``path`` is its path, shown in events and errors.
         key: the endpoint ``(base_url, mode, model)`` whose ``n`` behaviour is remembered.
         model: the model named in the requests (recorded in events).
@@ -77,9 +78,11 @@ class CallContext:
         watchdog: cancels attempts whose time is up.
         episode, turn: the episode and turn of a multi-turn rollout the call is for (recorded
             in its events only when set).
+        lane: the client's own connections (``http_client = "native"``), and ``head`` the
+            request head of this call's route on them.
     """
 
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession | None
     url: URL
     path: str
     key: EndpointKey
@@ -97,6 +100,8 @@ class CallContext:
     loop_end: float
     episode: str | None = None
     turn: int | None = None
+    lane: HttpPool | None = None
+    head: bytes = b""
 
 
 class AttemptEvents:
@@ -411,20 +416,17 @@ class AttemptRunner:
             if in_flight is not None:
                 in_flight[kind] += 1
             raw: bytes | Failure | None
+            lane = ctx.lane
             try:
-                async with ctx.session.post(ctx.url, data=data, allow_redirects=False) as resp:
-                    state.status = resp.status
-                    state.headers = resp.headers
-                    length = resp.content_length
-                    if (
-                        length is not None
-                        and length <= self._max_bytes
-                        and ("Content-Encoding" not in resp.headers)
-                    ):
-                        raw = await resp.read()  # what read_capped does for such a body
-                    else:
-                        raw = await read_capped(resp, self._max_bytes)
+                if lane is not None:  # the client's own connections (wire.HttpPool)
+                    state.status, state.headers, raw = await lane.post(
+                        ctx.head, data, self._max_bytes, state
+                    )
+                else:
+                    raw = await self._post_aiohttp(ctx, state, data)
             except (aiohttp.ClientError, OSError, ValueError) as exc:
+                if isinstance(exc, ProtocolError) and exc.status is not None:
+                    state.status = exc.status  # the head had come: the answer's status
                 # a connection this attempt did not open came from the keep-alive pool
                 resend_now = not state.fresh and not used_immediate
                 raw = self._send_failure(exc, attempt, ctx.path, resend_now)
@@ -434,6 +436,25 @@ class AttemptRunner:
             self._classify(ctx, state, permit, raw, est, attempt)
         finally:
             spend.finish(state.cost[0])
+
+    async def _post_aiohttp(
+        self, ctx: CallContext, state: _AttemptState, data: bytes
+    ) -> bytes | None:
+        """Send over the aiohttp session (``http_client = "aiohttp"``): the body, read up to
+        the cap (None beyond); the status and headers go into ``state``."""
+        session = ctx.session
+        assert session is not None
+        async with session.post(ctx.url, data=data, allow_redirects=False) as resp:
+            state.status = resp.status
+            state.headers = resp.headers
+            length = resp.content_length
+            if (
+                length is not None
+                and length <= self._max_bytes
+                and ("Content-Encoding" not in resp.headers)
+            ):
+                return await resp.read()  # what read_capped does for such a body
+            return await read_capped(resp, self._max_bytes)
 
     def _start_send(self, ctx: CallContext, state: _AttemptState) -> None:
         """The attempt is being sent: its send time, and the watchdog moved to the attempt's
@@ -483,7 +504,7 @@ class AttemptRunner:
         (our own timer cancels), a transport error, or a request aiohttp refused to send (a
         bad header value...)."""
         message = self._redact.exception(exc)
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
+        if isinstance(exc, aiohttp.ServerDisconnectedError | Disconnected):
             error: EndpointError = TransportError(message, attempt=attempt, endpoint=path)
             return Failure(error, immediate=resend_now)
         if isinstance(exc, TimeoutError):

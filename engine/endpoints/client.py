@@ -1,6 +1,7 @@
 """Endpoint stage: the rate-limited OpenAI-compatible client used by generation and judges.
 
-One :class:`Client` owns one aiohttp session and talks to ``/v1/chat/completions`` or
+One :class:`Client` owns its connections (:mod:`~engine.endpoints.wire`, or an aiohttp
+session with ``EndpointConfig.http_client = "aiohttp"``) and talks to ``/v1/chat/completions`` or
 ``/v1/completions`` of one endpoint (OpenRouter, OpenAI, vLLM, llama.cpp, the simulated server)::
 
     async with Client(config.endpoint, limits=config.limits, retry=config.retry,
@@ -89,6 +90,7 @@ from .redaction import Redactor, strip_url
 from .retry import backoff_delay, server_wait
 from .spend import HOSTED_PROVIDERS, SpendMeter
 from .transport import Transport
+from .wire import check_headers
 
 __all__ = ("Client", "ClientStatistics")
 
@@ -254,7 +256,10 @@ class Client:
         if self._closed:
             raise ClientClosedError("the client is closed")
         if self._transport is None:
-            self._transport = Transport(self._headers, self._pool_size)
+            native = None
+            if self._endpoint.http_client == "native":
+                native = {mode: url for mode, (url, _) in self._urls.items()}
+            self._transport = Transport(self._headers, self._pool_size, native)
         return self._transport
 
     def statistics(self) -> ClientStatistics:
@@ -380,6 +385,7 @@ class Client:
             est = chars // 4 + 1
         else:
             est, chars = estimate_tokens(prompt), prompt_chars(prompt)
+        lane = transport.lane
         return CallContext(
             session=transport.session,
             url=url,
@@ -399,6 +405,8 @@ class Client:
             loop=loop,
             watchdog=transport.watchdog,
             loop_end=loop.time() + budget,
+            lane=lane,
+            head=transport.heads[mode] if lane is not None else b"",
         )
 
     def _one(self, head: Result, t0: float) -> Completion:
@@ -659,7 +667,17 @@ def _headers(ep: ResolvedEndpoint, key: str | None) -> dict[str, str]:
     """The session's headers: JSON both ways, the provider's, and the key's Authorization."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     headers.update(ep.headers)
+    try:
+        check_headers(headers)
+    except ValueError as exc:
+        raise ConfigError(f"endpoint headers: {exc}", key="endpoint.provider") from None
     if key is not None:
+        if any(c in key for c in "\r\n\x00"):
+            where = f" in ${ep.key_env}" if ep.key_env else ""
+            raise ConfigError(
+                f"the API key{where} holds a line break or NUL: check how it was set",
+                key="endpoint.api_key_env",
+            )
         headers["Authorization"] = f"Bearer {key}"
     return headers
 

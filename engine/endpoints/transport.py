@@ -2,13 +2,15 @@
 
 A :class:`Transport` is made on a client's first call, inside the running loop, and holds:
 
-- the aiohttp session over a :class:`ReuseAwareConnector`, which tells the current attempt
-  whether its connection came from the keep-alive pool and bounds the handshakes in flight;
+- the client's own keep-alive HTTP/1.1 connections (:class:`~engine.endpoints.wire.HttpPool`,
+  the default), or, with ``EndpointConfig.http_client = "aiohttp"``, an aiohttp session over
+  a :class:`ReuseAwareConnector`; either tells the current attempt whether its connection
+  came from the keep-alive pool and bounds the handshakes in flight;
 - a :class:`Watchdog`, the one timer that cancels attempts whose time is up (the attempt
   timeout, or the call's deadline while queued for a permit);
 - a :class:`Pacer`, which spreads a burst of calls over event-loop iterations.
 
-The session has no aiohttp timers: the watchdog enforces both the attempt timeout and the
+Neither has timers of its own: the watchdog enforces both the attempt timeout and the
 call's deadline (aiohttp's read timer is rescheduled on every chunk, which is costly per
 request).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +28,9 @@ import aiohttp
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.tracing import Trace
+from yarl import URL
+
+from .wire import HttpPool
 
 __all__ = (
     "MAX_HANDSHAKES",
@@ -42,6 +48,9 @@ START_BUDGET = 0.01
 
 MAX_HANDSHAKES = 64
 """New connections a client opens at once at most (see :class:`ReuseAwareConnector`)."""
+
+USER_AGENT = f"grpo-engine (Python/{sys.version_info[0]}.{sys.version_info[1]})"
+"""The ``User-Agent`` of the native connections, unless the endpoint's headers set one."""
 
 KEEPALIVE_TIMEOUT = 4.0
 """Seconds an idle pooled connection is kept; servers (uvicorn, vLLM) drop them at about 5."""
@@ -269,34 +278,61 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
 
 
 class Transport:
-    """One client's session, attempt watchdog and call pacer, made inside the running loop.
+    """One client's connections, attempt watchdog and call pacer, made inside the running loop.
+
+    Args:
+        headers: sent on every request.
+        pool_size: connections open at once at most.
+        native: the routes (name -> URL, one origin) to send over the client's own HTTP/1.1
+            connections (:class:`~engine.endpoints.wire.HttpPool`); None uses an aiohttp
+            session instead (``EndpointConfig.http_client = "aiohttp"``).
 
     Attributes:
-        session: the aiohttp session (no aiohttp timers; the client's default headers).
+        lane: the native connection pool, or None.
+        heads: each native route's request head (:meth:`HttpPool.head`).
+        session: the aiohttp session (no aiohttp timers; the client's default headers), or
+            None with the native pool.
         watchdog: cancels attempts whose time is up.
         pacer: spreads a burst of calls over loop iterations.
     """
 
-    __slots__ = ("pacer", "session", "watchdog")
+    __slots__ = ("heads", "lane", "pacer", "session", "watchdog")
 
-    def __init__(self, headers: Mapping[str, str], pool_size: int) -> None:
+    def __init__(
+        self, headers: Mapping[str, str], pool_size: int, native: Mapping[str, URL] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.watchdog = Watchdog(loop)
-        connector = ReuseAwareConnector(
-            self.watchdog, limit=pool_size, keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=300
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
-            raise_for_status=False,
-        )
+        self.lane: HttpPool | None = None
+        self.heads: dict[str, bytes] = {}
+        self.session: aiohttp.ClientSession | None = None
+        if native:
+            origin = next(iter(native.values()))
+            self.lane = HttpPool(origin, headers, limit=pool_size, keepalive=KEEPALIVE_TIMEOUT,
+                                 max_handshakes=MAX_HANDSHAKES, user_agent=USER_AGENT)  # fmt: skip
+            self.heads = {name: self.lane.head(url) for name, url in native.items()}
+        else:
+            connector = ReuseAwareConnector(
+                self.watchdog,
+                limit=pool_size,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                ttl_dns_cache=300,
+            )
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+                raise_for_status=False,
+            )
         self.pacer = Pacer(loop, START_BUDGET)
 
     async def aclose(self) -> None:
-        """Stop the watchdog and close the session."""
+        """Stop the watchdog and close the connections."""
         self.watchdog.close()
-        await self.session.close()
+        if self.lane is not None:
+            await self.lane.aclose()
+        if self.session is not None:
+            await self.session.close()
 
 
 async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
