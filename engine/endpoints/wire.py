@@ -415,7 +415,7 @@ class HttpPool:
         max_handshakes: connections being opened at once at most.
         user_agent: the ``User-Agent`` unless ``headers`` has one.
         tls: the TLS context of ``https`` connections; None: ``ssl.create_default_context()``
-            (made on the first connection).
+            (made on the first connection, in a worker thread).
     """
 
     __slots__ = (
@@ -560,24 +560,30 @@ class HttpPool:
         conn = _Connection(self)
         self._open.add(conn)
         try:
+            tls = await self._tls()
             async with self._handshakes:
                 await self._loop.create_connection(
                     lambda: conn,
                     self._host,
                     self._port,
-                    ssl=self._tls(),
-                    server_hostname=self._host if self._ssl else None,
+                    ssl=tls,
+                    server_hostname=self._host if tls is not None else None,
                 )  # addresses tried in turn: 3.11's happy eyeballs leaks a socket on cancel
         except BaseException:
             self._forget(conn)
             raise
         return conn
 
-    def _tls(self) -> ssl.SSLContext | None:
+    async def _tls(self) -> ssl.SSLContext | None:
+        """The TLS context of a new connection (None for http); the default one is made in
+        a worker thread, on the first connection (loading the trust store takes a while)."""
         if self._ssl is False:
             return None
         if self._ssl is True:
-            self._ssl = ssl.create_default_context()
+            context = await asyncio.to_thread(ssl.create_default_context)
+            if self._ssl is True:  # not made meanwhile by a concurrent first connection
+                self._ssl = context
+        assert isinstance(self._ssl, ssl.SSLContext)
         return self._ssl
 
     def _forget(self, conn: _Connection) -> None:
