@@ -279,6 +279,18 @@ async def run_openai(url: str, conc: int, total: int, warm: int, aiohttp_transpo
     return Result(name, conc, ok, err, wall, cpu, gcs)
 
 
+def request_body() -> bytes:
+    """The bare arms' request, rendered on every call as the engine renders its own."""
+    return orjson.dumps(
+        {
+            "model": "sim-model",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 1.0,
+        }
+    )
+
+
 async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
     connector = aiohttp.TCPConnector(limit=conc, keepalive_timeout=4.0)
     headers = {"Authorization": f"Bearer {FAKE_KEY}", "Content-Type": "application/json"}
@@ -286,14 +298,7 @@ async def run_bare(url: str, conc: int, total: int, warm: int) -> Result:
         target = f"{url}/chat/completions"
 
         async def call() -> object:
-            body = orjson.dumps(
-                {
-                    "model": "sim-model",
-                    "messages": [{"role": "user", "content": PROMPT}],
-                    "max_tokens": MAX_TOKENS,
-                    "temperature": 1.0,
-                }
-            )
+            body = request_body()
             async with session.post(target, data=body) as resp:
                 data = orjson.loads(await resp.read())
                 if resp.status != 200:
@@ -320,14 +325,7 @@ async def run_wire(url: str, conc: int, total: int, warm: int) -> Result:
     try:
 
         async def call() -> object:
-            body = orjson.dumps(
-                {
-                    "model": "sim-model",
-                    "messages": [{"role": "user", "content": PROMPT}],
-                    "max_tokens": MAX_TOKENS,
-                    "temperature": 1.0,
-                }
-            )
+            body = request_body()
             status, _, raw = await pool.post(head, body, 1 << 26)
             data = orjson.loads(raw or b"null")
             if status != 200:
