@@ -104,7 +104,7 @@ def check_headers(headers: Mapping[str, str]) -> None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, and the parser of the answer it is waiting for."""
 
-    __slots__ = ("_buf", "_chunk_left", "_chunks", "_eof_body", "_framing", "_got", "_headers",
+    __slots__ = ("_buf", "_chunk_left", "_chunks", "_framing", "_got", "_headers",
                  "_max", "_need", "_pool", "_status", "_waiter", "closed", "idle_since",
                  "reusable", "transport")  # fmt: skip
 
@@ -127,7 +127,6 @@ class _Connection(asyncio.Protocol):
         self._got = 0  # body bytes received (before decompression)
         self._need = 0  # body bytes announced (framing 1)
         self._chunk_left = -1  # framing 2: bytes left in this chunk; -1 its size line next
-        self._eof_body = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
