@@ -425,3 +425,19 @@ async def test_both_http_clients_answer_the_simulated_server(http_client: str) -
             with pytest.raises(TransportError) as info:
                 await client.complete("x")
         assert info.value.attempt == 2
+
+
+def test_the_native_client_runs_on_uvloop() -> None:
+    """With the uvloop extra (the CLI's loop when installed), the client's own connections
+    work on uvloop's transports, which do not subclass asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[int]:
+        async with SimServer(SimConfig(seed=5)) as sim:
+            endpoint = EndpointConfig(base_url=sim.base_url, model="sim-model")
+            async with Client(endpoint) as client:
+                outs = await asyncio.gather(*(client.complete(f"q{i}", n=3) for i in range(6)))
+        return [len(o.choices) for o in outs]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == [3] * 6

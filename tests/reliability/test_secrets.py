@@ -127,7 +127,14 @@ async def test_full_run_writes_and_prints_no_key(tmp_path: Path) -> None:
             "reward": {"functions": ["non_empty"], "judge_prompt": "Grade the label's clarity."},
             "rollout": {"partial_group": "shrink"},
             "data": {"batch_size": 4},
-            "trainer": {"eval_every": 3, "eval_size": 4, "checkpoint_every": 2},
+            # never stop on failed steps: how many steps the refused key spans depends on how
+            # fast the client is, and this test is about the key, not the stop rule
+            "trainer": {
+                "eval_every": 3,
+                "eval_size": 4,
+                "checkpoint_every": 2,
+                "max_failed_steps": 0,
+            },
         }
         (tmp_path / "run.toml").write_text(to_toml(cfg))
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": sim.base_url}
