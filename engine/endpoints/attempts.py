@@ -396,10 +396,10 @@ class AttemptRunner:
         The spend meter was asked before the permit (no queueing for a refused request) and
         is asked again just before sending; an admitted attempt is counted in flight until
         it ends. Timeouts and transport errors keep the reservation: the server may have
-        done the work. One coroutine for the send and the read (every await level is paid
-        again on each resumption of the request): a body of announced length within the cap
-        is read at once, and the attempt is counted in the event log's ``in_flight`` while
-        it is sent and answered.
+        done the work. The send and the read are one await on the client's own connections
+        (:meth:`~engine.endpoints.wire.HttpPool.post`), or one more coroutine over aiohttp
+        (:meth:`_post_aiohttp`); the attempt is counted in the event log's ``in_flight``
+        while it is sent and answered.
         """
         state.permit = permit
         spend = self._spend
